@@ -1,0 +1,143 @@
+//! Configuration: TOML files -> a validated [`Config`].
+//!
+//! Loading happens in two stages: the files are parsed into a span-keeping
+//! TOML tree, then walked into the validated types below, collecting every
+//! diagnostic (`FILE:LINE:COL: message`) before failing. Nothing here does
+//! I/O after loading; the daemon and `minder check` share it.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+
+/// A whole, validated configuration: the main file plus its includes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// The main config file (absolute).
+    pub path: PathBuf,
+    /// The `[supervisor]` table.
+    pub supervisor: SupervisorConfig,
+    /// Every `[program.*]` table, in the order they were read (main file first, then includes).
+    pub programs: Vec<ProgramConfig>,
+}
+
+/// Settings of minder itself (`[supervisor]`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SupervisorConfig {
+    /// Path of the control socket.
+    pub socket: PathBuf,
+    /// File mode of the control socket.
+    pub socket_mode: u32,
+    /// Group whose members may use the control socket.
+    pub socket_group: Option<String>,
+    /// Directory of captured logs.
+    pub log_dir: PathBuf,
+    /// Level of minder's own log (`error`, `warn`, `info`, `debug`, `trace`).
+    pub log_level: String,
+    /// Upper bound for stopping everything on shutdown.
+    pub shutdown_timeout: Duration,
+}
+
+/// What to do when a process ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RestartPolicy {
+    /// Restart whatever the exit.
+    Always,
+    /// Restart unless the exit code is one of `exit_codes`; a signal is a failure.
+    OnFailure,
+    /// Never restart.
+    Never,
+}
+
+/// `[program.*.backoff]`: how restarts are spaced.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BackoffConfig {
+    /// Delay before the first retry.
+    pub initial: Duration,
+    /// Upper bound of the delay.
+    pub max: Duration,
+    /// Growth factor per consecutive failure (>= 1.0).
+    pub multiplier: f64,
+    /// +/- fraction of random spread (0.0..=1.0).
+    pub jitter: f64,
+    /// A run at least this long resets the delay to `initial`.
+    pub reset_after: Duration,
+    /// Retries after consecutive failed starts before `fatal`; 0 = never give up.
+    pub max_retries: u32,
+}
+
+impl Default for BackoffConfig {
+    fn default() -> Self {
+        BackoffConfig {
+            initial: Duration::from_secs(1),
+            max: Duration::from_secs(60),
+            multiplier: 2.0,
+            jitter: 0.1,
+            reset_after: Duration::from_secs(60),
+            max_retries: 0,
+        }
+    }
+}
+
+/// One `[program.NAME]` table, validated, before instance expansion.
+///
+/// `command` and `environment` values still hold placeholders
+/// (`{name}`, `{program}`, `{instance}`, `{port}`); [`ProgramConfig::processes`]
+/// expands them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProgramConfig {
+    /// The table name.
+    pub name: String,
+    /// The file this program was defined in.
+    pub file: PathBuf,
+    /// argv, never empty.
+    pub command: Vec<String>,
+    /// Working directory (default: the directory of the file defining the program).
+    pub directory: PathBuf,
+    /// Added to (or, with `clear_env`, replacing) minder's environment; sorted by key.
+    pub environment: Vec<(String, String)>,
+    /// Start from an empty environment.
+    pub clear_env: bool,
+    /// User to run as (name or numeric id).
+    pub user: Option<String>,
+    /// Group to run as (name or numeric id).
+    pub group: Option<String>,
+    /// Start with the daemon.
+    pub autostart: bool,
+    /// Restart policy.
+    pub restart: RestartPolicy,
+    /// Expected exit codes (for `on-failure`).
+    pub exit_codes: Vec<i32>,
+    /// How long a process must stay up to count as started.
+    pub start_secs: Duration,
+    /// Signal sent to stop.
+    pub stop_signal: Signal,
+    /// Grace period after the stop signal before SIGKILL.
+    pub stop_timeout: Duration,
+    /// Signal the whole process group rather than the process alone.
+    pub kill_group: bool,
+    /// Number of processes (>= 1).
+    pub instances: u32,
+    /// Base port: `{port}` = port + instance.
+    pub port: Option<u16>,
+    /// Programs that must be running before this one starts.
+    pub depends_on: Vec<String>,
+    /// Restart spacing.
+    pub backoff: BackoffConfig,
+}
+
+/// One process to supervise: a program's instance with placeholders expanded.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProcessSpec {
+    /// `web` for a single instance, `web:0` .. `web:N-1` otherwise.
+    pub name: String,
+    /// The program it belongs to.
+    pub program: String,
+    /// Instance number, 0-based.
+    pub instance: u32,
+    /// argv with placeholders expanded.
+    pub argv: Vec<String>,
+    /// Environment additions with placeholders expanded, plus `MINDER_PROCESS`,
+    /// `MINDER_PROGRAM` and `MINDER_INSTANCE`.
+    pub environment: Vec<(String, String)>,
+}

@@ -1,0 +1,5 @@
+//! minder: a process supervisor for Linux hosts.
+//!
+//! The binary (`src/main.rs`) is a thin command-line layer over these modules.
+
+pub mod config;
