@@ -84,12 +84,6 @@ jitter = 0.1
 reset_after = "60s"
 max_retries = 3
 
-[program.web.logs]
-stdout = "{name}.out.log"
-stderr = "stdout"
-max_size = "50MB"
-backups = 10
-timestamps = false
 "#,
     );
     let out = check(&path);
@@ -98,7 +92,7 @@ timestamps = false
 
 #[test]
 fn check_spec_example_keys_are_valid() {
-    // Health, listen and notify keys from SPEC section 2 (no user/group: those need root).
+    // Health, logs, listen and notify keys from SPEC section 2 (no user/group: those need root).
     let dir = tmp();
     let path = write(
         dir.path(),
@@ -128,6 +122,13 @@ start_period = "30s"
 failure_threshold = 3
 success_threshold = 1
 on_unhealthy = "restart"
+
+[program.web.logs]
+stdout = "{name}.out.log"
+stderr = "stdout"
+max_size = "50MB"
+backups = 10
+timestamps = false
 "#,
     );
     let out = check(&path);

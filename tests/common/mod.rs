@@ -359,7 +359,10 @@ impl Daemon {
                 panic!("minder daemon exited during startup with {st:?}");
             }
             let out = self.ctl(&["status", "--json"]);
-            if out.code == 0 || out.code == 3 {
+            let parsed = serde_json::from_str::<Value>(out.stdout.trim())
+                .map_err(|e| e.to_string())
+                .and_then(|v| parse_status(&v));
+            if (out.code == 0 || out.code == 3) && parsed.is_ok() {
                 return;
             }
             last = Some(out);
@@ -516,6 +519,9 @@ impl Daemon {
     pub fn dump(&self) {
         let mut s = String::new();
         let _ = writeln!(s, "===== minder test dump: {} =====", self.tmp().display());
+        if let Some(c) = &self.child {
+            let _ = writeln!(s, "daemon pid {}, exit status {:?}", c.id(), self.exited);
+        }
         let _ = writeln!(
             s,
             "--- {} ---\n{}",
