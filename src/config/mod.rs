@@ -1,9 +1,17 @@
 //! Configuration: TOML files -> a validated [`Config`].
 //!
 //! Loading happens in two stages: the files are parsed into a span-keeping
-//! TOML tree, then walked into the validated types below, collecting every
-//! diagnostic (`FILE:LINE:COL: message`) before failing. Nothing here does
-//! I/O after loading; the daemon and `minder check` share it.
+//! TOML tree (`toml::de::DeTable`), then walked table by table into the
+//! validated types below, collecting every diagnostic (`FILE:LINE:COL:
+//! message`) before failing. Nothing here does I/O after loading; the daemon
+//! and `minder check` share it.
+//!
+//! - `load`: files, includes and checks across programs (duplicates, `depends_on`);
+//! - `schema`: the keys of each table; `reader`: typed, error-collecting key access;
+//! - `placeholder`, `deps`, `diff`, `signal`, `diagnostic`: one concern each.
+//!
+//! A file with TOML syntax errors reports those only: checking the keys of a
+//! half-parsed file would bury the real error under follow-ups.
 
 use std::path::PathBuf;
 use std::time::Duration;

@@ -955,3 +955,20 @@ fn example_config_loads() {
         .iter()
         .any(|p| p.file.ends_with("conf.d/example.toml")));
 }
+
+#[test]
+fn no_panic_on_truncated_or_damaged_input() {
+    let example =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("etc/minder.toml"))
+            .expect("read example");
+    for text in [FULL, example.as_str()] {
+        let cuts = text.char_indices().map(|(i, _)| i);
+        for cut in cuts {
+            let _ = parse_str(&text[..cut], Path::new(MAIN), &defaults());
+            // Drop one character: unbalanced quotes, brackets, broken keys.
+            let mut damaged = text[..cut].to_string();
+            damaged.push_str(text[cut..].get(1..).unwrap_or_default());
+            let _ = parse_str(&damaged, Path::new(MAIN), &defaults());
+        }
+    }
+}
