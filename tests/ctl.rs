@@ -136,9 +136,15 @@ fn ctl_missing_socket_exits_4_and_says_so() {
     assert_eq!(out.code, 4, "{out:?}");
     let msg = out.stderr.to_lowercase();
     assert!(
-        ["no such file", "not exist", "not found", "no socket"]
-            .iter()
-            .any(|w| msg.contains(w)),
+        [
+            "no such file",
+            "no such socket",
+            "not exist",
+            "not found",
+            "no socket"
+        ]
+        .iter()
+        .any(|w| msg.contains(w)),
         "message should say the socket does not exist: {out:?}"
     );
 }
@@ -351,7 +357,11 @@ fn malformed_requests_get_an_error_and_the_daemon_keeps_serving() {
     d.wait_state("a", "running");
     let cases: Vec<(&str, Vec<u8>)> = vec![
         ("garbage line", b"this is not json\n".to_vec()),
-        ("empty line", b"\n".to_vec()),
+        // A blank line may be skipped as a keep-alive; the garbage after it may not.
+        (
+            "blank line, then garbage",
+            b"\n\nnot json either\n".to_vec(),
+        ),
         ("invalid utf-8", b"\xff\xfe\xfd{\n".to_vec()),
         ("json null", b"null\n".to_vec()),
         ("json array", b"[1, 2, 3]\n".to_vec()),

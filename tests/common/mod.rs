@@ -728,19 +728,22 @@ pub fn wait_file(path: &Path, timeout: Duration) -> String {
 /// Waits (bounded) until `path` exists and `pred` holds for its content.
 pub fn wait_file_until(path: &Path, desc: &str, pred: impl Fn(&str) -> bool) -> String {
     let deadline = Instant::now() + WAIT;
-    let mut last = String::new();
+    let mut last = None;
     loop {
         if let Ok(text) = fs::read_to_string(path) {
             if pred(&text) {
                 return text;
             }
-            last = text;
+            last = Some(text);
         }
         if Instant::now() >= deadline {
-            panic!(
-                "{}: {desc} not seen within {WAIT:?}; content: {last:?}",
-                path.display()
-            );
+            match last {
+                Some(text) => panic!(
+                    "{}: {desc} not seen within {WAIT:?}; content: {text:?}",
+                    path.display()
+                ),
+                None => panic!("{}: file never appeared within {WAIT:?}", path.display()),
+            }
         }
         thread::sleep(Duration::from_millis(10));
     }
