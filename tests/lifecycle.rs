@@ -527,3 +527,64 @@ fn autostart_false_stays_stopped_until_started() {
     assert_eq!(p.state, "running", "{p:?}");
     assert_eq!(p.pid, Some(read_pid(&d.path("pid"))));
 }
+
+#[test]
+fn signal_exit_is_a_failure_for_on_failure() {
+    let d = Daemon::start(&program(
+        "p",
+        &[
+            "--exit-after",
+            "300",
+            "--exit-signal",
+            "KILL",
+            "--record",
+            "@TMP@/rec",
+        ],
+        r#"restart = "on-failure"
+exit_codes = [0]
+backoff.initial = "100ms""#,
+    ));
+    let st = d.wait_for("a restart after death by SIGKILL", WAIT, |ps| {
+        get(ps, "p").restarts >= 1
+    });
+    let p = get(&st, "p");
+    assert_eq!(p.last_exit_signal.as_deref(), Some("SIGKILL"), "{p:?}");
+    assert_eq!(p.last_exit_code, None, "{p:?}");
+    wait_record(&d.path("rec"), "start", 2);
+}
+
+#[test]
+fn stop_signal_is_configurable() {
+    let d = Daemon::start(&program(
+        "p",
+        &["--record", "@TMP@/rec"],
+        r#"stop_signal = "INT""#,
+    ));
+    d.wait_state("p", "running");
+    d.ctl_ok(&["stop", "p"]);
+    let p = d.proc("p");
+    assert_eq!(p.state, "stopped", "{p:?}");
+    assert_eq!(p.last_exit_signal.as_deref(), Some("SIGINT"), "{p:?}");
+    assert_eq!(events_of(&read_record(&d.path("rec")), "stop").len(), 1);
+}
+
+#[test]
+fn kill_group_false_signals_only_the_process() {
+    let d = Daemon::start(&program(
+        "family",
+        &["--grandchild", "@TMP@/gc", "--pidfile", "@TMP@/pid"],
+        "kill_group = false",
+    ));
+    let gc = read_pid(&d.path("gc"));
+    let pid = read_pid(&d.path("pid"));
+    d.wait_state("family", "running");
+    d.ctl_ok(&["stop", "family"]);
+    assert!(!pid_alive(pid), "child {pid} alive after stop");
+    let alive = pid_alive(gc);
+    // SAFETY: gc is the test child's grandchild; we clean it up either way.
+    unsafe { libc::kill(gc, libc::SIGKILL) };
+    assert!(
+        alive,
+        "with kill_group = false the grandchild should not get the stop signal"
+    );
+}

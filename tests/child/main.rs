@@ -8,6 +8,8 @@
 //! Flags (combine freely):
 //! - `--exit-after MS`     exit after MS milliseconds (default: run until killed)
 //! - `--exit-code N`       exit code for `--exit-after` (default 0)
+//! - `--exit-signal SIG`   at `--exit-after`, die of signal SIG (number or `KILL`, `TERM`,
+//!   `INT`, `HUP`, `ABRT`, `SEGV`) instead of exiting
 //! - `--ignore-term`       ignore SIGTERM and SIGINT
 //! - `--grandchild FILE`   fork a grandchild that sleeps (bounded) and write its PID to FILE
 //! - `--write-env FILE`    write `cwd=<dir>`, then every env var as `KEY=VALUE`, to FILE
@@ -36,6 +38,7 @@ const MAX_LIFETIME: Duration = Duration::from_secs(600);
 struct Opts {
     exit_after: Option<Duration>,
     exit_code: i32,
+    exit_signal: Option<i32>,
     ignore_term: bool,
     grandchild: Option<PathBuf>,
     write_env: Option<PathBuf>,
@@ -65,6 +68,11 @@ fn parse(args: &[String]) -> Result<Opts, String> {
             "--exit-code" => {
                 let v = value()?;
                 o.exit_code = v.parse().map_err(|_| format!("bad --exit-code {v:?}"))?;
+            }
+            "--exit-signal" => {
+                let v = value()?;
+                o.exit_signal =
+                    Some(parse_signal(&v).ok_or_else(|| format!("bad --exit-signal {v:?}"))?);
             }
             "--ignore-term" => o.ignore_term = true,
             "--grandchild" => o.grandchild = Some(value()?.into()),
@@ -189,6 +197,9 @@ fn run(o: &Opts) -> io::Result<()> {
         if let Some(rec) = &o.record {
             record(rec, "exit")?;
         }
+        if let Some(sig) = o.exit_signal {
+            die_of(sig);
+        }
         process::exit(o.exit_code);
     }
     process::exit(0);
@@ -271,6 +282,19 @@ fn fork_grandchild() -> i32 {
         unsafe { libc::_exit(0) };
     }
     pid
+}
+
+fn parse_signal(s: &str) -> Option<i32> {
+    let name = s.strip_prefix("SIG").unwrap_or(s);
+    Some(match name {
+        "KILL" => libc::SIGKILL,
+        "TERM" => libc::SIGTERM,
+        "INT" => libc::SIGINT,
+        "HUP" => libc::SIGHUP,
+        "ABRT" => libc::SIGABRT,
+        "SEGV" => libc::SIGSEGV,
+        _ => return s.parse().ok().filter(|n| (1..65).contains(n)),
+    })
 }
 
 fn signal_name(sig: i32) -> &'static str {
