@@ -9,7 +9,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::config::{self, Config, Defaults};
 use crate::control::client::{self, ClientError};
 use crate::control::protocol::{
-    ActionReply, PidReply, ProcessInfo, ReloadReply, Reply, Request, StatusReply,
+    ActionReply, ErrorKind, PidReply, ProcessInfo, ReloadReply, Reply, Request, StatusReply,
 };
 
 /// minder: a process supervisor with health checks, backoff and zero-downtime restarts.
@@ -212,7 +212,12 @@ pub fn ctl(args: CtlArgs) -> ExitCode {
                 println!("{}", serde_json::json!({ "error": error }));
             }
             eprintln!("minder: {}", error.message);
-            return ExitCode::from(exit::FAILED);
+            // Refused by peer-credential check: as unreachable as a socket we may not open.
+            return ExitCode::from(if error.kind == ErrorKind::PermissionDenied {
+                exit::UNREACHABLE
+            } else {
+                exit::FAILED
+            });
         }
     };
     if args.json {

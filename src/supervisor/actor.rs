@@ -8,7 +8,6 @@ use std::time::Instant;
 use nix::sys::signal::Signal;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::sleep_until;
-use tracing::Instrument;
 
 use super::state::{Effect, Event, Machine, Outcome, State};
 use crate::config::{ProcessSpec, ProgramConfig};
@@ -169,8 +168,9 @@ impl ProcessActor {
             stop_epoch: 0,
             removed: false,
         };
-        let span = tracing::info_span!("process", name = %handle.name);
-        tokio::spawn(actor.run().instrument(span));
+        // No tracing span per actor: with thousands of processes their storage
+        // would dominate minder's memory; events carry the name instead.
+        tokio::spawn(actor.run());
         handle
     }
 
@@ -226,7 +226,7 @@ impl ProcessActor {
             }
             Command::Kill => {
                 if let Some(pid) = self.machine.state.pid() {
-                    tracing::warn!("killing {} (pid {pid}): out of time", self.spec.name);
+                    tracing::warn!(process = %self.spec.name, "killing pid {pid}: out of time");
                     self.signal(pid, Signal::SIGKILL, true);
                 }
             }
@@ -262,7 +262,11 @@ impl ProcessActor {
             let effects = self.machine.step(&self.cfg, event, now, sample);
             let to = self.machine.state.name();
             if from != to {
-                tracing::info!("{from} -> {to}{}", describe(&self.machine.description));
+                tracing::info!(
+                    process = %self.spec.name,
+                    "{from} -> {to}{}",
+                    describe(&self.machine.description)
+                );
             }
             for effect in effects {
                 match effect {
@@ -291,12 +295,12 @@ impl ProcessActor {
         };
         match process::spawn(&request, &self.reaper) {
             Ok(spawned) => {
-                tracing::debug!(pid = spawned.pid.as_raw(), "spawned");
+                tracing::debug!(process = %self.spec.name, pid = spawned.pid.as_raw(), "spawned");
                 self.exit = Some(spawned.exit);
                 Event::Spawned(spawned.pid)
             }
             Err(e) => {
-                tracing::warn!("spawn failed: {e}");
+                tracing::warn!(process = %self.spec.name, "spawn failed: {e}");
                 Event::SpawnFailed(e.message)
             }
         }
@@ -304,7 +308,12 @@ impl ProcessActor {
 
     fn signal(&self, pid: nix::unistd::Pid, signal: Signal, group: bool) {
         if let Err(e) = process::send_signal(pid, signal, group) {
-            tracing::warn!("sending {} to pid {pid}: {}", signal.as_str(), e.desc());
+            tracing::warn!(
+                process = %self.spec.name,
+                "sending {} to pid {pid}: {}",
+                signal.as_str(),
+                e.desc()
+            );
         }
     }
 

@@ -89,7 +89,11 @@ impl Supervisor {
             .filter(|h| self.config.program(&h.program).is_some_and(|p| p.autostart))
             .cloned()
             .collect();
-        tokio::spawn(self.topology().start(autostart));
+        let topology = self.topology();
+        tokio::spawn(async move {
+            topology.start(autostart).await;
+            release_free_memory();
+        });
 
         let mut shutdown_reply = None;
         while let Some(input) = inputs.recv().await {
@@ -307,6 +311,7 @@ impl Supervisor {
                 handle.ended().await;
             }
             topology.start(to_start).await;
+            release_free_memory();
         });
 
         tracing::info!(
@@ -409,16 +414,7 @@ fn spawn_reply(
 
 /// Restarts every handle concurrently, waiting for each to be running again.
 async fn restart(handles: Vec<ProcessHandle>) -> Vec<ActionResult> {
-    let tasks: Vec<_> = handles
-        .into_iter()
-        .map(|h| {
-            tokio::spawn(async move {
-                let outcome = h.request(|reply| Command::Restart { reply }, true).await;
-                action_result(&h.name, outcome)
-            })
-        })
-        .collect();
-    join_results(tasks).await
+    order::request_all(handles, |_, reply| Command::Restart { reply }).await
 }
 
 async fn send_signals(
@@ -441,22 +437,14 @@ async fn send_signals(
     results
 }
 
-/// Collects per-process results from tasks, in order.
-pub(crate) async fn join_results(
-    tasks: Vec<tokio::task::JoinHandle<ActionResult>>,
-) -> Vec<ActionResult> {
-    let mut results = Vec::with_capacity(tasks.len());
-    for task in tasks {
-        match task.await {
-            Ok(result) => results.push(result),
-            Err(e) => results.push(ActionResult {
-                name: String::new(),
-                ok: false,
-                message: format!("internal error: {e}"),
-            }),
-        }
+/// Hands memory freed after a burst (starting a thousand processes) back to the
+/// OS; glibc keeps it otherwise, and an idle supervisor should be small.
+fn release_free_memory() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only walks the allocator's own free lists.
+    unsafe {
+        libc::malloc_trim(0);
     }
-    results
 }
 
 /// Turns an outcome into the wire form.

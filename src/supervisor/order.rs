@@ -5,9 +5,9 @@ use std::collections::{HashMap, HashSet};
 
 use tokio::sync::watch;
 
+use super::action_result;
 use super::actor::{Command, ProcessHandle};
 use super::state::{Outcome, State};
-use super::{action_result, join_results};
 use crate::config::Config;
 use crate::control::protocol::ActionResult;
 
@@ -240,24 +240,27 @@ async fn wait_dependency(mut rx: Done, handles: &[ProcessHandle]) -> Result<(), 
     Ok(())
 }
 
-/// Sends one command per handle concurrently and waits for every outcome.
-async fn request_all(
+/// Sends one command per handle, then waits for every outcome; the processes
+/// act concurrently, and no task per handle is needed to wait for them.
+pub(crate) async fn request_all(
     handles: Vec<ProcessHandle>,
     make: impl Fn(&ProcessHandle, Option<tokio::sync::oneshot::Sender<Outcome>>) -> Command,
 ) -> Vec<ActionResult> {
-    let mut tasks = Vec::with_capacity(handles.len());
+    let mut pending = Vec::with_capacity(handles.len());
     for h in handles {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let sent = h.send(make(&h, Some(tx)));
-        tasks.push(tokio::spawn(async move {
-            let outcome = match sent {
-                Err(e) => Outcome::Failed(e),
-                Ok(()) => rx.await.unwrap_or_else(|_| {
-                    Outcome::Failed(format!("{}: no longer supervised", h.name))
-                }),
-            };
-            action_result(&h.name, outcome)
-        }));
+        pending.push((h, sent, rx));
     }
-    join_results(tasks).await
+    let mut results = Vec::with_capacity(pending.len());
+    for (h, sent, rx) in pending {
+        let outcome = match sent {
+            Err(e) => Outcome::Failed(e),
+            Ok(()) => rx
+                .await
+                .unwrap_or_else(|_| Outcome::Failed(format!("{}: no longer supervised", h.name))),
+        };
+        results.push(action_result(&h.name, outcome));
+    }
+    results
 }
