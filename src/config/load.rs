@@ -179,6 +179,16 @@ fn load_main(
     }
 
     check_programs(&sources, &diags, &drafts);
+    if let Some(sup) = &supervisor {
+        // Log names are relative to log_dir, known only once [supervisor] is read.
+        for draft in &mut drafts {
+            for target in [&mut draft.config.logs.stdout, &mut draft.config.logs.stderr] {
+                if let super::LogTarget::File { dir, .. } = target {
+                    dir.clone_from(&sup.log_dir);
+                }
+            }
+        }
+    }
 
     match supervisor {
         Some(supervisor) if diags.count() == 0 => Ok(Config {
@@ -198,6 +208,9 @@ fn default_supervisor(defaults: &Defaults) -> SupervisorConfig {
         log_dir: defaults.log_dir.clone(),
         log_level: "info".to_string(),
         shutdown_timeout: std::time::Duration::from_secs(60),
+        log_format: super::LogFormat::Text,
+        log_file: None,
+        log_files: 7,
     }
 }
 

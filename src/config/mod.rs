@@ -60,6 +60,81 @@ pub struct SupervisorConfig {
     pub log_level: String,
     /// Upper bound for stopping everything on shutdown.
     pub shutdown_timeout: Duration,
+    /// Format of minder's own log.
+    pub log_format: LogFormat,
+    /// Also write minder's own log to this file, rotated daily.
+    pub log_file: Option<PathBuf>,
+    /// How many daily files of `log_file` to keep.
+    pub log_files: usize,
+}
+
+/// Format of minder's own log (`[supervisor] log_format`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// One human-readable line per event.
+    Text,
+    /// One JSON object per event.
+    Json,
+}
+
+/// Where one output stream of a program goes (`[program.*.logs] stdout/stderr`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LogTarget {
+    /// A file: `name` (placeholders unexpanded) relative to `dir` (the `log_dir`).
+    File {
+        /// The `log_dir` in force when the config was loaded.
+        dir: PathBuf,
+        /// The configured name, e.g. `{name}.stdout.log`.
+        name: String,
+    },
+    /// Discarded: the stream goes to /dev/null, no pipe.
+    Discard,
+    /// stderr only: into the stdout pipe, so both streams keep their order.
+    Stdout,
+}
+
+/// `[program.*.logs]`: capture and size rotation of a program's output.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LogsConfig {
+    /// Where stdout goes.
+    pub stdout: LogTarget,
+    /// Where stderr goes.
+    pub stderr: LogTarget,
+    /// Rotate before a write would make a file exceed this many bytes; 0 never rotates.
+    pub max_size: u64,
+    /// Rotated files kept (`.1` newest .. `.N` oldest).
+    pub backups: u32,
+    /// Prefix each line with an RFC 3339 time.
+    pub timestamps: bool,
+}
+
+impl Default for LogsConfig {
+    fn default() -> Self {
+        LogsConfig {
+            stdout: LogTarget::File {
+                dir: PathBuf::new(),
+                name: "{name}.stdout.log".to_string(),
+            },
+            stderr: LogTarget::File {
+                dir: PathBuf::new(),
+                name: "{name}.stderr.log".to_string(),
+            },
+            max_size: 50_000_000,
+            backups: 10,
+            timestamps: false,
+        }
+    }
+}
+
+/// Where one stream of one process goes, with placeholders expanded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LogDest {
+    /// This file (absolute when `log_dir` is).
+    File(PathBuf),
+    /// /dev/null.
+    Discard,
+    /// Merged into stdout (stderr only).
+    Stdout,
 }
 
 /// What to do when a process ends.
@@ -148,6 +223,8 @@ pub struct ProgramConfig {
     pub depends_on: Vec<String>,
     /// Restart spacing.
     pub backoff: BackoffConfig,
+    /// Output capture and rotation.
+    pub logs: LogsConfig,
 }
 
 /// One process to supervise: a program's instance with placeholders expanded.
@@ -164,6 +241,10 @@ pub struct ProcessSpec {
     /// Environment additions with placeholders expanded, plus `MINDER_PROCESS`,
     /// `MINDER_PROGRAM` and `MINDER_INSTANCE`.
     pub environment: Vec<(String, String)>,
+    /// Where stdout goes.
+    pub stdout_log: LogDest,
+    /// Where stderr goes.
+    pub stderr_log: LogDest,
 }
 
 impl Config {
@@ -214,7 +295,16 @@ impl ProgramConfig {
                     ("MINDER_PROGRAM".to_string(), self.name.clone()),
                 ]);
                 environment.sort();
+                // In file names `:` is written as `.` (web:0 -> web.0.stdout.log):
+                // colons confuse tools that read `host:path`.
+                let file_name = name.replace(':', ".");
+                let file_vars = placeholder::Vars {
+                    name: &file_name,
+                    ..vars
+                };
                 ProcessSpec {
+                    stdout_log: log_dest(&self.logs.stdout, &file_vars),
+                    stderr_log: log_dest(&self.logs.stderr, &file_vars),
                     name,
                     program: self.name.clone(),
                     instance,
@@ -223,6 +313,14 @@ impl ProgramConfig {
                 }
             })
             .collect()
+    }
+}
+
+fn log_dest(target: &LogTarget, vars: &placeholder::Vars<'_>) -> LogDest {
+    match target {
+        LogTarget::File { dir, name } => LogDest::File(dir.join(placeholder::expand(name, vars))),
+        LogTarget::Discard => LogDest::Discard,
+        LogTarget::Stdout => LogDest::Stdout,
     }
 }
 

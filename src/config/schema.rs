@@ -10,7 +10,10 @@ use toml::de::DeValue;
 use super::diagnostic::Span;
 use super::reader::{conv, TableReader, Value, ValueError};
 use super::Defaults;
-use super::{placeholder, BackoffConfig, ProgramConfig, RestartPolicy, SupervisorConfig};
+use super::{
+    placeholder, BackoffConfig, LogFormat, LogTarget, LogsConfig, ProgramConfig, RestartPolicy,
+    SupervisorConfig,
+};
 
 /// Upper bound for `instances`: far above any sane use, low enough that a
 /// typo cannot make minder try to start millions of processes.
@@ -56,6 +59,14 @@ pub(crate) fn read_supervisor(
         shutdown_timeout: r
             .get("shutdown_timeout", conv::duration)
             .unwrap_or(Duration::from_secs(60)),
+        log_format: match r.get("log_format", conv::one_of(&["text", "json"])) {
+            Some(1) => LogFormat::Json,
+            _ => LogFormat::Text,
+        },
+        log_file: r.get("log_file", conv::text).map(|s| dir.join(s)),
+        log_files: r
+            .get("log_files", conv::int_in::<usize>(1, 10_000))
+            .unwrap_or(7),
     };
     let include = r.get("include", include_list).unwrap_or_default();
     r.finish();
@@ -174,6 +185,11 @@ pub(crate) fn read_program(
         None => BackoffConfig::default(),
     };
 
+    let logs = match r.table("logs") {
+        Some((l, _)) => read_logs(l, has_port, instances.as_ref().map_or(1, |(n, _)| *n)),
+        None => LogsConfig::default(),
+    };
+
     let config = ProgramConfig {
         name: name.to_string(),
         file: file.to_path_buf(),
@@ -210,6 +226,7 @@ pub(crate) fn read_program(
         port: port.map(|(p, _)| p),
         depends_on: depends_on.iter().map(|(d, _)| d.clone()).collect(),
         backoff,
+        logs,
     };
     r.finish();
     ProgramDraft {
@@ -369,4 +386,111 @@ fn read_backoff(mut r: TableReader<'_, '_>) -> BackoffConfig {
         reset_after: reset_after.unwrap_or(d.reset_after),
         max_retries: max_retries.unwrap_or(d.max_retries),
     }
+}
+
+/// Upper bound for `backups`: each rotation renames every backup.
+const MAX_BACKUPS: i64 = 1000;
+
+/// `[program.NAME.logs]`. Names stay relative here; the loader joins them
+/// with `log_dir` once the whole file is read.
+fn read_logs(mut r: TableReader<'_, '_>, has_port: bool, instances: u32) -> LogsConfig {
+    let d = LogsConfig::default();
+    let stdout = r.get_spanned("stdout", |v| log_target(v, false));
+    let stderr = r.get_spanned("stderr", |v| log_target(v, true));
+    for (target, span) in stdout.iter().chain(stderr.iter()) {
+        let LogTarget::File { name, .. } = target else {
+            continue;
+        };
+        for problem in placeholder::check(name, has_port) {
+            r.error(span, problem);
+        }
+        // Two processes appending to (and rotating) one file would garble it.
+        let per_process = ["{name}", "{instance}", "{port}"]
+            .iter()
+            .any(|p| name.contains(p));
+        if instances > 1 && !per_process {
+            r.error(
+                span,
+                format!("\"{name}\" would be shared by all {instances} instances; put {{name}} or {{instance}} in it"),
+            );
+        }
+    }
+    if let (
+        Some((LogTarget::File { name: a, .. }, _)),
+        Some((LogTarget::File { name: b, .. }, span)),
+    ) = (&stdout, &stderr)
+    {
+        if a == b {
+            r.error(
+                span,
+                "stderr names the stdout file: write stderr = \"stdout\" to merge the two streams",
+            );
+        }
+    }
+    let logs = LogsConfig {
+        stdout: stdout.map(|(t, _)| t).unwrap_or(d.stdout),
+        stderr: stderr.map(|(t, _)| t).unwrap_or(d.stderr),
+        max_size: r.get("max_size", size).unwrap_or(d.max_size),
+        backups: r
+            .get("backups", conv::int_in::<u32>(0, MAX_BACKUPS))
+            .unwrap_or(d.backups),
+        timestamps: r.get("timestamps", conv::boolean).unwrap_or(d.timestamps),
+    };
+    r.finish();
+    logs
+}
+
+/// `stdout`/`stderr`: a file name, `"none"`, or (stderr only) `"stdout"`.
+fn log_target(v: &Value<'_>, is_stderr: bool) -> Result<LogTarget, ValueError> {
+    let s = conv::text(v)?;
+    Ok(match s.as_str() {
+        "none" => LogTarget::Discard,
+        "stdout" if is_stderr => LogTarget::Stdout,
+        _ if s.ends_with('/') => {
+            return Err(ValueError::invalid(
+                format!("\"{s}\" names a directory; give a file name like \"{{name}}.log\""),
+                v,
+            ))
+        }
+        _ => LogTarget::File {
+            dir: std::path::PathBuf::new(),
+            name: s,
+        },
+    })
+}
+
+/// A size: `"50MB"`, `"64KiB"`, `"0"`, or an integer number of bytes.
+/// KB/MB/GB are powers of 1000, KiB/MiB/GiB powers of 1024.
+pub(crate) fn size(v: &Value<'_>) -> Result<u64, ValueError> {
+    let text = match v.get_ref() {
+        DeValue::Integer(_) => return conv::int_in::<u64>(0, i64::MAX)(v),
+        DeValue::String(s) => s.trim(),
+        _ => return Err(ValueError::wrong_type("a size string like \"50MB\"", v)),
+    };
+    parse_size(text).ok_or_else(|| {
+        ValueError::invalid(
+            format!("invalid size \"{text}\" (write e.g. \"50MB\", \"64KiB\", \"1GiB\" or \"0\")"),
+            v,
+        )
+    })
+}
+
+/// The number of bytes in a size string (see [`size`]).
+pub(crate) fn parse_size(text: &str) -> Option<u64> {
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (digits, unit) = text.split_at(split);
+    let n: u64 = digits.parse().ok()?;
+    let factor: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "kb" => 1000,
+        "mb" => 1000 * 1000,
+        "gb" => 1000 * 1000 * 1000,
+        "kib" => 1 << 10,
+        "mib" => 1 << 20,
+        "gib" => 1 << 30,
+        _ => return None,
+    };
+    n.checked_mul(factor)
 }

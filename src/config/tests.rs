@@ -578,24 +578,14 @@ fn future_keys_are_rejected_like_any_unknown_key() {
             &format!("3:1: unknown key \"{name}\" in [program.web]"),
         );
     }
-    for table in ["health", "logs"] {
-        assert_error(
-            &format!("[program.web]\ncommand = \"x\"\n[program.web.{table}]\nx = 1\n"),
-            &format!("3:14: unknown key \"{table}\" in [program.web]"),
-        );
-    }
-    for key in [
-        "metrics = \"127.0.0.1:9101\"",
-        "log_format = \"json\"",
-        "log_file = \"x.log\"",
-        "log_files = 7",
-    ] {
-        let name = key.split(' ').next().unwrap_or_default();
-        assert_error(
-            &format!("[supervisor]\n{key}\n"),
-            &format!("2:1: unknown key \"{name}\" in [supervisor]"),
-        );
-    }
+    assert_error(
+        "[program.web]\ncommand = \"x\"\n[program.web.health]\nx = 1\n",
+        "3:14: unknown key \"health\" in [program.web]",
+    );
+    assert_error(
+        "[supervisor]\nmetrics = \"127.0.0.1:9101\"\n",
+        "2:1: unknown key \"metrics\" in [supervisor]",
+    );
     assert_error(
         "[[supervisor.hooks]]\non = [\"fatal\"]\n",
         "1:14: unknown key \"hooks\" in [supervisor]",
@@ -971,4 +961,126 @@ fn no_panic_on_truncated_or_damaged_input() {
             let _ = parse_str(&damaged, Path::new(MAIN), &defaults());
         }
     }
+}
+
+// ---------------------------------------------------------------- logs
+
+#[test]
+fn log_defaults() {
+    let c = parse("[program.web]\ncommand = \"x\"\ninstances = 2\n");
+    let p = c.program("web").expect("web");
+    assert_eq!(
+        p.logs,
+        LogsConfig {
+            stdout: LogTarget::File {
+                dir: "/default/logs".into(),
+                name: "{name}.stdout.log".into()
+            },
+            stderr: LogTarget::File {
+                dir: "/default/logs".into(),
+                name: "{name}.stderr.log".into()
+            },
+            max_size: 50_000_000,
+            backups: 10,
+            timestamps: false,
+        }
+    );
+    let specs = p.processes();
+    assert_eq!(
+        specs[1].stdout_log,
+        LogDest::File("/default/logs/web.1.stdout.log".into())
+    );
+    assert_eq!(
+        specs[1].stderr_log,
+        LogDest::File("/default/logs/web.1.stderr.log".into())
+    );
+    let s = &c.supervisor;
+    assert_eq!(s.log_format, LogFormat::Text);
+    assert_eq!(s.log_file, None);
+    assert_eq!(s.log_files, 7);
+}
+
+#[test]
+fn log_keys_are_read() {
+    let c = parse(
+        "[supervisor]\nlog_dir = \"logs\"\nlog_format = \"json\"\nlog_file = \"m/minder.log\"\nlog_files = 3\n\
+         [program.web]\ncommand = \"x\"\nport = 8000\n\
+         [program.web.logs]\nstdout = \"{program}-{port}.out\"\nstderr = \"stdout\"\n\
+         max_size = \"64KiB\"\nbackups = 0\ntimestamps = true\n\
+         [program.quiet]\ncommand = \"x\"\n[program.quiet.logs]\nstdout = \"none\"\nstderr = \"/var/log/q.err\"\n",
+    );
+    assert_eq!(c.supervisor.log_format, LogFormat::Json);
+    assert_eq!(
+        c.supervisor.log_file,
+        Some(PathBuf::from("/cfg/m/minder.log"))
+    );
+    assert_eq!(c.supervisor.log_files, 3);
+    let web = c.program("web").expect("web");
+    assert_eq!(web.logs.max_size, 65536);
+    assert_eq!(web.logs.backups, 0);
+    assert!(web.logs.timestamps);
+    let spec = &web.processes()[0];
+    assert_eq!(
+        spec.stdout_log,
+        LogDest::File("/cfg/logs/web-8000.out".into())
+    );
+    assert_eq!(spec.stderr_log, LogDest::Stdout);
+    let quiet = &c.program("quiet").expect("quiet").processes()[0];
+    assert_eq!(quiet.stdout_log, LogDest::Discard);
+    assert_eq!(quiet.stderr_log, LogDest::File("/var/log/q.err".into()));
+}
+
+#[test]
+fn sizes() {
+    use super::schema::parse_size;
+    assert_eq!(parse_size("0"), Some(0));
+    assert_eq!(parse_size("50MB"), Some(50_000_000));
+    assert_eq!(parse_size("64KiB"), Some(65_536));
+    assert_eq!(parse_size("1 GiB"), Some(1 << 30));
+    assert_eq!(parse_size("10kb"), Some(10_000));
+    assert_eq!(parse_size("123"), Some(123));
+    assert_eq!(parse_size("MB"), None);
+    assert_eq!(parse_size("5 parsecs"), None);
+    assert_eq!(parse_size("99999999999999GiB"), None);
+}
+
+#[test]
+fn log_settings_are_validated() {
+    let t = |logs: &str| format!("[program.web]\ncommand = \"x\"\n[program.web.logs]\n{logs}\n");
+    assert_error(
+        &t("max_size = \"5 parsecs\""),
+        "4:12: \"max_size\": invalid size \"5 parsecs\" (write e.g. \"50MB\", \"64KiB\", \"1GiB\" or \"0\")",
+    );
+    assert_error(
+        &t("backups = -1"),
+        "4:11: \"backups\": -1 is out of range (expected 0..=1000)",
+    );
+    assert_error(
+        &t("stdout = \"a.log\"\nstderr = \"a.log\""),
+        "5:10: stderr names the stdout file: write stderr = \"stdout\" to merge the two streams",
+    );
+    assert_error(
+        &t("stdout = \"{nmae}.log\""),
+        "4:10: unknown placeholder {nmae} (known: {name}, {program}, {instance}, {port})",
+    );
+    assert_error(
+        &t("stdout = \"logs/\""),
+        "4:10: \"stdout\": \"logs/\" names a directory; give a file name like \"{name}.log\"",
+    );
+    assert_error(
+        &t("colour = true"),
+        "4:1: unknown key \"colour\" in [program.web.logs]",
+    );
+    assert_error(
+        "[program.web]\ncommand = \"x\"\ninstances = 2\n[program.web.logs]\nstdout = \"web.log\"\n",
+        "5:10: \"web.log\" would be shared by all 2 instances; put {name} or {instance} in it",
+    );
+    assert_error(
+        "[supervisor]\nlog_format = \"xml\"\n",
+        "2:14: \"log_format\": unknown value \"xml\" (expected one of \"text\", \"json\")",
+    );
+    assert_error(
+        "[supervisor]\nlog_files = 0\n",
+        "2:13: \"log_files\": 0 is out of range (expected 1..=10000)",
+    );
 }

@@ -650,6 +650,7 @@ mod tests {
                 reset_after: Duration::from_secs(60),
                 max_retries: 0,
             },
+            logs: crate::config::LogsConfig::default(),
         }
     }
 
