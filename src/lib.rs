@@ -6,5 +6,6 @@ pub mod cli;
 pub mod config;
 pub mod control;
 pub mod daemon;
+pub mod logs;
 pub mod process;
 pub mod supervisor;

@@ -1,0 +1,744 @@
+//! Capturing a process's stdout and stderr: one pipe per stream, one task per
+//! pipe, the file writes on tokio's blocking pool.
+
+use std::io::{self, Write};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use nix::fcntl::{fcntl, FcntlArg, OFlag};
+use tokio::io::unix::AsyncFd;
+use tokio::io::Interest;
+use tokio::sync::{mpsc, oneshot};
+
+use super::rotating::{RotatingFile, Rotation};
+use super::stamp::Stamper;
+use super::tail;
+use crate::config::{LogDest, LogsConfig, ProcessSpec};
+use crate::process::Output;
+
+/// First read buffer of a stream: a line or two needs no more, and a small
+/// buffer comes from the heap, not a fresh mmap.
+const SMALL_READ: usize = 16 * 1024;
+
+/// Read buffer once a stream is busy: one file write per this many bytes.
+const BIG_READ: usize = 512 * 1024;
+
+/// Pipe size asked for (F_SETPIPE_SZ) once a stream fills the default 64 KiB:
+/// room for a burst while the previous chunk is being written. The default
+/// `/proc/sys/fs/pipe-max-size` allows it without privileges.
+const BUSY_PIPE_SIZE: i32 = 1 << 20;
+
+/// Chunks queued per `tail -f` follower; a slower follower skips output
+/// (and is told how much) rather than slowing the capture down.
+const FOLLOW_QUEUE: usize = 8;
+
+/// Requests queued per stream.
+const REQUEST_QUEUE: usize = 4;
+
+/// A failing log file is reported at most this often.
+const WARN_EVERY: Duration = Duration::from_secs(10);
+
+/// Counters of one process's capture, read by `status`.
+#[derive(Debug, Default)]
+pub struct LogStats {
+    dropped_bytes: AtomicU64,
+}
+
+impl LogStats {
+    /// Output bytes lost because the log file could not be written.
+    pub fn dropped_bytes(&self) -> u64 {
+        self.dropped_bytes.load(Ordering::Relaxed)
+    }
+}
+
+/// Which of a process's streams.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stream {
+    /// fd 1.
+    Stdout,
+    /// fd 2.
+    Stderr,
+}
+
+impl Stream {
+    /// `"stdout"` or `"stderr"`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Stream::Stdout => "stdout",
+            Stream::Stderr => "stderr",
+        }
+    }
+}
+
+/// A request about a process's logs, sent through its actor.
+#[derive(Debug)]
+pub enum LogRequest {
+    /// The last `lines` lines of a stream and, with `follow`, what comes next.
+    Tail {
+        /// Which stream.
+        stream: Stream,
+        /// How many lines of history.
+        lines: usize,
+        /// Keep streaming new output.
+        follow: bool,
+        /// The answer, or why there is none.
+        reply: oneshot::Sender<Result<TailReply, String>>,
+    },
+    /// Reopen the log files (after an external logrotate moved them).
+    Reopen {
+        /// Each file that could not be reopened, with the reason.
+        reply: oneshot::Sender<Vec<String>>,
+    },
+    /// Write out everything the pipes hold now (before minder exits).
+    Flush {
+        /// Answered once done.
+        reply: oneshot::Sender<()>,
+    },
+}
+
+/// What `tail` gets back from a capture.
+#[derive(Debug)]
+pub struct TailReply {
+    /// The stream actually read (`stdout` when stderr is merged into it).
+    pub stream: Stream,
+    /// The last lines, from the file and what is not written yet.
+    pub text: Vec<u8>,
+    /// New output as it comes (with `follow`); ends when the process is removed.
+    pub follow: Option<mpsc::Receiver<TailEvent>>,
+}
+
+/// One message to a `tail -f` follower.
+#[derive(Debug, Clone)]
+pub enum TailEvent {
+    /// Output, as written to the file.
+    Data(Arc<[u8]>),
+    /// This many bytes were skipped because the follower was too slow.
+    Skipped(u64),
+}
+
+/// A process's output capture: created with its actor, the pipes and their
+/// tasks at the first spawn.
+///
+/// The pipes are kept for the process's whole life in minder (both ends),
+/// across restarts of its child: a grandchild that outlives its parent keeps
+/// logging into the same file, there is never a second reader racing the
+/// first over one file, and each stream is a plain pair of fds that
+/// `reexec` can hand over. minder holding the write end means the reader
+/// never sees EOF while the process is supervised; when the process leaves
+/// the config the capture drains what is left and closes the pipe.
+pub struct ProcessLogs {
+    name: Arc<str>,
+    stdout: LogDest,
+    stderr: LogDest,
+    rotation: Rotation,
+    timestamps: bool,
+    stats: Arc<LogStats>,
+    pipes: Option<Pipes>,
+}
+
+/// The pipes of a process once created; `None` for a discarded stream.
+struct Pipes {
+    stdout: Option<Pipe>,
+    stderr: Option<Pipe>,
+}
+
+/// minder's side of one pipe: the write end handed to each child, and the
+/// way to its capture task (which owns the read end).
+struct Pipe {
+    write: OwnedFd,
+    requests: mpsc::Sender<StreamRequest>,
+}
+
+impl ProcessLogs {
+    /// The capture of `spec`'s output, configured by `cfg`; nothing is opened yet.
+    pub fn new(spec: &ProcessSpec, cfg: &LogsConfig) -> ProcessLogs {
+        ProcessLogs {
+            name: Arc::from(spec.name.as_str()),
+            stdout: spec.stdout_log.clone(),
+            stderr: spec.stderr_log.clone(),
+            rotation: Rotation {
+                max_size: cfg.max_size,
+                backups: cfg.backups,
+            },
+            timestamps: cfg.timestamps,
+            stats: Arc::default(),
+            pipes: None,
+        }
+    }
+
+    /// The counters `status` shows.
+    pub fn stats(&self) -> Arc<LogStats> {
+        Arc::clone(&self.stats)
+    }
+
+    /// Where the child's stdout and stderr go; creates the pipes on first use.
+    pub fn outputs(&mut self) -> io::Result<(Output, Output)> {
+        let pipes = self.pipes()?;
+        let fd = |p: &Option<Pipe>| p.as_ref().map(|p| Output::Fd(p.write.as_raw_fd()));
+        let stdout = fd(&pipes.stdout).unwrap_or(Output::Null);
+        let stderr = match fd(&pipes.stderr) {
+            Some(out) => out,
+            None if self.stderr == LogDest::Stdout => stdout,
+            None => Output::Null,
+        };
+        Ok((stdout, stderr))
+    }
+
+    fn pipes(&mut self) -> io::Result<&Pipes> {
+        if self.pipes.is_none() {
+            let stdout = self.start_pipe(Stream::Stdout, &self.stdout)?;
+            let stderr = self.start_pipe(Stream::Stderr, &self.stderr)?;
+            self.pipes = Some(Pipes { stdout, stderr });
+        }
+        self.pipes
+            .as_ref()
+            .ok_or_else(|| io::Error::other("pipes were just created"))
+    }
+
+    fn start_pipe(&self, stream: Stream, dest: &LogDest) -> io::Result<Option<Pipe>> {
+        let LogDest::File(path) = dest else {
+            return Ok(None);
+        };
+        let (read, write) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
+        // Only minder's end is non-blocking: the child's writes block as usual.
+        fcntl(&read, FcntlArg::F_SETFL(OFlag::O_NONBLOCK))?;
+        let (tx, rx) = mpsc::channel(REQUEST_QUEUE);
+        let sink = Sink {
+            name: Arc::clone(&self.name),
+            stream: stream.name(),
+            file: RotatingFile::new(path.clone(), self.rotation),
+            stamper: self.timestamps.then(Stamper::default),
+            stats: Arc::clone(&self.stats),
+            failing: None,
+            scratch: Vec::new(),
+        };
+        let capture = Capture {
+            // SAFETY: an OwnedFd stays open and names the same pipe until the
+            // AsyncFd owning it is dropped.
+            pipe: unsafe { AsyncFd::register_with_interest(read, Interest::READABLE) }
+                .map_err(|e| io::Error::other(e.to_string()))?,
+            sink: Some(Box::new(sink)),
+            requests: rx,
+            followers: Vec::new(),
+            buf: Vec::new(),
+            stream,
+            enlarged: false,
+        };
+        tokio::spawn(capture.run());
+        Ok(Some(Pipe {
+            write,
+            requests: tx,
+        }))
+    }
+
+    /// Carries out a request; answers it (possibly later, from another task).
+    pub fn handle(&mut self, request: LogRequest) {
+        match request {
+            LogRequest::Tail {
+                stream,
+                lines,
+                follow,
+                reply,
+            } => {
+                let name = Arc::clone(&self.name);
+                let pipe = match self.pipe_of(stream) {
+                    Ok(pipe) => pipe,
+                    Err(e) => {
+                        let _ = reply.send(Err(e));
+                        return;
+                    }
+                };
+                let sent = pipe.requests.try_send(StreamRequest::Tail {
+                    lines,
+                    follow,
+                    reply,
+                });
+                // Closed cannot happen while the pipe exists; its reply drops with it.
+                if let Err(mpsc::error::TrySendError::Full(StreamRequest::Tail { reply, .. })) =
+                    sent
+                {
+                    let _ = reply.send(Err(format!("{name}: busy, try again")));
+                }
+            }
+            LogRequest::Reopen { reply } => {
+                let waits = self.broadcast(|| {
+                    let (tx, rx) = oneshot::channel();
+                    (StreamRequest::Reopen { reply: tx }, rx)
+                });
+                tokio::spawn(async move {
+                    let mut errors = Vec::new();
+                    for rx in waits {
+                        if let Ok(Err(e)) = rx.await {
+                            errors.push(e);
+                        }
+                    }
+                    let _ = reply.send(errors);
+                });
+            }
+            LogRequest::Flush { reply } => {
+                let waits = self.broadcast(|| {
+                    let (tx, rx) = oneshot::channel();
+                    (StreamRequest::Flush { reply: tx }, rx)
+                });
+                tokio::spawn(async move {
+                    for rx in waits {
+                        let _ = rx.await;
+                    }
+                    let _ = reply.send(());
+                });
+            }
+        }
+    }
+
+    /// The pipe carrying `stream` (stderr merged into stdout is the stdout pipe).
+    fn pipe_of(&mut self, stream: Stream) -> Result<&Pipe, String> {
+        let name = Arc::clone(&self.name);
+        let merged = stream == Stream::Stderr && self.stderr == LogDest::Stdout;
+        let pipes = self
+            .pipes()
+            .map_err(|e| format!("{name}: creating the log pipes: {e}"))?;
+        let pipe = match (stream, merged) {
+            (Stream::Stdout, _) | (Stream::Stderr, true) => pipes.stdout.as_ref(),
+            (Stream::Stderr, false) => pipes.stderr.as_ref(),
+        };
+        pipe.ok_or_else(|| {
+            format!(
+                "{name}: {} is not captured (logs.{} = \"none\")",
+                stream.name(),
+                stream.name()
+            )
+        })
+    }
+
+    /// Sends one request made by `make` to each stream's capture; returns the
+    /// receivers of the answers.
+    fn broadcast<T>(
+        &self,
+        make: impl Fn() -> (StreamRequest, oneshot::Receiver<T>),
+    ) -> Vec<oneshot::Receiver<T>> {
+        let Some(pipes) = &self.pipes else {
+            return Vec::new();
+        };
+        let mut waits = Vec::new();
+        for pipe in [&pipes.stdout, &pipes.stderr].into_iter().flatten() {
+            let (request, rx) = make();
+            // A full queue means a request of the same kind is pending anyway.
+            if pipe.requests.try_send(request).is_ok() {
+                waits.push(rx);
+            }
+        }
+        waits
+    }
+}
+
+/// A request to one stream's capture task.
+enum StreamRequest {
+    Tail {
+        lines: usize,
+        follow: bool,
+        reply: oneshot::Sender<Result<TailReply, String>>,
+    },
+    Reopen {
+        reply: oneshot::Sender<Result<(), String>>,
+    },
+    Flush {
+        reply: oneshot::Sender<()>,
+    },
+}
+
+/// One `tail -f` client.
+struct Follower {
+    tx: mpsc::Sender<TailEvent>,
+    /// Bytes not delivered because its queue was full.
+    skipped: u64,
+}
+
+/// The task reading one pipe.
+struct Capture {
+    pipe: AsyncFd<OwnedFd>,
+    /// The file side; lent to the blocking pool during a write.
+    sink: Option<Box<Sink>>,
+    requests: mpsc::Receiver<StreamRequest>,
+    followers: Vec<Follower>,
+    /// Kept only while the stream is busy; idle streams hold no buffer.
+    buf: Vec<u8>,
+    stream: Stream,
+    /// F_SETPIPE_SZ was tried.
+    enlarged: bool,
+}
+
+/// What one read of the pipe gave.
+enum Batch {
+    /// This many bytes in the buffer.
+    Data(usize),
+    /// Nothing now.
+    Empty,
+    /// Every write end is closed.
+    Eof(usize),
+}
+
+impl Capture {
+    async fn run(mut self) {
+        loop {
+            let deadline = self
+                .sink
+                .as_ref()
+                .and_then(|s| s.stamper.as_ref())
+                .and_then(Stamper::partial_deadline);
+            tokio::select! {
+                biased;
+                request = self.requests.recv() => match request {
+                    Some(request) => self.on_request(request).await,
+                    // The process left the config: write what is left, close the pipe.
+                    None => {
+                        self.drain().await;
+                        return;
+                    }
+                },
+                ready = self.pipe.readable() => {
+                    let Ok(mut guard) = ready else { return };
+                    let (batch, empty) =
+                        read_batch(&self.pipe, &mut self.buf, &mut self.enlarged, self.stream);
+                    if empty {
+                        guard.clear_ready();
+                    }
+                    drop(guard);
+                    match batch {
+                        Batch::Data(n) => self.write(n, false).await,
+                        Batch::Empty => {}
+                        Batch::Eof(n) => {
+                            self.write(n, true).await;
+                            return;
+                        }
+                    }
+                }
+                _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now).into()), if deadline.is_some() => {
+                    self.write(0, true).await;
+                }
+            }
+        }
+    }
+
+    /// Writes the first `n` bytes of the buffer (and, with `flush`, a held-back
+    /// partial line) off the runtime thread, then hands them to followers.
+    async fn write(&mut self, n: usize, flush: bool) {
+        let Some(mut sink) = self.sink.take() else {
+            return;
+        };
+        let buf = std::mem::take(&mut self.buf);
+        let copy = !self.followers.is_empty();
+        let result = tokio::task::spawn_blocking(move || {
+            let out = sink.write(&buf[..n.min(buf.len())], flush, copy);
+            (sink, buf, out)
+        })
+        .await;
+        let Ok((sink, buf, out)) = result else {
+            // The blocking pool is gone: the runtime is shutting down.
+            return;
+        };
+        self.sink = Some(sink);
+        // Keep the buffer only while the stream is busy.
+        if n >= SMALL_READ {
+            self.buf = buf;
+        }
+        if let Some(out) = out {
+            self.broadcast(out);
+        }
+    }
+
+    fn broadcast(&mut self, data: Arc<[u8]>) {
+        let len = data.len() as u64;
+        self.followers.retain_mut(|f| {
+            if f.skipped > 0 {
+                match f.tx.try_send(TailEvent::Skipped(f.skipped)) {
+                    Ok(()) => f.skipped = 0,
+                    Err(mpsc::error::TrySendError::Full(_)) => {
+                        f.skipped += len;
+                        return true;
+                    }
+                    Err(mpsc::error::TrySendError::Closed(_)) => return false,
+                }
+            }
+            match f.tx.try_send(TailEvent::Data(Arc::clone(&data))) {
+                Ok(()) => true,
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    f.skipped += len;
+                    true
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => false,
+            }
+        });
+    }
+
+    async fn on_request(&mut self, request: StreamRequest) {
+        match request {
+            StreamRequest::Tail {
+                lines,
+                follow,
+                reply,
+            } => {
+                let (path, pending) = match &self.sink {
+                    Some(sink) => (sink.file.path().to_path_buf(), sink.unwritten()),
+                    None => (PathBuf::new(), Vec::new()),
+                };
+                let text =
+                    tokio::task::spawn_blocking(move || tail::last_lines(&path, lines, &pending))
+                        .await
+                        .unwrap_or_default();
+                // Subscribed before the next read: nothing missed, nothing twice.
+                let follow = follow.then(|| {
+                    let (tx, rx) = mpsc::channel(FOLLOW_QUEUE);
+                    self.followers.push(Follower { tx, skipped: 0 });
+                    rx
+                });
+                let _ = reply.send(Ok(TailReply {
+                    stream: self.stream,
+                    text,
+                    follow,
+                }));
+            }
+            StreamRequest::Reopen { reply } => {
+                let Some(mut sink) = self.sink.take() else {
+                    return;
+                };
+                let result = tokio::task::spawn_blocking(move || {
+                    let r = sink.file.reopen().map_err(|e| {
+                        format!(
+                            "{}: reopening {}: {e}",
+                            sink.name,
+                            sink.file.path().display()
+                        )
+                    });
+                    (sink, r)
+                })
+                .await;
+                if let Ok((sink, r)) = result {
+                    self.sink = Some(sink);
+                    let _ = reply.send(r);
+                }
+            }
+            StreamRequest::Flush { reply } => {
+                self.drain().await;
+                let _ = reply.send(());
+            }
+        }
+    }
+
+    /// Writes everything the pipe holds now, and a held-back partial line.
+    async fn drain(&mut self) {
+        // Reads without waiting for readiness: the reactor may not have seen
+        // the last writes of a child that just died. Bounded, so a grandchild
+        // still writing cannot keep minder from exiting.
+        for _ in 0..64 {
+            match read_batch(&self.pipe, &mut self.buf, &mut self.enlarged, self.stream).0 {
+                Batch::Data(n) => self.write(n, false).await,
+                Batch::Empty => break,
+                Batch::Eof(n) => {
+                    self.write(n, false).await;
+                    break;
+                }
+            }
+        }
+        self.write(0, true).await;
+    }
+}
+
+/// Reads what the pipe holds, up to one buffer; the flag tells whether the
+/// pipe was found empty (the caller then clears its readiness).
+fn read_batch(
+    pipe: &AsyncFd<OwnedFd>,
+    buf: &mut Vec<u8>,
+    enlarged: &mut bool,
+    stream: Stream,
+) -> (Batch, bool) {
+    if buf.is_empty() {
+        *buf = vec![0; SMALL_READ];
+    }
+    let mut filled = 0;
+    let mut empty = false;
+    loop {
+        match nix::unistd::read(pipe.get_ref(), &mut buf[filled..]) {
+            Ok(0) => return (Batch::Eof(filled), true),
+            Ok(n) => {
+                filled += n;
+                if filled < buf.len() {
+                    continue;
+                }
+                if buf.len() >= BIG_READ {
+                    break;
+                }
+                // Busy: a bigger buffer, and a bigger pipe so the child can
+                // go on writing while we write the file.
+                buf.resize(BIG_READ, 0);
+                if !*enlarged {
+                    *enlarged = true;
+                    enlarge_pipe(pipe.get_ref());
+                }
+            }
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(nix::errno::Errno::EAGAIN) => {
+                empty = true;
+                break;
+            }
+            Err(e) => {
+                tracing::warn!(stream = stream.name(), "reading a log pipe: {e}");
+                empty = true;
+                break;
+            }
+        }
+    }
+    if filled == 0 {
+        *buf = Vec::new();
+        (Batch::Empty, empty)
+    } else {
+        (Batch::Data(filled), empty)
+    }
+}
+
+fn enlarge_pipe(pipe: &OwnedFd) {
+    // Best effort: over the per-user pipe quota the kernel refuses, and the
+    // default size still works, only with more wake-ups.
+    if let Err(e) = fcntl(pipe, FcntlArg::F_SETPIPE_SZ(BUSY_PIPE_SIZE)) {
+        tracing::debug!("F_SETPIPE_SZ: {e}");
+    }
+}
+
+/// The file side of one stream; runs on the blocking pool.
+struct Sink {
+    name: Arc<str>,
+    stream: &'static str,
+    file: RotatingFile,
+    stamper: Option<Stamper>,
+    stats: Arc<LogStats>,
+    /// Since when writes fail, bytes dropped since the last warning, last warning.
+    failing: Option<Failing>,
+    /// Reused buffer for stamped output.
+    scratch: Vec<u8>,
+}
+
+/// A log file that cannot be written at the moment.
+struct Failing {
+    since_warning: u64,
+    total: u64,
+    warned: Instant,
+}
+
+impl Sink {
+    /// Writes `data` (stamped if asked), dropping and counting what the file
+    /// refuses; returns a copy of what was written when `copy`.
+    fn write(&mut self, data: &[u8], flush: bool, copy: bool) -> Option<Arc<[u8]>> {
+        let mut out = std::mem::take(&mut self.scratch);
+        out.clear();
+        let bytes: &[u8] = match &mut self.stamper {
+            Some(stamper) => {
+                if !data.is_empty() {
+                    stamper.stamp(data, SystemTime::now(), &mut out);
+                }
+                if flush {
+                    stamper.flush_partial(&mut out);
+                }
+                &out
+            }
+            None => data,
+        };
+        self.write_out(bytes);
+        let copied = (copy && !bytes.is_empty()).then(|| Arc::from(bytes));
+        // A huge burst should not pin a huge scratch buffer.
+        if out.capacity() <= 4 * BIG_READ {
+            self.scratch = out;
+        }
+        copied
+    }
+
+    /// The output not in the file yet (a held-back partial line).
+    fn unwritten(&self) -> Vec<u8> {
+        self.stamper
+            .as_ref()
+            .map(|s| s.pending().to_vec())
+            .unwrap_or_default()
+    }
+
+    fn write_out(&mut self, mut rest: &[u8]) {
+        let mut complete = !rest.is_empty();
+        while !rest.is_empty() {
+            match self.file.write(rest) {
+                Ok(0) => {
+                    self.dropped(rest.len(), &io::Error::from(io::ErrorKind::WriteZero));
+                    complete = false;
+                    break;
+                }
+                Ok(n) => rest = &rest[n..],
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    self.dropped(rest.len(), &e);
+                    complete = false;
+                    rest = &[];
+                }
+            }
+        }
+        if complete {
+            if let Some(f) = self.failing.take() {
+                tracing::info!(
+                    process = %self.name,
+                    "writing {} again, after dropping {} bytes",
+                    self.file.path().display(),
+                    f.total
+                );
+            }
+        }
+        if let Some(e) = self.file.take_rotation_error() {
+            tracing::warn!(
+                process = %self.name,
+                "cannot rotate {}: {e}; it grows past max_size until a rotation succeeds",
+                self.file.path().display()
+            );
+        }
+    }
+
+    fn dropped(&mut self, bytes: usize, error: &io::Error) {
+        let bytes = bytes as u64;
+        self.stats.dropped_bytes.fetch_add(bytes, Ordering::Relaxed);
+        let now = Instant::now();
+        match &mut self.failing {
+            None => {
+                tracing::warn!(
+                    process = %self.name,
+                    "dropping {} output: cannot write {}: {error}",
+                    self.stream,
+                    self.file.path().display()
+                );
+                self.failing = Some(Failing {
+                    since_warning: 0,
+                    total: bytes,
+                    warned: now,
+                });
+            }
+            Some(f) => {
+                f.total += bytes;
+                f.since_warning += bytes;
+                if now.duration_since(f.warned) >= WARN_EVERY {
+                    tracing::warn!(
+                        process = %self.name,
+                        "dropped {} more bytes of {} output: {}: {error}",
+                        f.since_warning,
+                        self.stream,
+                        self.file.path().display()
+                    );
+                    f.since_warning = 0;
+                    f.warned = now;
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Sink {
+    fn drop(&mut self) {
+        if let Some(f) = &self.failing {
+            tracing::info!(process = %self.name, "{} bytes of {} output were dropped in all", f.total, self.stream);
+        }
+    }
+}
