@@ -10,6 +10,7 @@ use crate::config::{self, Config, Defaults};
 use crate::control::client::{self, ClientError};
 use crate::control::protocol::{
     ActionReply, ErrorKind, PidReply, ProcessInfo, ReloadReply, Reply, Request, StatusReply,
+    TailChunk,
 };
 
 /// minder: a process supervisor with health checks, backoff and zero-downtime restarts.
@@ -93,6 +94,22 @@ pub enum CtlCommand {
     Reload,
     /// Stop every program, then the daemon exits.
     Shutdown,
+    /// Print the end of a process's captured log; -f follows it.
+    Tail {
+        /// Keep printing new output until interrupted.
+        #[arg(short, long)]
+        follow: bool,
+        /// How many lines of history.
+        #[arg(short = 'n', long, value_name = "LINES", default_value_t = 10)]
+        lines: usize,
+        /// The stderr log instead of stdout.
+        #[arg(long)]
+        stderr: bool,
+        /// One process (`web` or `web:0`).
+        name: String,
+    },
+    /// Reopen every captured log file (same as SIGUSR1 to the daemon).
+    ReopenLogs,
 }
 
 /// Runs `minder check`.
@@ -164,6 +181,21 @@ mod exit {
 /// Runs `minder ctl`.
 pub fn ctl(args: CtlArgs) -> ExitCode {
     let socket = socket_path(&args);
+    if let CtlCommand::Tail {
+        follow,
+        lines,
+        stderr,
+        name,
+    } = &args.command
+    {
+        let request = Request::Tail {
+            name: name.clone(),
+            lines: *lines,
+            stderr: *stderr,
+            follow: *follow,
+        };
+        return tail(&socket, &request, args.json);
+    }
     let request = match &args.command {
         CtlCommand::Status { names } => Request::Status {
             names: names.clone(),
@@ -187,6 +219,9 @@ pub fn ctl(args: CtlArgs) -> ExitCode {
         CtlCommand::Pid { name } => Request::Pid { name: name.clone() },
         CtlCommand::Reload => Request::Reload,
         CtlCommand::Shutdown => Request::Shutdown,
+        CtlCommand::ReopenLogs => Request::ReopenLogs,
+        // Handled above: its reply is a stream.
+        CtlCommand::Tail { .. } => return ExitCode::from(2),
     };
     let reply = match client::request(&socket, &request) {
         Ok(Some(reply)) => reply,
@@ -255,7 +290,8 @@ fn render(args: &CtlArgs, payload: serde_json::Value) -> Result<ExitCode, serde_
         CtlCommand::Start { .. }
         | CtlCommand::Stop { .. }
         | CtlCommand::Restart { .. }
-        | CtlCommand::Signal { .. } => {
+        | CtlCommand::Signal { .. }
+        | CtlCommand::ReopenLogs => {
             let reply: ActionReply = serde_json::from_value(payload)?;
             let failed: Vec<_> = reply.results.iter().filter(|r| !r.ok).collect();
             for r in &failed {
@@ -289,8 +325,90 @@ fn render(args: &CtlArgs, payload: serde_json::Value) -> Result<ExitCode, serde_
             }
             Ok(ExitCode::SUCCESS)
         }
-        CtlCommand::Shutdown => Ok(ExitCode::SUCCESS),
+        CtlCommand::Shutdown | CtlCommand::Tail { .. } => Ok(ExitCode::SUCCESS),
     }
+}
+
+/// `ctl tail`: prints the text as it comes; with `--json` one object per line
+/// (`name`, `stream`, `line`), a partial last line held until it is complete.
+fn tail(socket: &Path, request: &Request, json: bool) -> ExitCode {
+    let follow = matches!(request, Request::Tail { follow: true, .. });
+    let mut out = std::io::stdout().lock();
+    let mut partial = String::new();
+    let mut failure: Option<(ErrorKind, String)> = None;
+    let mut last: Option<TailChunk> = None;
+    let result = client::stream(socket, request, |reply| {
+        let chunk = match reply {
+            Reply::Ok(payload) => match serde_json::from_value::<TailChunk>(payload) {
+                Ok(chunk) => chunk,
+                Err(e) => {
+                    failure = Some((
+                        ErrorKind::Failed,
+                        format!("unexpected reply from the daemon: {e}"),
+                    ));
+                    return false;
+                }
+            },
+            Reply::Error(error) => {
+                if json {
+                    println!("{}", serde_json::json!({ "error": error }));
+                }
+                failure = Some((error.kind, error.message));
+                return false;
+            }
+        };
+        if chunk.skipped_bytes > 0 {
+            eprintln!(
+                "minder: ... {} bytes skipped (output faster than this reader) ...",
+                chunk.skipped_bytes
+            );
+        }
+        let ok = if json {
+            partial.push_str(&chunk.text);
+            let mut ok = true;
+            while let Some(i) = partial.find('\n') {
+                let line: String = partial.drain(..=i).collect();
+                ok &= print_line(&mut out, &chunk, &line[..i]);
+            }
+            ok
+        } else {
+            out.write_all(chunk.text.as_bytes())
+                .and_then(|()| out.flush())
+                .is_ok()
+        };
+        last = Some(chunk);
+        // Without -f the first reply is all; a closed stdout (`| head`) ends it too.
+        ok && follow
+    });
+    if json && !partial.is_empty() {
+        if let Some(chunk) = &last {
+            print_line(&mut out, chunk, &partial);
+        }
+    }
+    match (result, failure) {
+        (Err(e @ ClientError::Unreachable { .. }), _) => {
+            eprintln!("minder: {e}");
+            ExitCode::from(exit::UNREACHABLE)
+        }
+        (Err(e), _) => {
+            eprintln!("minder: {e}");
+            ExitCode::from(exit::FAILED)
+        }
+        (Ok(()), Some((kind, message))) => {
+            eprintln!("minder: {message}");
+            ExitCode::from(if kind == ErrorKind::PermissionDenied {
+                exit::UNREACHABLE
+            } else {
+                exit::FAILED
+            })
+        }
+        (Ok(()), None) => ExitCode::SUCCESS,
+    }
+}
+
+fn print_line(out: &mut impl Write, chunk: &TailChunk, line: &str) -> bool {
+    let doc = serde_json::json!({"name": chunk.name, "stream": chunk.stream, "line": line});
+    writeln!(out, "{doc}").and_then(|()| out.flush()).is_ok()
 }
 
 fn reload_summary(reply: &ReloadReply) -> String {

@@ -65,19 +65,22 @@ async fn serve(config: Config) -> Result<(), DaemonError> {
     Ok(())
 }
 
-/// Turns signals into supervisor inputs: TERM/INT terminate, HUP reloads.
+/// Turns signals into supervisor inputs: TERM/INT terminate, HUP reloads,
+/// USR1 reopens the log files.
 fn spawn_signal_handlers(inputs: mpsc::Sender<Input>) -> Result<(), DaemonError> {
     let setup =
         |kind| signal(kind).map_err(|e| DaemonError::Setup("installing signal handlers", e));
     let mut term = setup(SignalKind::terminate())?;
     let mut int = setup(SignalKind::interrupt())?;
     let mut hup = setup(SignalKind::hangup())?;
+    let mut usr1 = setup(SignalKind::user_defined1())?;
     tokio::spawn(async move {
         loop {
             let input = tokio::select! {
                 _ = term.recv() => Input::Terminate,
                 _ = int.recv() => Input::Terminate,
                 _ = hup.recv() => Input::Reload,
+                _ = usr1.recv() => Input::ReopenLogs,
             };
             if inputs.send(input).await.is_err() {
                 return;

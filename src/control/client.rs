@@ -20,6 +20,22 @@ pub enum ClientError {
 /// Sends `request` and reads the reply. `Ok(None)` means the daemon closed the
 /// connection without replying (as it does when it exits after `shutdown`).
 pub fn request(socket: &Path, request: &Request) -> Result<Option<Reply>, ClientError> {
+    let mut first = None;
+    stream(socket, request, |reply| {
+        first = Some(reply);
+        false
+    })?;
+    Ok(first)
+}
+
+/// Sends `request` and hands each reply line to `on_reply` until it returns
+/// false or the daemon closes the connection (a streaming reply such as
+/// `tail` with `follow`).
+pub fn stream(
+    socket: &Path,
+    request: &Request,
+    mut on_reply: impl FnMut(Reply) -> bool,
+) -> Result<(), ClientError> {
     let stream = UnixStream::connect(socket).map_err(|e| ClientError::Unreachable {
         path: socket.to_path_buf(),
         reason: unreachable_reason(&e),
@@ -35,16 +51,18 @@ pub fn request(socket: &Path, request: &Request) -> Result<Option<Reply>, Client
     let mut line = serde_json::to_vec(&body).map_err(|e| protocol(io::Error::other(e)))?;
     line.push(b'\n');
     (&stream).write_all(&line).map_err(protocol)?;
-    let mut reply = String::new();
-    BufReader::new(&stream)
-        .read_line(&mut reply)
-        .map_err(protocol)?;
-    if reply.is_empty() {
-        return Ok(None);
+    let mut reader = BufReader::new(&stream);
+    loop {
+        let mut reply = String::new();
+        if reader.read_line(&mut reply).map_err(protocol)? == 0 {
+            return Ok(());
+        }
+        let reply = serde_json::from_str(&reply)
+            .map_err(|e| protocol(io::Error::other(format!("unreadable reply: {e}"))))?;
+        if !on_reply(reply) {
+            return Ok(());
+        }
     }
-    serde_json::from_str(&reply)
-        .map(Some)
-        .map_err(|e| protocol(io::Error::other(format!("unreadable reply: {e}"))))
 }
 
 fn unreachable_reason(e: &io::Error) -> String {

@@ -44,12 +44,34 @@ pub enum Request {
     },
     /// Re-read the config and apply the difference.
     Reload,
+    /// The last `lines` lines of one process's captured output; with
+    /// `follow`, then its new output as it comes (a streaming reply).
+    Tail {
+        name: String,
+        #[serde(default = "ten")]
+        lines: usize,
+        /// The stderr log instead of stdout.
+        #[serde(default)]
+        stderr: bool,
+        #[serde(default)]
+        follow: bool,
+    },
+    /// Reopen every captured log file (after an external logrotate).
+    ReopenLogs,
     /// Stop everything and exit.
     Shutdown,
 }
 
 fn yes() -> bool {
     true
+}
+
+fn ten() -> usize {
+    10
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// The kinds of error a reply can carry.
@@ -120,6 +142,9 @@ pub struct ProcessInfo {
     pub last_exit_code: Option<i32>,
     pub last_exit_signal: Option<String>,
     pub description: String,
+    /// Captured output lost because its log file could not be written.
+    #[serde(default)]
+    pub dropped_bytes: u64,
 }
 
 /// The `status` document.
@@ -160,6 +185,21 @@ pub struct ReloadReply {
     /// Settings that need a daemon restart to apply (e.g. `socket`).
     #[serde(default)]
     pub not_applied: Vec<String>,
+}
+
+/// One object of a `tail` reply: the history first, then (with `follow`)
+/// one per piece of new output.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TailChunk {
+    /// The process.
+    pub name: String,
+    /// `stdout` or `stderr` (`stdout` when stderr is merged into it).
+    pub stream: String,
+    /// Output as in the log file (invalid UTF-8 replaced).
+    pub text: String,
+    /// Output left out before this chunk because the reader was too slow.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub skipped_bytes: u64,
 }
 
 /// Parses one request line, checking the version.

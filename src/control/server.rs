@@ -9,9 +9,10 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, oneshot};
 
-use super::protocol::{parse_request, ErrorKind, Reply, MAX_REQUEST};
+use super::protocol::{parse_request, ErrorKind, Reply, Request, TailChunk, MAX_REQUEST};
 use crate::config::SupervisorConfig;
-use crate::supervisor::Input;
+use crate::logs::TailEvent;
+use crate::supervisor::{Input, TailStart};
 
 /// Why the control socket could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -217,6 +218,36 @@ async fn connection(
         }
         let reply = match parse_request(&line) {
             Err(reply) => reply,
+            Ok(request @ Request::Tail { .. }) => {
+                let follow = matches!(request, Request::Tail { follow: true, .. });
+                let (tx, rx) = oneshot::channel();
+                let start = match inputs.try_send(Input::Tail(request, tx)) {
+                    Ok(()) => rx.await.unwrap_or_else(|_| {
+                        Err(Reply::error(
+                            ErrorKind::ShuttingDown,
+                            "minder is shutting down",
+                        ))
+                    }),
+                    Err(mpsc::error::TrySendError::Full(_)) => {
+                        Err(Reply::error(ErrorKind::Failed, "minder is busy, try again"))
+                    }
+                    Err(mpsc::error::TrySendError::Closed(_)) => Err(Reply::error(
+                        ErrorKind::ShuttingDown,
+                        "minder is shutting down",
+                    )),
+                };
+                match start {
+                    Ok(start) => {
+                        tail(&mut write, &mut reader, start).await?;
+                        // A followed tail ends with the connection.
+                        if follow {
+                            return Ok(());
+                        }
+                        continue;
+                    }
+                    Err(reply) => reply,
+                }
+            }
             Ok(request) => {
                 let (tx, rx) = oneshot::channel();
                 match inputs.try_send(Input::Control(request, tx)) {
@@ -240,4 +271,73 @@ async fn send(write: &mut tokio::net::unix::OwnedWriteHalf, reply: &Reply) -> io
     let mut bytes = serde_json::to_vec(reply).map_err(io::Error::other)?;
     bytes.push(b'\n');
     write.write_all(&bytes).await
+}
+
+/// Sends a `tail` reply: the history, then (when following) one object per
+/// piece of new output until the process is removed or the client hangs up.
+async fn tail(
+    write: &mut tokio::net::unix::OwnedWriteHalf,
+    reader: &mut BufReader<tokio::net::unix::OwnedReadHalf>,
+    start: TailStart,
+) -> io::Result<()> {
+    let stream = start.reply.stream.name().to_string();
+    let mut carry = Vec::new();
+    let mut chunk = TailChunk {
+        name: start.name,
+        stream,
+        text: utf8_text(&mut carry, &start.reply.text),
+        skipped_bytes: 0,
+    };
+    send(write, &Reply::ok(&chunk)).await?;
+    let Some(mut events) = start.reply.follow else {
+        return Ok(());
+    };
+    let mut probe = [0u8; 512];
+    loop {
+        tokio::select! {
+            event = events.recv() => match event {
+                Some(TailEvent::Data(data)) => {
+                    chunk.text = utf8_text(&mut carry, &data);
+                    send(write, &Reply::ok(&chunk)).await?;
+                    chunk.skipped_bytes = 0;
+                }
+                Some(TailEvent::Skipped(n)) => chunk.skipped_bytes += n,
+                None => return Ok(()),
+            },
+            // Anything the client sends now is ignored; EOF means it is gone.
+            read = reader.read(&mut probe) => {
+                if matches!(read, Ok(0) | Err(_)) {
+                    return Ok(());
+                }
+            }
+        }
+    }
+}
+
+/// `data` as text, keeping a UTF-8 sequence cut at the end for the next piece.
+fn utf8_text(carry: &mut Vec<u8>, data: &[u8]) -> String {
+    let mut bytes = std::mem::take(carry);
+    bytes.extend_from_slice(data);
+    if let Err(e) = std::str::from_utf8(&bytes) {
+        if e.error_len().is_none() {
+            *carry = bytes.split_off(e.valid_up_to());
+        }
+    }
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn utf8_cut_between_pieces_is_kept_whole() {
+        let mut carry = Vec::new();
+        let e_acute = "é".as_bytes();
+        let first = [b"caf".as_slice(), &e_acute[..1]].concat();
+        assert_eq!(utf8_text(&mut carry, &first), "caf");
+        assert_eq!(utf8_text(&mut carry, &e_acute[1..]), "é");
+        assert_eq!(utf8_text(&mut carry, b"a\xffb"), "a\u{fffd}b");
+        assert!(carry.is_empty());
+    }
 }

@@ -24,4 +24,4 @@ mod tail;
 pub use capture::{LogRequest, LogStats, ProcessLogs, Stream, TailEvent, TailReply};
 pub use rotating::{numbered, RotatingFile, Rotation};
 pub use stamp::Stamper;
-pub use tail::{last_lines, MAX_TAIL_BYTES};
+pub use tail::{last_lines, MAX_TAIL_BYTES, MAX_TAIL_LINES};

@@ -7,6 +7,9 @@ use std::path::Path;
 
 use super::rotating::numbered;
 
+/// Most lines `tail` returns.
+pub const MAX_TAIL_LINES: usize = 100_000;
+
 /// Most bytes `tail` returns, whatever the number of lines asked for.
 pub const MAX_TAIL_BYTES: usize = 1 << 20;
 

@@ -11,7 +11,8 @@ use tokio::time::sleep_until;
 
 use super::state::{Effect, Event, Machine, Outcome, State};
 use crate::config::{ProcessSpec, ProgramConfig};
-use crate::process::{self, ExitReceiver, Output, ProcessEnd, Reaper, SpawnRequest};
+use crate::logs::{LogRequest, LogStats, ProcessLogs};
+use crate::process::{self, ExitReceiver, ProcessEnd, Reaper, SpawnRequest};
 
 /// Commands queued per process; a full queue is reported as busy.
 const COMMAND_QUEUE: usize = 32;
@@ -43,6 +44,8 @@ pub enum Command {
         signal: Signal,
         reply: oneshot::Sender<Result<(), String>>,
     },
+    /// Tail, reopen or flush the captured output.
+    Logs(LogRequest),
 }
 
 /// What `status` shows of a process; published by its actor on every change.
@@ -66,6 +69,8 @@ pub struct ProcessStatus {
     pub changed: Instant,
     /// Count of stop/remove requests so far (see [`Command::Start`]).
     pub stop_epoch: u64,
+    /// Counters of the output capture (live, not a snapshot).
+    pub logs: Arc<LogStats>,
 }
 
 /// A cheap, cloneable way to reach a process actor.
@@ -141,6 +146,7 @@ pub struct ProcessActor {
     waiters: Vec<(Wait, oneshot::Sender<Outcome>)>,
     stop_epoch: u64,
     removed: bool,
+    logs: ProcessLogs,
 }
 
 impl ProcessActor {
@@ -148,8 +154,9 @@ impl ProcessActor {
     pub fn spawn(spec: ProcessSpec, cfg: Arc<ProgramConfig>, reaper: Arc<Reaper>) -> ProcessHandle {
         let now = tokio::time::Instant::now().into_std();
         let machine = Machine::new(now);
+        let logs = ProcessLogs::new(&spec, &cfg.logs);
         let (cmd_tx, cmd_rx) = mpsc::channel(COMMAND_QUEUE);
-        let (status_tx, status_rx) = watch::channel(snapshot(&spec, &machine, 0));
+        let (status_tx, status_rx) = watch::channel(snapshot(&spec, &machine, 0, logs.stats()));
         let handle = ProcessHandle {
             name: spec.name.clone(),
             program: spec.program.clone(),
@@ -167,6 +174,7 @@ impl ProcessActor {
             waiters: Vec::new(),
             stop_epoch: 0,
             removed: false,
+            logs,
         };
         // No tracing span per actor: with thousands of processes their storage
         // would dominate minder's memory; events carry the name instead.
@@ -243,6 +251,7 @@ impl ProcessActor {
                 };
                 let _ = reply.send(result);
             }
+            Command::Logs(request) => self.logs.handle(request),
         }
     }
 
@@ -285,6 +294,13 @@ impl ProcessActor {
     }
 
     fn spawn_child(&mut self) -> Event {
+        let (stdout, stderr) = match self.logs.outputs() {
+            Ok(outputs) => outputs,
+            Err(e) => {
+                tracing::warn!(process = %self.spec.name, "creating log pipes: {e}");
+                return Event::SpawnFailed(format!("creating log pipes: {e}"));
+            }
+        };
         let request = SpawnRequest {
             argv: self.spec.argv.clone(),
             directory: self.cfg.directory.clone(),
@@ -292,8 +308,8 @@ impl ProcessActor {
             environment: self.spec.environment.clone(),
             user: self.cfg.user.clone(),
             group: self.cfg.group.clone(),
-            stdout: Output::MinderStderr,
-            stderr: Output::MinderStderr,
+            stdout,
+            stderr,
         };
         match process::spawn(&request, &self.reaper) {
             Ok(spawned) => {
@@ -321,8 +337,12 @@ impl ProcessActor {
 
     /// Publishes the status and settles the requests it answers.
     fn publish(&mut self) {
-        self.status
-            .send_replace(snapshot(&self.spec, &self.machine, self.stop_epoch));
+        self.status.send_replace(snapshot(
+            &self.spec,
+            &self.machine,
+            self.stop_epoch,
+            self.logs.stats(),
+        ));
         let mut i = 0;
         while i < self.waiters.len() {
             let outcome = match self.waiters[i].0 {
@@ -348,7 +368,12 @@ fn describe(description: &str) -> String {
     }
 }
 
-fn snapshot(spec: &ProcessSpec, machine: &Machine, stop_epoch: u64) -> ProcessStatus {
+fn snapshot(
+    spec: &ProcessSpec,
+    machine: &Machine,
+    stop_epoch: u64,
+    logs: Arc<LogStats>,
+) -> ProcessStatus {
     ProcessStatus {
         name: spec.name.clone(),
         program: spec.program.clone(),
@@ -359,6 +384,7 @@ fn snapshot(spec: &ProcessSpec, machine: &Machine, stop_epoch: u64) -> ProcessSt
         description: machine.description.clone(),
         changed: machine.changed,
         stop_epoch,
+        logs,
     }
 }
 

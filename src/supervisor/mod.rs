@@ -20,6 +20,7 @@ use crate::control::protocol::{
     ActionReply, ActionResult, ErrorKind, PidReply, ProcessInfo, ReloadReply, Reply, Request,
     StatusReply,
 };
+use crate::logs::{LogRequest, Stream, TailReply};
 use crate::process::Reaper;
 use order::Topology;
 use state::{short_duration, Outcome, State};
@@ -33,6 +34,20 @@ pub enum Input {
     Reload,
     /// SIGTERM/SIGINT: the first stops everything in order, the second kills.
     Terminate,
+    /// A `tail` request: answered with the history and, with `follow`, a
+    /// stream of new output that the connection relays.
+    Tail(Request, oneshot::Sender<Result<TailStart, Reply>>),
+    /// SIGUSR1: reopen every captured log file.
+    ReopenLogs,
+}
+
+/// The answer to a `tail` request.
+#[derive(Debug)]
+pub struct TailStart {
+    /// The process.
+    pub name: String,
+    /// History and, with `follow`, the stream.
+    pub reply: TailReply,
 }
 
 /// Capacity of the supervisor's input queue.
@@ -110,6 +125,11 @@ impl Supervisor {
                     }
                 }
                 Input::Terminate => break,
+                Input::Tail(request, reply) => self.tail(request, reply),
+                Input::ReopenLogs => {
+                    tracing::info!("reopening log files");
+                    tokio::spawn(reopen_logs(self.processes.clone()));
+                }
             }
         }
         self.shutdown(&mut inputs).await;
@@ -170,6 +190,13 @@ impl Supervisor {
                     )),
                 }),
             Request::Reload => Ok(self.reload()),
+            Request::ReopenLogs => {
+                return spawn_reply(reply, true, reopen_logs(self.processes.clone()));
+            }
+            Request::Tail { .. } => Err(Reply::error(
+                ErrorKind::BadRequest,
+                "tail is answered on its own path",
+            )),
             // The loop takes `Shutdown` before it gets here.
             Request::Shutdown => Err(Reply::error(
                 ErrorKind::ShuttingDown,
@@ -177,6 +204,66 @@ impl Supervisor {
             )),
         };
         let _ = reply.send(immediate.unwrap_or_else(|e| e));
+    }
+
+    /// Starts a `tail`: one process, through its actor to its capture.
+    fn tail(&self, request: Request, reply: oneshot::Sender<Result<TailStart, Reply>>) {
+        let Request::Tail {
+            name,
+            lines,
+            stderr,
+            follow,
+        } = request
+        else {
+            return;
+        };
+        let handle = match self.select(std::slice::from_ref(&name), false) {
+            Ok(handles) if handles.len() == 1 => handles.into_iter().next(),
+            Ok(handles) => {
+                let _ = reply.send(Err(Reply::error(
+                    ErrorKind::BadRequest,
+                    format!(
+                        "{name:?} names {} processes; give one process name",
+                        handles.len()
+                    ),
+                )));
+                return;
+            }
+            Err(e) => {
+                let _ = reply.send(Err(e));
+                return;
+            }
+        };
+        let Some(handle) = handle else { return };
+        let (tx, rx) = oneshot::channel();
+        let request = LogRequest::Tail {
+            stream: if stderr {
+                Stream::Stderr
+            } else {
+                Stream::Stdout
+            },
+            lines: lines.min(crate::logs::MAX_TAIL_LINES),
+            follow,
+            reply: tx,
+        };
+        if let Err(e) = handle.send(Command::Logs(request)) {
+            let _ = reply.send(Err(Reply::error(ErrorKind::Failed, e)));
+            return;
+        }
+        tokio::spawn(async move {
+            let answer = match rx.await {
+                Ok(Ok(tail)) => Ok(TailStart {
+                    name: handle.name.clone(),
+                    reply: tail,
+                }),
+                Ok(Err(e)) => Err(Reply::error(ErrorKind::Failed, e)),
+                Err(_) => Err(Reply::error(
+                    ErrorKind::Failed,
+                    format!("{}: no longer supervised", handle.name),
+                )),
+            };
+            let _ = reply.send(answer);
+        });
     }
 
     /// Resolves names (process, program, or `all`) to handles, in config order.
@@ -240,6 +327,13 @@ impl Supervisor {
         }
         if new.supervisor.log_level != self.config.supervisor.log_level {
             not_applied.push("log_level (restart minder to apply)".to_string());
+        }
+        if new.supervisor.log_format != self.config.supervisor.log_format
+            || new.supervisor.log_file != self.config.supervisor.log_file
+            || new.supervisor.log_files != self.config.supervisor.log_files
+        {
+            not_applied
+                .push("log_format, log_file, log_files (restart minder to apply)".to_string());
         }
 
         let replaced: HashSet<&str> = diff
@@ -365,7 +459,10 @@ impl Supervisor {
                     Some(Input::Control(_, reply)) => {
                         let _ = reply.send(Reply::error(ErrorKind::ShuttingDown, "minder is shutting down"));
                     }
-                    Some(Input::Reload) | None => {}
+                    Some(Input::Tail(_, reply)) => {
+                        let _ = reply.send(Err(Reply::error(ErrorKind::ShuttingDown, "minder is shutting down")));
+                    }
+                    Some(Input::Reload | Input::ReopenLogs) | None => {}
                 },
             }
         }
@@ -388,6 +485,24 @@ impl Supervisor {
             .is_err()
         {
             tracing::error!("some processes did not die after SIGKILL");
+        }
+        // Every child is gone: write out what their pipes still hold.
+        let flushed = async {
+            for handle in &everything {
+                let (tx, rx) = oneshot::channel();
+                if handle
+                    .send(Command::Logs(LogRequest::Flush { reply: tx }))
+                    .is_ok()
+                {
+                    let _ = rx.await;
+                }
+            }
+        };
+        if tokio::time::timeout(Duration::from_secs(5), flushed)
+            .await
+            .is_err()
+        {
+            tracing::warn!("log files not fully written out within 5s");
         }
         tracing::info!("all processes stopped");
     }
@@ -433,6 +548,34 @@ async fn send_signals(
             },
         };
         results.push(action_result(&h.name, outcome));
+    }
+    results
+}
+
+/// Reopens every process's log files; one result per process.
+async fn reopen_logs(handles: Vec<ProcessHandle>) -> Vec<ActionResult> {
+    let mut waits = Vec::new();
+    for h in handles {
+        let (tx, rx) = oneshot::channel();
+        let sent = h.send(Command::Logs(LogRequest::Reopen { reply: tx }));
+        waits.push((h.name, sent, rx));
+    }
+    let mut results = Vec::new();
+    for (name, sent, rx) in waits {
+        let outcome = match sent {
+            Err(e) => Outcome::Failed(e),
+            Ok(()) => match rx.await {
+                Ok(errors) if errors.is_empty() => Outcome::Done,
+                Ok(errors) => {
+                    for e in &errors {
+                        tracing::warn!("{e}");
+                    }
+                    Outcome::Failed(errors.join("; "))
+                }
+                Err(_) => Outcome::Failed(format!("{name}: no longer supervised")),
+            },
+        };
+        results.push(action_result(&name, outcome));
     }
     results
 }
@@ -503,5 +646,6 @@ pub fn process_info(status: &ProcessStatus, now: Instant) -> ProcessInfo {
         last_exit_code: status.last_end.and_then(|e| e.code()),
         last_exit_signal: status.last_end.and_then(|e| e.signal_name()),
         description,
+        dropped_bytes: status.logs.dropped_bytes(),
     }
 }
