@@ -148,6 +148,54 @@ pub struct ProgramConfig {
     pub depends_on: Vec<String>,
     /// Restart spacing.
     pub backoff: BackoffConfig,
+    /// `[program.NAME.health]`: the probe that decides readiness and liveness.
+    pub health: Option<HealthConfig>,
+    /// The child reports readiness with `READY=1` on `NOTIFY_SOCKET`.
+    pub notify: bool,
+    /// With `notify` (and no `health`): `READY=1` must come within this.
+    pub ready_timeout: Duration,
+    /// Non-zero: the child must send `WATCHDOG=1` at least this often.
+    pub watchdog: Duration,
+}
+
+/// What a health probe checks; strings still hold placeholders until
+/// [`ProgramConfig::processes`] expands them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProbeTarget {
+    /// GET this URL; healthy iff the status is 200..=399.
+    Http(String),
+    /// Connect to this `host:port`.
+    Tcp(String),
+    /// Run this argv; healthy iff it exits 0.
+    Exec(Vec<String>),
+}
+
+/// What an unhealthy process leads to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnUnhealthy {
+    /// Stop it and restart it through the normal backoff.
+    Restart,
+    /// Only report it.
+    None,
+}
+
+/// `[program.NAME.health]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HealthConfig {
+    /// The check.
+    pub probe: ProbeTarget,
+    /// Time between probes while running.
+    pub interval: Duration,
+    /// A probe taking longer fails.
+    pub timeout: Duration,
+    /// Time allowed to become ready; failures inside it do not count.
+    pub start_period: Duration,
+    /// Consecutive failures that make a running process unhealthy.
+    pub failure_threshold: u32,
+    /// Consecutive successes that make an unhealthy process healthy again.
+    pub success_threshold: u32,
+    /// What unhealthy leads to.
+    pub on_unhealthy: OnUnhealthy,
 }
 
 /// One process to supervise: a program's instance with placeholders expanded.
@@ -164,6 +212,8 @@ pub struct ProcessSpec {
     /// Environment additions with placeholders expanded, plus `MINDER_PROCESS`,
     /// `MINDER_PROGRAM` and `MINDER_INSTANCE`.
     pub environment: Vec<(String, String)>,
+    /// The health probe with placeholders expanded.
+    pub probe: Option<ProbeTarget>,
 }
 
 impl Config {
@@ -214,12 +264,20 @@ impl ProgramConfig {
                     ("MINDER_PROGRAM".to_string(), self.name.clone()),
                 ]);
                 environment.sort();
+                let probe = self.health.as_ref().map(|h| match &h.probe {
+                    ProbeTarget::Http(url) => ProbeTarget::Http(placeholder::expand(url, &vars)),
+                    ProbeTarget::Tcp(addr) => ProbeTarget::Tcp(placeholder::expand(addr, &vars)),
+                    ProbeTarget::Exec(argv) => ProbeTarget::Exec(
+                        argv.iter().map(|a| placeholder::expand(a, &vars)).collect(),
+                    ),
+                });
                 ProcessSpec {
                     name,
                     program: self.name.clone(),
                     instance,
                     argv,
                     environment,
+                    probe,
                 }
             })
             .collect()

@@ -120,6 +120,22 @@ pub struct ProcessInfo {
     pub last_exit_code: Option<i32>,
     pub last_exit_signal: Option<String>,
     pub description: String,
+    /// The latest health probe (absent without a health check).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_probe: Option<LastProbe>,
+}
+
+/// The latest health probe of a process.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LastProbe {
+    /// When it finished, RFC 3339.
+    pub time: String,
+    /// Healthy.
+    pub ok: bool,
+    /// What was seen (`GET http://127.0.0.1:8080/health: 503`).
+    pub message: String,
+    /// How long it took.
+    pub duration_ms: f64,
 }
 
 /// The `status` document.

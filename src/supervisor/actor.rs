@@ -9,9 +9,32 @@ use nix::sys::signal::Signal;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::sleep_until;
 
-use super::state::{Effect, Event, Machine, Outcome, State};
+use super::state::{Effect, Event, Health, Machine, NotifyMessage, Outcome, State};
 use crate::config::{ProcessSpec, ProgramConfig};
+use crate::health::{ProbeResult, Prober};
+use crate::notify::NotifyRoutes;
 use crate::process::{self, ExitReceiver, Output, ProcessEnd, Reaper, SpawnRequest};
+use nix::unistd::Pid;
+use std::path::PathBuf;
+
+/// Notify messages queued per process before newer ones are dropped.
+const NOTIFY_QUEUE: usize = 16;
+
+/// Longest pause between probes while a process is starting, so readiness is
+/// noticed soon even with a long `interval`.
+const STARTING_PROBE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// What every actor shares: one reaper, one prober, one notify socket.
+pub struct Context {
+    /// Collects exits.
+    pub reaper: Arc<Reaper>,
+    /// Runs health probes.
+    pub prober: Prober,
+    /// Routes notify datagrams to actors.
+    pub notify_routes: NotifyRoutes,
+    /// Path given to children as `NOTIFY_SOCKET`.
+    pub notify_socket: PathBuf,
+}
 
 /// Commands queued per process; a full queue is reported as busy.
 const COMMAND_QUEUE: usize = 32;
@@ -66,6 +89,12 @@ pub struct ProcessStatus {
     pub changed: Instant,
     /// Count of stop/remove requests so far (see [`Command::Start`]).
     pub stop_epoch: u64,
+    /// Health of the live process.
+    pub health: Health,
+    /// The latest health probe result.
+    pub last_probe: Option<ProbeResult>,
+    /// The child's last `STATUS=` text (notify protocol).
+    pub notify_status: Option<String>,
 }
 
 /// A cheap, cloneable way to reach a process actor.
@@ -134,7 +163,17 @@ pub struct ProcessActor {
     spec: ProcessSpec,
     cfg: Arc<ProgramConfig>,
     machine: Machine,
-    reaper: Arc<Reaper>,
+    context: Arc<Context>,
+    /// When the next probe is due (probing programs with a live process only).
+    next_probe: Option<tokio::time::Instant>,
+    /// The probe in flight and the process it probes; never more than one.
+    probe: Option<(Pid, tokio::task::JoinHandle<ProbeResult>)>,
+    last_probe: Option<ProbeResult>,
+    /// Notify messages from our main process (programs with notify/watchdog only).
+    notify: Option<mpsc::Receiver<(Pid, NotifyMessage)>>,
+    notify_tx: Option<mpsc::Sender<(Pid, NotifyMessage)>>,
+    /// The PID the notify route currently points at.
+    routed: Option<Pid>,
     exit: Option<ExitReceiver>,
     commands: mpsc::Receiver<Command>,
     status: watch::Sender<ProcessStatus>,
@@ -145,11 +184,22 @@ pub struct ProcessActor {
 
 impl ProcessActor {
     /// Starts the actor task for `spec` (in `stopped`) and returns its handle.
-    pub fn spawn(spec: ProcessSpec, cfg: Arc<ProgramConfig>, reaper: Arc<Reaper>) -> ProcessHandle {
+    pub fn spawn(
+        spec: ProcessSpec,
+        cfg: Arc<ProgramConfig>,
+        context: Arc<Context>,
+    ) -> ProcessHandle {
         let now = tokio::time::Instant::now().into_std();
         let machine = Machine::new(now);
         let (cmd_tx, cmd_rx) = mpsc::channel(COMMAND_QUEUE);
-        let (status_tx, status_rx) = watch::channel(snapshot(&spec, &machine, 0));
+        let (status_tx, status_rx) = watch::channel(snapshot(&spec, &machine, 0, None));
+        // Only programs that use the notify socket pay for a channel.
+        let (notify_tx, notify) = if uses_notify(&cfg) {
+            let (tx, rx) = mpsc::channel(NOTIFY_QUEUE);
+            (Some(tx), Some(rx))
+        } else {
+            (None, None)
+        };
         let handle = ProcessHandle {
             name: spec.name.clone(),
             program: spec.program.clone(),
@@ -160,7 +210,13 @@ impl ProcessActor {
             spec,
             cfg,
             machine,
-            reaper,
+            context,
+            next_probe: None,
+            probe: None,
+            last_probe: None,
+            notify,
+            notify_tx,
+            routed: None,
             exit: None,
             commands: cmd_rx,
             status: status_tx,
@@ -177,6 +233,11 @@ impl ProcessActor {
     async fn run(mut self) {
         while !self.removed {
             let deadline = self.machine.deadline(&self.cfg);
+            let probe_due = if self.probe.is_none() {
+                self.next_probe
+            } else {
+                None
+            };
             tokio::select! {
                 command = self.commands.recv() => match command {
                     Some(command) => self.on_command(command).await,
@@ -189,6 +250,19 @@ impl ProcessActor {
                 }
                 _ = sleep_until(deadline.map(Into::into).unwrap_or_else(far_future)), if deadline.is_some() => {
                     self.feed(Event::Deadline).await;
+                }
+                _ = sleep_until(probe_due.unwrap_or_else(far_future)), if probe_due.is_some() => {
+                    self.start_probe();
+                }
+                result = wait_probe(&mut self.probe), if self.probe.is_some() => {
+                    if let Some((pid, _)) = self.probe.take() {
+                        self.on_probe_result(pid, result).await;
+                    }
+                }
+                message = recv_notify(&mut self.notify), if self.notify.is_some() => {
+                    if let Some((pid, message)) = message {
+                        self.feed(Event::Notify { pid, message }).await;
+                    }
                 }
             }
         }
@@ -278,24 +352,152 @@ impl ProcessActor {
                     }
                     Effect::Signal { pid, signal, group } => self.signal(pid, signal, group),
                     Effect::Removed => self.removed = true,
+                    Effect::Adopt(pid) => {
+                        if let Some(event) = self.adopt(pid) {
+                            events.push_back(event);
+                        }
+                    }
                 }
             }
         }
+        self.sync_probing();
+        self.sync_notify_route();
         self.publish();
     }
 
-    fn spawn_child(&mut self) -> Event {
-        let request = SpawnRequest {
+    /// `MAINPID=`: the program forked; follow the new main process. Returns an
+    /// exit event if it is already gone.
+    fn adopt(&mut self, pid: Pid) -> Option<Event> {
+        tracing::info!(process = %self.spec.name, "main process is now pid {pid} (MAINPID)");
+        self.exit = Some(self.context.reaper.adopt(pid));
+        if nix::sys::signal::kill(pid, None) == Err(nix::errno::Errno::ESRCH) {
+            // It ended before it was adopted; its status went to the orphan path.
+            self.exit = None;
+            return Some(Event::Exited(ProcessEnd::Exited(0)));
+        }
+        None
+    }
+
+    /// Starts or stops probing to match the state: probes run only while a
+    /// process is starting or running, and a probe of a process that is gone
+    /// is cancelled (an exec probe's group is killed with it).
+    fn sync_probing(&mut self) {
+        if self.spec.probe.is_none() {
+            return;
+        }
+        let live = match self.machine.state {
+            State::Starting { pid, .. } | State::Running { pid, .. } => Some(pid),
+            _ => None,
+        };
+        if let Some((probed, task)) = &self.probe {
+            if Some(*probed) != live {
+                task.abort();
+                self.probe = None;
+            }
+        }
+        match live {
+            None => self.next_probe = None,
+            Some(_) if self.next_probe.is_none() && self.probe.is_none() => {
+                self.next_probe = Some(tokio::time::Instant::now() + self.probe_interval());
+            }
+            Some(_) => {}
+        }
+    }
+
+    fn probe_interval(&self) -> std::time::Duration {
+        let interval = self
+            .cfg
+            .health
+            .as_ref()
+            .map(|h| h.interval)
+            .unwrap_or_default();
+        match self.machine.state {
+            State::Starting { .. } => interval.min(STARTING_PROBE_INTERVAL),
+            _ => interval,
+        }
+    }
+
+    fn start_probe(&mut self) {
+        self.next_probe = None;
+        let (Some(target), Some(health), Some(pid)) = (
+            self.spec.probe.clone(),
+            self.cfg.health.as_ref(),
+            self.machine.state.pid(),
+        ) else {
+            return;
+        };
+        let prober = self.context.prober.clone();
+        let timeout = health.timeout;
+        let request = self.spawn_request();
+        let task = tokio::spawn(async move { prober.probe(&target, timeout, &request).await });
+        self.probe = Some((pid, task));
+    }
+
+    async fn on_probe_result(&mut self, pid: Pid, result: ProbeResult) {
+        tracing::debug!(process = %self.spec.name, ok = result.ok, "probe: {}", result.message);
+        let event = Event::Probe {
+            pid,
+            ok: result.ok,
+            message: result.message.clone(),
+        };
+        self.last_probe = Some(result);
+        self.feed(event).await;
+        // Never overlapping: the next probe is timed from this one's end.
+        if self.next_probe.is_none() && self.machine.state.pid() == Some(pid) {
+            self.next_probe = Some(tokio::time::Instant::now() + self.probe_interval());
+        }
+    }
+
+    /// Keeps the notify route pointing at the current main process.
+    fn sync_notify_route(&mut self) {
+        let Some(tx) = &self.notify_tx else {
+            return;
+        };
+        let live = self.machine.state.pid();
+        if self.routed != live {
+            if let Some(old) = self.routed {
+                self.context.notify_routes.unregister(old);
+            }
+            if let Some(new) = live {
+                self.context.notify_routes.register(new, tx.clone());
+            }
+            self.routed = live;
+        }
+    }
+
+    /// How this process is spawned (exec probes run the same way, with their own argv).
+    fn spawn_request(&self) -> SpawnRequest {
+        let mut environment = self.spec.environment.clone();
+        let mut pid_variables = Vec::new();
+        if uses_notify(&self.cfg) {
+            environment.push((
+                "NOTIFY_SOCKET".to_string(),
+                self.context.notify_socket.display().to_string(),
+            ));
+        }
+        if !self.cfg.watchdog.is_zero() {
+            environment.push((
+                "WATCHDOG_USEC".to_string(),
+                self.cfg.watchdog.as_micros().to_string(),
+            ));
+            pid_variables.push("WATCHDOG_PID");
+        }
+        SpawnRequest {
             argv: self.spec.argv.clone(),
             directory: self.cfg.directory.clone(),
             clear_env: self.cfg.clear_env,
-            environment: self.spec.environment.clone(),
+            environment,
             user: self.cfg.user.clone(),
             group: self.cfg.group.clone(),
             stdout: Output::MinderStderr,
             stderr: Output::MinderStderr,
-        };
-        match process::spawn(&request, &self.reaper) {
+            pid_variables,
+        }
+    }
+
+    fn spawn_child(&mut self) -> Event {
+        let request = self.spawn_request();
+        match process::spawn(&request, &self.context.reaper) {
             Ok(spawned) => {
                 tracing::debug!(process = %self.spec.name, pid = spawned.pid.as_raw(), "spawned");
                 self.exit = Some(spawned.exit);
@@ -321,8 +523,12 @@ impl ProcessActor {
 
     /// Publishes the status and settles the requests it answers.
     fn publish(&mut self) {
-        self.status
-            .send_replace(snapshot(&self.spec, &self.machine, self.stop_epoch));
+        self.status.send_replace(snapshot(
+            &self.spec,
+            &self.machine,
+            self.stop_epoch,
+            self.last_probe.clone(),
+        ));
         let mut i = 0;
         while i < self.waiters.len() {
             let outcome = match self.waiters[i].0 {
@@ -348,7 +554,12 @@ fn describe(description: &str) -> String {
     }
 }
 
-fn snapshot(spec: &ProcessSpec, machine: &Machine, stop_epoch: u64) -> ProcessStatus {
+fn snapshot(
+    spec: &ProcessSpec,
+    machine: &Machine,
+    stop_epoch: u64,
+    last_probe: Option<ProbeResult>,
+) -> ProcessStatus {
     ProcessStatus {
         name: spec.name.clone(),
         program: spec.program.clone(),
@@ -359,6 +570,41 @@ fn snapshot(spec: &ProcessSpec, machine: &Machine, stop_epoch: u64) -> ProcessSt
         description: machine.description.clone(),
         changed: machine.changed,
         stop_epoch,
+        health: machine.health,
+        last_probe,
+        notify_status: machine.notify_status.clone(),
+    }
+}
+
+/// Whether children of this program get `NOTIFY_SOCKET`.
+fn uses_notify(cfg: &ProgramConfig) -> bool {
+    cfg.notify || !cfg.watchdog.is_zero()
+}
+
+/// The result of the probe in flight; pending forever when there is none.
+async fn wait_probe(
+    probe: &mut Option<(Pid, tokio::task::JoinHandle<ProbeResult>)>,
+) -> ProbeResult {
+    match probe {
+        Some((_, task)) => match task.await {
+            Ok(result) => result,
+            Err(e) => ProbeResult {
+                ok: false,
+                message: format!("probe failed: {e}"),
+                at: std::time::SystemTime::now(),
+                duration: std::time::Duration::ZERO,
+            },
+        },
+        None => std::future::pending().await,
+    }
+}
+
+async fn recv_notify(
+    rx: &mut Option<mpsc::Receiver<(Pid, NotifyMessage)>>,
+) -> Option<(Pid, NotifyMessage)> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
     }
 }
 
