@@ -485,7 +485,7 @@ pub fn process_info(status: &ProcessStatus, now: Instant) -> ProcessInfo {
             status.description,
             short_duration(now.saturating_duration_since(status.changed))
         ),
-        State::Running { .. } if status.description.is_empty() => {
+        State::Starting { .. } | State::Running { .. } if status.description.is_empty() => {
             status.notify_status.clone().unwrap_or_default()
         }
         _ => status.description.clone(),
