@@ -26,6 +26,7 @@ pub enum DaemonError {
 
 /// Runs the supervisor until shutdown; returns once every child is stopped.
 pub fn run(config: Config) -> Result<(), DaemonError> {
+    tune_allocator();
     raise_fd_limit();
     // Orphaned grandchildren are re-parented to minder, which reaps them.
     if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
@@ -100,6 +101,19 @@ fn spawn_signal_handlers(inputs: mpsc::Sender<Input>) -> Result<(), DaemonError>
         }
     });
     Ok(())
+}
+
+/// Keeps a long-running, mostly idle daemon small: large buffers (a status
+/// reply for 1000 processes) are mmapped and returned on free, instead of
+/// glibc's adaptive threshold moving them onto a heap it never shrinks.
+fn tune_allocator() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: mallopt only sets allocator parameters; called before any thread exists.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 64 * 1024);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 128 * 1024);
+        libc::mallopt(libc::M_ARENA_MAX, 1);
+    }
 }
 
 /// 1000 programs hold thousands of fds; take all the kernel allows.

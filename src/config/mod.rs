@@ -14,6 +14,7 @@
 //! half-parsed file would bury the real error under follow-ups.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
@@ -42,7 +43,8 @@ pub struct Config {
     /// The `[supervisor]` table.
     pub supervisor: SupervisorConfig,
     /// Every `[program.*]` table, in the order they were read (main file first, then includes).
-    pub programs: Vec<ProgramConfig>,
+    /// Shared, so the process actors of a program point at this one copy.
+    pub programs: Vec<Arc<ProgramConfig>>,
 }
 
 /// Settings of minder itself (`[supervisor]`).
@@ -219,7 +221,7 @@ pub struct ProcessSpec {
 impl Config {
     /// The program called `name`, if any.
     pub fn program(&self, name: &str) -> Option<&ProgramConfig> {
-        self.programs.iter().find(|p| p.name == name)
+        self.programs.iter().find(|p| p.name == name).map(|p| &**p)
     }
 
     /// Program names in an order where every program comes after everything in its depends_on (stable: file order otherwise).

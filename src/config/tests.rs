@@ -1,6 +1,7 @@
 //! Tests of loading whole configs from strings and files.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
@@ -712,8 +713,8 @@ depends_on = [\"db\"]
 #[test]
 fn start_order_survives_a_hand_made_cycle() {
     let mut c = parse("[program.a]\ncommand = \"x\"\n[program.b]\ncommand = \"x\"\n");
-    c.programs[0].depends_on = vec!["b".into(), "ghost".into()];
-    c.programs[1].depends_on = vec!["a".into()];
+    Arc::make_mut(&mut c.programs[0]).depends_on = vec!["b".into(), "ghost".into()];
+    Arc::make_mut(&mut c.programs[1]).depends_on = vec!["a".into()];
     assert_eq!(c.start_order(), vec!["a", "b"]);
 }
 

@@ -82,11 +82,12 @@ pub struct ErrorBody {
 }
 
 /// A reply: `{"ok": ...}` or `{"error": {"kind": ..., "message": ...}}`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Reply {
-    /// Success, with a command-specific document.
-    Ok(serde_json::Value),
+    /// Success, with a command-specific document, serialized once: a status
+    /// of 1000 processes never exists as a tree of JSON values.
+    Ok(Box<serde_json::value::RawValue>),
     /// Failure.
     Error(ErrorBody),
 }
@@ -94,7 +95,11 @@ pub enum Reply {
 impl Reply {
     /// A success carrying `payload`.
     pub fn ok(payload: impl Serialize) -> Reply {
-        Reply::Ok(serde_json::to_value(payload).unwrap_or(serde_json::Value::Null))
+        let raw = serde_json::value::to_raw_value(&payload).unwrap_or_else(|_| {
+            serde_json::value::RawValue::from_string("null".to_string())
+                .expect("null is valid JSON")
+        });
+        Reply::Ok(raw)
     }
 
     /// A failure.

@@ -104,7 +104,7 @@ pub struct ProcessHandle {
     pub name: String,
     /// Program name.
     pub program: String,
-    commands: mpsc::Sender<Command>,
+    commands: Arc<Mailbox>,
     status: watch::Receiver<ProcessStatus>,
 }
 
@@ -121,9 +121,9 @@ impl ProcessHandle {
 
     /// Queues a command; fails when the actor is gone or its queue is full.
     pub fn send(&self, command: Command) -> Result<(), String> {
-        self.commands.try_send(command).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(_) => format!("{}: busy, try again", self.name),
-            mpsc::error::TrySendError::Closed(_) => format!("{}: no longer supervised", self.name),
+        self.commands.send(command).map_err(|e| match e {
+            MailboxError::Full => format!("{}: busy, try again", self.name),
+            MailboxError::Closed => format!("{}: no longer supervised", self.name),
         })
     }
 
@@ -151,6 +151,61 @@ impl ProcessHandle {
     }
 }
 
+/// A process's command queue. Lighter than a tokio mpsc channel (which
+/// allocates a block of 32 slots up front): there is one per process, and
+/// commands are rare.
+#[derive(Debug, Default)]
+pub struct Mailbox {
+    queue: std::sync::Mutex<VecDeque<Command>>,
+    ready: tokio::sync::Notify,
+    closed: std::sync::atomic::AtomicBool,
+}
+
+/// Why a command could not be queued.
+enum MailboxError {
+    Full,
+    Closed,
+}
+
+impl Mailbox {
+    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Command>> {
+        // A poisoned queue is still a queue.
+        self.queue.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn send(&self, command: Command) -> Result<(), MailboxError> {
+        if self.closed.load(std::sync::atomic::Ordering::Acquire) {
+            return Err(MailboxError::Closed);
+        }
+        let mut queue = self.lock();
+        if queue.len() >= COMMAND_QUEUE {
+            return Err(MailboxError::Full);
+        }
+        queue.push_back(command);
+        drop(queue);
+        // Stores a permit if the actor is not waiting yet: no wake-up is lost.
+        self.ready.notify_one();
+        Ok(())
+    }
+
+    async fn recv(&self) -> Command {
+        loop {
+            if let Some(command) = self.lock().pop_front() {
+                return command;
+            }
+            self.ready.notified().await;
+        }
+    }
+
+    /// The actor ended: refuse new commands and drop queued ones, whose
+    /// requesters then hear "no longer supervised".
+    fn close(&self) {
+        self.closed
+            .store(true, std::sync::atomic::Ordering::Release);
+        self.lock().clear();
+    }
+}
+
 /// Which kind of request a waiter settles on.
 #[derive(Debug, Clone, Copy)]
 enum Wait {
@@ -174,8 +229,10 @@ pub struct ProcessActor {
     notify_tx: Option<mpsc::Sender<(Pid, NotifyMessage)>>,
     /// The PID the notify route currently points at.
     routed: Option<Pid>,
+    /// A spawn decided but postponed until other tasks have run.
+    spawn_deferred: bool,
     exit: Option<ExitReceiver>,
-    commands: mpsc::Receiver<Command>,
+    commands: Arc<Mailbox>,
     status: watch::Sender<ProcessStatus>,
     waiters: Vec<(Wait, oneshot::Sender<Outcome>)>,
     stop_epoch: u64,
@@ -191,7 +248,7 @@ impl ProcessActor {
     ) -> ProcessHandle {
         let now = tokio::time::Instant::now().into_std();
         let machine = Machine::new(now);
-        let (cmd_tx, cmd_rx) = mpsc::channel(COMMAND_QUEUE);
+        let mailbox = Arc::new(Mailbox::default());
         let (status_tx, status_rx) = watch::channel(snapshot(&spec, &machine, 0, None));
         // Only programs that use the notify socket pay for a channel.
         let (notify_tx, notify) = if uses_notify(&cfg) {
@@ -203,7 +260,7 @@ impl ProcessActor {
         let handle = ProcessHandle {
             name: spec.name.clone(),
             program: spec.program.clone(),
-            commands: cmd_tx,
+            commands: Arc::clone(&mailbox),
             status: status_rx,
         };
         let actor = ProcessActor {
@@ -217,8 +274,9 @@ impl ProcessActor {
             notify,
             notify_tx,
             routed: None,
+            spawn_deferred: false,
             exit: None,
-            commands: cmd_rx,
+            commands: mailbox,
             status: status_tx,
             waiters: Vec::new(),
             stop_epoch: 0,
@@ -232,43 +290,56 @@ impl ProcessActor {
 
     async fn run(mut self) {
         while !self.removed {
-            let deadline = self.machine.deadline(&self.cfg);
-            let probe_due = if self.probe.is_none() {
-                self.next_probe
-            } else {
-                None
+            if self.spawn_deferred {
+                // A spawn that failed at once and is retried with no delay:
+                // let every other task run before trying again.
+                self.spawn_deferred = false;
+                tokio::task::yield_now().await;
+                let event = self.spawn_child();
+                self.feed(event);
+                continue;
+            }
+            let deadline = self
+                .machine
+                .deadline(&self.cfg)
+                .map(tokio::time::Instant::from_std);
+            let probe_due = self.next_probe.filter(|_| self.probe.is_none());
+            // One timer for both: the earlier of the state's deadline and the next probe.
+            let wake = match (deadline, probe_due) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
             };
             tokio::select! {
-                command = self.commands.recv() => match command {
-                    Some(command) => self.on_command(command).await,
-                    // The supervisor is gone (shutdown): nothing left to obey.
-                    None => break,
-                },
+                command = self.commands.recv() => self.on_command(command),
                 end = wait_exit(&mut self.exit) => {
                     self.exit = None;
-                    self.feed(Event::Exited(end)).await;
+                    self.feed(Event::Exited(end));
                 }
-                _ = sleep_until(deadline.map(Into::into).unwrap_or_else(far_future)), if deadline.is_some() => {
-                    self.feed(Event::Deadline).await;
-                }
-                _ = sleep_until(probe_due.unwrap_or_else(far_future)), if probe_due.is_some() => {
-                    self.start_probe();
+                _ = sleep_until(wake.unwrap_or_else(far_future)), if wake.is_some() => {
+                    let now = tokio::time::Instant::now();
+                    if deadline.is_some_and(|d| d <= now) {
+                        self.feed(Event::Deadline);
+                    }
+                    if probe_due.is_some_and(|d| d <= now) {
+                        self.start_probe();
+                    }
                 }
                 result = wait_probe(&mut self.probe), if self.probe.is_some() => {
                     if let Some((pid, _)) = self.probe.take() {
-                        self.on_probe_result(pid, result).await;
+                        self.on_probe_result(pid, result);
                     }
                 }
                 message = recv_notify(&mut self.notify), if self.notify.is_some() => {
                     if let Some((pid, message)) = message {
-                        self.feed(Event::Notify { pid, message }).await;
+                        self.feed(Event::Notify { pid, message });
                     }
                 }
             }
         }
+        self.commands.close();
     }
 
-    async fn on_command(&mut self, command: Command) {
+    fn on_command(&mut self, command: Command) {
         match command {
             Command::Start {
                 unless_stopped_since,
@@ -283,20 +354,20 @@ impl ProcessActor {
                     return;
                 }
                 self.add_waiter(Wait::Start, reply);
-                self.feed(Event::Start).await;
+                self.feed(Event::Start);
             }
             Command::Restart { reply } => {
                 self.add_waiter(Wait::Start, reply);
-                self.feed(Event::Restart).await;
+                self.feed(Event::Restart);
             }
             Command::Stop { reply } => {
                 self.stop_epoch += 1;
                 self.add_waiter(Wait::Stop, reply);
-                self.feed(Event::Stop).await;
+                self.feed(Event::Stop);
             }
             Command::Remove => {
                 self.stop_epoch += 1;
-                self.feed(Event::Remove).await;
+                self.feed(Event::Remove);
             }
             Command::Kill => {
                 if let Some(pid) = self.machine.state.pid() {
@@ -327,8 +398,9 @@ impl ProcessActor {
     }
 
     /// Feeds an event and carries out the effects, which may produce more events.
-    async fn feed(&mut self, event: Event) {
+    fn feed(&mut self, event: Event) {
         let mut events = VecDeque::from([event]);
+        let mut spawned = false;
         while let Some(event) = events.pop_front() {
             let now = tokio::time::Instant::now().into_std();
             let sample = fastrand::f64() * 2.0 - 1.0;
@@ -344,10 +416,12 @@ impl ProcessActor {
             }
             for effect in effects {
                 match effect {
+                    // A second spawn in one go means the first failed and the
+                    // backoff is zero: defer it, or a missing binary would
+                    // keep this task busy forever.
+                    Effect::Spawn if spawned => self.spawn_deferred = true,
                     Effect::Spawn => {
-                        // Yield first: with a zero backoff a failing spawn would
-                        // otherwise retry without ever letting other tasks run.
-                        tokio::task::yield_now().await;
+                        spawned = true;
                         events.push_back(self.spawn_child());
                     }
                     Effect::Signal { pid, signal, group } => self.signal(pid, signal, group),
@@ -433,7 +507,7 @@ impl ProcessActor {
         self.probe = Some((pid, task));
     }
 
-    async fn on_probe_result(&mut self, pid: Pid, result: ProbeResult) {
+    fn on_probe_result(&mut self, pid: Pid, result: ProbeResult) {
         tracing::debug!(process = %self.spec.name, ok = result.ok, "probe: {}", result.message);
         let event = Event::Probe {
             pid,
@@ -441,7 +515,7 @@ impl ProcessActor {
             message: result.message.clone(),
         };
         self.last_probe = Some(result);
-        self.feed(event).await;
+        self.feed(event);
         // Never overlapping: the next probe is timed from this one's end.
         if self.next_probe.is_none() && self.machine.state.pid() == Some(pid) {
             self.next_probe = Some(tokio::time::Instant::now() + self.probe_interval());

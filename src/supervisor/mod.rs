@@ -34,6 +34,9 @@ pub enum Input {
     Terminate,
 }
 
+/// A status of this many processes is followed by handing freed memory back.
+const BIG_STATUS: usize = 100;
+
 /// Capacity of the supervisor's input queue.
 pub const INPUT_QUEUE: usize = 256;
 
@@ -64,7 +67,7 @@ impl Supervisor {
     fn spawn_actors(&self, config: &Config, include: impl Fn(&str) -> bool) -> Vec<ProcessHandle> {
         let mut handles = Vec::new();
         for program in config.programs.iter().filter(|p| include(&p.name)) {
-            let cfg = Arc::new(program.clone());
+            let cfg = Arc::clone(program);
             for spec in program.processes() {
                 handles.push(ProcessActor::spawn(
                     spec,
@@ -119,9 +122,14 @@ impl Supervisor {
 
     fn handle(&mut self, request: Request, reply: oneshot::Sender<Reply>) {
         let immediate = match request {
-            Request::Status { names } => self
-                .select(&names, true)
-                .map(|handles| Reply::ok(status_reply(&handles))),
+            Request::Status { names } => self.select(&names, true).map(|handles| {
+                let reply = Reply::ok(status_reply(&handles));
+                if handles.len() >= BIG_STATUS {
+                    // Thousands of short-lived strings leave the heap fragmented.
+                    release_free_memory();
+                }
+                reply
+            }),
             Request::Start { names, wait } => match self.select(&names, false) {
                 Ok(handles) => {
                     let topology = self.topology();
