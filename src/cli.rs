@@ -258,7 +258,7 @@ pub fn ctl(args: CtlArgs) -> ExitCode {
     if args.json {
         println!("{payload}");
     }
-    match render(&args, payload) {
+    match render(&args, payload.get()) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("minder: unexpected reply from the daemon: {e}");
@@ -268,12 +268,12 @@ pub fn ctl(args: CtlArgs) -> ExitCode {
 }
 
 /// Prints the human form (unless `--json`) and decides the exit code.
-fn render(args: &CtlArgs, payload: serde_json::Value) -> Result<ExitCode, serde_json::Error> {
+fn render(args: &CtlArgs, payload: &str) -> Result<ExitCode, serde_json::Error> {
     let human = !args.json;
     let mut out = std::io::stdout().lock();
     match &args.command {
         CtlCommand::Status { .. } => {
-            let status: StatusReply = serde_json::from_value(payload)?;
+            let status: StatusReply = serde_json::from_str(payload)?;
             if human {
                 let _ = out.write_all(status_table(&status.processes).as_bytes());
             }
@@ -292,7 +292,7 @@ fn render(args: &CtlArgs, payload: serde_json::Value) -> Result<ExitCode, serde_
         | CtlCommand::Restart { .. }
         | CtlCommand::Signal { .. }
         | CtlCommand::ReopenLogs => {
-            let reply: ActionReply = serde_json::from_value(payload)?;
+            let reply: ActionReply = serde_json::from_str(payload)?;
             let failed: Vec<_> = reply.results.iter().filter(|r| !r.ok).collect();
             for r in &failed {
                 eprintln!("minder: {}: {}", r.name, r.message);
@@ -304,7 +304,7 @@ fn render(args: &CtlArgs, payload: serde_json::Value) -> Result<ExitCode, serde_
             })
         }
         CtlCommand::Pid { .. } => {
-            let reply: PidReply = serde_json::from_value(payload)?;
+            let reply: PidReply = serde_json::from_str(payload)?;
             match reply.pid {
                 Some(pid) => {
                     if human {
@@ -319,7 +319,7 @@ fn render(args: &CtlArgs, payload: serde_json::Value) -> Result<ExitCode, serde_
             }
         }
         CtlCommand::Reload => {
-            let reply: ReloadReply = serde_json::from_value(payload)?;
+            let reply: ReloadReply = serde_json::from_str(payload)?;
             if human {
                 let _ = out.write_all(reload_summary(&reply).as_bytes());
             }
@@ -339,7 +339,7 @@ fn tail(socket: &Path, request: &Request, json: bool) -> ExitCode {
     let mut last: Option<TailChunk> = None;
     let result = client::stream(socket, request, |reply| {
         let chunk = match reply {
-            Reply::Ok(payload) => match serde_json::from_value::<TailChunk>(payload) {
+            Reply::Ok(payload) => match serde_json::from_str::<TailChunk>(payload.get()) {
                 Ok(chunk) => chunk,
                 Err(e) => {
                     failure = Some((

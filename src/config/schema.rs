@@ -11,8 +11,8 @@ use super::diagnostic::Span;
 use super::reader::{conv, TableReader, Value, ValueError};
 use super::Defaults;
 use super::{
-    placeholder, BackoffConfig, LogFormat, LogTarget, LogsConfig, ProgramConfig, RestartPolicy,
-    SupervisorConfig,
+    placeholder, BackoffConfig, HealthConfig, LogFormat, LogTarget, LogsConfig, OnUnhealthy,
+    ProbeTarget, ProgramConfig, RestartPolicy, SupervisorConfig,
 };
 
 /// Upper bound for `instances`: far above any sane use, low enough that a
@@ -184,6 +184,9 @@ pub(crate) fn read_program(
         Some((b, _)) => read_backoff(b),
         None => BackoffConfig::default(),
     };
+    let health = r
+        .table("health")
+        .and_then(|(h, span)| read_health(h, span, has_port));
 
     let logs = match r.table("logs") {
         Some((l, _)) => read_logs(l, has_port, instances.as_ref().map_or(1, |(n, _)| *n)),
@@ -227,6 +230,12 @@ pub(crate) fn read_program(
         depends_on: depends_on.iter().map(|(d, _)| d.clone()).collect(),
         backoff,
         logs,
+        health,
+        notify: r.get("notify", conv::boolean).unwrap_or(false),
+        ready_timeout: r
+            .get("ready_timeout", positive_duration)
+            .unwrap_or(Duration::from_secs(60)),
+        watchdog: r.get("watchdog", conv::duration).unwrap_or(Duration::ZERO),
     };
     r.finish();
     ProgramDraft {
@@ -331,6 +340,106 @@ fn read_environment(r: &mut TableReader<'_, '_>, has_port: bool) -> Vec<(String,
     env.finish();
     out.sort();
     out
+}
+
+/// A duration that must be above zero (a zero interval or timeout makes no sense).
+fn positive_duration(v: &Value<'_>) -> Result<Duration, ValueError> {
+    let d = conv::duration(v)?;
+    if d.is_zero() {
+        return Err(ValueError::invalid("must be longer than 0s", v));
+    }
+    Ok(d)
+}
+
+/// `[program.NAME.health]`: exactly one of `http`, `tcp`, `exec`.
+fn read_health(mut r: TableReader<'_, '_>, header: Span, has_port: bool) -> Option<HealthConfig> {
+    let http = r.get_spanned("http", conv::text);
+    let tcp = r.get_spanned("tcp", conv::text);
+    let exec = r.get_spanned("exec", command);
+    let interval = r.get("interval", positive_duration);
+    let timeout = r.get("timeout", positive_duration);
+    let start_period = r.get("start_period", positive_duration);
+    let failure_threshold = r.get("failure_threshold", conv::int_in::<u32>(1, 1_000_000));
+    let success_threshold = r.get("success_threshold", conv::int_in::<u32>(1, 1_000_000));
+    let on_unhealthy = r
+        .get("on_unhealthy", conv::one_of(&["restart", "none"]))
+        .map(|i| {
+            if i == 1 {
+                OnUnhealthy::None
+            } else {
+                OnUnhealthy::Restart
+            }
+        });
+
+    let mut checks: Vec<(ProbeTarget, Span)> = Vec::new();
+    if let Some((url, span)) = http {
+        for problem in placeholder::check(&url, has_port) {
+            r.error(&span, format!("\"http\": {problem}"));
+        }
+        match url.split_once("://") {
+            Some(("http", rest)) if !rest.is_empty() => {}
+            Some(("https", _)) => r.error(
+                &span,
+                "\"http\": https is not supported: health checks talk to local programs over plain http",
+            ),
+            _ => r.error(
+                &span,
+                format!("\"http\": {url:?} is not an http:// URL (e.g. \"http://127.0.0.1:8080/health\")"),
+            ),
+        }
+        checks.push((ProbeTarget::Http(url), span));
+    }
+    if let Some((addr, span)) = tcp {
+        for problem in placeholder::check(&addr, has_port) {
+            r.error(&span, format!("\"tcp\": {problem}"));
+        }
+        match addr.rsplit_once(':') {
+            Some((host, port)) if !host.is_empty() && !port.is_empty() => {}
+            _ => r.error(
+                &span,
+                format!("\"tcp\": {addr:?} is not HOST:PORT (e.g. \"127.0.0.1:5432\")"),
+            ),
+        }
+        checks.push((ProbeTarget::Tcp(addr), span));
+    }
+    if let Some((argv, span)) = exec {
+        for (arg, arg_span) in &argv {
+            for problem in placeholder::check(arg, has_port) {
+                r.error(arg_span, format!("\"exec\": {problem}"));
+            }
+        }
+        checks.push((
+            ProbeTarget::Exec(argv.into_iter().map(|(a, _)| a).collect()),
+            span,
+        ));
+    }
+    let probe = match checks.len() {
+        1 => checks.pop().map(|(p, _)| p),
+        0 => {
+            r.error(
+                &header,
+                "[health] needs one of \"http\", \"tcp\" or \"exec\"",
+            );
+            None
+        }
+        _ => {
+            r.error(
+                &checks[1].1,
+                "[health] takes exactly one of \"http\", \"tcp\" or \"exec\"",
+            );
+            None
+        }
+    };
+    r.finish();
+    Some(HealthConfig {
+        probe: probe?,
+        interval: interval.unwrap_or(Duration::from_secs(5)),
+        timeout: timeout.unwrap_or(Duration::from_secs(2)),
+        start_period: start_period.unwrap_or(Duration::from_secs(30)),
+        failure_threshold: failure_threshold.unwrap_or(3),
+        success_threshold: success_threshold.unwrap_or(1),
+        on_unhealthy: on_unhealthy.unwrap_or(OnUnhealthy::Restart),
+    })
 }
 
 /// `[program.NAME.backoff]`.

@@ -65,6 +65,9 @@ pub struct SpawnRequest {
     pub stdout: Output,
     /// Where the child's stderr goes.
     pub stderr: Output,
+    /// Variables whose value is the child's own PID (`WATCHDOG_PID`,
+    /// `LISTEN_PID`), only known after fork.
+    pub pid_variables: Vec<&'static str>,
 }
 
 /// Where a child's stdout or stderr goes.
@@ -167,13 +170,33 @@ struct Prepared {
     envp: Vec<CString>,
     directory: CString,
     identity: Option<Identity>,
+    /// `NAME=` followed by room for the PID digits and a NUL, filled in the child.
+    pid_slots: Vec<Vec<u8>>,
 }
+
+/// Room for the decimal digits of any PID (at most 2^22 on Linux) and a NUL.
+const PID_DIGITS: usize = 12;
 
 /// Starts a process in a new session, registered with `reaper` before it can exit.
 pub fn spawn(req: &SpawnRequest, reaper: &Reaper) -> Result<Spawned, SpawnError> {
-    let prepared = prepare(req)?;
+    let mut prepared = prepare(req)?;
     let argv_ptrs = null_terminated(&prepared.argv);
-    let envp_ptrs = null_terminated(&prepared.envp);
+    let slots: Vec<(*mut u8, usize)> = prepared
+        .pid_slots
+        .iter_mut()
+        .map(|slot| {
+            let prefix = slot.len() - PID_DIGITS;
+            (slot.as_mut_ptr(), prefix)
+        })
+        .collect();
+    let mut envp_ptrs: Vec<*const libc::c_char> =
+        prepared.envp.iter().map(|s| s.as_ptr()).collect();
+    envp_ptrs.extend(
+        slots
+            .iter()
+            .map(|(ptr, _)| ptr.cast_const().cast::<libc::c_char>()),
+    );
+    envp_ptrs.push(std::ptr::null());
     let group_list: Vec<libc::gid_t> = prepared
         .identity
         .as_ref()
@@ -207,6 +230,7 @@ pub fn spawn(req: &SpawnRequest, reaper: &Reaper) -> Result<Spawned, SpawnError>
                 stderr: output_fd(req.stderr, devnull.as_raw_fd()),
                 report: err_write.as_raw_fd(),
                 nofile: CHILD_NOFILE.get(),
+                pid_slots: &slots,
             })
         },
         Ok(ForkResult::Parent { child }) => {
@@ -302,10 +326,20 @@ fn prepare(req: &SpawnRequest) -> Result<Prepared, SpawnError> {
             .collect::<Result<_, _>>()?,
         envp: env
             .iter()
+            .filter(|(k, _)| !req.pid_variables.contains(&k.as_str()))
             .map(|(k, v)| cstring(OsStr::new(&format!("{k}={v}"))))
             .collect::<Result<_, _>>()?,
         directory: cstring(req.directory.as_os_str())?,
         identity,
+        pid_slots: req
+            .pid_variables
+            .iter()
+            .map(|name| {
+                let mut slot = format!("{name}=").into_bytes();
+                slot.extend([b'0'; PID_DIGITS]);
+                slot
+            })
+            .collect(),
     })
 }
 
@@ -430,6 +464,7 @@ struct ChildArgs<'a> {
     stderr: libc::c_int,
     report: libc::c_int,
     nofile: Option<&'a libc::rlimit>,
+    pid_slots: &'a [(*mut u8, usize)],
 }
 
 /// Runs in the forked child: async-signal-safe calls only, then exec.
@@ -450,6 +485,10 @@ unsafe fn child(args: ChildArgs<'_>) -> ! {
     }
     if libc::setsid() < 0 {
         fail(args.report, 4);
+    }
+    let pid = libc::getpid();
+    for &(slot, prefix) in args.pid_slots {
+        write_decimal(slot.add(prefix), pid);
     }
     // First move every source above 2 (close-on-exec copies), so placing one
     // on 0, 1 or 2 cannot clobber another that is still to be placed there.
@@ -490,6 +529,26 @@ unsafe fn child(args: ChildArgs<'_>) -> ! {
     }
     libc::execve(args.path.as_ptr(), args.argv.as_ptr(), args.envp.as_ptr());
     fail(args.report, 8)
+}
+
+/// Writes `n` in decimal followed by a NUL at `at` (room: [`PID_DIGITS`] bytes);
+/// no allocation, so it may run between fork and exec.
+unsafe fn write_decimal(at: *mut u8, n: libc::pid_t) {
+    let mut digits = [0u8; PID_DIGITS];
+    let mut len = 0;
+    let mut rest = n.unsigned_abs();
+    loop {
+        digits[len] = b'0' + (rest % 10) as u8;
+        len += 1;
+        rest /= 10;
+        if rest == 0 || len == PID_DIGITS - 1 {
+            break;
+        }
+    }
+    for i in 0..len {
+        *at.add(i) = digits[len - 1 - i];
+    }
+    *at.add(len) = 0;
 }
 
 /// Reports (stage, errno) to the parent and exits without running any destructor.

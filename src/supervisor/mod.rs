@@ -7,7 +7,7 @@ pub mod backoff;
 mod order;
 pub mod state;
 
-pub use actor::{Command, ProcessActor, ProcessHandle, ProcessStatus};
+pub use actor::{Command, Context, ProcessActor, ProcessHandle, ProcessStatus};
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -17,11 +17,10 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::config::{self, Config, Defaults};
 use crate::control::protocol::{
-    ActionReply, ActionResult, ErrorKind, PidReply, ProcessInfo, ReloadReply, Reply, Request,
-    StatusReply,
+    ActionReply, ActionResult, ErrorKind, LastProbe, PidReply, ProcessInfo, ReloadReply, Reply,
+    Request, StatusReply,
 };
 use crate::logs::{LogRequest, Stream, TailReply};
-use crate::process::Reaper;
 use order::Topology;
 use state::{short_duration, Outcome, State};
 
@@ -50,6 +49,9 @@ pub struct TailStart {
     pub reply: TailReply,
 }
 
+/// A status of this many processes is followed by handing freed memory back.
+const BIG_STATUS: usize = 100;
+
 /// Capacity of the supervisor's input queue.
 pub const INPUT_QUEUE: usize = 256;
 
@@ -60,18 +62,18 @@ pub struct Supervisor {
     processes: Vec<ProcessHandle>,
     /// Processes removed by a reload that are still stopping.
     draining: Vec<ProcessHandle>,
-    reaper: Arc<Reaper>,
+    context: Arc<Context>,
 }
 
 impl Supervisor {
     /// Creates an actor per process (all `stopped`); nothing starts yet.
-    pub fn new(config: Config, reaper: Arc<Reaper>) -> Supervisor {
+    pub fn new(config: Config, context: Arc<Context>) -> Supervisor {
         let config = Arc::new(config);
         let mut supervisor = Supervisor {
             config: Arc::clone(&config),
             processes: Vec::new(),
             draining: Vec::new(),
-            reaper,
+            context,
         };
         supervisor.processes = supervisor.spawn_actors(&config, |_| true);
         supervisor
@@ -80,12 +82,12 @@ impl Supervisor {
     fn spawn_actors(&self, config: &Config, include: impl Fn(&str) -> bool) -> Vec<ProcessHandle> {
         let mut handles = Vec::new();
         for program in config.programs.iter().filter(|p| include(&p.name)) {
-            let cfg = Arc::new(program.clone());
+            let cfg = Arc::clone(program);
             for spec in program.processes() {
                 handles.push(ProcessActor::spawn(
                     spec,
                     Arc::clone(&cfg),
-                    Arc::clone(&self.reaper),
+                    Arc::clone(&self.context),
                 ));
             }
         }
@@ -140,9 +142,14 @@ impl Supervisor {
 
     fn handle(&mut self, request: Request, reply: oneshot::Sender<Reply>) {
         let immediate = match request {
-            Request::Status { names } => self
-                .select(&names, true)
-                .map(|handles| Reply::ok(status_reply(&handles))),
+            Request::Status { names } => self.select(&names, true).map(|handles| {
+                let reply = Reply::ok(status_reply(&handles));
+                if handles.len() >= BIG_STATUS {
+                    // Thousands of short-lived strings leave the heap fragmented.
+                    release_free_memory();
+                }
+                reply
+            }),
             Request::Start { names, wait } => match self.select(&names, false) {
                 Ok(handles) => {
                     let topology = self.topology();
@@ -629,6 +636,9 @@ pub fn process_info(status: &ProcessStatus, now: Instant) -> ProcessInfo {
             status.description,
             short_duration(now.saturating_duration_since(status.changed))
         ),
+        State::Starting { .. } | State::Running { .. } if status.description.is_empty() => {
+            status.notify_status.clone().unwrap_or_default()
+        }
         _ => status.description.clone(),
     };
     ProcessInfo {
@@ -641,11 +651,17 @@ pub fn process_info(status: &ProcessStatus, now: Instant) -> ProcessInfo {
             .state
             .started()
             .map(|s| now.saturating_duration_since(s).as_secs_f64()),
-        health: "none".to_string(),
+        health: status.health.name().to_string(),
         restarts: status.restarts,
         last_exit_code: status.last_end.and_then(|e| e.code()),
         last_exit_signal: status.last_end.and_then(|e| e.signal_name()),
         description,
         dropped_bytes: status.logs.dropped_bytes(),
+        last_probe: status.last_probe.as_ref().map(|p| LastProbe {
+            time: humantime::format_rfc3339_millis(p.at).to_string(),
+            ok: p.ok,
+            message: p.message.clone(),
+            duration_ms: p.duration.as_secs_f64() * 1000.0,
+        }),
     }
 }

@@ -11,7 +11,7 @@ use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 
 use super::backoff;
-use crate::config::{ProgramConfig, RestartPolicy};
+use crate::config::{OnUnhealthy, ProgramConfig, RestartPolicy};
 use crate::process::ProcessEnd;
 
 /// Where a process is in its life cycle (SPEC §3), with the data each state needs.
@@ -68,6 +68,101 @@ pub enum AfterStop {
     Start,
     /// The program left the config: the actor ends.
     Remove,
+    /// Stopped by minder itself (unhealthy, watchdog, not ready in time): go
+    /// through the normal backoff; `failed_start` counts it toward `max_retries`.
+    Retry {
+        /// It never became ready.
+        failed_start: bool,
+    },
+}
+
+/// Health as `status` shows it (SPEC §3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Health {
+    /// No check configured, or no live process to check.
+    None,
+    /// Checked, not yet healthy (inside the start period).
+    Starting,
+    /// The last `success_threshold` probes succeeded.
+    Healthy,
+    /// `failure_threshold` consecutive probes failed.
+    Unhealthy,
+}
+
+impl Health {
+    /// The name SPEC §3 uses.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Health::None => "none",
+            Health::Starting => "starting",
+            Health::Healthy => "healthy",
+            Health::Unhealthy => "unhealthy",
+        }
+    }
+}
+
+/// What decides that a process is ready (SPEC §3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Readiness {
+    /// The first health probe success; none within `start_period` is a failed start.
+    Probe,
+    /// `READY=1` on the notify socket within `ready_timeout`.
+    Notify,
+    /// Alive for `start_secs`.
+    Timer,
+}
+
+impl Readiness {
+    /// The readiness rule of a program.
+    pub fn of(cfg: &ProgramConfig) -> Readiness {
+        if cfg.health.is_some() {
+            Readiness::Probe
+        } else if cfg.notify {
+            Readiness::Notify
+        } else {
+            Readiness::Timer
+        }
+    }
+}
+
+/// One datagram from a child on `NOTIFY_SOCKET` (sd_notify protocol), parsed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NotifyMessage {
+    /// `READY=1`.
+    pub ready: bool,
+    /// `STATUS=...`.
+    pub status: Option<String>,
+    /// `MAINPID=...`: the program forked and this is now its main process.
+    pub main_pid: Option<Pid>,
+    /// `WATCHDOG=1`.
+    pub watchdog: bool,
+    /// `WATCHDOG=trigger`: the program asks to be treated as hung.
+    pub watchdog_trigger: bool,
+}
+
+impl NotifyMessage {
+    /// Parses `KEY=VALUE` lines; unknown keys are ignored, as systemd does.
+    pub fn parse(datagram: &str) -> NotifyMessage {
+        let mut m = NotifyMessage::default();
+        for line in datagram.lines() {
+            match line.split_once('=') {
+                Some(("READY", "1")) => m.ready = true,
+                Some(("STATUS", text)) => m.status = Some(text.to_string()),
+                Some(("MAINPID", pid)) => {
+                    m.main_pid = pid
+                        .trim()
+                        .parse::<i32>()
+                        .ok()
+                        .filter(|p| *p > 0)
+                        .map(Pid::from_raw)
+                }
+                Some(("WATCHDOG", "1")) => m.watchdog = true,
+                Some(("WATCHDOG", "trigger")) => m.watchdog_trigger = true,
+                _ => {}
+            }
+        }
+        m
+    }
 }
 
 /// An input to the state machine.
@@ -89,6 +184,22 @@ pub enum Event {
     Exited(ProcessEnd),
     /// The time returned by [`Machine::deadline`] has come.
     Deadline,
+    /// A health probe of process `pid` finished.
+    Probe {
+        /// The process probed (a result for an earlier process is ignored).
+        pid: Pid,
+        /// Healthy.
+        ok: bool,
+        /// What was seen, in words (`GET http://...: 503`).
+        message: String,
+    },
+    /// A message from process `pid` on the notify socket.
+    Notify {
+        /// The sender (only the main process is listened to).
+        pid: Pid,
+        /// What it said.
+        message: NotifyMessage,
+    },
 }
 
 /// Something the actor must do on the machine's behalf.
@@ -107,6 +218,8 @@ pub enum Effect {
     },
     /// The process is gone and the program was removed: end the actor.
     Removed,
+    /// `MAINPID=`: track this process's exit instead of the spawned one's.
+    Adopt(Pid),
 }
 
 /// Whether a request waiting on this process is settled.
@@ -137,6 +250,16 @@ pub struct Machine {
     pub description: String,
     /// When the state last changed (for "2m ago").
     pub changed: Instant,
+    /// Health of the live process.
+    pub health: Health,
+    /// Consecutive failed probes.
+    pub probe_failures: u32,
+    /// Consecutive successful probes.
+    pub probe_successes: u32,
+    /// When the next `WATCHDOG=1` is due (running with `watchdog` only).
+    pub watchdog_due: Option<Instant>,
+    /// The child's last `STATUS=` text.
+    pub notify_status: Option<String>,
 }
 
 impl State {
@@ -205,13 +328,19 @@ impl Machine {
             last_end: None,
             description: String::new(),
             changed: now,
+            health: Health::None,
+            probe_failures: 0,
+            probe_successes: 0,
+            watchdog_due: None,
+            notify_status: None,
         }
     }
 
     /// When [`Event::Deadline`] must be fed next, if the state has a timer.
     pub fn deadline(&self, cfg: &ProgramConfig) -> Option<Instant> {
         match self.state {
-            State::Starting { started, .. } => Some(after(started, cfg.start_secs)),
+            State::Starting { started, .. } => Some(after(started, ready_within(cfg))),
+            State::Running { .. } => self.watchdog_due,
             State::Backoff { until } => Some(until),
             State::Stopping {
                 since,
@@ -221,7 +350,6 @@ impl Machine {
             State::Stopping { killed: true, .. }
             | State::Stopped
             | State::Spawning
-            | State::Running { .. }
             | State::Exited
             | State::Fatal => None,
         }
@@ -239,6 +367,11 @@ impl Machine {
         let effects = self.transition(cfg, event, now, sample);
         if self.state != before {
             self.changed = now;
+        }
+        if self.state.pid().is_none() {
+            self.health = Health::None;
+            self.watchdog_due = None;
+            self.notify_status = None;
         }
         effects
     }
@@ -311,8 +444,13 @@ impl Machine {
 
             // --- spawn results ------------------------------------------------
             (State::Spawning, Event::Spawned(pid)) => {
-                if cfg.start_secs.is_zero() {
-                    self.ready(pid, now)
+                self.probe_failures = 0;
+                self.probe_successes = 0;
+                if cfg.health.is_some() {
+                    self.health = Health::Starting;
+                }
+                if Readiness::of(cfg) == Readiness::Timer && cfg.start_secs.is_zero() {
+                    self.ready(cfg, pid, now)
                 } else {
                     self.state = State::Starting { pid, started: now };
                     Vec::new()
@@ -373,6 +511,15 @@ impl Machine {
                         self.state = State::Stopped;
                         effects.push(Effect::Removed);
                     }
+                    AfterStop::Retry { failed_start } => {
+                        // The description already says why minder stopped it.
+                        let cause = std::mem::take(&mut self.description);
+                        effects.extend(if failed_start {
+                            self.failed_start(cfg, cause, now, sample)
+                        } else {
+                            self.retry_after(cfg, cause, now, sample)
+                        });
+                    }
                 }
                 effects
             }
@@ -398,12 +545,48 @@ impl Machine {
 
             // --- timers -------------------------------------------------------
             (State::Starting { pid, started }, Event::Deadline) => {
-                if now >= after(started, cfg.start_secs) {
-                    self.ready(pid, now)
-                } else {
-                    Vec::new()
+                if now < after(started, ready_within(cfg)) {
+                    return Vec::new();
+                }
+                match Readiness::of(cfg) {
+                    Readiness::Timer => self.ready(cfg, pid, now),
+                    readiness => {
+                        let waited = short_duration(ready_within(cfg));
+                        self.description = match readiness {
+                            Readiness::Probe if !self.description.is_empty() => {
+                                format!("not ready within {waited}: {}", self.description)
+                            }
+                            Readiness::Probe => format!("not ready within {waited}"),
+                            _ => format!("no READY=1 within {waited}"),
+                        };
+                        self.begin_stop(
+                            cfg,
+                            pid,
+                            started,
+                            now,
+                            AfterStop::Retry { failed_start: true },
+                        )
+                    }
                 }
             }
+            (State::Running { pid, started }, Event::Deadline) => match self.watchdog_due {
+                Some(due) if now >= due => {
+                    self.description = format!(
+                        "watchdog timeout: no WATCHDOG=1 within {}",
+                        short_duration(cfg.watchdog)
+                    );
+                    self.begin_stop(
+                        cfg,
+                        pid,
+                        started,
+                        now,
+                        AfterStop::Retry {
+                            failed_start: false,
+                        },
+                    )
+                }
+                _ => Vec::new(),
+            },
             (State::Backoff { until }, Event::Deadline) => {
                 if now >= until {
                     self.restarts += 1;
@@ -431,12 +614,142 @@ impl Machine {
                 State::Stopping { killed: true, .. }
                 | State::Stopped
                 | State::Spawning
-                | State::Running { .. }
                 | State::Exited
                 | State::Fatal,
                 Event::Deadline,
             ) => Vec::new(),
+
+            // --- health probes and notify messages ------------------------------
+            (
+                State::Starting { pid, started } | State::Running { pid, started },
+                Event::Probe {
+                    pid: probed,
+                    ok,
+                    message,
+                },
+            ) if probed == pid => self.on_probe(cfg, pid, started, ok, message, now),
+            // Stopping, or a result about a process that is gone: nothing to decide.
+            (_, Event::Probe { .. }) => Vec::new(),
+            (
+                State::Starting { pid, started }
+                | State::Running { pid, started }
+                | State::Stopping { pid, started, .. },
+                Event::Notify {
+                    pid: sender,
+                    message,
+                },
+            ) if sender == pid => self.on_notify(cfg, pid, started, message, now),
+            (_, Event::Notify { .. }) => Vec::new(),
         }
+    }
+
+    fn on_probe(
+        &mut self,
+        cfg: &ProgramConfig,
+        pid: Pid,
+        started: Instant,
+        ok: bool,
+        message: String,
+        now: Instant,
+    ) -> Vec<Effect> {
+        let Some(health) = &cfg.health else {
+            return Vec::new();
+        };
+        if ok {
+            self.probe_failures = 0;
+            self.probe_successes = self.probe_successes.saturating_add(1);
+        } else {
+            self.probe_successes = 0;
+            self.probe_failures = self.probe_failures.saturating_add(1);
+        }
+        match self.state {
+            State::Starting { .. } if ok => self.ready(cfg, pid, now),
+            // Inside the start period failures do not count; keep the reason.
+            State::Starting { .. } => {
+                self.description = message;
+                Vec::new()
+            }
+            State::Running { .. } if ok => {
+                if self.health == Health::Unhealthy
+                    && self.probe_successes >= health.success_threshold
+                {
+                    self.health = Health::Healthy;
+                    self.description.clear();
+                }
+                Vec::new()
+            }
+            State::Running { .. } => {
+                if self.probe_failures < health.failure_threshold {
+                    self.description = format!(
+                        "probe failed ({}/{}): {message}",
+                        self.probe_failures, health.failure_threshold
+                    );
+                    return Vec::new();
+                }
+                self.health = Health::Unhealthy;
+                self.description = format!("unhealthy: {message}");
+                match health.on_unhealthy {
+                    OnUnhealthy::None => Vec::new(),
+                    OnUnhealthy::Restart => self.begin_stop(
+                        cfg,
+                        pid,
+                        started,
+                        now,
+                        AfterStop::Retry {
+                            failed_start: false,
+                        },
+                    ),
+                }
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    fn on_notify(
+        &mut self,
+        cfg: &ProgramConfig,
+        pid: Pid,
+        started: Instant,
+        message: NotifyMessage,
+        now: Instant,
+    ) -> Vec<Effect> {
+        let mut effects = Vec::new();
+        if let Some(status) = message.status {
+            self.notify_status = Some(status);
+        }
+        let mut pid = pid;
+        if let Some(main) = message.main_pid.filter(|m| *m != pid) {
+            pid = main;
+            match &mut self.state {
+                State::Starting { pid: p, .. }
+                | State::Running { pid: p, .. }
+                | State::Stopping { pid: p, .. } => *p = main,
+                _ => {}
+            }
+            effects.push(Effect::Adopt(main));
+        }
+        let running = matches!(self.state, State::Running { .. });
+        if message.watchdog && !cfg.watchdog.is_zero() && running {
+            self.watchdog_due = Some(after(now, cfg.watchdog));
+        }
+        if message.watchdog_trigger && running {
+            self.description = "watchdog triggered by the program (WATCHDOG=trigger)".to_string();
+            effects.extend(self.begin_stop(
+                cfg,
+                pid,
+                started,
+                now,
+                AfterStop::Retry {
+                    failed_start: false,
+                },
+            ));
+        } else if message.ready
+            && matches!(self.state, State::Starting { .. })
+            && Readiness::of(cfg) == Readiness::Notify
+        {
+            effects.extend(self.ready(cfg, pid, now));
+        }
+        effects
     }
 
     fn spawn(&mut self) -> Vec<Effect> {
@@ -444,10 +757,16 @@ impl Machine {
         vec![Effect::Spawn]
     }
 
-    fn ready(&mut self, pid: Pid, now: Instant) -> Vec<Effect> {
+    fn ready(&mut self, cfg: &ProgramConfig, pid: Pid, now: Instant) -> Vec<Effect> {
         let started = self.state.started().unwrap_or(now);
         self.state = State::Running { pid, started };
         self.failures = 0;
+        if cfg.health.is_some() {
+            self.health = Health::Healthy;
+        }
+        if !cfg.watchdog.is_zero() {
+            self.watchdog_due = Some(after(now, cfg.watchdog));
+        }
         self.description = match self.last_end {
             Some(end) if self.restarts > 0 => format!("restarted after: {end}"),
             _ => String::new(),
@@ -553,6 +872,10 @@ impl Machine {
                 then: AfterStop::Start,
                 ..
             } => Outcome::Pending,
+            State::Stopping {
+                then: AfterStop::Retry { .. },
+                ..
+            } => Outcome::Failed(self.failure_reason()),
             State::Stopping { .. } => Outcome::Failed("stopped while starting".to_string()),
             State::Backoff { .. } | State::Exited | State::Fatal | State::Stopped => {
                 Outcome::Failed(self.failure_reason())
@@ -569,7 +892,7 @@ impl Machine {
                 ..
             } => Outcome::Pending,
             State::Stopping {
-                then: AfterStop::Start,
+                then: AfterStop::Start | AfterStop::Retry { .. },
                 ..
             }
             | State::Spawning
@@ -585,6 +908,15 @@ impl Machine {
         } else {
             self.description.clone()
         }
+    }
+}
+
+/// How long a starting process has to become ready.
+fn ready_within(cfg: &ProgramConfig) -> Duration {
+    match (Readiness::of(cfg), &cfg.health) {
+        (Readiness::Probe, Some(health)) => health.start_period,
+        (Readiness::Notify, _) => cfg.ready_timeout,
+        _ => cfg.start_secs,
     }
 }
 
@@ -651,6 +983,10 @@ mod tests {
                 max_retries: 0,
             },
             logs: crate::config::LogsConfig::default(),
+            health: None,
+            notify: false,
+            ready_timeout: Duration::from_secs(60),
+            watchdog: Duration::ZERO,
         }
     }
 
@@ -1061,6 +1397,289 @@ mod tests {
         });
         b.started();
         assert_eq!(b.feed(Event::Stop), vec![kill(PID, true)]);
+    }
+
+    fn with_health(on_unhealthy: OnUnhealthy) -> ProgramConfig {
+        ProgramConfig {
+            health: Some(crate::config::HealthConfig {
+                probe: crate::config::ProbeTarget::Tcp("127.0.0.1:1".into()),
+                interval: Duration::from_secs(1),
+                timeout: Duration::from_millis(500),
+                start_period: Duration::from_secs(10),
+                failure_threshold: 3,
+                success_threshold: 2,
+                on_unhealthy,
+            }),
+            ..cfg()
+        }
+    }
+
+    fn probe(ok: bool) -> Event {
+        Event::Probe {
+            pid: PID,
+            ok,
+            message: if ok { "GET /: 200" } else { "GET /: 503" }.into(),
+        }
+    }
+
+    #[test]
+    fn health_decides_readiness_and_failures_in_the_start_period_do_not_count() {
+        let mut b = Bench::new(with_health(OnUnhealthy::Restart));
+        b.started();
+        assert_eq!(b.m.health, Health::Starting);
+        assert_eq!(b.m.deadline(&b.cfg), Some(b.t0 + Duration::from_secs(10)));
+        for _ in 0..5 {
+            assert_eq!(b.at(100).feed(probe(false)), vec![]);
+        }
+        assert_eq!(
+            b.state(),
+            "starting",
+            "start_secs does not apply with health"
+        );
+        assert!(b.m.description.contains("503"), "{}", b.m.description);
+        b.at(2000).feed(probe(true));
+        assert_eq!(b.state(), "running");
+        assert_eq!(b.m.health, Health::Healthy);
+        assert_eq!(b.m.start_outcome(), Outcome::Done);
+    }
+
+    #[test]
+    fn no_success_within_start_period_is_a_failed_start() {
+        let mut b = Bench::new(ProgramConfig {
+            backoff: BackoffConfig {
+                max_retries: 1,
+                ..cfg().backoff
+            },
+            ..with_health(OnUnhealthy::Restart)
+        });
+        b.started();
+        b.at(500).feed(probe(false));
+        assert_eq!(b.at(10_000).feed(Event::Deadline), vec![term(PID, true)]);
+        assert_eq!(b.state(), "stopping");
+        assert!(matches!(b.m.start_outcome(), Outcome::Failed(_)));
+        b.feed(Event::Exited(ProcessEnd::Signaled(libc::SIGTERM)));
+        assert_eq!(b.state(), "backoff");
+        assert_eq!(b.m.failures, 1);
+        assert!(
+            b.m.description
+                .starts_with("not ready within 10s: GET /: 503"),
+            "{}",
+            b.m.description
+        );
+        // The second attempt fails too: max_retries = 1 -> fatal.
+        b.at(11_000).feed(Event::Deadline);
+        b.feed(Event::Spawned(PID));
+        b.at(21_000).feed(Event::Deadline);
+        b.feed(Event::Exited(ProcessEnd::Signaled(libc::SIGTERM)));
+        assert_eq!(b.state(), "fatal");
+    }
+
+    #[test]
+    fn failure_threshold_makes_unhealthy_and_restarts_through_backoff() {
+        let mut b = Bench::new(with_health(OnUnhealthy::Restart));
+        b.started();
+        b.feed(probe(true));
+        assert_eq!(b.feed(probe(false)), vec![]);
+        assert_eq!(b.feed(probe(false)), vec![]);
+        assert_eq!(b.m.health, Health::Healthy, "2 of 3 failures");
+        assert!(b.m.description.contains("(2/3)"), "{}", b.m.description);
+        assert_eq!(b.feed(probe(false)), vec![term(PID, true)]);
+        assert_eq!(b.m.health, Health::Unhealthy);
+        assert_eq!(b.state(), "stopping");
+        // Results arriving while stopping change nothing.
+        assert_eq!(b.feed(probe(true)), vec![]);
+        assert_eq!(b.m.health, Health::Unhealthy);
+        b.at(200)
+            .feed(Event::Exited(ProcessEnd::Signaled(libc::SIGTERM)));
+        assert_eq!(b.state(), "backoff");
+        assert_eq!(b.m.failures, 0, "it had been ready: not a failed start");
+        assert!(
+            b.m.description.starts_with("unhealthy: GET /: 503"),
+            "{}",
+            b.m.description
+        );
+        b.at(1200).feed(Event::Deadline);
+        assert_eq!(b.m.restarts, 1);
+    }
+
+    #[test]
+    fn a_success_resets_the_failure_count() {
+        let mut b = Bench::new(with_health(OnUnhealthy::Restart));
+        b.started();
+        b.feed(probe(true));
+        for _ in 0..10 {
+            b.feed(probe(false));
+            b.feed(probe(false));
+            b.feed(probe(true));
+        }
+        assert_eq!(b.state(), "running");
+        assert_eq!(b.m.health, Health::Healthy);
+    }
+
+    #[test]
+    fn on_unhealthy_none_reports_and_recovers_after_success_threshold() {
+        let mut b = Bench::new(with_health(OnUnhealthy::None));
+        b.started();
+        b.feed(probe(true));
+        for _ in 0..3 {
+            assert_eq!(b.feed(probe(false)), vec![]);
+        }
+        assert_eq!(b.state(), "running");
+        assert_eq!(b.m.health, Health::Unhealthy);
+        b.feed(probe(true));
+        assert_eq!(b.m.health, Health::Unhealthy, "success_threshold is 2");
+        b.feed(probe(true));
+        assert_eq!(b.m.health, Health::Healthy);
+        assert_eq!(b.m.description, "");
+    }
+
+    #[test]
+    fn probe_results_for_another_process_are_ignored() {
+        let mut b = Bench::new(with_health(OnUnhealthy::Restart));
+        b.started();
+        let stale = Event::Probe {
+            pid: Pid::from_raw(1),
+            ok: true,
+            message: "old".into(),
+        };
+        assert_eq!(b.feed(stale.clone()), vec![]);
+        assert_eq!(b.state(), "starting");
+        b.feed(Event::Exited(ProcessEnd::Exited(1)));
+        let before = b.m.clone();
+        assert_eq!(b.feed(probe(false)), vec![], "after the exit");
+        assert_eq!(b.m, before);
+        assert_eq!(b.m.health, Health::None, "no process, no health");
+    }
+
+    fn notify(message: &str) -> Event {
+        Event::Notify {
+            pid: PID,
+            message: NotifyMessage::parse(message),
+        }
+    }
+
+    #[test]
+    fn notify_ready_decides_readiness_within_ready_timeout() {
+        let c = ProgramConfig {
+            notify: true,
+            ready_timeout: Duration::from_secs(5),
+            ..cfg()
+        };
+        let mut b = Bench::new(c.clone());
+        b.started();
+        b.at(3000).feed(Event::Deadline);
+        assert_eq!(
+            b.state(),
+            "starting",
+            "start_secs does not apply with notify"
+        );
+        b.feed(notify("STATUS=warming up\n"));
+        assert_eq!(b.m.notify_status.as_deref(), Some("warming up"));
+        b.feed(notify("READY=1\nSTATUS=serving"));
+        assert_eq!(b.state(), "running");
+        assert_eq!(b.m.notify_status.as_deref(), Some("serving"));
+
+        let mut late = Bench::new(c);
+        late.started();
+        assert_eq!(late.at(5000).feed(Event::Deadline), vec![term(PID, true)]);
+        late.feed(Event::Exited(ProcessEnd::Signaled(libc::SIGTERM)));
+        assert_eq!(late.state(), "backoff");
+        assert!(
+            late.m.description.starts_with("no READY=1 within 5s"),
+            "{}",
+            late.m.description
+        );
+        assert_eq!(late.m.failures, 1);
+    }
+
+    #[test]
+    fn notify_from_another_pid_is_ignored() {
+        let mut b = Bench::new(ProgramConfig {
+            notify: true,
+            ..cfg()
+        });
+        b.started();
+        b.feed(Event::Notify {
+            pid: Pid::from_raw(99),
+            message: NotifyMessage::parse("READY=1"),
+        });
+        assert_eq!(b.state(), "starting");
+    }
+
+    #[test]
+    fn with_health_ready_1_does_not_decide() {
+        let mut b = Bench::new(ProgramConfig {
+            notify: true,
+            ..with_health(OnUnhealthy::Restart)
+        });
+        b.started();
+        b.feed(notify("READY=1"));
+        assert_eq!(b.state(), "starting");
+        b.feed(probe(true));
+        assert_eq!(b.state(), "running");
+    }
+
+    #[test]
+    fn watchdog_miss_restarts_and_pings_keep_it_alive() {
+        let mut b = Bench::new(ProgramConfig {
+            watchdog: Duration::from_secs(2),
+            start_secs: Duration::ZERO,
+            ..cfg()
+        });
+        b.started();
+        assert_eq!(b.m.deadline(&b.cfg), Some(b.t0 + Duration::from_secs(2)));
+        b.at(1500).feed(notify("WATCHDOG=1"));
+        assert_eq!(
+            b.m.deadline(&b.cfg),
+            Some(b.t0 + Duration::from_millis(3500))
+        );
+        assert_eq!(b.at(2500).feed(Event::Deadline), vec![], "not due any more");
+        assert_eq!(b.at(3500).feed(Event::Deadline), vec![term(PID, true)]);
+        assert!(
+            b.m.description.starts_with("watchdog timeout"),
+            "{}",
+            b.m.description
+        );
+        b.feed(Event::Exited(ProcessEnd::Signaled(libc::SIGTERM)));
+        assert_eq!(b.state(), "backoff");
+    }
+
+    #[test]
+    fn watchdog_trigger_restarts_at_once() {
+        let mut b = Bench::new(ProgramConfig {
+            watchdog: Duration::from_secs(2),
+            start_secs: Duration::ZERO,
+            ..cfg()
+        });
+        b.started();
+        assert_eq!(b.feed(notify("WATCHDOG=trigger")), vec![term(PID, true)]);
+    }
+
+    #[test]
+    fn mainpid_moves_the_main_process() {
+        let mut b = Bench::new(ProgramConfig {
+            notify: true,
+            ..cfg()
+        });
+        b.started();
+        let child = Pid::from_raw(5151);
+        assert_eq!(
+            b.feed(notify("MAINPID=5151\nREADY=1")),
+            vec![Effect::Adopt(child)]
+        );
+        assert_eq!(b.m.state.pid(), Some(child));
+        assert_eq!(b.state(), "running");
+        assert_eq!(b.feed(Event::Stop), vec![term(child, true)]);
+    }
+
+    #[test]
+    fn notify_messages_parse_like_sd_notify() {
+        let m = NotifyMessage::parse("READY=1\nSTATUS=a=b\nMAINPID=42\nWATCHDOG=1\nX=1");
+        assert!(m.ready && m.watchdog && !m.watchdog_trigger);
+        assert_eq!(m.status.as_deref(), Some("a=b"));
+        assert_eq!(m.main_pid, Some(Pid::from_raw(42)));
+        assert_eq!(NotifyMessage::parse("MAINPID=0").main_pid, None);
+        assert!(NotifyMessage::parse("WATCHDOG=trigger").watchdog_trigger);
     }
 
     #[test]

@@ -23,6 +23,13 @@
 //! - `--print TEXT`        print TEXT as a line on stdout at start (repeatable)
 //! - `--eprint TEXT`       print TEXT as a line on stderr at start (repeatable)
 //! - `--tag TEXT`          ignored: lets a config vary argv or show placeholders
+//! - `--http PORT`         serve HTTP on 127.0.0.1:PORT: 200 to any request, 500
+//!   while the `--unhealthy-if` file exists
+//! - `--unhealthy-if FILE` see `--http`
+//! - `--tcp PORT`          accept (and close) TCP connections on 127.0.0.1:PORT
+//! - `--notify-ready-after MS`  send `READY=1` to `$NOTIFY_SOCKET` after MS ms
+//! - `--notify-status TEXT`     send `STATUS=TEXT` to `$NOTIFY_SOCKET` at start
+//! - `--watchdog-for MS`   send `WATCHDOG=1` every `$WATCHDOG_USEC`/4 for MS ms, then stop
 
 use std::fs::{self, OpenOptions};
 use std::io::{self, Write};
@@ -48,6 +55,12 @@ struct Opts {
     signal_log: Option<PathBuf>,
     print: Vec<String>,
     eprint: Vec<String>,
+    http: Option<u16>,
+    unhealthy_if: Option<PathBuf>,
+    tcp: Option<u16>,
+    notify_ready_after: Option<Duration>,
+    notify_status: Option<String>,
+    watchdog_for: Option<Duration>,
 }
 
 fn parse(args: &[String]) -> Result<Opts, String> {
@@ -86,10 +99,24 @@ fn parse(args: &[String]) -> Result<Opts, String> {
             "--tag" => {
                 value()?;
             }
+            "--http" => o.http = Some(parse_num(&value()?, flag)?),
+            "--unhealthy-if" => o.unhealthy_if = Some(value()?.into()),
+            "--tcp" => o.tcp = Some(parse_num(&value()?, flag)?),
+            "--notify-ready-after" => {
+                o.notify_ready_after = Some(Duration::from_millis(parse_num(&value()?, flag)?))
+            }
+            "--notify-status" => o.notify_status = Some(value()?),
+            "--watchdog-for" => {
+                o.watchdog_for = Some(Duration::from_millis(parse_num(&value()?, flag)?))
+            }
             other => return Err(format!("unknown argument {other:?}")),
         }
     }
     Ok(o)
+}
+
+fn parse_num<T: std::str::FromStr>(v: &str, flag: &str) -> Result<T, String> {
+    v.parse().map_err(|_| format!("bad {flag} {v:?}"))
 }
 
 fn main() {
@@ -165,6 +192,44 @@ fn run(o: &Opts) -> io::Result<()> {
         for line in &o.eprint {
             writeln!(err, "{line}")?;
         }
+    }
+    // Helper threads start after the signal mask is set, so they inherit it and
+    // every signal still reaches the main thread's sigtimedwait.
+    if let Some(port) = o.http {
+        let listener = std::net::TcpListener::bind(("127.0.0.1", port))?;
+        let flag = o.unhealthy_if.clone();
+        std::thread::spawn(move || serve_http(listener, flag));
+    }
+    if let Some(port) = o.tcp {
+        let listener = std::net::TcpListener::bind(("127.0.0.1", port))?;
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                drop(conn);
+            }
+        });
+    }
+    if let Some(text) = &o.notify_status {
+        sd_notify(&format!("STATUS={text}"))?;
+    }
+    if let Some(delay) = o.notify_ready_after {
+        std::thread::spawn(move || {
+            std::thread::sleep(delay);
+            let _ = sd_notify("READY=1\nSTATUS=ready");
+        });
+    }
+    if let Some(period) = o.watchdog_for {
+        let usec: u64 = std::env::var("WATCHDOG_USEC")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1_000_000);
+        let every = Duration::from_micros(usec / 4);
+        std::thread::spawn(move || {
+            let until = Instant::now() + period;
+            while Instant::now() < until {
+                let _ = sd_notify("WATCHDOG=1");
+                std::thread::sleep(every);
+            }
+        });
     }
     if let Some(file) = &o.pidfile {
         write_atomic(file, &format!("{}\n", process::id()))?;
@@ -346,5 +411,43 @@ fn write_atomic(file: &Path, text: &str) -> io::Result<()> {
     tmp.push(".tmp");
     fs::write(&tmp, text)?;
     fs::rename(&tmp, file)?;
+    Ok(())
+}
+
+/// Answers every HTTP request with 200, or 500 while `unhealthy_if` exists.
+fn serve_http(listener: std::net::TcpListener, unhealthy_if: Option<PathBuf>) {
+    use std::io::Read;
+    for conn in listener.incoming() {
+        let Ok(mut conn) = conn else { continue };
+        let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
+        // Read the request head (bounded); its content does not matter.
+        let mut head = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 16 * 1024 {
+            match conn.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => head.extend_from_slice(&buf[..n]),
+            }
+        }
+        let sick = unhealthy_if.as_ref().is_some_and(|f| f.exists());
+        let (status, body) = if sick {
+            ("500 Internal Server Error", "sick\n")
+        } else {
+            ("200 OK", "ok\n")
+        };
+        let _ = write!(
+            conn,
+            "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+    }
+}
+
+/// Sends one datagram to `$NOTIFY_SOCKET`, as sd_notify(3) does.
+fn sd_notify(message: &str) -> io::Result<()> {
+    let path = std::env::var("NOTIFY_SOCKET")
+        .map_err(|_| io::Error::new(io::ErrorKind::NotFound, "NOTIFY_SOCKET is not set"))?;
+    let socket = std::os::unix::net::UnixDatagram::unbound()?;
+    socket.send_to(message.as_bytes(), path)?;
     Ok(())
 }
