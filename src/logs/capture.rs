@@ -3,7 +3,6 @@
 
 use std::io::{self, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -149,7 +148,62 @@ struct Pipes {
 /// way to its capture task (which owns the read end).
 struct Pipe {
     write: OwnedFd,
-    requests: mpsc::Sender<StreamRequest>,
+    requests: Arc<Mailbox>,
+}
+
+impl Drop for Pipe {
+    fn drop(&mut self) {
+        // The process is gone: its capture drains the pipe and ends.
+        self.requests.close();
+    }
+}
+
+/// Requests to one capture task: a bounded queue that allocates nothing while
+/// empty (a tokio mpsc channel costs a block per stream, thousands of idle
+/// streams add up).
+#[derive(Default)]
+struct Mailbox {
+    queue: std::sync::Mutex<std::collections::VecDeque<StreamRequest>>,
+    ready: tokio::sync::Notify,
+    closed: std::sync::atomic::AtomicBool,
+}
+
+impl Mailbox {
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::VecDeque<StreamRequest>> {
+        // A poisoned queue is still a queue.
+        self.queue.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Queues `request`, or gives it back when the queue is full.
+    fn try_send(&self, request: StreamRequest) -> Result<(), StreamRequest> {
+        let mut queue = self.lock();
+        if queue.len() >= REQUEST_QUEUE {
+            return Err(request);
+        }
+        queue.push_back(request);
+        drop(queue);
+        // Stores a permit if the task is not waiting yet: no wake-up is lost.
+        self.ready.notify_one();
+        Ok(())
+    }
+
+    fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        self.ready.notify_one();
+    }
+
+    /// The next request; `None` once closed and empty.
+    async fn recv(&self) -> Option<StreamRequest> {
+        loop {
+            if let Some(request) = self.lock().pop_front() {
+                return Some(request);
+            }
+            if self.closed.load(Ordering::Acquire) {
+                return None;
+            }
+            self.ready.notified().await;
+        }
+    }
 }
 
 impl ProcessLogs {
@@ -205,33 +259,29 @@ impl ProcessLogs {
         let (read, write) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
         // Only minder's end is non-blocking: the child's writes block as usual.
         fcntl(&read, FcntlArg::F_SETFL(OFlag::O_NONBLOCK))?;
-        let (tx, rx) = mpsc::channel(REQUEST_QUEUE);
-        let sink = Sink {
+        let requests = Arc::new(Mailbox::default());
+        let common = Arc::new(Common {
             name: Arc::clone(&self.name),
-            stream: stream.name(),
-            file: RotatingFile::new(path.clone(), self.rotation),
-            stamper: self.timestamps.then(Stamper::default),
+            rotation: self.rotation,
+            timestamps: self.timestamps,
             stats: Arc::clone(&self.stats),
-            failing: None,
-            scratch: Vec::new(),
-        };
+        });
         let capture = Capture {
             // SAFETY: an OwnedFd stays open and names the same pipe until the
             // AsyncFd owning it is dropped.
             pipe: unsafe { AsyncFd::register_with_interest(read, Interest::READABLE) }
                 .map_err(|e| io::Error::other(e.to_string()))?,
-            sink: Some(Box::new(sink)),
-            requests: rx,
+            path: path.clone().into_boxed_path(),
+            common,
+            sink: None,
+            requests: Arc::clone(&requests),
             followers: Vec::new(),
             buf: Vec::new(),
             stream,
             enlarged: false,
         };
         tokio::spawn(capture.run());
-        Ok(Some(Pipe {
-            write,
-            requests: tx,
-        }))
+        Ok(Some(Pipe { write, requests }))
     }
 
     /// Carries out a request; answers it (possibly later, from another task).
@@ -256,10 +306,7 @@ impl ProcessLogs {
                     follow,
                     reply,
                 });
-                // Closed cannot happen while the pipe exists; its reply drops with it.
-                if let Err(mpsc::error::TrySendError::Full(StreamRequest::Tail { reply, .. })) =
-                    sent
-                {
+                if let Err(StreamRequest::Tail { reply, .. }) = sent {
                     let _ = reply.send(Err(format!("{name}: busy, try again")));
                 }
             }
@@ -359,9 +406,14 @@ struct Follower {
 /// The task reading one pipe.
 struct Capture {
     pipe: AsyncFd<OwnedFd>,
-    /// The file side; lent to the blocking pool during a write.
+    /// The log file's path.
+    path: Box<std::path::Path>,
+    /// Settings shared by the process's streams.
+    common: Arc<Common>,
+    /// The file side, made at the first write (idle streams hold none); lent
+    /// to the blocking pool during a write.
     sink: Option<Box<Sink>>,
-    requests: mpsc::Receiver<StreamRequest>,
+    requests: Arc<Mailbox>,
     followers: Vec<Follower>,
     /// Kept only while the stream is busy; idle streams hold no buffer.
     buf: Vec<u8>,
@@ -391,10 +443,12 @@ impl Capture {
             tokio::select! {
                 biased;
                 request = self.requests.recv() => match request {
-                    Some(request) => self.on_request(request).await,
+                    // Boxed: the rare big futures would otherwise make every
+                    // idle capture task as large as its busiest moment.
+                    Some(request) => Box::pin(self.on_request(request)).await,
                     // The process left the config: write what is left, close the pipe.
                     None => {
-                        self.drain().await;
+                        Box::pin(self.drain()).await;
                         return;
                     }
                 },
@@ -407,16 +461,16 @@ impl Capture {
                     }
                     drop(guard);
                     match batch {
-                        Batch::Data(n) => self.write(n, false).await,
+                        Batch::Data(n) => Box::pin(self.write(n, false)).await,
                         Batch::Empty => {}
                         Batch::Eof(n) => {
-                            self.write(n, true).await;
+                            Box::pin(self.write(n, true)).await;
                             return;
                         }
                     }
                 }
-                _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now).into()), if deadline.is_some() => {
-                    self.write(0, true).await;
+                _ = partial_timeout(deadline) => {
+                    Box::pin(self.write(0, true)).await;
                 }
             }
         }
@@ -424,10 +478,27 @@ impl Capture {
 
     /// Writes the first `n` bytes of the buffer (and, with `flush`, a held-back
     /// partial line) off the runtime thread, then hands them to followers.
+    /// The sink, made now if this is the first use.
+    fn take_sink(&mut self) -> Box<Sink> {
+        self.sink.take().unwrap_or_else(|| {
+            let common = &self.common;
+            Box::new(Sink {
+                name: Arc::clone(&common.name),
+                stream: self.stream.name(),
+                file: RotatingFile::new(self.path.to_path_buf(), common.rotation),
+                stamper: common.timestamps.then(Stamper::default),
+                stats: Arc::clone(&common.stats),
+                failing: None,
+                scratch: Vec::new(),
+            })
+        })
+    }
+
     async fn write(&mut self, n: usize, flush: bool) {
-        let Some(mut sink) = self.sink.take() else {
+        if n == 0 && self.sink.is_none() {
             return;
-        };
+        }
+        let mut sink = self.take_sink();
         let buf = std::mem::take(&mut self.buf);
         let copy = !self.followers.is_empty();
         let result = tokio::task::spawn_blocking(move || {
@@ -480,10 +551,12 @@ impl Capture {
                 follow,
                 reply,
             } => {
-                let (path, pending) = match &self.sink {
-                    Some(sink) => (sink.file.path().to_path_buf(), sink.unwritten()),
-                    None => (PathBuf::new(), Vec::new()),
-                };
+                let path = self.path.to_path_buf();
+                let pending = self
+                    .sink
+                    .as_ref()
+                    .map(|s| s.unwritten())
+                    .unwrap_or_default();
                 let text =
                     tokio::task::spawn_blocking(move || tail::last_lines(&path, lines, &pending))
                         .await
@@ -501,9 +574,7 @@ impl Capture {
                 }));
             }
             StreamRequest::Reopen { reply } => {
-                let Some(mut sink) = self.sink.take() else {
-                    return;
-                };
+                let mut sink = self.take_sink();
                 let result = tokio::task::spawn_blocking(move || {
                     let r = sink.file.reopen().map_err(|e| {
                         format!(
@@ -543,6 +614,15 @@ impl Capture {
             }
         }
         self.write(0, true).await;
+    }
+}
+
+/// Resolves at `deadline`; never without one. The timer is boxed: most
+/// streams never need one, and it would make every idle task bigger.
+async fn partial_timeout(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => Box::pin(tokio::time::sleep_until(d.into())).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -604,6 +684,14 @@ fn enlarge_pipe(pipe: &OwnedFd) {
     if let Err(e) = fcntl(pipe, FcntlArg::F_SETPIPE_SZ(BUSY_PIPE_SIZE)) {
         tracing::debug!("F_SETPIPE_SZ: {e}");
     }
+}
+
+/// What a process's streams share.
+struct Common {
+    name: Arc<str>,
+    rotation: Rotation,
+    timestamps: bool,
+    stats: Arc<LogStats>,
 }
 
 /// The file side of one stream; runs on the blocking pool.
@@ -740,5 +828,39 @@ impl Drop for Sink {
         if let Some(f) = &self.failing {
             tracing::info!(process = %self.name, "{} bytes of {} output were dropped in all", f.total, self.stream);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Regression guard for idle memory: thousands of idle capture tasks must
+    /// stay small (1000 programs are 2000 of them).
+    #[tokio::test]
+    async fn an_idle_capture_task_is_small() {
+        let (read, _write) = nix::unistd::pipe2(OFlag::O_CLOEXEC).unwrap();
+        let capture = Capture {
+            // SAFETY: the OwnedFd stays open for the AsyncFd's life.
+            pipe: unsafe { AsyncFd::register_with_interest(read, Interest::READABLE) }.unwrap(),
+            path: std::path::PathBuf::from("/dev/null").into_boxed_path(),
+            common: Arc::new(Common {
+                name: Arc::from("x"),
+                rotation: Rotation {
+                    max_size: 0,
+                    backups: 0,
+                },
+                timestamps: false,
+                stats: Arc::default(),
+            }),
+            sink: None,
+            requests: Arc::default(),
+            followers: Vec::new(),
+            buf: Vec::new(),
+            stream: Stream::Stdout,
+            enlarged: false,
+        };
+        let size = std::mem::size_of_val(&capture.run());
+        assert!(size <= 640, "capture future is {size} bytes");
     }
 }
