@@ -266,7 +266,6 @@ fn ctl_restart_gives_a_new_pid() {
 }
 
 #[test]
-#[ignore = "log capture and `ctl tail` arrive with issue 4"]
 fn captured_output_goes_to_log_files_and_tail() {
     let d = Daemon::start(&program(
         "talk",

@@ -861,6 +861,6 @@ mod tests {
             enlarged: false,
         };
         let size = std::mem::size_of_val(&capture.run());
-        assert!(size <= 640, "capture future is {size} bytes");
+        assert!(size <= 768, "capture future is {size} bytes");
     }
 }

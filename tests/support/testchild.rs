@@ -22,6 +22,10 @@
 //! - `--signal-log FILE`   append the name (`HUP`, `USR1`, `USR2`) of each received signal
 //! - `--print TEXT`        print TEXT as a line on stdout at start (repeatable)
 //! - `--eprint TEXT`       print TEXT as a line on stderr at start (repeatable)
+//! - `--write-lines N`     then write N numbered lines `line 000000001` .. to stdout, fast
+//! - `--interleave N`      then write `out I` to stdout and `err I` to stderr, alternately,
+//!   one write each (I = 1..N)
+//! - `--tick MS`           print `tick N` (N = 1, 2, ...) on stdout every MS milliseconds
 //! - `--tag TEXT`          ignored: lets a config vary argv or show placeholders
 //! - `--http PORT`         serve HTTP on 127.0.0.1:PORT: 200 to any request, 500
 //!   while the `--unhealthy-if` file exists
@@ -55,6 +59,9 @@ struct Opts {
     signal_log: Option<PathBuf>,
     print: Vec<String>,
     eprint: Vec<String>,
+    write_lines: u64,
+    interleave: u64,
+    tick: Option<Duration>,
     http: Option<u16>,
     unhealthy_if: Option<PathBuf>,
     tcp: Option<u16>,
@@ -96,6 +103,19 @@ fn parse(args: &[String]) -> Result<Opts, String> {
             "--signal-log" => o.signal_log = Some(value()?.into()),
             "--print" => o.print.push(value()?),
             "--eprint" => o.eprint.push(value()?),
+            "--write-lines" => {
+                let v = value()?;
+                o.write_lines = v.parse().map_err(|_| format!("bad --write-lines {v:?}"))?;
+            }
+            "--interleave" => {
+                let v = value()?;
+                o.interleave = v.parse().map_err(|_| format!("bad --interleave {v:?}"))?;
+            }
+            "--tick" => {
+                let v = value()?;
+                let ms: u64 = v.parse().map_err(|_| format!("bad --tick {v:?}"))?;
+                o.tick = Some(Duration::from_millis(ms.max(1)));
+            }
             "--tag" => {
                 value()?;
             }
@@ -192,6 +212,19 @@ fn run(o: &Opts) -> io::Result<()> {
         for line in &o.eprint {
             writeln!(err, "{line}")?;
         }
+        if o.write_lines > 0 {
+            let mut w = io::BufWriter::with_capacity(64 * 1024, &mut out);
+            for i in 1..=o.write_lines {
+                writeln!(w, "line {i:09}")?;
+            }
+            w.flush()?;
+        }
+        for i in 1..=o.interleave {
+            // One write(2) each, so the order on a merged pipe is the order here.
+            out.write_all(format!("out {i}\n").as_bytes())?;
+            out.flush()?;
+            err.write_all(format!("err {i}\n").as_bytes())?;
+        }
     }
     // Helper threads start after the signal mask is set, so they inherit it and
     // every signal still reaches the main thread's sigtimedwait.
@@ -237,13 +270,26 @@ fn run(o: &Opts) -> io::Result<()> {
 
     let lifetime = o.exit_after.unwrap_or(MAX_LIFETIME).min(MAX_LIFETIME);
     let deadline = start + lifetime;
-    // Bounded: each iteration either handles one signal or waits until the deadline.
+    let mut next_tick = o.tick.map(|t| Instant::now() + t);
+    let mut ticks = 0u64;
+    // Bounded: each iteration handles one signal or tick, or waits until the deadline.
     loop {
         let now = Instant::now();
         if now >= deadline {
             break;
         }
-        match waited.timed_wait(deadline - now) {
+        if let (Some(at), Some(every)) = (next_tick, o.tick) {
+            if now >= at {
+                ticks += 1;
+                let mut out = io::stdout().lock();
+                out.write_all(format!("tick {ticks}\n").as_bytes())?;
+                out.flush()?;
+                next_tick = Some(at + every);
+                continue;
+            }
+        }
+        let until = next_tick.map_or(deadline, |t| t.min(deadline));
+        match waited.timed_wait(until.saturating_duration_since(now)) {
             None => continue,
             Some(sig) if sig == libc::SIGTERM || sig == libc::SIGINT => {
                 if let Some(rec) = &o.record {

@@ -1,0 +1,290 @@
+//! Log capture: files and their names, merging, discarding, rotation without
+//! loss, `ctl tail` (with `-f` across rotations), timestamps, a full disk and
+//! reopening on SIGUSR1 (SPEC `[program.*.logs]`, §4).
+
+mod common;
+
+use std::fs;
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::Instant;
+
+use common::*;
+
+/// Reads `FILE.backups` .. `FILE.1`, `FILE`, concatenated, and each file's size.
+fn read_chain(path: &Path, backups: u32) -> (Vec<u8>, Vec<(String, usize)>) {
+    let mut all = Vec::new();
+    let mut files = Vec::new();
+    for i in (1..=backups).rev() {
+        let p = format!("{}.{i}", path.display());
+        if let Ok(b) = fs::read(&p) {
+            files.push((p, b.len()));
+            all.extend_from_slice(&b);
+        }
+    }
+    if let Ok(b) = fs::read(path) {
+        files.push((path.display().to_string(), b.len()));
+        all.extend_from_slice(&b);
+    }
+    (all, files)
+}
+
+fn dropped_bytes(d: &Daemon, name: &str) -> u64 {
+    d.proc(name).raw["dropped_bytes"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no dropped_bytes in {:?}", d.proc(name).raw))
+}
+
+#[test]
+fn default_names_merge_and_none() {
+    let d = Daemon::start(&format!(
+        "{}{}{}",
+        program(
+            "multi",
+            &["--print", "out of {name}", "--eprint", "err of {name}"],
+            "instances = 2\nstart_secs = \"0s\"",
+        ),
+        program(
+            "merged",
+            &["--interleave", "200"],
+            "[program.merged.logs]\nstderr = \"stdout\"",
+        ),
+        program(
+            "quiet",
+            &[
+                "--print",
+                "nobody reads this",
+                "--pidfile",
+                "@TMP@/quiet.pid"
+            ],
+            "[program.quiet.logs]\nstdout = \"none\"\nstderr = \"none\"",
+        ),
+    ));
+    for i in 0..2 {
+        wait_file_until(
+            &d.path(&format!("logs/multi.{i}.stdout.log")),
+            "stdout line",
+            |t| t == format!("out of multi:{i}\n"),
+        );
+        wait_file_until(
+            &d.path(&format!("logs/multi.{i}.stderr.log")),
+            "stderr line",
+            |t| t == format!("err of multi:{i}\n"),
+        );
+    }
+    let expected: String = (1..=200).map(|i| format!("out {i}\nerr {i}\n")).collect();
+    wait_file_until(&d.path("logs/merged.stdout.log"), "all 400 lines", |t| {
+        t.len() >= expected.len()
+    });
+    assert_eq!(
+        fs::read_to_string(d.path("logs/merged.stdout.log")).unwrap(),
+        expected,
+        "both streams in one file, in the order written"
+    );
+    assert!(!d.path("logs/merged.stderr.log").exists());
+    read_pid(&d.path("quiet.pid"));
+    d.wait_state("quiet", "running");
+    assert!(!d.path("logs/quiet.stdout.log").exists());
+    assert!(!d.path("logs/quiet.stderr.log").exists());
+    let mode = fs::metadata(d.path("logs/multi.0.stdout.log"))
+        .unwrap()
+        .permissions();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+        0o640
+    );
+    // A discarded stream cannot be tailed; the message says why.
+    let out = d.ctl(&["tail", "quiet"]);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(out.stderr.contains("not captured"), "{out:?}");
+    // Merged stderr is served from the stdout log.
+    let out = d.ctl_ok(&["tail", "--stderr", "-n", "2", "merged"]);
+    assert_eq!(out.stdout, "out 200\nerr 200\n");
+}
+
+#[test]
+fn rotation_keeps_every_line_once_and_in_order() {
+    const LINES: u64 = 350_000; // 15 bytes each: 5.25 MB
+    let d = Daemon::start(&program(
+        "chatty",
+        &["--write-lines", &LINES.to_string(), "--exit-after", "0"],
+        "restart = \"never\"\nstart_secs = \"0s\"\n[program.chatty.logs]\nmax_size = \"1MB\"\nbackups = 20",
+    ));
+    d.wait_state("chatty", "exited");
+    let path = d.path("logs/chatty.stdout.log");
+    let total = (LINES * 15) as usize;
+    let deadline = Instant::now() + WAIT;
+    let (all, files) = loop {
+        let (all, files) = read_chain(&path, 20);
+        if all.len() >= total || Instant::now() >= deadline {
+            break (all, files);
+        }
+        std::thread::sleep(POLL);
+    };
+    assert_eq!(all.len(), total, "bytes in all files: {files:?}");
+    assert!(files.len() >= 6, "5.25 MB in 1 MB files: {files:?}");
+    for (name, size) in &files {
+        assert!(*size <= 1_000_000, "{name} exceeds max_size: {size}");
+    }
+    for (i, line) in all.split(|&b| b == b'\n').take(LINES as usize).enumerate() {
+        let want = format!("line {:09}", i + 1);
+        assert_eq!(line, want.as_bytes(), "line {} of the concatenation", i + 1);
+    }
+    for (name, _) in &files[..files.len() - 1] {
+        let bytes = fs::read(name).unwrap();
+        assert_eq!(bytes.last(), Some(&b'\n'), "{name} is cut at a line end");
+    }
+    assert_eq!(dropped_bytes(&d, "chatty"), 0);
+}
+
+/// Runs `minder ctl tail ARGS` in the background; its stdout lines arrive on the channel.
+struct Follower {
+    child: std::process::Child,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Follower {
+    fn start(d: &Daemon, args: &[&str]) -> Follower {
+        let mut child = Command::new(MINDER)
+            .arg("ctl")
+            .arg("-s")
+            .arg(&d.sock)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawning ctl tail -f");
+        let out = child.stdout.take().expect("piped");
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Follower { child, lines }
+    }
+
+    fn next(&self) -> String {
+        self.lines
+            .recv_timeout(WAIT)
+            .unwrap_or_else(|e| panic!("no line from ctl tail -f within {WAIT:?}: {e}"))
+    }
+}
+
+impl Drop for Follower {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn tail_lines_and_follow_across_rotations() {
+    let d = Daemon::start(&program(
+        "ticker",
+        &["--write-lines", "50", "--tick", "5"],
+        "[program.ticker.logs]\nmax_size = \"400B\"\nbackups = 3",
+    ));
+    let path = d.path("logs/ticker.stdout.log");
+    wait_file_until(&path, "three ticks", |t| t.contains("tick 3\n"));
+    let out = d.ctl_ok(&["tail", "-n", "3", "ticker"]);
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(lines.len(), 3, "{out:?}");
+    assert!(lines.iter().all(|l| l.starts_with("tick ")), "{out:?}");
+
+    let f = Follower::start(&d, &["tail", "-f", "-n", "1", "ticker"]);
+    let first = f.next();
+    let n0: u64 = first
+        .strip_prefix("tick ")
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("unexpected first line {first:?}"));
+    // 300 ticks of ~9 bytes: several 400-byte rotations while following.
+    for k in 1..=300 {
+        assert_eq!(
+            f.next(),
+            format!("tick {}", n0 + k),
+            "consecutive, nothing lost or doubled"
+        );
+    }
+    assert!(
+        Path::new(&format!("{}.3", path.display())).exists(),
+        "it rotated meanwhile"
+    );
+
+    let json = d.ctl_ok(&["--json", "tail", "-n", "2", "ticker"]);
+    let rows: Vec<serde_json::Value> = json
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("one JSON object per line"))
+        .collect();
+    assert_eq!(rows.len(), 2, "{json:?}");
+    for row in rows {
+        assert_eq!(row["name"], "ticker");
+        assert_eq!(row["stream"], "stdout");
+        assert!(row["line"].as_str().is_some_and(|l| l.starts_with("tick ")));
+    }
+}
+
+#[test]
+fn timestamps_prefix_every_line() {
+    let d = Daemon::start(&program(
+        "stamped",
+        &["--print", "first", "--print", "second"],
+        "[program.stamped.logs]\ntimestamps = true",
+    ));
+    let text = wait_file_until(&d.path("logs/stamped.stdout.log"), "two lines", |t| {
+        t.lines().count() == 2
+    });
+    for (line, want) in text.lines().zip(["first", "second"]) {
+        let (time, rest) = line.split_once(' ').expect("a prefix");
+        assert_eq!(rest, want);
+        // 2024-05-06T07:08:09.123456Z
+        assert_eq!(time.len(), 27, "{time:?}");
+        assert!(
+            time.ends_with('Z') && time.as_bytes()[10] == b'T',
+            "{time:?}"
+        );
+    }
+}
+
+#[test]
+fn a_full_disk_drops_output_and_never_the_child() {
+    let d = Daemon::start(&program(
+        "full",
+        &["--write-lines", "20000", "--exit-after", "300"],
+        "restart = \"never\"\nstart_secs = \"0s\"\n[program.full.logs]\nstdout = \"/dev/full\"",
+    ));
+    let p = d.wait_state("full", "exited");
+    assert_eq!(p.last_exit_code, Some(0), "{p:?}");
+    d.wait_for("all 300000 bytes counted as dropped", WAIT, |ps| {
+        find(ps, "full").is_some_and(|p| p.raw["dropped_bytes"] == 300_000)
+    });
+    let log = fs::read_to_string(&d.log_path).unwrap_or_default();
+    assert!(log.contains("dropping stdout output"), "warned: {log}");
+}
+
+#[test]
+fn reopen_after_the_file_was_moved() {
+    let d = Daemon::start(&program("ticker", &["--tick", "20"], ""));
+    let path = d.path("logs/ticker.stdout.log");
+    wait_file_until(&path, "ticks", |t| t.contains("tick 2\n"));
+    let moved = d.path("logs/ticker.stdout.log.old");
+    fs::rename(&path, &moved).unwrap();
+    d.signal(libc::SIGUSR1);
+    let fresh = wait_file_until(&path, "new ticks in a new file", |t| t.contains("tick "));
+    let old = fs::read_to_string(&moved).unwrap();
+    let last_old: u64 = old.lines().last().unwrap()[5..].parse().unwrap();
+    let first_new: u64 = fresh.lines().next().unwrap()[5..].parse().unwrap();
+    assert_eq!(first_new, last_old + 1, "the stream goes on, nothing lost");
+
+    // `ctl reopen-logs` does the same.
+    fs::rename(&path, &moved).unwrap();
+    d.ctl_ok(&["reopen-logs"]);
+    wait_file_until(&path, "ticks after reopen-logs", |t| t.contains("tick "));
+}
