@@ -15,7 +15,14 @@ fn main() -> ExitCode {
                 Ok(config) => config,
                 Err(code) => return code,
             };
-            init_logging(&config.supervisor.log_level);
+            // Held until exit: dropping it flushes the log file.
+            let _log_guard = match minder::logs::own::init(&config.supervisor) {
+                Ok(guard) => guard,
+                Err(e) => {
+                    eprintln!("minder: {e}");
+                    return ExitCode::from(1);
+                }
+            };
             match minder::daemon::run(config) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
@@ -26,16 +33,4 @@ fn main() -> ExitCode {
             }
         }
     }
-}
-
-/// minder's own log to stderr; `MINDER_LOG` (a tracing filter) overrides `log_level`.
-fn init_logging(level: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("MINDER_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_target(false)
-        .init();
 }

@@ -288,3 +288,52 @@ fn reopen_after_the_file_was_moved() {
     d.ctl_ok(&["reopen-logs"]);
     wait_file_until(&path, "ticks after reopen-logs", |t| t.contains("tick "));
 }
+
+#[test]
+fn own_log_as_json_to_stderr_and_a_daily_file() {
+    let d = Daemon::start_with(
+        "log_format = \"json\"\nlog_file = \"@TMP@/own/minder.log\"\nlog_files = 2",
+        &program("a", &[], ""),
+    );
+    d.wait_state("a", "running");
+    let stderr = fs::read_to_string(&d.log_path).unwrap();
+    let first = stderr.lines().next().expect("a line on stderr");
+    let doc: serde_json::Value = serde_json::from_str(first).expect("JSON lines on stderr");
+    assert!(doc["timestamp"].is_string(), "{doc}");
+    // The file gets the same events; written by a background thread, so wait.
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let files: Vec<_> = fs::read_dir(d.path("own"))
+            .map(|rd| rd.filter_map(Result::ok).map(|e| e.path()).collect())
+            .unwrap_or_default();
+        let found = files.iter().any(|p| {
+            let name = p.file_name().unwrap().to_string_lossy().into_owned();
+            name.starts_with("minder.")
+                && name.ends_with(".log")
+                && fs::read_to_string(p).is_ok_and(|t| t.contains("starting -> running"))
+        });
+        if found {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no dated log file in own/: {files:?}"
+        );
+        std::thread::sleep(POLL);
+    }
+}
+
+#[test]
+fn no_timestamps_under_journald() {
+    let mut d = Daemon::prepare("", &program("a", &[], ""));
+    d.env.push(("JOURNAL_STREAM".into(), "8:12345".into()));
+    d.spawn();
+    d.wait_ready();
+    d.wait_state("a", "running");
+    let stderr = fs::read_to_string(&d.log_path).unwrap();
+    let first = stderr.lines().next().expect("a line on stderr");
+    assert!(
+        first.trim_start().starts_with("INFO"),
+        "no time first: {first:?}"
+    );
+}

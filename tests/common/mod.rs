@@ -252,6 +252,8 @@ pub struct Daemon {
     exited: Option<ExitStatus>,
     /// Extra `[supervisor]` keys, kept for rewrites of the config.
     supervisor_extra: String,
+    /// Extra environment variables for the daemon (set before [`Daemon::spawn`]).
+    pub env: Vec<(String, String)>,
 }
 
 impl Daemon {
@@ -282,6 +284,7 @@ impl Daemon {
             child: None,
             exited: None,
             supervisor_extra: supervisor_extra.to_owned(),
+            env: Vec::new(),
         };
         d.write_config(body);
         d
@@ -342,6 +345,8 @@ impl Daemon {
             .env_remove("WATCHDOG_USEC")
             .env_remove("WATCHDOG_PID")
             .env_remove("MINDER_SOCKET")
+            .env_remove("JOURNAL_STREAM")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("dup of daemon.log"))
             .stderr(log)
