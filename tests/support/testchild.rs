@@ -23,6 +23,8 @@
 //! - `--print TEXT`        print TEXT as a line on stdout at start (repeatable)
 //! - `--eprint TEXT`       print TEXT as a line on stderr at start (repeatable)
 //! - `--write-lines N`     then write N numbered lines `line 000000001` .. to stdout, fast
+//! - `--write-bytes N`     then write N bytes to stdout as fast as it can, in 64 KiB writes of
+//!   128-byte lines (N is rounded down to whole lines); for benchmarks
 //! - `--interleave N`      then write `out I` to stdout and `err I` to stderr, alternately,
 //!   one write each (I = 1..N)
 //! - `--tick MS`           print `tick N` (N = 1, 2, ...) on stdout every MS milliseconds
@@ -60,6 +62,7 @@ struct Opts {
     print: Vec<String>,
     eprint: Vec<String>,
     write_lines: u64,
+    write_bytes: u64,
     interleave: u64,
     tick: Option<Duration>,
     http: Option<u16>,
@@ -106,6 +109,10 @@ fn parse(args: &[String]) -> Result<Opts, String> {
             "--write-lines" => {
                 let v = value()?;
                 o.write_lines = v.parse().map_err(|_| format!("bad --write-lines {v:?}"))?;
+            }
+            "--write-bytes" => {
+                let v = value()?;
+                o.write_bytes = v.parse().map_err(|_| format!("bad --write-bytes {v:?}"))?;
             }
             "--interleave" => {
                 let v = value()?;
@@ -218,6 +225,18 @@ fn run(o: &Opts) -> io::Result<()> {
                 writeln!(w, "line {i:09}")?;
             }
             w.flush()?;
+        }
+        if o.write_bytes > 0 {
+            let mut line = [b'x'; 128];
+            line[127] = b'\n';
+            let block: Vec<u8> = line.repeat(512);
+            let mut left = o.write_bytes / 128 * 128;
+            while left > 0 {
+                let n = left.min(block.len() as u64) as usize;
+                out.write_all(&block[..n])?;
+                left -= n as u64;
+            }
+            out.flush()?;
         }
         for i in 1..=o.interleave {
             // One write(2) each, so the order on a merged pipe is the order here.
