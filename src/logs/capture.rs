@@ -22,8 +22,9 @@ use crate::process::Output;
 /// buffer comes from the heap, not a fresh mmap.
 const SMALL_READ: usize = 16 * 1024;
 
-/// Read buffer once a stream is busy: one file write per this many bytes.
-const BIG_READ: usize = 512 * 1024;
+/// Read buffer once a stream is busy: one file write per this many bytes
+/// (the pipe's size once enlarged, so one read can empty it).
+const BIG_READ: usize = 1 << 20;
 
 /// Pipe size asked for (F_SETPIPE_SZ) once a stream fills the default 64 KiB:
 /// room for a burst while the previous chunk is being written. The default
@@ -267,10 +268,7 @@ impl ProcessLogs {
             stats: Arc::clone(&self.stats),
         });
         let capture = Capture {
-            // SAFETY: an OwnedFd stays open and names the same pipe until the
-            // AsyncFd owning it is dropped.
-            pipe: unsafe { AsyncFd::register_with_interest(read, Interest::READABLE) }
-                .map_err(|e| io::Error::other(e.to_string()))?,
+            pipe: Some(register(read)?),
             path: path.clone().into_boxed_path(),
             common,
             sink: None,
@@ -405,7 +403,9 @@ struct Follower {
 
 /// The task reading one pipe.
 struct Capture {
-    pipe: AsyncFd<OwnedFd>,
+    /// The read end, registered with the runtime while the task waits for
+    /// it; lent to the blocking pool (unregistered) during a burst.
+    pipe: Option<AsyncFd<OwnedFd>>,
     /// The log file's path.
     path: Box<std::path::Path>,
     /// Settings shared by the process's streams.
@@ -422,18 +422,27 @@ struct Capture {
     enlarged: bool,
 }
 
-/// What one read of the pipe gave.
-enum Batch {
-    /// This many bytes in the buffer.
-    Data(usize),
-    /// Nothing now.
+/// How a burst of reading ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BurstEnd {
+    /// The pipe is empty: wait for it to become readable.
     Empty,
+    /// The burst used its budget with data still waiting: go on after
+    /// serving requests, without waiting for readiness.
+    More,
     /// Every write end is closed.
-    Eof(usize),
+    Eof,
 }
+
+/// Most bytes one burst moves before the task looks at its requests again.
+const BURST_BYTES: usize = 64 << 20;
+
+/// Most time one burst takes before the task looks at its requests again.
+const BURST_TIME: Duration = Duration::from_millis(50);
 
 impl Capture {
     async fn run(mut self) {
+        let mut more = false;
         loop {
             let deadline = self
                 .sink
@@ -452,32 +461,26 @@ impl Capture {
                         return;
                     }
                 },
-                ready = self.pipe.readable() => {
-                    let Ok(mut guard) = ready else { return };
-                    let (batch, empty) =
-                        read_batch(&self.pipe, &mut self.buf, &mut self.enlarged, self.stream);
-                    if empty {
-                        guard.clear_ready();
+                ready = readable(self.pipe.as_ref(), more) => {
+                    if ready.is_err() {
+                        return;
                     }
-                    drop(guard);
-                    match batch {
-                        Batch::Data(n) => Box::pin(self.write(n, false)).await,
-                        Batch::Empty => {}
-                        Batch::Eof(n) => {
-                            Box::pin(self.write(n, true)).await;
+                    match Box::pin(self.burst(false)).await {
+                        BurstEnd::Empty => more = false,
+                        BurstEnd::More => more = true,
+                        BurstEnd::Eof => {
+                            Box::pin(self.burst(true)).await;
                             return;
                         }
                     }
                 }
                 _ = partial_timeout(deadline) => {
-                    Box::pin(self.write(0, true)).await;
+                    Box::pin(self.burst(true)).await;
                 }
             }
         }
     }
 
-    /// Writes the first `n` bytes of the buffer (and, with `flush`, a held-back
-    /// partial line) off the runtime thread, then hands them to followers.
     /// The sink, made now if this is the first use.
     fn take_sink(&mut self) -> Box<Sink> {
         self.sink.take().unwrap_or_else(|| {
@@ -494,54 +497,61 @@ impl Capture {
         })
     }
 
-    async fn write(&mut self, n: usize, flush: bool) {
-        if n == 0 && self.sink.is_none() {
-            return;
+    /// Moves what the pipe holds into the file, on the blocking pool: read
+    /// and write alternate there like `cat`, with no hop back to the runtime
+    /// per chunk, until the pipe is empty or the burst's budget is used.
+    /// With `flush_only`, writes out a held-back partial line and nothing else.
+    async fn burst(&mut self, flush_only: bool) -> BurstEnd {
+        if flush_only && self.sink.is_none() {
+            return BurstEnd::Empty;
         }
-        let mut sink = self.take_sink();
-        let buf = std::mem::take(&mut self.buf);
-        let copy = !self.followers.is_empty();
+        // Unregistered while the blocking pool reads it: otherwise every write
+        // of a busy child would wake the runtime thread for nothing.
+        let Some(pipe) = self.pipe.take() else {
+            return BurstEnd::Eof;
+        };
+        let fd = pipe.into_inner();
+        let mut job = Job {
+            fd,
+            sink: self.take_sink(),
+            buf: std::mem::take(&mut self.buf),
+            followers: std::mem::take(&mut self.followers),
+            enlarged: self.enlarged,
+            stream: self.stream,
+            moved: 0,
+        };
         let result = tokio::task::spawn_blocking(move || {
-            let out = sink.write(&buf[..n.min(buf.len())], flush, copy);
-            (sink, buf, out)
+            let end = if flush_only {
+                job.sink.flush_partial(&mut job.followers);
+                BurstEnd::Empty
+            } else {
+                job.run()
+            };
+            (job, end)
         })
         .await;
-        let Ok((sink, buf, out)) = result else {
+        let Ok((job, end)) = result else {
             // The blocking pool is gone: the runtime is shutting down.
-            return;
+            return BurstEnd::Eof;
         };
-        self.sink = Some(sink);
-        // Keep the buffer only while the stream is busy.
-        if n >= SMALL_READ {
-            self.buf = buf;
-        }
-        if let Some(out) = out {
-            self.broadcast(out);
-        }
-    }
-
-    fn broadcast(&mut self, data: Arc<[u8]>) {
-        let len = data.len() as u64;
-        self.followers.retain_mut(|f| {
-            if f.skipped > 0 {
-                match f.tx.try_send(TailEvent::Skipped(f.skipped)) {
-                    Ok(()) => f.skipped = 0,
-                    Err(mpsc::error::TrySendError::Full(_)) => {
-                        f.skipped += len;
-                        return true;
-                    }
-                    Err(mpsc::error::TrySendError::Closed(_)) => return false,
-                }
+        // Registering again reports data that came meanwhile (epoll checks
+        // readiness on registration), so no wake-up is lost.
+        match register(job.fd) {
+            Ok(pipe) => self.pipe = Some(pipe),
+            Err(e) => {
+                tracing::warn!(stream = self.stream.name(), "watching a log pipe: {e}");
+                return BurstEnd::Eof;
             }
-            match f.tx.try_send(TailEvent::Data(Arc::clone(&data))) {
-                Ok(()) => true,
-                Err(mpsc::error::TrySendError::Full(_)) => {
-                    f.skipped += len;
-                    true
-                }
-                Err(mpsc::error::TrySendError::Closed(_)) => false,
-            }
-        });
+        }
+        self.sink = Some(job.sink);
+        self.followers = job.followers;
+        self.enlarged = job.enlarged;
+        // Keep the buffer while the stream is busy: a fresh 1 MiB buffer per
+        // burst would cost an mmap and 256 page faults each time.
+        if end == BurstEnd::More || job.moved > SMALL_READ {
+            self.buf = job.buf;
+        }
+        end
     }
 
     async fn on_request(&mut self, request: StreamRequest) {
@@ -561,7 +571,7 @@ impl Capture {
                     tokio::task::spawn_blocking(move || tail::last_lines(&path, lines, &pending))
                         .await
                         .unwrap_or_default();
-                // Subscribed before the next read: nothing missed, nothing twice.
+                // Subscribed between bursts: nothing missed, nothing twice.
                 let follow = follow.then(|| {
                     let (tx, rx) = mpsc::channel(FOLLOW_QUEUE);
                     self.followers.push(Follower { tx, skipped: 0 });
@@ -599,22 +609,37 @@ impl Capture {
     }
 
     /// Writes everything the pipe holds now, and a held-back partial line.
+    /// Reads without waiting for readiness: the reactor may not have seen the
+    /// last writes of a child that just died. Bounded, so a grandchild still
+    /// writing cannot keep minder from exiting.
     async fn drain(&mut self) {
-        // Reads without waiting for readiness: the reactor may not have seen
-        // the last writes of a child that just died. Bounded, so a grandchild
-        // still writing cannot keep minder from exiting.
-        for _ in 0..64 {
-            match read_batch(&self.pipe, &mut self.buf, &mut self.enlarged, self.stream).0 {
-                Batch::Data(n) => self.write(n, false).await,
-                Batch::Empty => break,
-                Batch::Eof(n) => {
-                    self.write(n, false).await;
-                    break;
-                }
+        for _ in 0..16 {
+            if Box::pin(self.burst(false)).await != BurstEnd::More {
+                break;
             }
         }
-        self.write(0, true).await;
+        Box::pin(self.burst(true)).await;
     }
+}
+
+/// Resolves once the pipe may be readable (at once when `more`), clearing
+/// tokio's readiness: the burst that follows reads until EAGAIN, and new data
+/// after that raises a new edge.
+async fn readable(pipe: Option<&AsyncFd<OwnedFd>>, more: bool) -> io::Result<()> {
+    let pipe = pipe.ok_or_else(|| io::Error::other("the pipe is gone"))?;
+    if more {
+        return Ok(());
+    }
+    pipe.readable().await?.clear_ready();
+    Ok(())
+}
+
+/// Watches `fd` for readability on the runtime.
+fn register(fd: OwnedFd) -> io::Result<AsyncFd<OwnedFd>> {
+    // SAFETY: an OwnedFd stays open and names the same pipe until the AsyncFd
+    // owning it is dropped or gives it back with `into_inner`.
+    unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) }
+        .map_err(|e| io::Error::other(e.to_string()))
 }
 
 /// Resolves at `deadline`; never without one. The timer is boxed: most
@@ -626,55 +651,71 @@ async fn partial_timeout(deadline: Option<Instant>) {
     }
 }
 
-/// Reads what the pipe holds, up to one buffer; the flag tells whether the
-/// pipe was found empty (the caller then clears its readiness).
-fn read_batch(
-    pipe: &AsyncFd<OwnedFd>,
-    buf: &mut Vec<u8>,
-    enlarged: &mut bool,
+/// What a burst on the blocking pool works with, lent by the capture task.
+struct Job {
+    fd: OwnedFd,
+    sink: Box<Sink>,
+    buf: Vec<u8>,
+    followers: Vec<Follower>,
+    enlarged: bool,
     stream: Stream,
-) -> (Batch, bool) {
-    if buf.is_empty() {
-        *buf = vec![0; SMALL_READ];
-    }
-    let mut filled = 0;
-    let mut empty = false;
-    loop {
-        match nix::unistd::read(pipe.get_ref(), &mut buf[filled..]) {
-            Ok(0) => return (Batch::Eof(filled), true),
-            Ok(n) => {
-                filled += n;
-                if filled < buf.len() {
-                    continue;
-                }
-                if buf.len() >= BIG_READ {
-                    break;
-                }
-                // Busy: a bigger buffer, and a bigger pipe so the child can
-                // go on writing while we write the file.
-                buf.resize(BIG_READ, 0);
-                if !*enlarged {
-                    *enlarged = true;
-                    enlarge_pipe(pipe.get_ref());
-                }
+    /// Bytes read in this burst.
+    moved: usize,
+}
+
+impl Job {
+    /// Reads and writes until the pipe is empty, closed, or the budget is used.
+    fn run(&mut self) -> BurstEnd {
+        let started = Instant::now();
+        loop {
+            let (n, end) = self.read();
+            if n > 0 {
+                self.sink.write(&self.buf[..n], &mut self.followers);
+                self.moved += n;
             }
-            Err(nix::errno::Errno::EINTR) => {}
-            Err(nix::errno::Errno::EAGAIN) => {
-                empty = true;
-                break;
+            if let Some(end) = end {
+                return end;
             }
-            Err(e) => {
-                tracing::warn!(stream = stream.name(), "reading a log pipe: {e}");
-                empty = true;
-                break;
+            if self.moved >= BURST_BYTES || started.elapsed() >= BURST_TIME {
+                return BurstEnd::More;
             }
         }
     }
-    if filled == 0 {
-        *buf = Vec::new();
-        (Batch::Empty, empty)
-    } else {
-        (Batch::Data(filled), empty)
+
+    /// Fills the buffer from the pipe; the end, if reading stopped for a
+    /// reason other than a full buffer.
+    fn read(&mut self) -> (usize, Option<BurstEnd>) {
+        if self.buf.is_empty() {
+            self.buf = vec![0; SMALL_READ];
+        }
+        let mut filled = 0;
+        loop {
+            match nix::unistd::read(&self.fd, &mut self.buf[filled..]) {
+                Ok(0) => return (filled, Some(BurstEnd::Eof)),
+                Ok(n) => {
+                    filled += n;
+                    if filled < self.buf.len() {
+                        continue;
+                    }
+                    if self.buf.len() >= BIG_READ {
+                        return (filled, None);
+                    }
+                    // Busy: a bigger buffer, and a bigger pipe so the child
+                    // can go on writing while we write the file.
+                    self.buf.resize(BIG_READ, 0);
+                    if !self.enlarged {
+                        self.enlarged = true;
+                        enlarge_pipe(&self.fd);
+                    }
+                }
+                Err(nix::errno::Errno::EINTR) => {}
+                Err(nix::errno::Errno::EAGAIN) => return (filled, Some(BurstEnd::Empty)),
+                Err(e) => {
+                    tracing::warn!(stream = self.stream.name(), "reading a log pipe: {e}");
+                    return (filled, Some(BurstEnd::Empty));
+                }
+            }
+        }
     }
 }
 
@@ -684,6 +725,35 @@ fn enlarge_pipe(pipe: &OwnedFd) {
     if let Err(e) = fcntl(pipe, FcntlArg::F_SETPIPE_SZ(BUSY_PIPE_SIZE)) {
         tracing::debug!("F_SETPIPE_SZ: {e}");
     }
+}
+
+/// Hands output to `tail -f` followers without ever waiting for one.
+fn broadcast(followers: &mut Vec<Follower>, data: &[u8]) {
+    if followers.is_empty() || data.is_empty() {
+        return;
+    }
+    let data: Arc<[u8]> = Arc::from(data);
+    let len = data.len() as u64;
+    followers.retain_mut(|f| {
+        if f.skipped > 0 {
+            match f.tx.try_send(TailEvent::Skipped(f.skipped)) {
+                Ok(()) => f.skipped = 0,
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    f.skipped += len;
+                    return true;
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => return false,
+            }
+        }
+        match f.tx.try_send(TailEvent::Data(Arc::clone(&data))) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                f.skipped += len;
+                true
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
+    });
 }
 
 /// What a process's streams share.
@@ -716,29 +786,39 @@ struct Failing {
 
 impl Sink {
     /// Writes `data` (stamped if asked), dropping and counting what the file
-    /// refuses; returns a copy of what was written when `copy`.
-    fn write(&mut self, data: &[u8], flush: bool, copy: bool) -> Option<Arc<[u8]>> {
+    /// refuses, and hands what was written to the followers.
+    fn write(&mut self, data: &[u8], followers: &mut Vec<Follower>) {
+        let Some(stamper) = &mut self.stamper else {
+            self.write_out(data);
+            broadcast(followers, data);
+            return;
+        };
         let mut out = std::mem::take(&mut self.scratch);
         out.clear();
-        let bytes: &[u8] = match &mut self.stamper {
-            Some(stamper) => {
-                if !data.is_empty() {
-                    stamper.stamp(data, SystemTime::now(), &mut out);
-                }
-                if flush {
-                    stamper.flush_partial(&mut out);
-                }
-                &out
-            }
-            None => data,
+        stamper.stamp(data, SystemTime::now(), &mut out);
+        self.write_out(&out);
+        broadcast(followers, &out);
+        self.keep_scratch(out);
+    }
+
+    /// Writes out a held-back partial line (timestamps).
+    fn flush_partial(&mut self, followers: &mut Vec<Follower>) {
+        let Some(stamper) = &mut self.stamper else {
+            return;
         };
-        self.write_out(bytes);
-        let copied = (copy && !bytes.is_empty()).then(|| Arc::from(bytes));
+        let mut out = std::mem::take(&mut self.scratch);
+        out.clear();
+        stamper.flush_partial(&mut out);
+        self.write_out(&out);
+        broadcast(followers, &out);
+        self.keep_scratch(out);
+    }
+
+    fn keep_scratch(&mut self, out: Vec<u8>) {
         // A huge burst should not pin a huge scratch buffer.
-        if out.capacity() <= 4 * BIG_READ {
+        if out.capacity() <= 2 * BIG_READ {
             self.scratch = out;
         }
-        copied
     }
 
     /// The output not in the file yet (a held-back partial line).
@@ -841,8 +921,7 @@ mod tests {
     async fn an_idle_capture_task_is_small() {
         let (read, _write) = nix::unistd::pipe2(OFlag::O_CLOEXEC).unwrap();
         let capture = Capture {
-            // SAFETY: the OwnedFd stays open for the AsyncFd's life.
-            pipe: unsafe { AsyncFd::register_with_interest(read, Interest::READABLE) }.unwrap(),
+            pipe: Some(register(read).unwrap()),
             path: std::path::PathBuf::from("/dev/null").into_boxed_path(),
             common: Arc::new(Common {
                 name: Arc::from("x"),

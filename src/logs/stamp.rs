@@ -41,7 +41,8 @@ impl Stamper {
     /// partial line is kept back. `now` is the time of the prefixes.
     pub fn stamp(&mut self, data: &[u8], now: SystemTime, out: &mut Vec<u8>) {
         let prefix = format!("{} ", humantime::format_rfc3339_micros(now));
-        out.reserve(data.len() + data.len() / 16);
+        // 28 bytes of prefix per line; guess from typical line lengths.
+        out.reserve(data.len() + data.len() / 4);
         let mut rest = data;
         if !self.pending.is_empty() {
             match memchr::memchr(b'\n', rest) {
@@ -63,12 +64,14 @@ impl Stamper {
         }
         // Whole lines go out at once; what follows the last newline waits.
         let whole = memchr::memrchr(b'\n', rest).map_or(0, |i| i + 1);
-        for line in rest[..whole].split_inclusive(|&b| b == b'\n') {
+        let mut line_start = 0;
+        for newline in memchr::memchr_iter(b'\n', &rest[..whole]) {
             if self.at_line_start {
                 out.extend_from_slice(prefix.as_bytes());
             }
-            out.extend_from_slice(line);
+            out.extend_from_slice(&rest[line_start..=newline]);
             self.at_line_start = true;
+            line_start = newline + 1;
         }
         let tail = &rest[whole..];
         if !tail.is_empty() {
