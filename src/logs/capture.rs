@@ -2,7 +2,7 @@
 //! pipe, the file writes on tokio's blocking pool.
 
 use std::io::{self, Write};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -22,9 +22,9 @@ use crate::process::Output;
 /// buffer comes from the heap, not a fresh mmap.
 const SMALL_READ: usize = 16 * 1024;
 
-/// Read buffer once a stream is busy: one file write per this many bytes
-/// (the pipe's size once enlarged, so one read can empty it).
-const BIG_READ: usize = 1 << 20;
+/// Read buffer once a stream is busy: one file write per this many bytes. As
+/// `cat` does: small enough to stay in the CPU cache between read and write.
+const BIG_READ: usize = 128 * 1024;
 
 /// Pipe size asked for (F_SETPIPE_SZ) once a stream fills the default 64 KiB:
 /// room for a burst while the previous chunk is being written. The default
@@ -434,6 +434,9 @@ enum BurstEnd {
     Eof,
 }
 
+/// How long a burst that has moved much waits for more before it ends.
+const BUSY_WAIT: Duration = Duration::from_millis(2);
+
 /// Most bytes one burst moves before the task looks at its requests again.
 const BURST_BYTES: usize = 64 << 20;
 
@@ -709,6 +712,13 @@ impl Job {
                     }
                 }
                 Err(nix::errno::Errno::EINTR) => {}
+                // A busy stream usually has more on its way: a short wait here
+                // is far cheaper than a round trip through the runtime.
+                Err(nix::errno::Errno::EAGAIN) if filled == 0 && self.moved >= BIG_READ => {
+                    if !self.wait_briefly() {
+                        return (0, Some(BurstEnd::Empty));
+                    }
+                }
                 Err(nix::errno::Errno::EAGAIN) => return (filled, Some(BurstEnd::Empty)),
                 Err(e) => {
                     tracing::warn!(stream = self.stream.name(), "reading a log pipe: {e}");
@@ -716,6 +726,16 @@ impl Job {
                 }
             }
         }
+    }
+}
+
+impl Job {
+    /// Waits up to [`BUSY_WAIT`] for the pipe to become readable.
+    fn wait_briefly(&self) -> bool {
+        use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+        let mut fds = [PollFd::new(self.fd.as_fd(), PollFlags::POLLIN)];
+        let timeout = PollTimeout::try_from(BUSY_WAIT).unwrap_or(PollTimeout::ZERO);
+        matches!(poll(&mut fds, timeout), Ok(n) if n > 0)
     }
 }
 
