@@ -12,6 +12,7 @@ use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 use tokio::sync::{mpsc, oneshot};
 
+use super::dormant;
 use super::rotating::{RotatingFile, Rotation};
 use super::stamp::Stamper;
 use super::tail;
@@ -150,12 +151,36 @@ struct Pipes {
 struct Pipe {
     write: OwnedFd,
     requests: Arc<Mailbox>,
+    /// Its id in the dormant set until its task starts.
+    id: u64,
+}
+
+impl Pipe {
+    /// Queues a request and makes sure the capture task runs to see it.
+    fn send(&self, request: StreamRequest) -> Result<(), StreamRequest> {
+        self.requests.try_send(request)?;
+        dormant::wake(self.id);
+        Ok(())
+    }
 }
 
 impl Drop for Pipe {
     fn drop(&mut self) {
         // The process is gone: its capture drains the pipe and ends.
         self.requests.close();
+        dormant::wake(self.id);
+    }
+}
+
+impl dormant::Sleeper for Capture {
+    fn start(mut self: Box<Self>, fd: OwnedFd) {
+        match register(fd) {
+            Ok(pipe) => {
+                self.pipe = Some(pipe);
+                tokio::spawn(self.run());
+            }
+            Err(e) => tracing::warn!(process = %self.common.name, "watching a log pipe: {e}"),
+        }
     }
 }
 
@@ -244,42 +269,19 @@ impl ProcessLogs {
 
     fn pipes(&mut self) -> io::Result<&Pipes> {
         if self.pipes.is_none() {
-            let stdout = self.start_pipe(Stream::Stdout, &self.stdout)?;
-            let stderr = self.start_pipe(Stream::Stderr, &self.stderr)?;
+            let common = Arc::new(Common {
+                name: Arc::clone(&self.name),
+                rotation: self.rotation,
+                timestamps: self.timestamps,
+                stats: Arc::clone(&self.stats),
+            });
+            let stdout = start_pipe(Stream::Stdout, &self.stdout, &common)?;
+            let stderr = start_pipe(Stream::Stderr, &self.stderr, &common)?;
             self.pipes = Some(Pipes { stdout, stderr });
         }
         self.pipes
             .as_ref()
             .ok_or_else(|| io::Error::other("pipes were just created"))
-    }
-
-    fn start_pipe(&self, stream: Stream, dest: &LogDest) -> io::Result<Option<Pipe>> {
-        let LogDest::File(path) = dest else {
-            return Ok(None);
-        };
-        let (read, write) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
-        // Only minder's end is non-blocking: the child's writes block as usual.
-        fcntl(&read, FcntlArg::F_SETFL(OFlag::O_NONBLOCK))?;
-        let requests = Arc::new(Mailbox::default());
-        let common = Arc::new(Common {
-            name: Arc::clone(&self.name),
-            rotation: self.rotation,
-            timestamps: self.timestamps,
-            stats: Arc::clone(&self.stats),
-        });
-        let capture = Capture {
-            pipe: Some(register(read)?),
-            path: path.clone().into_boxed_path(),
-            common,
-            sink: None,
-            requests: Arc::clone(&requests),
-            followers: Vec::new(),
-            buf: Vec::new(),
-            stream,
-            enlarged: false,
-        };
-        tokio::spawn(capture.run());
-        Ok(Some(Pipe { write, requests }))
     }
 
     /// Carries out a request; answers it (possibly later, from another task).
@@ -299,7 +301,7 @@ impl ProcessLogs {
                         return;
                     }
                 };
-                let sent = pipe.requests.try_send(StreamRequest::Tail {
+                let sent = pipe.send(StreamRequest::Tail {
                     lines,
                     follow,
                     reply,
@@ -371,12 +373,41 @@ impl ProcessLogs {
         for pipe in [&pipes.stdout, &pipes.stderr].into_iter().flatten() {
             let (request, rx) = make();
             // A full queue means a request of the same kind is pending anyway.
-            if pipe.requests.try_send(request).is_ok() {
+            if pipe.send(request).is_ok() {
                 waits.push(rx);
             }
         }
         waits
     }
+}
+
+/// Creates the pipe of one stream and parks its capture until it is needed.
+fn start_pipe(stream: Stream, dest: &LogDest, common: &Arc<Common>) -> io::Result<Option<Pipe>> {
+    let LogDest::File(path) = dest else {
+        return Ok(None);
+    };
+    let (read, write) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
+    // Only minder's end is non-blocking: the child's writes block as usual.
+    fcntl(&read, FcntlArg::F_SETFL(OFlag::O_NONBLOCK))?;
+    let requests = Arc::new(Mailbox::default());
+    let capture = Capture {
+        pipe: None,
+        path: path.clone().into_boxed_path(),
+        common: Arc::clone(common),
+        sink: None,
+        requests: Arc::clone(&requests),
+        followers: Vec::new(),
+        buf: Vec::new(),
+        stream,
+        enlarged: false,
+    };
+    // Its task starts with its first output (or first request).
+    let id = dormant::park(read, Box::new(capture))?;
+    Ok(Some(Pipe {
+        write,
+        requests,
+        id,
+    }))
 }
 
 /// A request to one stream's capture task.

@@ -17,6 +17,7 @@
 //! soon as the file takes bytes again.
 
 mod capture;
+mod dormant;
 pub mod own;
 mod rotating;
 mod stamp;

@@ -255,7 +255,11 @@ impl ProcessActor {
         let now = tokio::time::Instant::now().into_std();
         let machine = Machine::new(now);
         let mailbox = Arc::new(Mailbox::default());
-        let logs = ProcessLogs::new(&spec, &cfg.logs);
+        let mut logs = ProcessLogs::new(&spec, &cfg.logs);
+        // Made now, among the other long-lived allocations of the process,
+        // rather than amid a spawn's temporaries where they would pin memory
+        // the allocator could otherwise give back. A failure is retried at spawn.
+        let _ = logs.outputs();
         let (status_tx, status_rx) =
             watch::channel(snapshot(&spec, &machine, 0, None, logs.stats()));
         // Only programs that use the notify socket pay for a channel.
