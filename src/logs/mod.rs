@@ -3,18 +3,25 @@
 //!
 //! - `rotating`: [`RotatingFile`], an `io::Write` that rotates by renaming;
 //! - `capture`: the pipes of a process and one task per pipe;
+//! - `dormant`: pipes that have had no output yet, waiting without a task;
+//! - `own`: minder's own log (stderr, JSON, daily file);
 //! - `stamp`: `timestamps = true`, the only per-line work;
 //! - `tail`: the last lines of a log from its files.
 //!
-//! How output flows: the child writes into a pipe (enlarged to 1 MiB with
-//! F_SETPIPE_SZ once it is busy); the pipe's task wakes on readability, reads
-//! everything available into one buffer (16 KiB, 512 KiB once busy), and hands
-//! the buffer to tokio's blocking pool, which writes it with one `write` per
-//! file (more only at a rotation). The runtime thread never waits for the
-//! disk, and one task per pipe means one writer per file, in order. A file
-//! that cannot be written drops output (counted in `dropped_bytes`, warned
-//! about at most every 10 s) and never blocks the child; writing resumes as
-//! soon as the file takes bytes again.
+//! How output flows: the child writes into a pipe that minder keeps for the
+//! process's whole life (both ends, across restarts; plain fds, so `reexec`
+//! can hand them over). Until the stream first has output, its read end waits
+//! in one epoll set shared by all such streams (`dormant`): an idle program
+//! costs no task. Then the stream gets its own task: on readability it lends
+//! the read end (unregistered from the runtime) and its `RotatingFile` to
+//! tokio's blocking pool, which alternates `read` and `write` of up to 128 KiB
+//! like `cat` until the pipe is empty (waiting 2 ms for more first) or 50 ms /
+//! 64 MiB have passed, so the runtime thread never waits for the disk and is
+//! not woken by each write of a busy child. The pipe is enlarged to 1 MiB
+//! (F_SETPIPE_SZ) the first time the child fills it. One task per pipe means
+//! one writer per file, in order. A file that cannot be written drops output
+//! (counted in `dropped_bytes`, warned about at most every 10 s) and never
+//! blocks the child; writing resumes as soon as the file takes bytes again.
 
 mod capture;
 mod dormant;
