@@ -9,4 +9,5 @@ pub mod daemon;
 pub mod health;
 pub mod notify;
 pub mod process;
+pub mod sockets;
 pub mod supervisor;
