@@ -1039,6 +1039,13 @@ impl Machine {
                 then: AfterStop::Start,
                 ..
             } => Outcome::Pending,
+            // A failed replacement of a rolling restart: settled when the
+            // rollback is done (`Effect::RolloutFailed`), so the requester
+            // sees the old process current again.
+            State::Stopping {
+                then: AfterStop::Retry { .. },
+                ..
+            } if self.retiring.is_some_and(|r| r.stop_sent.is_none()) => Outcome::Pending,
             State::Stopping {
                 then: AfterStop::Retry { .. },
                 ..
@@ -1073,10 +1080,19 @@ impl Machine {
     }
 
     fn failure_reason(&self) -> String {
-        if self.description.is_empty() {
+        let reason = if self.description.is_empty() {
             format!("not started ({})", self.state.name())
         } else {
             self.description.clone()
+        };
+        match self.retiring {
+            Some(old) if old.stop_sent.is_none() => {
+                format!(
+                    "{reason}; the previous process (pid {}) keeps serving",
+                    old.pid
+                )
+            }
+            _ => reason,
         }
     }
 }
@@ -1907,7 +1923,11 @@ mod tests {
         b.at(100).feed(Event::Spawned(NEW));
         // Never healthy within start_period (10 s): the replacement is stopped...
         assert_eq!(b.at(10_100).feed(Event::Deadline), vec![term(NEW, true)]);
-        assert!(matches!(b.m.start_outcome(), Outcome::Failed(_)));
+        assert_eq!(
+            b.m.start_outcome(),
+            Outcome::Pending,
+            "settled once rolled back"
+        );
         // ...and once it is gone, the old process is the current one again.
         let effects = b.feed(Event::Exited(ProcessEnd::Signaled(libc::SIGTERM)));
         assert!(
