@@ -585,15 +585,14 @@ fn accept_loop(
         if conn < 0 {
             continue; // EAGAIN: a sibling process took it.
         }
+        // Served inline, like `--http`: a drain joins this thread, so every
+        // accepted request is answered before the process exits.
         in_flight.fetch_add(1, Ordering::SeqCst);
-        let in_flight = std::sync::Arc::clone(in_flight);
         // SAFETY: conn is a fresh fd owned from here on.
         let stream = unsafe { std::net::TcpStream::from_raw_fd(conn) };
-        std::thread::spawn(move || {
-            // Works for unix stream sockets too: only read/write are used.
-            serve_one(stream, request_ms);
-            in_flight.fetch_sub(1, Ordering::SeqCst);
-        });
+        // Works for unix stream sockets too: only read/write are used.
+        serve_one(stream, request_ms);
+        in_flight.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
