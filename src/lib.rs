@@ -10,4 +10,6 @@ pub mod health;
 pub mod logs;
 pub mod notify;
 pub mod process;
+pub mod reexec;
+pub mod sockets;
 pub mod supervisor;

@@ -60,6 +60,12 @@ pub enum Request {
     ReopenLogs,
     /// Stop everything and exit.
     Shutdown,
+    /// Re-execute the daemon's binary (or `binary`), keeping every child.
+    /// On success no reply comes: the connection closes with the old image.
+    Reexec {
+        #[serde(default)]
+        binary: Option<String>,
+    },
 }
 
 fn yes() -> bool {

@@ -9,12 +9,13 @@ use nix::sys::signal::Signal;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::sleep_until;
 
-use super::state::{Effect, Event, Health, Machine, NotifyMessage, Outcome, State};
+use super::state::{Effect, Event, Health, Machine, NotifyMessage, Outcome, Retiring, State};
 use crate::config::{ProcessSpec, ProgramConfig};
 use crate::health::{ProbeResult, Prober};
 use crate::logs::{LogRequest, LogStats, ProcessLogs};
 use crate::notify::NotifyRoutes;
 use crate::process::{self, ExitReceiver, Output, ProcessEnd, Reaper, SpawnRequest};
+use crate::sockets::ListenSet;
 use nix::unistd::Pid;
 use std::path::PathBuf;
 
@@ -35,6 +36,10 @@ pub struct Context {
     pub notify_routes: NotifyRoutes,
     /// Path given to children as `NOTIFY_SOCKET`.
     pub notify_socket: PathBuf,
+    /// The fds `reexec` hands to the new image: control and notify sockets.
+    pub handover_fds: (std::os::fd::RawFd, std::os::fd::RawFd),
+    /// The binary this daemon was started from (what `reexec` runs by default).
+    pub self_exe: PathBuf,
 }
 
 /// Commands queued per process; a full queue is reported as busy.
@@ -100,6 +105,12 @@ pub struct ProcessStatus {
     pub last_probe: Option<ProbeResult>,
     /// The child's last `STATUS=` text (notify protocol).
     pub notify_status: Option<String>,
+    /// The old process of a rolling restart, shown beside the new one.
+    pub retiring: Option<Retiring>,
+    /// Consecutive failed starts (kept across `reexec`).
+    pub failures: u32,
+    /// Position in the backoff sequence (kept across `reexec`).
+    pub backoff_step: u32,
 }
 
 /// A cheap, cloneable way to reach a process actor.
@@ -212,7 +223,7 @@ impl Mailbox {
 }
 
 /// Which kind of request a waiter settles on.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Wait {
     Start,
     Stop,
@@ -236,6 +247,10 @@ pub struct ProcessActor {
     routed: Option<Pid>,
     /// A spawn decided but postponed until other tasks have run.
     spawn_deferred: bool,
+    /// The program's `listen` sockets, shared by its processes.
+    listen: Option<Arc<ListenSet>>,
+    /// The exit of the retiring process of a rolling restart.
+    retired_exit: Option<ExitReceiver>,
     exit: Option<ExitReceiver>,
     commands: Arc<Mailbox>,
     status: watch::Sender<ProcessStatus>,
@@ -250,10 +265,22 @@ impl ProcessActor {
     pub fn spawn(
         spec: ProcessSpec,
         cfg: Arc<ProgramConfig>,
+        listen: Option<Arc<ListenSet>>,
         context: Arc<Context>,
     ) -> ProcessHandle {
         let now = tokio::time::Instant::now().into_std();
-        let machine = Machine::new(now);
+        ProcessActor::spawn_with(spec, cfg, listen, context, Machine::new(now))
+    }
+
+    /// Starts the actor of a process that already runs (after `reexec`): its
+    /// machine as saved, its live child adopted from the reaper.
+    pub fn spawn_with(
+        spec: ProcessSpec,
+        cfg: Arc<ProgramConfig>,
+        listen: Option<Arc<ListenSet>>,
+        context: Arc<Context>,
+        machine: Machine,
+    ) -> ProcessHandle {
         let mailbox = Arc::new(Mailbox::default());
         let mut logs = ProcessLogs::new(&spec, &cfg.logs);
         // Made now, among the other long-lived allocations of the process,
@@ -287,6 +314,8 @@ impl ProcessActor {
             notify_tx,
             routed: None,
             spawn_deferred: false,
+            listen,
+            retired_exit: None,
             exit: None,
             commands: mailbox,
             status: status_tx,
@@ -295,6 +324,17 @@ impl ProcessActor {
             removed: false,
             logs,
         };
+        let mut actor = actor;
+        if let Some(pid) = actor.machine.state.pid() {
+            // Registered before the runtime polls the reaper, so an exit that
+            // happened during the exec is routed here, not lost as an orphan.
+            actor.exit = Some(actor.context.reaper.adopt(pid));
+        }
+        if let Some(old) = actor.machine.retiring {
+            actor.retired_exit = Some(actor.context.reaper.adopt(old.pid));
+        }
+        actor.sync_probing();
+        actor.sync_notify_route();
         // No tracing span per actor: with thousands of processes their storage
         // would dominate minder's memory; events carry the name instead.
         tokio::spawn(actor.run());
@@ -327,6 +367,10 @@ impl ProcessActor {
                 end = wait_exit(&mut self.exit) => {
                     self.exit = None;
                     self.feed(Event::Exited(end));
+                }
+                end = wait_exit(&mut self.retired_exit) => {
+                    self.retired_exit = None;
+                    self.feed(Event::RetiredExited(end));
                 }
                 _ = sleep_until(wake.unwrap_or_else(far_future)), if wake.is_some() => {
                     let now = tokio::time::Instant::now();
@@ -383,7 +427,8 @@ impl ProcessActor {
                 self.feed(Event::Remove);
             }
             Command::Kill => {
-                if let Some(pid) = self.machine.state.pid() {
+                let retiring = self.machine.retiring.map(|r| r.pid);
+                for pid in self.machine.state.pid().into_iter().chain(retiring) {
                     tracing::warn!(process = %self.spec.name, "killing pid {pid}: out of time");
                     self.signal(pid, Signal::SIGKILL, true);
                 }
@@ -402,6 +447,17 @@ impl ProcessActor {
                 let _ = reply.send(result);
             }
             Command::Logs(request) => self.logs.handle(request),
+        }
+    }
+
+    /// Fails every waiting request of one kind.
+    fn fail_waiters(&mut self, kind: Wait, reason: &str) {
+        let (settled, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut self.waiters)
+            .into_iter()
+            .partition(|(wait, _)| *wait == kind);
+        self.waiters = kept;
+        for (_, reply) in settled {
+            let _ = reply.send(Outcome::Failed(reason.to_string()));
         }
     }
 
@@ -444,6 +500,12 @@ impl ProcessActor {
                         if let Some(event) = self.adopt(pid) {
                             events.push_back(event);
                         }
+                    }
+                    Effect::Retire => self.retired_exit = self.exit.take(),
+                    Effect::RolloutFailed(reason) => {
+                        tracing::warn!(process = %self.spec.name, "{reason}");
+                        self.exit = self.retired_exit.take();
+                        self.fail_waiters(Wait::Start, &reason);
                     }
                 }
             }
@@ -580,6 +642,7 @@ impl ProcessActor {
             stdout: Output::MinderStderr,
             stderr: Output::MinderStderr,
             pid_variables,
+            listen_fds: Vec::new(),
         }
     }
 
@@ -591,12 +654,33 @@ impl ProcessActor {
                 return Event::SpawnFailed(format!("creating log pipes: {e}"));
             }
         };
-        let request = SpawnRequest {
+        let mut request = SpawnRequest {
             stdout,
             stderr,
             ..self.spawn_request()
         };
-        match process::spawn(&request, &self.context.reaper) {
+        // Held until spawn returns: the child gets its own copies as fds 3..
+        let sockets = match &self.listen {
+            None => None,
+            Some(set) => match set.sockets() {
+                Ok(fds) => {
+                    request.listen_fds = ListenSet::raw(&fds);
+                    request.environment.extend([
+                        ("LISTEN_FDS".to_string(), fds.len().to_string()),
+                        ("LISTEN_FDNAMES".to_string(), set.fd_names()),
+                    ]);
+                    request.pid_variables.push("LISTEN_PID");
+                    Some(fds)
+                }
+                Err(e) => {
+                    tracing::warn!(process = %self.spec.name, "{e}");
+                    return Event::SpawnFailed(e);
+                }
+            },
+        };
+        let spawned = process::spawn(&request, &self.context.reaper);
+        drop(sockets);
+        match spawned {
             Ok(spawned) => {
                 tracing::debug!(process = %self.spec.name, pid = spawned.pid.as_raw(), "spawned");
                 self.exit = Some(spawned.exit);
@@ -675,6 +759,9 @@ fn snapshot(
         health: machine.health,
         last_probe,
         notify_status: machine.notify_status.clone(),
+        retiring: machine.retiring,
+        failures: machine.failures,
+        backoff_step: machine.backoff_step,
     }
 }
 

@@ -9,7 +9,7 @@ pub mod state;
 
 pub use actor::{Command, Context, ProcessActor, ProcessHandle, ProcessStatus};
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -21,8 +21,11 @@ use crate::control::protocol::{
     Request, StatusReply,
 };
 use crate::logs::{LogRequest, Stream, TailReply};
+use crate::reexec::{self, SavedListen, SavedState};
+use crate::sockets::ListenSet;
 use order::Topology;
 use state::{short_duration, Outcome, State};
+use std::path::PathBuf;
 
 /// Inputs of the supervisor loop; bounded, so a flood is answered as busy.
 #[derive(Debug)]
@@ -33,6 +36,8 @@ pub enum Input {
     Reload,
     /// SIGTERM/SIGINT: the first stops everything in order, the second kills.
     Terminate,
+    /// `ctl reexec` passed its checks of the binary: save the state and exec.
+    Reexec(PathBuf, oneshot::Sender<Reply>),
     /// A `tail` request: answered with the history and, with `follow`, a
     /// stream of new output that the connection relays.
     Tail(Request, oneshot::Sender<Result<TailStart, Reply>>),
@@ -63,33 +68,93 @@ pub struct Supervisor {
     /// Processes removed by a reload that are still stopping.
     draining: Vec<ProcessHandle>,
     context: Arc<Context>,
+    /// Each program's `listen` sockets, kept across restarts and reloads.
+    listen: HashMap<String, Arc<ListenSet>>,
+    /// Our own inputs, for work that finishes in a task (the `reexec` checks).
+    inputs: mpsc::Sender<Input>,
+    /// Started by `reexec`: the processes are already up; start nothing.
+    resumed: bool,
 }
 
 impl Supervisor {
     /// Creates an actor per process (all `stopped`); nothing starts yet.
-    pub fn new(config: Config, context: Arc<Context>) -> Supervisor {
+    pub fn new(
+        config: Config,
+        context: Arc<Context>,
+        inputs: mpsc::Sender<Input>,
+        saved: Option<SavedState>,
+    ) -> Supervisor {
         let config = Arc::new(config);
         let mut supervisor = Supervisor {
             config: Arc::clone(&config),
             processes: Vec::new(),
             draining: Vec::new(),
             context,
+            listen: HashMap::new(),
+            inputs,
+            resumed: saved.is_some(),
         };
-        supervisor.processes = supervisor.spawn_actors(&config, |_| true);
+        let mut machines = HashMap::new();
+        if let Some(saved) = saved {
+            let now = tokio::time::Instant::now().into_std();
+            for listen in &saved.listen {
+                if let Some(program) = config.program(&listen.program) {
+                    if let Some(set) = ListenSet::adopt(program, &listen.fds) {
+                        supervisor.listen.insert(listen.program.clone(), set);
+                    }
+                }
+            }
+            for process in &saved.processes {
+                let program = process.name.split(':').next().unwrap_or_default();
+                if let Some(cfg) = config.program(program) {
+                    machines.insert(process.name.clone(), reexec::restore(process, cfg, now));
+                }
+            }
+        }
+        supervisor.processes = supervisor.spawn_actors(&config, |_| true, &mut machines);
         supervisor
     }
 
-    fn spawn_actors(&self, config: &Config, include: impl Fn(&str) -> bool) -> Vec<ProcessHandle> {
+    fn spawn_actors(
+        &mut self,
+        config: &Config,
+        include: impl Fn(&str) -> bool,
+        machines: &mut HashMap<String, state::Machine>,
+    ) -> Vec<ProcessHandle> {
         let mut handles = Vec::new();
+        let mut new_listen = Vec::new();
         for program in config.programs.iter().filter(|p| include(&p.name)) {
             let cfg = Arc::clone(program);
+            // A program keeps its sockets across a reload that leaves `listen` alone.
+            let listen = match self.listen.get(&program.name) {
+                Some(set) if set.serves(program) => Some(Arc::clone(set)),
+                _ => ListenSet::for_program(program),
+            };
             for spec in program.processes() {
-                handles.push(ProcessActor::spawn(
-                    spec,
-                    Arc::clone(&cfg),
-                    Arc::clone(&self.context),
-                ));
+                let handle = match machines.remove(&spec.name) {
+                    Some(machine) => ProcessActor::spawn_with(
+                        spec,
+                        Arc::clone(&cfg),
+                        listen.clone(),
+                        Arc::clone(&self.context),
+                        machine,
+                    ),
+                    None => ProcessActor::spawn(
+                        spec,
+                        Arc::clone(&cfg),
+                        listen.clone(),
+                        Arc::clone(&self.context),
+                    ),
+                };
+                handles.push(handle);
             }
+            new_listen.push((program.name.clone(), listen));
+        }
+        for (program, listen) in new_listen {
+            match listen {
+                Some(set) => self.listen.insert(program, set),
+                None => self.listen.remove(&program),
+            };
         }
         handles
     }
@@ -100,10 +165,13 @@ impl Supervisor {
 
     /// Runs until shutdown: starts autostart programs, then serves inputs.
     pub async fn run(mut self, mut inputs: mpsc::Receiver<Input>) {
+        // After `reexec` every process is where the previous image left it.
         let autostart: Vec<ProcessHandle> = self
             .processes
             .iter()
-            .filter(|h| self.config.program(&h.program).is_some_and(|p| p.autostart))
+            .filter(|h| {
+                !self.resumed && self.config.program(&h.program).is_some_and(|p| p.autostart)
+            })
             .cloned()
             .collect();
         let topology = self.topology();
@@ -132,6 +200,7 @@ impl Supervisor {
                     tracing::info!("reopening log files");
                     tokio::spawn(reopen_logs(self.processes.clone()));
                 }
+                Input::Reexec(binary, reply) => self.reexec(binary, reply),
             }
         }
         self.shutdown(&mut inputs).await;
@@ -165,7 +234,16 @@ impl Supervisor {
                 Err(e) => Err(e),
             },
             Request::Restart { names, wait } => match self.select(&names, false) {
-                Ok(handles) => return spawn_reply(reply, wait, restart(handles)),
+                Ok(handles) => {
+                    let rolling = self
+                        .config
+                        .programs
+                        .iter()
+                        .filter(|p| state::rolling(p))
+                        .map(|p| p.name.clone())
+                        .collect();
+                    return spawn_reply(reply, wait, restart(handles, rolling));
+                }
                 Err(e) => Err(e),
             },
             Request::Signal { signal, names } => {
@@ -205,6 +283,34 @@ impl Supervisor {
                 "tail is answered on its own path",
             )),
             // The loop takes `Shutdown` before it gets here.
+            Request::Reexec { binary } => {
+                let binary = binary
+                    .map(PathBuf::from)
+                    .unwrap_or_else(|| self.context.self_exe.clone());
+                let reaper = Arc::clone(&self.context.reaper);
+                let inputs = self.inputs.clone();
+                tokio::spawn(async move {
+                    match crate::reexec::check_binary(&binary, &reaper).await {
+                        Ok(()) => {
+                            if let Err(e) = inputs.send(Input::Reexec(binary, reply)).await {
+                                if let Input::Reexec(_, reply) = e.0 {
+                                    let _ = reply.send(Reply::error(
+                                        ErrorKind::ShuttingDown,
+                                        "minder is shutting down",
+                                    ));
+                                }
+                            }
+                        }
+                        Err(why) => {
+                            let _ = reply.send(Reply::error(
+                                ErrorKind::Failed,
+                                format!("not re-executing: {why}"),
+                            ));
+                        }
+                    }
+                });
+                return;
+            }
             Request::Shutdown => Err(Reply::error(
                 ErrorKind::ShuttingDown,
                 "minder is shutting down",
@@ -312,6 +418,79 @@ impl Supervisor {
             .collect())
     }
 
+    /// Hands everything over to `binary` (SPEC `ctl reexec`). Returns only if
+    /// that could not happen, after replying why; nothing has changed then.
+    fn reexec(&mut self, binary: PathBuf, reply: oneshot::Sender<Reply>) {
+        let refuse = |reply: oneshot::Sender<Reply>, why: String| {
+            tracing::warn!("not re-executing: {why}");
+            let _ = reply.send(Reply::error(
+                ErrorKind::Failed,
+                format!("not re-executing: {why}"),
+            ));
+        };
+        match config::load(&self.config.path, &Defaults::for_current_user()) {
+            Ok(on_disk) if on_disk == *self.config => {}
+            Ok(_) => {
+                return refuse(
+                    reply,
+                    "the config file changed since it was loaded: `ctl reload` first".into(),
+                )
+            }
+            Err(d) => {
+                let lines: Vec<String> = d.iter().map(|d| d.to_string()).collect();
+                return refuse(
+                    reply,
+                    format!("the config file is invalid: {}", lines.join("; ")),
+                );
+            }
+        }
+        if self
+            .draining
+            .iter()
+            .any(|h| h.watch().has_changed().is_ok())
+        {
+            return refuse(
+                reply,
+                "programs removed by a reload are still stopping: try again".into(),
+            );
+        }
+        let now = tokio::time::Instant::now().into_std();
+        let mut processes = Vec::with_capacity(self.processes.len());
+        for handle in &self.processes {
+            match reexec::save(&handle.status(), now) {
+                Ok(saved) => processes.push(saved),
+                Err(why) => return refuse(reply, why),
+            }
+        }
+        let (control_fd, notify_fd) = self.context.handover_fds;
+        let listen: Vec<SavedListen> = self
+            .listen
+            .iter()
+            .map(|(program, set)| SavedListen {
+                program: program.clone(),
+                fds: set.bound_fds(),
+            })
+            .filter(|l| !l.fds.is_empty())
+            .collect();
+        let mut keep = vec![control_fd, notify_fd];
+        keep.extend(listen.iter().flat_map(|l| l.fds.iter().copied()));
+        let state = SavedState {
+            version: reexec::STATE_VERSION,
+            config_path: self.config.path.clone(),
+            control_fd,
+            notify_fd,
+            listen,
+            processes,
+        };
+        tracing::info!(
+            "re-executing {} with {} processes",
+            binary.display(),
+            state.processes.len()
+        );
+        let error = reexec::exec(&binary, &state, &keep);
+        refuse(reply, format!("exec {}: {error}", binary.display()));
+    }
+
     /// Re-reads the config file and applies the difference; an invalid file changes nothing.
     fn reload(&mut self) -> Reply {
         let new = match config::load(&self.config.path, &Defaults::for_current_user()) {
@@ -371,13 +550,16 @@ impl Supervisor {
         // Forget removed processes whose actor has ended.
         self.draining.retain(|h| h.watch().has_changed().is_ok());
 
+        for name in &diff.removed {
+            self.listen.remove(name);
+        }
         let fresh: HashSet<&str> = diff
             .added
             .iter()
             .chain(&diff.changed)
             .map(String::as_str)
             .collect();
-        let new_handles = self.spawn_actors(&new, |name| fresh.contains(name));
+        let new_handles = self.spawn_actors(&new, |name| fresh.contains(name), &mut HashMap::new());
         // Keep config order: programs as listed in the new file.
         let mut processes = Vec::new();
         for program in &new.programs {
@@ -469,6 +651,9 @@ impl Supervisor {
                     Some(Input::Tail(_, reply)) => {
                         let _ = reply.send(Err(Reply::error(ErrorKind::ShuttingDown, "minder is shutting down")));
                     }
+                    Some(Input::Reexec(_, reply)) => {
+                        let _ = reply.send(Reply::error(ErrorKind::ShuttingDown, "minder is shutting down"));
+                    }
                     Some(Input::Reload | Input::ReopenLogs) | None => {}
                 },
             }
@@ -534,9 +719,33 @@ fn spawn_reply(
     });
 }
 
-/// Restarts every handle concurrently, waiting for each to be running again.
-async fn restart(handles: Vec<ProcessHandle>) -> Vec<ActionResult> {
-    order::request_all(handles, |_, reply| Command::Restart { reply }).await
+/// Restarts every handle, waiting for each to be running again: programs
+/// without `listen` all at once; programs with `listen` (rolling restarts) one
+/// instance at a time, stopping at the first failure so the rest keep serving.
+async fn restart(handles: Vec<ProcessHandle>, rolling: HashSet<String>) -> Vec<ActionResult> {
+    let (one_by_one, together): (Vec<_>, Vec<_>) = handles
+        .into_iter()
+        .partition(|h| rolling.contains(&h.program));
+    let mut results = order::request_all(together, |_, reply| Command::Restart { reply }).await;
+    let mut failed_programs: HashSet<String> = HashSet::new();
+    for h in one_by_one {
+        if failed_programs.contains(&h.program) {
+            results.push(action_result(
+                &h.name,
+                Outcome::Failed("not restarted: an earlier instance failed to".to_string()),
+            ));
+            continue;
+        }
+        let result = order::request_all(vec![h.clone()], |_, reply| Command::Restart { reply })
+            .await
+            .pop()
+            .unwrap_or_else(|| action_result(&h.name, Outcome::Failed("no reply".into())));
+        if !result.ok {
+            failed_programs.insert(h.program.clone());
+        }
+        results.push(result);
+    }
+    results
 }
 
 async fn send_signals(
@@ -615,11 +824,38 @@ pub(crate) fn action_result(name: &str, outcome: Outcome) -> ActionResult {
 
 fn status_reply(handles: &[ProcessHandle]) -> StatusReply {
     let now = tokio::time::Instant::now().into_std();
-    StatusReply {
-        processes: handles
-            .iter()
-            .map(|h| process_info(&h.status(), now))
-            .collect(),
+    let mut processes = Vec::with_capacity(handles.len());
+    for h in handles {
+        let status = h.status();
+        processes.push(process_info(&status, now));
+        if let Some(old) = status.retiring {
+            processes.push(retiring_info(&status, &old, now));
+        }
+    }
+    StatusReply { processes }
+}
+
+/// The extra `status` row of the old process during a rolling restart.
+fn retiring_info(status: &ProcessStatus, old: &state::Retiring, now: Instant) -> ProcessInfo {
+    let stopping = old.stop_sent.is_some();
+    ProcessInfo {
+        name: status.name.clone(),
+        program: status.program.clone(),
+        instance: status.instance,
+        state: if stopping { "stopping" } else { "running" }.to_string(),
+        pid: Some(old.pid.as_raw()),
+        uptime_secs: Some(now.saturating_duration_since(old.started).as_secs_f64()),
+        health: "none".to_string(),
+        restarts: status.restarts,
+        last_exit_code: None,
+        last_exit_signal: None,
+        description: if stopping {
+            "previous process, stopping: its replacement is ready".to_string()
+        } else {
+            "previous process, serving until its replacement is ready".to_string()
+        },
+        last_probe: None,
+        dropped_bytes: status.logs.dropped_bytes(),
     }
 }
 
