@@ -49,6 +49,10 @@ pub struct SavedState {
     pub listen: Vec<SavedListen>,
     /// Every process, in config order.
     pub processes: Vec<SavedProcess>,
+    /// Both ends of every log pipe, by process (absent from older images:
+    /// their processes get new pipes).
+    #[serde(default)]
+    pub logs: Vec<crate::logs::SavedPipes>,
 }
 
 /// A program's bound `listen` sockets.
@@ -417,6 +421,11 @@ mod tests {
                 description: "restarted after: killed by SIGKILL".into(),
                 changed_ago_ms: 1500,
                 unhealthy: false,
+            }],
+            logs: vec![crate::logs::SavedPipes {
+                name: "web".into(),
+                stdout: Some([9, 10]),
+                stderr: None,
             }],
         };
         let text = serde_json::to_string(&state).unwrap();

@@ -2,7 +2,7 @@
 //! pipe, the file writes on tokio's blocking pool.
 
 use std::io::{self, Write};
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -13,6 +13,7 @@ use tokio::io::Interest;
 use tokio::sync::{mpsc, oneshot};
 
 use super::dormant;
+use super::handover;
 use super::rotating::{RotatingFile, Rotation};
 use super::stamp::Stamper;
 use super::tail;
@@ -46,9 +47,22 @@ const WARN_EVERY: Duration = Duration::from_secs(10);
 #[derive(Debug, Default)]
 pub struct LogStats {
     dropped_bytes: AtomicU64,
+    /// `[read, write]` of the stdout and stderr pipes once made (stable for
+    /// the process's life), for handing them over on `reexec`.
+    fds: std::sync::OnceLock<[Option<[RawFd; 2]>; 2]>,
 }
 
 impl LogStats {
+    /// The pipes to keep across `reexec`, if any were made.
+    pub fn saved_pipes(&self, name: &str) -> Option<super::SavedPipes> {
+        let [stdout, stderr] = *self.fds.get()?;
+        Some(super::SavedPipes {
+            name: name.to_string(),
+            stdout,
+            stderr,
+        })
+    }
+
     /// Output bytes lost because the log file could not be written.
     pub fn dropped_bytes(&self) -> u64 {
         self.dropped_bytes.load(Ordering::Relaxed)
@@ -150,6 +164,8 @@ struct Pipes {
 /// way to its capture task (which owns the read end).
 struct Pipe {
     write: OwnedFd,
+    /// The read end's number (the end itself is with the capture).
+    read_fd: RawFd,
     requests: Arc<Mailbox>,
     /// Its id in the dormant set until its task starts.
     id: u64,
@@ -275,8 +291,11 @@ impl ProcessLogs {
                 timestamps: self.timestamps,
                 stats: Arc::clone(&self.stats),
             });
-            let stdout = start_pipe(Stream::Stdout, &self.stdout, &common)?;
-            let stderr = start_pipe(Stream::Stderr, &self.stderr, &common)?;
+            let [old_out, old_err] = handover::take(&self.name).unwrap_or([None, None]);
+            let stdout = start_pipe(Stream::Stdout, &self.stdout, &common, old_out)?;
+            let stderr = start_pipe(Stream::Stderr, &self.stderr, &common, old_err)?;
+            let raw = |p: &Option<Pipe>| p.as_ref().map(|p| [p.read_fd, p.write.as_raw_fd()]);
+            let _ = self.stats.fds.set([raw(&stdout), raw(&stderr)]);
             self.pipes = Some(Pipes { stdout, stderr });
         }
         self.pipes
@@ -382,11 +401,21 @@ impl ProcessLogs {
 }
 
 /// Creates the pipe of one stream and parks its capture until it is needed.
-fn start_pipe(stream: Stream, dest: &LogDest, common: &Arc<Common>) -> io::Result<Option<Pipe>> {
+fn start_pipe(
+    stream: Stream,
+    dest: &LogDest,
+    common: &Arc<Common>,
+    adopted: Option<[OwnedFd; 2]>,
+) -> io::Result<Option<Pipe>> {
     let LogDest::File(path) = dest else {
         return Ok(None);
     };
-    let (read, write) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
+    // After `reexec`, the very pipe the child still writes into.
+    let (read, write) = match adopted {
+        Some([read, write]) => (read, write),
+        None => nix::unistd::pipe2(OFlag::O_CLOEXEC)?,
+    };
+    let read_fd = read.as_raw_fd();
     // Only minder's end is non-blocking: the child's writes block as usual.
     fcntl(&read, FcntlArg::F_SETFL(OFlag::O_NONBLOCK))?;
     let requests = Arc::new(Mailbox::default());
@@ -405,6 +434,7 @@ fn start_pipe(stream: Stream, dest: &LogDest, common: &Arc<Common>) -> io::Resul
     let id = dormant::park(read, Box::new(capture))?;
     Ok(Some(Pipe {
         write,
+        read_fd,
         requests,
         id,
     }))
@@ -554,7 +584,9 @@ impl Capture {
             stream: self.stream,
             moved: 0,
         };
+        let guard = handover::burst_started();
         let result = tokio::task::spawn_blocking(move || {
+            let _guard = guard;
             let end = if flush_only {
                 job.sink.flush_partial(&mut job.followers);
                 BurstEnd::Empty

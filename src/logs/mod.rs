@@ -25,12 +25,14 @@
 
 mod capture;
 mod dormant;
+mod handover;
 pub mod own;
 mod rotating;
 mod stamp;
 mod tail;
 
 pub use capture::{LogRequest, LogStats, ProcessLogs, Stream, TailEvent, TailReply};
+pub use handover::{offer as offer_saved_pipes, quiesce, SavedPipes};
 pub use rotating::{numbered, RotatingFile, Rotation};
 pub use stamp::Stamper;
 pub use tail::{last_lines, MAX_TAIL_BYTES, MAX_TAIL_LINES};

@@ -96,6 +96,7 @@ impl Supervisor {
         };
         let mut machines = HashMap::new();
         if let Some(saved) = saved {
+            crate::logs::offer_saved_pipes(saved.logs.clone());
             let now = tokio::time::Instant::now().into_std();
             for listen in &saved.listen {
                 if let Some(program) = config.program(&listen.program) {
@@ -472,8 +473,14 @@ impl Supervisor {
             })
             .filter(|l| !l.fds.is_empty())
             .collect();
+        let logs: Vec<crate::logs::SavedPipes> = self
+            .processes
+            .iter()
+            .filter_map(|h| h.status().logs.saved_pipes(&h.name))
+            .collect();
         let mut keep = vec![control_fd, notify_fd];
         keep.extend(listen.iter().flat_map(|l| l.fds.iter().copied()));
+        keep.extend(logs.iter().flat_map(|p| p.fds()));
         let state = SavedState {
             version: reexec::STATE_VERSION,
             config_path: self.config.path.clone(),
@@ -481,12 +488,22 @@ impl Supervisor {
             notify_fd,
             listen,
             processes,
+            logs,
         };
         tracing::info!(
             "re-executing {} with {} processes",
             binary.display(),
             state.processes.len()
         );
+        // No task runs while this one does, so no new burst starts: wait for
+        // those on the blocking pool to have written what they read. What is
+        // still in the pipes is read by the new image.
+        if !crate::logs::quiesce(Duration::from_secs(2)) {
+            return refuse(
+                reply,
+                "log files are not being written fast enough: try again".into(),
+            );
+        }
         let error = reexec::exec(&binary, &state, &keep);
         refuse(reply, format!("exec {}: {error}", binary.display()));
     }
