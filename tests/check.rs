@@ -91,7 +91,6 @@ max_retries = 3
 }
 
 #[test]
-#[ignore = "the keys for health, logs, listen, notify and watchdog arrive with issues 3-6"]
 fn check_spec_example_keys_are_valid() {
     // Health, logs, listen and notify keys from SPEC section 2 (no user/group: those need root).
     let dir = tmp();
