@@ -40,8 +40,14 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
     }
     // One thread: supervision is I/O-bound, and fork from a single-threaded
     // process leaves no other thread's locks behind in the child.
+    limit_malloc_arenas();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
+        // The blocking pool writes log files. A few threads keep up with any
+        // disk; a thousand programs printing at once must not mean hundreds
+        // of threads (each with a stack and a malloc arena) for a moment.
+        .max_blocking_threads(4)
+        .thread_keep_alive(Duration::from_secs(2))
         .build()
         .map_err(|e| DaemonError::Setup("starting the runtime", e))?;
     runtime.block_on(serve(config))
@@ -147,6 +153,17 @@ fn tune_allocator() {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 64 * 1024);
         libc::mallopt(libc::M_TRIM_THRESHOLD, 128 * 1024);
         libc::mallopt(libc::M_ARENA_MAX, 1);
+    }
+}
+
+/// glibc gives every thread that allocates its own arena, which then keeps
+/// its memory; minder's few helper threads share two.
+fn limit_malloc_arenas() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: mallopt only sets an allocator parameter; called before any
+    // other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
     }
 }
 

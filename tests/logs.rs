@@ -378,3 +378,27 @@ fn reexec_keeps_the_log_pipes_and_loses_no_line() {
         assert_eq!(rest, format!("tick {}", i + 1));
     }
 }
+
+#[test]
+fn an_idle_stream_parks_and_wakes_again() {
+    let mut d = Daemon::prepare(
+        "",
+        &program("slow", &["--print", "hello", "--tick", "400"], ""),
+    );
+    // Streams give their task up after 100 ms without output (10 s normally).
+    d.env
+        .push(("MINDER_TEST_IDLE_PARK_MS".into(), "100".into()));
+    d.spawn();
+    d.wait_ready();
+    let path = d.path("logs/slow.stdout.log");
+    let text = wait_file_until(&path, "four ticks, each after a park", |t| {
+        t.contains("tick 4\n")
+    });
+    assert_eq!(text, "hello\ntick 1\ntick 2\ntick 3\ntick 4\n");
+    // A parked stream still answers tail at once, and follows.
+    let out = d.ctl_ok(&["tail", "-n", "1", "slow"]);
+    assert!(out.stdout.starts_with("tick "), "{out:?}");
+    let f = Follower::start(&d, &["tail", "-f", "-n", "0", "slow"]);
+    let line = f.next();
+    assert!(line.starts_with("tick "), "{line:?}");
+}

@@ -25,8 +25,10 @@ use crate::process::Output;
 const SMALL_READ: usize = 16 * 1024;
 
 /// Read buffer once a stream is busy: one file write per this many bytes. As
-/// `cat` does: small enough to stay in the CPU cache between read and write.
-const BIG_READ: usize = 128 * 1024;
+/// `cat` does: small enough to stay in the CPU cache between read and write,
+/// and under glibc's mmap threshold (128 KiB), so a new one per burst is
+/// reused heap memory, not a fresh mapping to fault in.
+const BIG_READ: usize = 124 * 1024;
 
 /// Pipe size asked for (F_SETPIPE_SZ) once a stream fills the default 64 KiB:
 /// room for a burst while the previous chunk is being written. The default
@@ -234,6 +236,11 @@ impl Mailbox {
         self.ready.notify_one();
     }
 
+    /// A request is queued, or the queue was closed.
+    fn pending(&self) -> bool {
+        self.closed.load(Ordering::Acquire) || !self.lock().is_empty()
+    }
+
     /// The next request; `None` once closed and empty.
     async fn recv(&self) -> Option<StreamRequest> {
         loop {
@@ -416,6 +423,7 @@ fn start_pipe(
         None => nix::unistd::pipe2(OFlag::O_CLOEXEC)?,
     };
     let read_fd = read.as_raw_fd();
+    let id = dormant::new_id()?;
     // Only minder's end is non-blocking: the child's writes block as usual.
     fcntl(&read, FcntlArg::F_SETFL(OFlag::O_NONBLOCK))?;
     let requests = Arc::new(Mailbox::default());
@@ -429,9 +437,12 @@ fn start_pipe(
         buf: Vec::new(),
         stream,
         enlarged: false,
+        id,
     };
     // Its task starts with its first output (or first request).
-    let id = dormant::park(read, Box::new(capture))?;
+    if let Err((e, _, _)) = dormant::park(id, read, Box::new(capture)) {
+        return Err(e);
+    }
     Ok(Some(Pipe {
         write,
         read_fd,
@@ -481,6 +492,8 @@ struct Capture {
     stream: Stream,
     /// F_SETPIPE_SZ was tried.
     enlarged: bool,
+    /// Its id in the dormant set, where it waits while idle.
+    id: u64,
 }
 
 /// How a burst of reading ended.
@@ -498,6 +511,20 @@ enum BurstEnd {
 /// How long a burst that has moved much waits for more before it ends.
 const BUSY_WAIT: Duration = Duration::from_millis(2);
 
+/// A stream without output for this long gives its task up (see `dormant`).
+const IDLE_PARK: Duration = Duration::from_secs(10);
+
+/// [`IDLE_PARK`], or `MINDER_TEST_IDLE_PARK_MS` so tests need not wait 10 s.
+fn idle_park() -> Duration {
+    static PARK: std::sync::OnceLock<Duration> = std::sync::OnceLock::new();
+    *PARK.get_or_init(|| {
+        std::env::var("MINDER_TEST_IDLE_PARK_MS")
+            .ok()
+            .and_then(|ms| ms.parse().ok())
+            .map_or(IDLE_PARK, Duration::from_millis)
+    })
+}
+
 /// Most bytes one burst moves before the task looks at its requests again.
 const BURST_BYTES: usize = 64 << 20;
 
@@ -507,12 +534,17 @@ const BURST_TIME: Duration = Duration::from_millis(50);
 impl Capture {
     async fn run(mut self) {
         let mut more = false;
+        let mut active = Instant::now();
         loop {
-            let deadline = self
+            let partial = self
                 .sink
                 .as_ref()
                 .and_then(|s| s.stamper.as_ref())
                 .and_then(Stamper::partial_deadline);
+            // Idle without followers or a held-back line: back to the dormant set.
+            let idle = (partial.is_none() && self.followers.is_empty() && !more)
+                .then_some(active + idle_park());
+            let mut park = false;
             tokio::select! {
                 biased;
                 request = self.requests.recv() => match request {
@@ -538,9 +570,46 @@ impl Capture {
                         }
                     }
                 }
-                _ = partial_timeout(deadline) => {
-                    Box::pin(self.burst(true)).await;
+                _ = timer(partial.or(idle)) => {
+                    if partial.is_some() {
+                        Box::pin(self.burst(true)).await;
+                    } else {
+                        park = true;
+                    }
                 }
+            }
+            if park {
+                return self.park();
+            }
+            active = Instant::now();
+        }
+    }
+
+    /// Hands the stream back to the dormant set, freeing the task, its
+    /// runtime registration and the file side (reopened at the next output).
+    fn park(mut self) {
+        let Some(pipe) = self.pipe.take() else { return };
+        let fd = pipe.into_inner();
+        self.sink = None;
+        self.buf = Vec::new();
+        let (id, requests) = (self.id, Arc::clone(&self.requests));
+        if let Err((e, fd, sleeper)) = dormant::park(id, fd, Box::new(self)) {
+            tracing::debug!("parking a log pipe: {e}");
+            sleeper.start(fd);
+            return;
+        }
+        // A request that came in meanwhile must not wait for output.
+        if requests.pending() {
+            dormant::wake(id);
+        }
+        // Many streams falling idle together (a thousand programs done with
+        // their start-up messages) free many small blocks: hand them back.
+        static PARKED: AtomicU64 = AtomicU64::new(0);
+        if PARKED.fetch_add(1, Ordering::Relaxed) % 64 == 63 {
+            #[cfg(target_env = "gnu")]
+            // SAFETY: malloc_trim only walks the allocator's own free lists.
+            unsafe {
+                libc::malloc_trim(0);
             }
         }
     }
@@ -612,10 +681,12 @@ impl Capture {
         self.sink = Some(job.sink);
         self.followers = job.followers;
         self.enlarged = job.enlarged;
-        // Keep the buffer while the stream is busy: a fresh 1 MiB buffer per
-        // burst would cost an mmap and 256 page faults each time.
-        if end == BurstEnd::More || job.moved > SMALL_READ {
+        // Buffers are kept only while the stream goes on: a thousand programs
+        // that each wrote a burst once must not pin a buffer each.
+        if end == BurstEnd::More {
             self.buf = job.buf;
+        } else if let Some(sink) = &mut self.sink {
+            sink.scratch = Vec::new();
         }
         end
     }
@@ -708,9 +779,9 @@ fn register(fd: OwnedFd) -> io::Result<AsyncFd<OwnedFd>> {
         .map_err(|e| io::Error::other(e.to_string()))
 }
 
-/// Resolves at `deadline`; never without one. The timer is boxed: most
-/// streams never need one, and it would make every idle task bigger.
-async fn partial_timeout(deadline: Option<Instant>) {
+/// Resolves at `deadline`; never without one. The timer is boxed: it would
+/// make every idle task bigger.
+async fn timer(deadline: Option<Instant>) {
     match deadline {
         Some(d) => Box::pin(tokio::time::sleep_until(d.into())).await,
         None => std::future::pending().await,
@@ -1021,6 +1092,7 @@ mod tests {
             buf: Vec::new(),
             stream: Stream::Stdout,
             enlarged: false,
+            id: 0,
         };
         let size = std::mem::size_of_val(&capture.run());
         assert!(size <= 768, "capture future is {size} bytes");

@@ -4,9 +4,9 @@
 //! A capture task with its runtime registration costs about 2 KiB; a thousand
 //! programs that never write would spend megabytes waiting. Here a stream
 //! waits as an entry in one map and one epoll set (`EPOLLONESHOT`, keyed by an
-//! id) watched by a single task; its first output, a request for it (`tail`,
-//! `reopen-logs`, flush) or its removal starts its own capture task, which then
-//! keeps the stream for good.
+//! id) watched by a single task; its output, a request for it (`tail`,
+//! `reopen-logs`, flush) or its removal starts its own capture task, which
+//! parks the stream here again after a while without output.
 
 use std::collections::HashMap;
 use std::io;
@@ -67,14 +67,28 @@ impl Dormant {
     }
 }
 
-/// Parks `sleeper` until `fd` is readable or [`wake`] is called; returns its id.
-pub(super) fn park(fd: OwnedFd, sleeper: Box<dyn Sleeper>) -> io::Result<u64> {
-    let d = dormant()?;
-    let id = d.next_id.fetch_add(1, Ordering::Relaxed);
+/// A new id for a stream, kept for its whole life (it may park again).
+pub(super) fn new_id() -> io::Result<u64> {
+    Ok(dormant()?.next_id.fetch_add(1, Ordering::Relaxed))
+}
+
+/// Parks `sleeper` as `id` until `fd` is readable or [`wake`] is called;
+/// gives both back if the epoll set refuses the fd.
+pub(super) fn park(
+    id: u64,
+    fd: OwnedFd,
+    sleeper: Box<dyn Sleeper>,
+) -> Result<(), (io::Error, OwnedFd, Box<dyn Sleeper>)> {
+    let d = match dormant() {
+        Ok(d) => d,
+        Err(e) => return Err((e, fd, sleeper)),
+    };
     let event = EpollEvent::new(EpollFlags::EPOLLIN | EpollFlags::EPOLLONESHOT, id);
-    d.epoll.add(&fd, event)?;
+    if let Err(e) = d.epoll.add(&fd, event) {
+        return Err((e.into(), fd, sleeper));
+    }
     d.lock().insert(id, (fd, sleeper));
-    Ok(id)
+    Ok(())
 }
 
 /// Starts the stream `id` now if it is still parked.
