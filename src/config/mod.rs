@@ -131,8 +131,9 @@ impl Default for LogsConfig {
 /// Where one stream of one process goes, with placeholders expanded.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LogDest {
-    /// This file (absolute when `log_dir` is).
-    File(PathBuf),
+    /// This file (absolute when `log_dir` is); shared, not copied, by the
+    /// process's actor and capture tasks.
+    File(std::sync::Arc<std::path::Path>),
     /// /dev/null.
     Discard,
     /// Merged into stdout (stderr only).
@@ -402,7 +403,9 @@ impl ProgramConfig {
 
 fn log_dest(target: &LogTarget, vars: &placeholder::Vars<'_>) -> LogDest {
     match target {
-        LogTarget::File { dir, name } => LogDest::File(dir.join(placeholder::expand(name, vars))),
+        LogTarget::File { dir, name } => {
+            LogDest::File(dir.join(placeholder::expand(name, vars)).into())
+        }
         LogTarget::Discard => LogDest::Discard,
         LogTarget::Stdout => LogDest::Stdout,
     }

@@ -971,11 +971,11 @@ fn log_defaults() {
     let specs = p.processes();
     assert_eq!(
         specs[1].stdout_log,
-        LogDest::File("/default/logs/web.1.stdout.log".into())
+        LogDest::File(Path::new("/default/logs/web.1.stdout.log").into())
     );
     assert_eq!(
         specs[1].stderr_log,
-        LogDest::File("/default/logs/web.1.stderr.log".into())
+        LogDest::File(Path::new("/default/logs/web.1.stderr.log").into())
     );
     let s = &c.supervisor;
     assert_eq!(s.log_format, LogFormat::Text);
@@ -1005,12 +1005,15 @@ fn log_keys_are_read() {
     let spec = &web.processes()[0];
     assert_eq!(
         spec.stdout_log,
-        LogDest::File("/cfg/logs/web-8000.out".into())
+        LogDest::File(Path::new("/cfg/logs/web-8000.out").into())
     );
     assert_eq!(spec.stderr_log, LogDest::Stdout);
     let quiet = &c.program("quiet").expect("quiet").processes()[0];
     assert_eq!(quiet.stdout_log, LogDest::Discard);
-    assert_eq!(quiet.stderr_log, LogDest::File("/var/log/q.err".into()));
+    assert_eq!(
+        quiet.stderr_log,
+        LogDest::File(Path::new("/var/log/q.err").into())
+    );
 }
 
 #[test]

@@ -429,7 +429,7 @@ fn start_pipe(
     let requests = Arc::new(Mailbox::default());
     let capture = Capture {
         pipe: None,
-        path: path.clone().into_boxed_path(),
+        path: Arc::clone(path),
         common: Arc::clone(common),
         sink: None,
         requests: Arc::clone(&requests),
@@ -479,7 +479,7 @@ struct Capture {
     /// it; lent to the blocking pool (unregistered) during a burst.
     pipe: Option<AsyncFd<OwnedFd>>,
     /// The log file's path.
-    path: Box<std::path::Path>,
+    path: Arc<std::path::Path>,
     /// Settings shared by the process's streams.
     common: Arc<Common>,
     /// The file side, made at the first write (idle streams hold none); lent
@@ -1076,7 +1076,7 @@ mod tests {
         let (read, _write) = nix::unistd::pipe2(OFlag::O_CLOEXEC).unwrap();
         let capture = Capture {
             pipe: Some(register(read).unwrap()),
-            path: std::path::PathBuf::from("/dev/null").into_boxed_path(),
+            path: Arc::from(std::path::Path::new("/dev/null")),
             common: Arc::new(Common {
                 name: Arc::from("x"),
                 rotation: Rotation {
