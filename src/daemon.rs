@@ -12,6 +12,7 @@ use crate::health::Prober;
 use crate::notify::{self, NotifyRoutes};
 use crate::process::Reaper;
 use crate::supervisor::{Context, Input, Supervisor, INPUT_QUEUE};
+use crate::systemd::Systemd;
 
 /// Why the daemon could not run.
 #[derive(Debug, thiserror::Error)]
@@ -24,8 +25,15 @@ pub enum DaemonError {
     Setup(&'static str, std::io::Error),
 }
 
+/// How `minder daemon` was asked to run, beyond its config.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// `--insecure-config`: as root, accept config files others could change.
+    pub insecure_config: bool,
+}
+
 /// Runs the supervisor until shutdown; returns once every child is stopped.
-pub fn run(config: Config) -> Result<(), DaemonError> {
+pub fn run(config: Config, options: Options) -> Result<(), DaemonError> {
     tune_allocator();
     raise_fd_limit();
     // Orphaned grandchildren are re-parented to minder, which reaps them.
@@ -38,10 +46,10 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
         .enable_all()
         .build()
         .map_err(|e| DaemonError::Setup("starting the runtime", e))?;
-    runtime.block_on(serve(config))
+    runtime.block_on(serve(config, options))
 }
 
-async fn serve(config: Config) -> Result<(), DaemonError> {
+async fn serve(config: Config, options: Options) -> Result<(), DaemonError> {
     let reaper = Reaper::start().map_err(|e| DaemonError::Setup("SIGCHLD handler", e))?;
     let socket = server::bind(&config.supervisor)?;
     let notify_socket = notify::socket_path(&config.supervisor.socket);
@@ -53,6 +61,7 @@ async fn serve(config: Config) -> Result<(), DaemonError> {
         reaper,
         notify_routes,
         notify_socket: notify_socket.clone(),
+        state_changes: Arc::new(tokio::sync::Notify::new()),
     });
     let socket_path = socket.path.clone();
     let (inputs_tx, inputs_rx) = mpsc::channel(INPUT_QUEUE);
@@ -66,7 +75,12 @@ async fn serve(config: Config) -> Result<(), DaemonError> {
         socket_path.display()
     );
 
-    Supervisor::new(config, context).run(inputs_rx).await;
+    let systemd = Systemd::from_env(Arc::clone(&context.state_changes));
+    Supervisor::new(config, context)
+        .with_systemd(systemd)
+        .with_insecure_config(options.insecure_config)
+        .run(inputs_rx)
+        .await;
 
     // Accept nothing more, but let replies in flight (the one to `ctl shutdown`
     // among them) reach their clients: each connection holds an `open` sender.

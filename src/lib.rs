@@ -10,3 +10,4 @@ pub mod health;
 pub mod notify;
 pub mod process;
 pub mod supervisor;
+pub mod systemd;

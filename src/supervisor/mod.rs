@@ -20,6 +20,7 @@ use crate::control::protocol::{
     ActionReply, ActionResult, ErrorKind, LastProbe, PidReply, ProcessInfo, ReloadReply, Reply,
     Request, StatusReply,
 };
+use crate::systemd::Systemd;
 use order::Topology;
 use state::{short_duration, Outcome, State};
 
@@ -48,6 +49,10 @@ pub struct Supervisor {
     /// Processes removed by a reload that are still stopping.
     draining: Vec<ProcessHandle>,
     context: Arc<Context>,
+    /// The service manager that runs minder (READY=1, STATUS=, WATCHDOG=1, ...).
+    systemd: Systemd,
+    /// `--insecure-config`: accept config files others than root could change.
+    insecure_config: bool,
 }
 
 impl Supervisor {
@@ -58,10 +63,24 @@ impl Supervisor {
             config: Arc::clone(&config),
             processes: Vec::new(),
             draining: Vec::new(),
+            systemd: Systemd::disabled(Arc::clone(&context.state_changes)),
             context,
+            insecure_config: false,
         };
         supervisor.processes = supervisor.spawn_actors(&config, |_| true);
         supervisor
+    }
+
+    /// Reports to `systemd` (the default reports to nobody).
+    pub fn with_systemd(mut self, systemd: Systemd) -> Supervisor {
+        self.systemd = systemd;
+        self
+    }
+
+    /// Accepts (on reload too) config files that others than root could change.
+    pub fn with_insecure_config(mut self, insecure: bool) -> Supervisor {
+        self.insecure_config = insecure;
+        self
     }
 
     fn spawn_actors(&self, config: &Config, include: impl Fn(&str) -> bool) -> Vec<ProcessHandle> {
@@ -92,13 +111,23 @@ impl Supervisor {
             .cloned()
             .collect();
         let topology = self.topology();
+        let autostart_done = self.systemd.autostart_tracker();
         tokio::spawn(async move {
             topology.start(autostart).await;
+            autostart_done.finished();
             release_free_memory();
         });
 
         let mut shutdown_reply = None;
-        while let Some(input) = inputs.recv().await {
+        loop {
+            let input = tokio::select! {
+                input = inputs.recv() => input,
+                duty = self.systemd.next() => {
+                    self.systemd.perform(duty, &self.processes, &self.config);
+                    continue;
+                }
+            };
+            let Some(input) = input else { break };
             match input {
                 Input::Control(Request::Shutdown, reply) => {
                     shutdown_reply = Some(reply);
@@ -114,6 +143,7 @@ impl Supervisor {
                 Input::Terminate => break,
             }
         }
+        self.systemd.stopping();
         self.shutdown(&mut inputs).await;
         if let Some(reply) = shutdown_reply {
             let _ = reply.send(Reply::ok(serde_json::json!({})));
@@ -225,8 +255,20 @@ impl Supervisor {
             .collect())
     }
 
-    /// Re-reads the config file and applies the difference; an invalid file changes nothing.
+    /// Reloads, telling systemd (RELOADING=1 ... READY=1) around it.
     fn reload(&mut self) -> Reply {
+        self.systemd.reloading();
+        let reply = self.apply_reload();
+        let error = match &reply {
+            Reply::Error(e) => Some(e.message.as_str()),
+            Reply::Ok(_) => None,
+        };
+        self.systemd.reloaded(&self.processes, error);
+        reply
+    }
+
+    /// Re-reads the config file and applies the difference; an invalid file changes nothing.
+    fn apply_reload(&mut self) -> Reply {
         let new = match config::load(&self.config.path, &Defaults::for_current_user()) {
             Ok(new) => new,
             Err(diagnostics) => {
@@ -237,6 +279,11 @@ impl Supervisor {
                 );
             }
         };
+        if !self.insecure_config {
+            if let Err(e) = config::check_trusted(&new) {
+                return Reply::error(ErrorKind::Failed, format!("config not reloaded: {e}"));
+            }
+        }
         let diff = config::diff(&self.config, &new);
         let mut not_applied = Vec::new();
         if new.supervisor.socket != self.config.supervisor.socket
@@ -358,6 +405,7 @@ impl Supervisor {
                     tracing::warn!("shutdown_timeout reached: killing what is left");
                     break;
                 }
+                duty = self.systemd.next() => self.systemd.perform(duty, &self.processes, &self.config),
                 input = inputs.recv() => match input {
                     Some(Input::Terminate) => {
                         tracing::warn!("second termination signal: killing everything");
