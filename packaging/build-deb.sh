@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Builds minder's Debian package and prints its path as the last line.
+#
+#   packaging/build-deb.sh        -> target/debian/minder_VERSION-1_ARCH.deb
+#                                    (under $CARGO_TARGET_DIR when that is set)
+#
+# 1. installs cargo-deb if it is missing (once per machine, about a minute);
+# 2. builds minder with the release profile (only that binary);
+# 3. writes the man pages and shell completions from the real command line
+#    with minder-gen into packaging/generated/ (gzipped pages, as Debian wants);
+# 4. packs everything [package.metadata.deb] in Cargo.toml lists.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+CARGO_DEB_VERSION=3.8.0
+
+if ! cargo deb --version >/dev/null 2>&1; then
+    echo "== cargo install cargo-deb $CARGO_DEB_VERSION" >&2
+    cargo install cargo-deb --locked --version "$CARGO_DEB_VERSION" >&2
+fi
+
+echo "== cargo build --release --bin minder" >&2
+cargo build --release --locked --bin minder >&2
+
+echo "== man pages and completions (minder-gen)" >&2
+generated=packaging/generated
+rm -rf "$generated"
+cargo run --locked --quiet --bin minder-gen -- "$generated" >/dev/null
+# -n: no name or time stamp inside, so the same sources give the same package.
+gzip -9n "$generated"/man/*.1
+
+echo "== cargo deb" >&2
+out=$(cargo deb --no-build --locked)
+deb=$(printf '%s\n' "$out" | grep '\.deb$' | tail -n1)
+if [ ! -f "$deb" ]; then
+    echo "build-deb: cargo deb printed no package path: $out" >&2
+    exit 1
+fi
+echo "$deb"
