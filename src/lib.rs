@@ -9,5 +9,6 @@ pub mod daemon;
 pub mod health;
 pub mod notify;
 pub mod process;
+pub mod sockets;
 pub mod supervisor;
 pub mod systemd;

@@ -160,6 +160,30 @@ pub struct ProgramConfig {
     pub ready_timeout: Duration,
     /// Non-zero: the child must send `WATCHDOG=1` at least this often.
     pub watchdog: Duration,
+    /// Sockets minder binds once and hands to every process as fds 3..
+    pub listen: Vec<ListenAddress>,
+    /// `LISTEN_FDNAMES`, one per `listen` entry.
+    pub listen_names: Vec<String>,
+    /// File mode of unix listen sockets.
+    pub listen_mode: u32,
+}
+
+/// One `listen` entry.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum ListenAddress {
+    /// `tcp://127.0.0.1:8080`, `tcp://[::1]:8080`.
+    Tcp(std::net::SocketAddr),
+    /// `unix:///run/web.sock` (absolute path).
+    Unix(PathBuf),
+}
+
+impl std::fmt::Display for ListenAddress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ListenAddress::Tcp(addr) => write!(f, "tcp://{addr}"),
+            ListenAddress::Unix(path) => write!(f, "unix://{}", path.display()),
+        }
+    }
 }
 
 /// What a health probe checks; strings still hold placeholders until

@@ -1,7 +1,7 @@
 //! The config keys: one function per table, reading keys by name through a
 //! [`TableReader`]. A new key is one `get` line here plus a field.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
@@ -11,8 +11,8 @@ use super::diagnostic::Span;
 use super::reader::{conv, TableReader, Value, ValueError};
 use super::Defaults;
 use super::{
-    placeholder, BackoffConfig, HealthConfig, OnUnhealthy, ProbeTarget, ProgramConfig,
-    RestartPolicy, SupervisorConfig,
+    placeholder, BackoffConfig, HealthConfig, ListenAddress, OnUnhealthy, ProbeTarget,
+    ProgramConfig, RestartPolicy, SupervisorConfig,
 };
 
 /// Upper bound for `instances`: far above any sane use, low enough that a
@@ -179,6 +179,44 @@ pub(crate) fn read_program(
     let health = r
         .table("health")
         .and_then(|(h, span)| read_health(h, span, has_port));
+    let listen: Vec<(ListenAddress, Span)> = r
+        .get("listen", conv::text_list)
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|(text, span)| match parse_listen(&text) {
+            Ok(addr) => Some((addr, span)),
+            Err(why) => {
+                r.error(&span, format!("\"listen\": {why}"));
+                None
+            }
+        })
+        .collect();
+    for (i, (addr, span)) in listen.iter().enumerate() {
+        if listen[..i].iter().any(|(other, _)| other == addr) {
+            r.error(span, format!("\"listen\": {addr} is listed twice"));
+        }
+    }
+    let listen_names = match r.get_spanned("listen_names", conv::text_list) {
+        None => vec![name.to_string(); listen.len()],
+        Some((names, span)) => {
+            if names.len() != listen.len() {
+                r.error(
+                    &span,
+                    format!(
+                        "\"listen_names\": {} names for {} listen entries (one name per entry)",
+                        names.len(),
+                        listen.len()
+                    ),
+                );
+            }
+            for (n, nspan) in &names {
+                if n.contains(':') || n.len() > 255 {
+                    r.error(nspan, "\"listen_names\": a name must not contain ':' (LISTEN_FDNAMES separates names with it)");
+                }
+            }
+            names.into_iter().map(|(n, _)| n).collect()
+        }
+    };
 
     let config = ProgramConfig {
         name: name.to_string(),
@@ -222,6 +260,9 @@ pub(crate) fn read_program(
             .get("ready_timeout", positive_duration)
             .unwrap_or(Duration::from_secs(60)),
         watchdog: r.get("watchdog", conv::duration).unwrap_or(Duration::ZERO),
+        listen: listen.iter().map(|(a, _)| a.clone()).collect(),
+        listen_names,
+        listen_mode: r.get("listen_mode", file_mode).unwrap_or(0o660),
     };
     r.finish();
     ProgramDraft {
@@ -326,6 +367,30 @@ fn read_environment(r: &mut TableReader<'_, '_>, has_port: bool) -> Vec<(String,
     env.finish();
     out.sort();
     out
+}
+
+/// A `listen` entry: `tcp://HOST:PORT` (IP literals: minder binds exactly
+/// that address) or `unix:///absolute/path`.
+fn parse_listen(text: &str) -> Result<ListenAddress, String> {
+    if let Some(addr) = text.strip_prefix("tcp://") {
+        return addr.parse::<std::net::SocketAddr>().map(ListenAddress::Tcp).map_err(|_| {
+            format!("{text:?}: expected tcp://IP:PORT, e.g. \"tcp://127.0.0.1:8080\" or \"tcp://[::1]:8080\"")
+        });
+    }
+    if let Some(path) = text.strip_prefix("unix://") {
+        if !path.starts_with('/') {
+            return Err(format!(
+                "{text:?}: a unix socket path must be absolute (unix:///run/web.sock)"
+            ));
+        }
+        if path.len() > 107 {
+            return Err(format!(
+                "{text:?}: unix socket paths are limited to 107 bytes"
+            ));
+        }
+        return Ok(ListenAddress::Unix(PathBuf::from(path)));
+    }
+    Err(format!("{text:?}: expected tcp://IP:PORT or unix:///PATH"))
 }
 
 /// A duration that must be above zero (a zero interval or timeout makes no sense).

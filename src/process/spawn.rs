@@ -68,6 +68,8 @@ pub struct SpawnRequest {
     /// Variables whose value is the child's own PID (`WATCHDOG_PID`,
     /// `LISTEN_PID`), only known after fork.
     pub pid_variables: Vec<&'static str>,
+    /// Sockets the child gets as fds 3, 4, ... (the caller keeps them open).
+    pub listen_fds: Vec<RawFd>,
 }
 
 /// Where a child's stdout or stderr goes.
@@ -212,6 +214,8 @@ pub fn spawn(req: &SpawnRequest, reaper: &Reaper) -> Result<Spawned, SpawnError>
     )
     .map_err(|e| SpawnError::os(SpawnStage::Stdio, e, "open /dev/null"))?;
 
+    // Copied before fork: the child rewrites it in place while moving fds.
+    let mut listen_scratch: Vec<libc::c_int> = req.listen_fds.clone();
     let (exit_tx, exit_rx) = oneshot::channel();
     let mut owners = reaper.lock();
     // SAFETY: the child branch below only calls async-signal-safe functions on
@@ -231,6 +235,7 @@ pub fn spawn(req: &SpawnRequest, reaper: &Reaper) -> Result<Spawned, SpawnError>
                 report: err_write.as_raw_fd(),
                 nofile: CHILD_NOFILE.get(),
                 pid_slots: &slots,
+                listen: &mut listen_scratch,
             })
         },
         Ok(ForkResult::Parent { child }) => {
@@ -465,6 +470,7 @@ struct ChildArgs<'a> {
     report: libc::c_int,
     nofile: Option<&'a libc::rlimit>,
     pid_slots: &'a [(*mut u8, usize)],
+    listen: &'a mut [libc::c_int],
 }
 
 /// Runs in the forked child: async-signal-safe calls only, then exec.
@@ -490,25 +496,31 @@ unsafe fn child(args: ChildArgs<'_>) -> ! {
     for &(slot, prefix) in args.pid_slots {
         write_decimal(slot.add(prefix), pid);
     }
-    // First move every source above 2 (close-on-exec copies), so placing one
-    // on 0, 1 or 2 cannot clobber another that is still to be placed there.
-    let mut sources = [args.stdin, args.stdout, args.stderr];
-    for fd in &mut sources {
-        *fd = libc::fcntl(*fd, libc::F_DUPFD_CLOEXEC, 3);
+    // Targets: 0, 1, 2 for stdio, then 3.. for the listen sockets. First move
+    // every source above the last target (close-on-exec copies), so placing
+    // one cannot clobber another that is still to be placed.
+    let first_free = 3 + args.listen.len() as libc::c_int;
+    let mut stdio = [args.stdin, args.stdout, args.stderr];
+    for fd in stdio.iter_mut().chain(args.listen.iter_mut()) {
+        *fd = libc::fcntl(*fd, libc::F_DUPFD_CLOEXEC, first_free);
         if *fd < 0 {
             fail(args.report, 5);
         }
     }
-    for (target, source) in sources.into_iter().enumerate() {
-        // dup2 clears close-on-exec on the target.
+    // dup2 clears close-on-exec on the target.
+    for (target, source) in stdio
+        .into_iter()
+        .chain(args.listen.iter().copied())
+        .enumerate()
+    {
         if libc::dup2(source, target as libc::c_int) < 0 {
             fail(args.report, 5);
         }
     }
-    // Nothing but 0, 1, 2 survives exec, whatever minder itself inherited.
+    // Nothing else survives exec, whatever minder itself inherited.
     libc::syscall(
         libc::SYS_close_range,
-        3u32,
+        first_free as u32,
         u32::MAX,
         libc::CLOSE_RANGE_CLOEXEC,
     );

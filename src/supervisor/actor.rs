@@ -9,11 +9,12 @@ use nix::sys::signal::Signal;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::sleep_until;
 
-use super::state::{Effect, Event, Health, Machine, NotifyMessage, Outcome, State};
+use super::state::{Effect, Event, Health, Machine, NotifyMessage, Outcome, Retiring, State};
 use crate::config::{ProcessSpec, ProgramConfig};
 use crate::health::{ProbeResult, Prober};
 use crate::notify::NotifyRoutes;
 use crate::process::{self, ExitReceiver, Output, ProcessEnd, Reaper, SpawnRequest};
+use crate::sockets::ListenSet;
 use nix::unistd::Pid;
 use std::path::PathBuf;
 
@@ -97,6 +98,8 @@ pub struct ProcessStatus {
     pub last_probe: Option<ProbeResult>,
     /// The child's last `STATUS=` text (notify protocol).
     pub notify_status: Option<String>,
+    /// The old process of a rolling restart, shown beside the new one.
+    pub retiring: Option<Retiring>,
 }
 
 /// A cheap, cloneable way to reach a process actor.
@@ -209,7 +212,7 @@ impl Mailbox {
 }
 
 /// Which kind of request a waiter settles on.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Wait {
     Start,
     Stop,
@@ -233,6 +236,10 @@ pub struct ProcessActor {
     routed: Option<Pid>,
     /// A spawn decided but postponed until other tasks have run.
     spawn_deferred: bool,
+    /// The program's `listen` sockets, shared by its processes.
+    listen: Option<Arc<ListenSet>>,
+    /// The exit of the retiring process of a rolling restart.
+    retired_exit: Option<ExitReceiver>,
     exit: Option<ExitReceiver>,
     commands: Arc<Mailbox>,
     status: watch::Sender<ProcessStatus>,
@@ -246,6 +253,7 @@ impl ProcessActor {
     pub fn spawn(
         spec: ProcessSpec,
         cfg: Arc<ProgramConfig>,
+        listen: Option<Arc<ListenSet>>,
         context: Arc<Context>,
     ) -> ProcessHandle {
         let now = tokio::time::Instant::now().into_std();
@@ -277,6 +285,8 @@ impl ProcessActor {
             notify_tx,
             routed: None,
             spawn_deferred: false,
+            listen,
+            retired_exit: None,
             exit: None,
             commands: mailbox,
             status: status_tx,
@@ -316,6 +326,10 @@ impl ProcessActor {
                 end = wait_exit(&mut self.exit) => {
                     self.exit = None;
                     self.feed(Event::Exited(end));
+                }
+                end = wait_exit(&mut self.retired_exit) => {
+                    self.retired_exit = None;
+                    self.feed(Event::RetiredExited(end));
                 }
                 _ = sleep_until(wake.unwrap_or_else(far_future)), if wake.is_some() => {
                     let now = tokio::time::Instant::now();
@@ -372,7 +386,8 @@ impl ProcessActor {
                 self.feed(Event::Remove);
             }
             Command::Kill => {
-                if let Some(pid) = self.machine.state.pid() {
+                let retiring = self.machine.retiring.map(|r| r.pid);
+                for pid in self.machine.state.pid().into_iter().chain(retiring) {
                     tracing::warn!(process = %self.spec.name, "killing pid {pid}: out of time");
                     self.signal(pid, Signal::SIGKILL, true);
                 }
@@ -390,6 +405,17 @@ impl ProcessActor {
                 };
                 let _ = reply.send(result);
             }
+        }
+    }
+
+    /// Fails every waiting request of one kind.
+    fn fail_waiters(&mut self, kind: Wait, reason: &str) {
+        let (settled, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut self.waiters)
+            .into_iter()
+            .partition(|(wait, _)| *wait == kind);
+        self.waiters = kept;
+        for (_, reply) in settled {
+            let _ = reply.send(Outcome::Failed(reason.to_string()));
         }
     }
 
@@ -432,6 +458,12 @@ impl ProcessActor {
                         if let Some(event) = self.adopt(pid) {
                             events.push_back(event);
                         }
+                    }
+                    Effect::Retire => self.retired_exit = self.exit.take(),
+                    Effect::RolloutFailed(reason) => {
+                        tracing::warn!(process = %self.spec.name, "{reason}");
+                        self.exit = self.retired_exit.take();
+                        self.fail_waiters(Wait::Start, &reason);
                     }
                 }
             }
@@ -568,12 +600,34 @@ impl ProcessActor {
             stdout: Output::MinderStderr,
             stderr: Output::MinderStderr,
             pid_variables,
+            listen_fds: Vec::new(),
         }
     }
 
     fn spawn_child(&mut self) -> Event {
-        let request = self.spawn_request();
-        match process::spawn(&request, &self.context.reaper) {
+        let mut request = self.spawn_request();
+        // Held until spawn returns: the child gets its own copies as fds 3..
+        let sockets = match &self.listen {
+            None => None,
+            Some(set) => match set.sockets() {
+                Ok(fds) => {
+                    request.listen_fds = ListenSet::raw(&fds);
+                    request.environment.extend([
+                        ("LISTEN_FDS".to_string(), fds.len().to_string()),
+                        ("LISTEN_FDNAMES".to_string(), set.fd_names()),
+                    ]);
+                    request.pid_variables.push("LISTEN_PID");
+                    Some(fds)
+                }
+                Err(e) => {
+                    tracing::warn!(process = %self.spec.name, "{e}");
+                    return Event::SpawnFailed(e);
+                }
+            },
+        };
+        let spawned = process::spawn(&request, &self.context.reaper);
+        drop(sockets);
+        match spawned {
             Ok(spawned) => {
                 tracing::debug!(process = %self.spec.name, pid = spawned.pid.as_raw(), "spawned");
                 self.exit = Some(spawned.exit);
@@ -652,6 +706,7 @@ fn snapshot(
         health: machine.health,
         last_probe,
         notify_status: machine.notify_status.clone(),
+        retiring: machine.retiring,
     }
 }
 

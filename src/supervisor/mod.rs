@@ -9,7 +9,7 @@ pub mod state;
 
 pub use actor::{Command, Context, ProcessActor, ProcessHandle, ProcessStatus};
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -20,6 +20,7 @@ use crate::control::protocol::{
     ActionReply, ActionResult, ErrorKind, LastProbe, PidReply, ProcessInfo, ReloadReply, Reply,
     Request, StatusReply,
 };
+use crate::sockets::ListenSet;
 use crate::systemd::Systemd;
 use order::Topology;
 use state::{short_duration, Outcome, State};
@@ -49,6 +50,8 @@ pub struct Supervisor {
     /// Processes removed by a reload that are still stopping.
     draining: Vec<ProcessHandle>,
     context: Arc<Context>,
+    /// Each program's `listen` sockets, kept across restarts and reloads.
+    listen: HashMap<String, Arc<ListenSet>>,
     /// The service manager that runs minder (READY=1, STATUS=, WATCHDOG=1, ...).
     systemd: Systemd,
     /// `--insecure-config`: accept config files others than root could change.
@@ -65,6 +68,7 @@ impl Supervisor {
             draining: Vec::new(),
             systemd: Systemd::disabled(Arc::clone(&context.state_changes)),
             context,
+            listen: HashMap::new(),
             insecure_config: false,
         };
         supervisor.processes = supervisor.spawn_actors(&config, |_| true);
@@ -83,17 +87,35 @@ impl Supervisor {
         self
     }
 
-    fn spawn_actors(&self, config: &Config, include: impl Fn(&str) -> bool) -> Vec<ProcessHandle> {
+    fn spawn_actors(
+        &mut self,
+        config: &Config,
+        include: impl Fn(&str) -> bool,
+    ) -> Vec<ProcessHandle> {
         let mut handles = Vec::new();
+        let mut new_listen = Vec::new();
         for program in config.programs.iter().filter(|p| include(&p.name)) {
             let cfg = Arc::clone(program);
+            // A program keeps its sockets across a reload that leaves `listen` alone.
+            let listen = match self.listen.get(&program.name) {
+                Some(set) if set.serves(program) => Some(Arc::clone(set)),
+                _ => ListenSet::for_program(program),
+            };
             for spec in program.processes() {
                 handles.push(ProcessActor::spawn(
                     spec,
                     Arc::clone(&cfg),
+                    listen.clone(),
                     Arc::clone(&self.context),
                 ));
             }
+            new_listen.push((program.name.clone(), listen));
+        }
+        for (program, listen) in new_listen {
+            match listen {
+                Some(set) => self.listen.insert(program, set),
+                None => self.listen.remove(&program),
+            };
         }
         handles
     }
@@ -175,7 +197,16 @@ impl Supervisor {
                 Err(e) => Err(e),
             },
             Request::Restart { names, wait } => match self.select(&names, false) {
-                Ok(handles) => return spawn_reply(reply, wait, restart(handles)),
+                Ok(handles) => {
+                    let rolling = self
+                        .config
+                        .programs
+                        .iter()
+                        .filter(|p| state::rolling(p))
+                        .map(|p| p.name.clone())
+                        .collect();
+                    return spawn_reply(reply, wait, restart(handles, rolling));
+                }
                 Err(e) => Err(e),
             },
             Request::Signal { signal, names } => {
@@ -324,6 +355,9 @@ impl Supervisor {
         // Forget removed processes whose actor has ended.
         self.draining.retain(|h| h.watch().has_changed().is_ok());
 
+        for name in &diff.removed {
+            self.listen.remove(name);
+        }
         let fresh: HashSet<&str> = diff
             .added
             .iter()
@@ -467,9 +501,33 @@ fn spawn_reply(
     });
 }
 
-/// Restarts every handle concurrently, waiting for each to be running again.
-async fn restart(handles: Vec<ProcessHandle>) -> Vec<ActionResult> {
-    order::request_all(handles, |_, reply| Command::Restart { reply }).await
+/// Restarts every handle, waiting for each to be running again: programs
+/// without `listen` all at once; programs with `listen` (rolling restarts) one
+/// instance at a time, stopping at the first failure so the rest keep serving.
+async fn restart(handles: Vec<ProcessHandle>, rolling: HashSet<String>) -> Vec<ActionResult> {
+    let (one_by_one, together): (Vec<_>, Vec<_>) = handles
+        .into_iter()
+        .partition(|h| rolling.contains(&h.program));
+    let mut results = order::request_all(together, |_, reply| Command::Restart { reply }).await;
+    let mut failed_programs: HashSet<String> = HashSet::new();
+    for h in one_by_one {
+        if failed_programs.contains(&h.program) {
+            results.push(action_result(
+                &h.name,
+                Outcome::Failed("not restarted: an earlier instance failed to".to_string()),
+            ));
+            continue;
+        }
+        let result = order::request_all(vec![h.clone()], |_, reply| Command::Restart { reply })
+            .await
+            .pop()
+            .unwrap_or_else(|| action_result(&h.name, Outcome::Failed("no reply".into())));
+        if !result.ok {
+            failed_programs.insert(h.program.clone());
+        }
+        results.push(result);
+    }
+    results
 }
 
 async fn send_signals(
@@ -520,11 +578,37 @@ pub(crate) fn action_result(name: &str, outcome: Outcome) -> ActionResult {
 
 fn status_reply(handles: &[ProcessHandle]) -> StatusReply {
     let now = tokio::time::Instant::now().into_std();
-    StatusReply {
-        processes: handles
-            .iter()
-            .map(|h| process_info(&h.status(), now))
-            .collect(),
+    let mut processes = Vec::with_capacity(handles.len());
+    for h in handles {
+        let status = h.status();
+        processes.push(process_info(&status, now));
+        if let Some(old) = status.retiring {
+            processes.push(retiring_info(&status, &old, now));
+        }
+    }
+    StatusReply { processes }
+}
+
+/// The extra `status` row of the old process during a rolling restart.
+fn retiring_info(status: &ProcessStatus, old: &state::Retiring, now: Instant) -> ProcessInfo {
+    let stopping = old.stop_sent.is_some();
+    ProcessInfo {
+        name: status.name.clone(),
+        program: status.program.clone(),
+        instance: status.instance,
+        state: if stopping { "stopping" } else { "running" }.to_string(),
+        pid: Some(old.pid.as_raw()),
+        uptime_secs: Some(now.saturating_duration_since(old.started).as_secs_f64()),
+        health: "none".to_string(),
+        restarts: status.restarts,
+        last_exit_code: None,
+        last_exit_signal: None,
+        description: if stopping {
+            "previous process, stopping: its replacement is ready".to_string()
+        } else {
+            "previous process, serving until its replacement is ready".to_string()
+        },
+        last_probe: None,
     }
 }
 

@@ -76,6 +76,25 @@ pub enum AfterStop {
     },
 }
 
+/// The previous generation of a process during a rolling restart: it keeps
+/// serving (on the shared `listen` sockets) until its replacement is ready.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retiring {
+    /// The old process.
+    pub pid: Pid,
+    /// When it was spawned.
+    pub started: Instant,
+    /// When it was sent its stop signal (once the replacement was ready).
+    pub stop_sent: Option<Instant>,
+    /// SIGKILL sent after `stop_timeout`.
+    pub killed: bool,
+}
+
+/// Whether restarts of this program are rolling (it has `listen` sockets).
+pub fn rolling(cfg: &ProgramConfig) -> bool {
+    !cfg.listen.is_empty()
+}
+
 /// Health as `status` shows it (SPEC §3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Health {
@@ -193,6 +212,8 @@ pub enum Event {
         /// What was seen, in words (`GET http://...: 503`).
         message: String,
     },
+    /// The retiring process of a rolling restart ended.
+    RetiredExited(ProcessEnd),
     /// A message from process `pid` on the notify socket.
     Notify {
         /// The sender (only the main process is listened to).
@@ -203,7 +224,7 @@ pub enum Event {
 }
 
 /// Something the actor must do on the machine's behalf.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Effect {
     /// Spawn the process, then feed back `Spawned` or `SpawnFailed`.
     Spawn,
@@ -220,6 +241,13 @@ pub enum Effect {
     Removed,
     /// `MAINPID=`: track this process's exit instead of the spawned one's.
     Adopt(Pid),
+    /// Rolling restart: the current process keeps serving as the retiring
+    /// one; its exit now arrives as [`Event::RetiredExited`].
+    Retire,
+    /// The replacement never became ready: the retiring process is the
+    /// current one again (its exit arrives as [`Event::Exited`] again), and
+    /// waiting requests fail with this reason.
+    RolloutFailed(String),
 }
 
 /// Whether a request waiting on this process is settled.
@@ -260,6 +288,8 @@ pub struct Machine {
     pub watchdog_due: Option<Instant>,
     /// The child's last `STATUS=` text.
     pub notify_status: Option<String>,
+    /// The old process of a rolling restart in progress.
+    pub retiring: Option<Retiring>,
 }
 
 impl State {
@@ -333,11 +363,27 @@ impl Machine {
             probe_successes: 0,
             watchdog_due: None,
             notify_status: None,
+            retiring: None,
         }
     }
 
-    /// When [`Event::Deadline`] must be fed next, if the state has a timer.
+    /// When [`Event::Deadline`] must be fed next, if a timer is running.
     pub fn deadline(&self, cfg: &ProgramConfig) -> Option<Instant> {
+        let retiring = self.retiring.and_then(|r| match r {
+            Retiring {
+                stop_sent: Some(since),
+                killed: false,
+                ..
+            } => Some(after(since, cfg.stop_timeout)),
+            _ => None,
+        });
+        match (self.state_deadline(cfg), retiring) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    fn state_deadline(&self, cfg: &ProgramConfig) -> Option<Instant> {
         match self.state {
             State::Starting { started, .. } => Some(after(started, ready_within(cfg))),
             State::Running { .. } => self.watchdog_due,
@@ -364,7 +410,19 @@ impl Machine {
         sample: f64,
     ) -> Vec<Effect> {
         let before = self.state;
-        let effects = self.transition(cfg, event, now, sample);
+        let mut effects = Vec::new();
+        let event = match event {
+            Event::Deadline => {
+                effects.extend(self.retiring_deadline(cfg, now));
+                Event::Deadline
+            }
+            Event::Stop | Event::Remove => {
+                effects.extend(self.stop_retiring(cfg, now));
+                event
+            }
+            other => other,
+        };
+        effects.extend(self.transition(cfg, event, now, sample));
         if self.state != before {
             self.changed = now;
         }
@@ -374,6 +432,84 @@ impl Machine {
             self.notify_status = None;
         }
         effects
+    }
+
+    /// SIGKILL for a retiring process that outlived `stop_timeout`.
+    fn retiring_deadline(&mut self, cfg: &ProgramConfig, now: Instant) -> Vec<Effect> {
+        match &mut self.retiring {
+            Some(old)
+                if !old.killed
+                    && old
+                        .stop_sent
+                        .is_some_and(|s| now >= after(s, cfg.stop_timeout)) =>
+            {
+                old.killed = true;
+                vec![Effect::Signal {
+                    pid: old.pid,
+                    signal: Signal::SIGKILL,
+                    group: cfg.kill_group,
+                }]
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    /// Sends the retiring process its stop signal (once), if there is one.
+    fn stop_retiring(&mut self, cfg: &ProgramConfig, now: Instant) -> Vec<Effect> {
+        match &mut self.retiring {
+            Some(old) if old.stop_sent.is_none() => {
+                old.stop_sent = Some(now);
+                let signal = if cfg.stop_timeout.is_zero() {
+                    old.killed = true;
+                    Signal::SIGKILL
+                } else {
+                    cfg.stop_signal
+                };
+                vec![Effect::Signal {
+                    pid: old.pid,
+                    signal,
+                    group: cfg.kill_group,
+                }]
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    /// Starts a replacement while the running process keeps serving.
+    fn begin_rollout(&mut self, pid: Pid, started: Instant) -> Vec<Effect> {
+        self.retiring = Some(Retiring {
+            pid,
+            started,
+            stop_sent: None,
+            killed: false,
+        });
+        let mut effects = vec![Effect::Retire];
+        effects.extend(self.spawn());
+        effects
+    }
+
+    /// The replacement failed before it was ready: the retiring process,
+    /// still serving, becomes the current one again. `None` when there is no
+    /// rollout to undo (then the failure takes its normal course).
+    fn undo_rollout(&mut self, cfg: &ProgramConfig, cause: &str) -> Option<Vec<Effect>> {
+        let old = self.retiring.filter(|r| r.stop_sent.is_none())?;
+        self.retiring = None;
+        self.state = State::Running {
+            pid: old.pid,
+            started: old.started,
+        };
+        // Count failures afresh: the next unhealthy verdict needs a full
+        // failure_threshold again, which also spaces out repeated attempts.
+        self.probe_failures = 0;
+        self.probe_successes = 0;
+        if cfg.health.is_some() {
+            self.health = Health::Healthy;
+        }
+        self.description = format!(
+            "rolling restart failed: {cause}; still serving from pid {}",
+            old.pid
+        );
+        Some(vec![Effect::RolloutFailed(self.description.clone())])
     }
 
     fn transition(
@@ -406,6 +542,13 @@ impl Machine {
             }
             (State::Starting { pid, started } | State::Running { pid, started }, Event::Stop) => {
                 self.begin_stop(cfg, pid, started, now, AfterStop::Stay)
+            }
+            (State::Running { pid, started }, Event::Restart)
+                if rolling(cfg) && self.retiring.is_none() =>
+            {
+                self.failures = 0;
+                self.backoff_step = 0;
+                self.begin_rollout(pid, started)
             }
             (
                 State::Starting { pid, started } | State::Running { pid, started },
@@ -466,6 +609,8 @@ impl Machine {
                 if wants_restart(cfg, end) {
                     let cause = format!("{end} before it was ready");
                     self.failed_start(cfg, cause, now, sample)
+                } else if let Some(effects) = self.undo_rollout(cfg, &end.to_string()) {
+                    effects
                 } else {
                     self.state = State::Exited;
                     self.description = end.to_string();
@@ -640,6 +785,17 @@ impl Machine {
                 },
             ) if sender == pid => self.on_notify(cfg, pid, started, message, now),
             (_, Event::Notify { .. }) => Vec::new(),
+
+            // --- the retiring process of a rolling restart ----------------------
+            (_, Event::RetiredExited(_)) => match self.retiring.take() {
+                // Descendants of the old process must not outlive it.
+                Some(old) if cfg.kill_group => vec![Effect::Signal {
+                    pid: old.pid,
+                    signal: Signal::SIGKILL,
+                    group: true,
+                }],
+                _ => Vec::new(),
+            },
         }
     }
 
@@ -690,6 +846,12 @@ impl Machine {
                 self.description = format!("unhealthy: {message}");
                 match health.on_unhealthy {
                     OnUnhealthy::None => Vec::new(),
+                    // With listen sockets the unhealthy process serves on
+                    // until its replacement is ready.
+                    OnUnhealthy::Restart if rolling(cfg) && self.retiring.is_none() => {
+                        self.restarts += 1;
+                        self.begin_rollout(pid, started)
+                    }
                     OnUnhealthy::Restart => self.begin_stop(
                         cfg,
                         pid,
@@ -767,11 +929,13 @@ impl Machine {
         if !cfg.watchdog.is_zero() {
             self.watchdog_due = Some(after(now, cfg.watchdog));
         }
+        // The replacement serves now: the retiring process may go.
+        let effects = self.stop_retiring(cfg, now);
         self.description = match self.last_end {
             Some(end) if self.restarts > 0 => format!("restarted after: {end}"),
             _ => String::new(),
         };
-        Vec::new()
+        effects
     }
 
     fn begin_stop(
@@ -827,6 +991,9 @@ impl Machine {
         now: Instant,
         sample: f64,
     ) -> Vec<Effect> {
+        if let Some(effects) = self.undo_rollout(cfg, &cause) {
+            return effects;
+        }
         self.failures += 1;
         let max = cfg.backoff.max_retries;
         if max > 0 && self.failures > max {
@@ -872,6 +1039,13 @@ impl Machine {
                 then: AfterStop::Start,
                 ..
             } => Outcome::Pending,
+            // A failed replacement of a rolling restart: settled when the
+            // rollback is done (`Effect::RolloutFailed`), so the requester
+            // sees the old process current again.
+            State::Stopping {
+                then: AfterStop::Retry { .. },
+                ..
+            } if self.retiring.is_some_and(|r| r.stop_sent.is_none()) => Outcome::Pending,
             State::Stopping {
                 then: AfterStop::Retry { .. },
                 ..
@@ -885,6 +1059,9 @@ impl Machine {
 
     /// Settles a `stop` request: any state without a live child is done.
     pub fn stop_outcome(&self) -> Outcome {
+        if self.retiring.is_some() && self.state.pid().is_none() {
+            return Outcome::Pending;
+        }
         match self.state {
             State::Stopped | State::Exited | State::Fatal => Outcome::Done,
             State::Stopping {
@@ -903,10 +1080,19 @@ impl Machine {
     }
 
     fn failure_reason(&self) -> String {
-        if self.description.is_empty() {
+        let reason = if self.description.is_empty() {
             format!("not started ({})", self.state.name())
         } else {
             self.description.clone()
+        };
+        match self.retiring {
+            Some(old) if old.stop_sent.is_none() => {
+                format!(
+                    "{reason}; the previous process (pid {}) keeps serving",
+                    old.pid
+                )
+            }
+            _ => reason,
         }
     }
 }
@@ -986,6 +1172,9 @@ mod tests {
             notify: false,
             ready_timeout: Duration::from_secs(60),
             watchdog: Duration::ZERO,
+            listen: Vec::new(),
+            listen_names: Vec::new(),
+            listen_mode: 0o660,
         }
     }
 
@@ -1679,6 +1868,160 @@ mod tests {
         assert_eq!(m.main_pid, Some(Pid::from_raw(42)));
         assert_eq!(NotifyMessage::parse("MAINPID=0").main_pid, None);
         assert!(NotifyMessage::parse("WATCHDOG=trigger").watchdog_trigger);
+    }
+
+    fn with_listen(c: ProgramConfig) -> ProgramConfig {
+        ProgramConfig {
+            listen: vec![crate::config::ListenAddress::Tcp(
+                "127.0.0.1:8080".parse().unwrap(),
+            )],
+            listen_names: vec!["web".into()],
+            ..c
+        }
+    }
+
+    const NEW: Pid = Pid::from_raw(5000);
+
+    #[test]
+    fn rolling_restart_stops_the_old_process_only_once_the_new_one_is_ready() {
+        let mut b = Bench::new(with_listen(cfg()));
+        b.started();
+        b.at(1000).feed(Event::Deadline);
+        assert_eq!(b.feed(Event::Restart), vec![Effect::Retire, Effect::Spawn]);
+        assert_eq!(
+            b.m.retiring.map(|r| r.pid),
+            Some(PID),
+            "the old one keeps serving"
+        );
+        b.feed(Event::Spawned(NEW));
+        assert_eq!(b.state(), "starting");
+        assert_eq!(b.m.start_outcome(), Outcome::Pending);
+        // Ready: now, and only now, the old process gets its stop signal.
+        assert_eq!(b.at(2000).feed(Event::Deadline), vec![term(PID, true)]);
+        assert_eq!(
+            b.m.state,
+            State::Running {
+                pid: NEW,
+                started: b.t0 + Duration::from_secs(1)
+            }
+        );
+        assert_eq!(b.m.start_outcome(), Outcome::Done);
+        // It ignores SIGTERM: SIGKILL after stop_timeout.
+        assert_eq!(b.at(12_000).feed(Event::Deadline), vec![kill(PID, true)]);
+        let effects = b.feed(Event::RetiredExited(ProcessEnd::Signaled(libc::SIGKILL)));
+        assert_eq!(effects, vec![kill(PID, true)], "its group goes with it");
+        assert_eq!(b.m.retiring, None);
+        assert_eq!(b.m.restarts, 0, "a requested restart is not counted");
+    }
+
+    #[test]
+    fn a_replacement_that_never_gets_ready_leaves_the_old_one_serving() {
+        let mut b = Bench::new(with_listen(with_health(OnUnhealthy::Restart)));
+        b.started();
+        b.feed(probe(true));
+        b.feed(Event::Restart);
+        b.at(100).feed(Event::Spawned(NEW));
+        // Never healthy within start_period (10 s): the replacement is stopped...
+        assert_eq!(b.at(10_100).feed(Event::Deadline), vec![term(NEW, true)]);
+        assert_eq!(
+            b.m.start_outcome(),
+            Outcome::Pending,
+            "settled once rolled back"
+        );
+        // ...and once it is gone, the old process is the current one again.
+        let effects = b.feed(Event::Exited(ProcessEnd::Signaled(libc::SIGTERM)));
+        assert!(
+            matches!(effects.as_slice(), [_, Effect::RolloutFailed(why)] if why.contains("not ready within 10s")),
+            "{effects:?}"
+        );
+        assert_eq!(
+            effects[0],
+            kill(NEW, true),
+            "the replacement's group is cleaned up"
+        );
+        assert_eq!(b.m.state.pid(), Some(PID));
+        assert_eq!(b.state(), "running");
+        assert_eq!(b.m.retiring, None);
+        assert!(
+            b.m.description.contains("still serving from pid 4242"),
+            "{}",
+            b.m.description
+        );
+        assert_eq!(b.m.failures, 0);
+    }
+
+    #[test]
+    fn a_replacement_that_cannot_spawn_leaves_the_old_one_serving() {
+        let mut b = Bench::new(with_listen(cfg()));
+        b.started();
+        b.at(1000).feed(Event::Deadline);
+        b.feed(Event::Restart);
+        let effects = b.feed(Event::SpawnFailed(
+            "exec \"/x\": No such file or directory".into(),
+        ));
+        assert!(
+            matches!(effects.as_slice(), [Effect::RolloutFailed(_)]),
+            "{effects:?}"
+        );
+        assert_eq!(b.m.state.pid(), Some(PID));
+    }
+
+    #[test]
+    fn unhealthy_with_listen_rolls_instead_of_stopping_first() {
+        let mut b = Bench::new(with_listen(with_health(OnUnhealthy::Restart)));
+        b.started();
+        b.feed(probe(true));
+        b.feed(probe(false));
+        b.feed(probe(false));
+        assert_eq!(b.feed(probe(false)), vec![Effect::Retire, Effect::Spawn]);
+        assert_eq!(b.m.restarts, 1, "a health-triggered restart is counted");
+        b.feed(Event::Spawned(NEW));
+        assert_eq!(
+            b.feed(Event::Probe {
+                pid: NEW,
+                ok: true,
+                message: "ok".into()
+            }),
+            vec![term(PID, true)]
+        );
+    }
+
+    #[test]
+    fn stop_during_a_rollout_stops_both_and_waits_for_both() {
+        let mut b = Bench::new(with_listen(cfg()));
+        b.started();
+        b.at(1000).feed(Event::Deadline);
+        b.feed(Event::Restart);
+        b.feed(Event::Spawned(NEW));
+        let effects = b.feed(Event::Stop);
+        assert!(
+            effects.contains(&term(PID, true)) && effects.contains(&term(NEW, true)),
+            "{effects:?}"
+        );
+        b.feed(Event::Exited(ProcessEnd::Signaled(libc::SIGTERM)));
+        assert_eq!(b.state(), "stopped");
+        assert_eq!(
+            b.m.stop_outcome(),
+            Outcome::Pending,
+            "the old one is still stopping"
+        );
+        b.feed(Event::RetiredExited(ProcessEnd::Signaled(libc::SIGTERM)));
+        assert_eq!(b.m.stop_outcome(), Outcome::Done);
+    }
+
+    #[test]
+    fn the_old_process_dying_during_the_overlap_is_just_forgotten() {
+        let mut b = Bench::new(with_listen(cfg()));
+        b.started();
+        b.at(1000).feed(Event::Deadline);
+        b.feed(Event::Restart);
+        b.feed(Event::Spawned(NEW));
+        b.feed(Event::RetiredExited(ProcessEnd::Exited(1)));
+        assert_eq!(b.m.retiring, None);
+        assert_eq!(b.state(), "starting");
+        // The replacement failing now takes the normal path: backoff.
+        b.feed(Event::Exited(ProcessEnd::Exited(1)));
+        assert_eq!(b.state(), "backoff");
     }
 
     #[test]

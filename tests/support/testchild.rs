@@ -30,6 +30,13 @@
 //! - `--notify-ready-after MS`  send `READY=1` to `$NOTIFY_SOCKET` after MS ms
 //! - `--notify-status TEXT`     send `STATUS=TEXT` to `$NOTIFY_SOCKET` at start
 //! - `--watchdog-for MS`   send `WATCHDOG=1` every `$WATCHDOG_USEC`/4 for MS ms, then stop
+//! - `--unready-if FILE`   with `--notify-ready-after`: never send `READY=1` if FILE exists at start
+//! - `--serve-inherited`   serve HTTP on the sockets passed by socket activation
+//!   (fds 3.., `LISTEN_FDS`; exits 3 unless `LISTEN_PID` is its own PID); the
+//!   response body is the serving PID. On SIGTERM/SIGINT it stops accepting,
+//!   finishes the requests in flight and exits 0 (a graceful drain).
+//! - `--request-ms MS`     with `--serve-inherited`: take MS ms per request
+//!   (with `--notify-ready-after`, accepting starts when it is about to be ready)
 
 use std::fs::{self, OpenOptions};
 use std::io::{self, Write};
@@ -61,6 +68,9 @@ struct Opts {
     notify_ready_after: Option<Duration>,
     notify_status: Option<String>,
     watchdog_for: Option<Duration>,
+    unready_if: Option<PathBuf>,
+    serve_inherited: bool,
+    request_ms: u64,
 }
 
 fn parse(args: &[String]) -> Result<Opts, String> {
@@ -106,6 +116,9 @@ fn parse(args: &[String]) -> Result<Opts, String> {
                 o.notify_ready_after = Some(Duration::from_millis(parse_num(&value()?, flag)?))
             }
             "--notify-status" => o.notify_status = Some(value()?),
+            "--unready-if" => o.unready_if = Some(value()?.into()),
+            "--serve-inherited" => o.serve_inherited = true,
+            "--request-ms" => o.request_ms = parse_num(&value()?, flag)?,
             "--watchdog-for" => {
                 o.watchdog_for = Some(Duration::from_millis(parse_num(&value()?, flag)?))
             }
@@ -147,7 +160,7 @@ fn run(o: &Opts) -> io::Result<()> {
     if o.ignore_term {
         set_disposition(libc::SIGTERM, libc::SIG_IGN);
         set_disposition(libc::SIGINT, libc::SIG_IGN);
-    } else if o.record.is_some() {
+    } else if o.record.is_some() || o.serve_inherited {
         waited.add(libc::SIGTERM);
         waited.add(libc::SIGINT);
     }
@@ -211,7 +224,21 @@ fn run(o: &Opts) -> io::Result<()> {
     if let Some(text) = &o.notify_status {
         sd_notify(&format!("STATUS={text}"))?;
     }
-    if let Some(delay) = o.notify_ready_after {
+    let unready = o.unready_if.as_ref().is_some_and(|f| f.exists());
+    let server = if o.serve_inherited {
+        // Like a real server: accept once initialised, i.e. when about to be
+        // ready; one that never gets ready never accepts.
+        let warm_up = o
+            .notify_ready_after
+            .map(|d| if unready { MAX_LIFETIME } else { d });
+        Some(InheritedServer::start(
+            o.request_ms,
+            warm_up.unwrap_or_default(),
+        )?)
+    } else {
+        None
+    };
+    if let Some(delay) = o.notify_ready_after.filter(|_| !unready) {
         std::thread::spawn(move || {
             std::thread::sleep(delay);
             let _ = sd_notify("READY=1\nSTATUS=ready");
@@ -248,6 +275,10 @@ fn run(o: &Opts) -> io::Result<()> {
             Some(sig) if sig == libc::SIGTERM || sig == libc::SIGINT => {
                 if let Some(rec) = &o.record {
                     record(rec, "stop")?;
+                }
+                if let Some(server) = server {
+                    server.drain();
+                    process::exit(0);
                 }
                 die_of(sig);
             }
@@ -450,4 +481,140 @@ fn sd_notify(message: &str) -> io::Result<()> {
     let socket = std::os::unix::net::UnixDatagram::unbound()?;
     socket.send_to(message.as_bytes(), path)?;
     Ok(())
+}
+
+/// An HTTP server on the sockets inherited through socket activation.
+struct InheritedServer {
+    draining: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    in_flight: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    acceptors: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl InheritedServer {
+    fn start(request_ms: u64, warm_up: Duration) -> io::Result<InheritedServer> {
+        use std::sync::atomic::{AtomicBool, AtomicUsize};
+        use std::sync::Arc;
+        let invalid = |m: String| io::Error::new(io::ErrorKind::InvalidInput, m);
+        let listen_pid: u32 = std::env::var("LISTEN_PID")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| invalid("LISTEN_PID is not set".into()))?;
+        if listen_pid != process::id() {
+            eprintln!(
+                "minder-testchild: LISTEN_PID={listen_pid} is not my PID {}",
+                process::id()
+            );
+            process::exit(3);
+        }
+        let n: i32 = std::env::var("LISTEN_FDS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .filter(|n| *n > 0)
+            .ok_or_else(|| invalid("LISTEN_FDS is not set".into()))?;
+        let draining = Arc::new(AtomicBool::new(false));
+        let in_flight = Arc::new(AtomicUsize::new(0));
+        let mut acceptors = Vec::new();
+        for fd in 3..3 + n {
+            // Non-blocking accept after poll: another process sharing the
+            // socket may take a connection first, and a drain must notice the
+            // flag without waiting for one more client.
+            // SAFETY: fcntl on an fd this process received from its supervisor.
+            unsafe {
+                let flags = libc::fcntl(fd, libc::F_GETFL);
+                libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK);
+            }
+            let draining = Arc::clone(&draining);
+            let in_flight = Arc::clone(&in_flight);
+            acceptors.push(std::thread::spawn(move || {
+                let until = Instant::now() + warm_up;
+                while Instant::now() < until && !draining.load(std::sync::atomic::Ordering::SeqCst)
+                {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                accept_loop(fd, &draining, &in_flight, request_ms)
+            }));
+        }
+        Ok(InheritedServer {
+            draining,
+            in_flight,
+            acceptors,
+        })
+    }
+
+    /// Stops accepting, then waits (bounded) for the requests in flight.
+    fn drain(self) {
+        use std::sync::atomic::Ordering;
+        self.draining.store(true, Ordering::SeqCst);
+        for a in self.acceptors {
+            let _ = a.join();
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.in_flight.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+fn accept_loop(
+    fd: i32,
+    draining: &std::sync::atomic::AtomicBool,
+    in_flight: &std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    request_ms: u64,
+) {
+    use std::os::fd::FromRawFd;
+    use std::sync::atomic::Ordering;
+    while !draining.load(Ordering::SeqCst) {
+        let mut pfd = libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd.
+        if unsafe { libc::poll(&mut pfd, 1, 50) } <= 0 {
+            continue;
+        }
+        // SAFETY: accept4 on a listening socket; null address pointers are allowed.
+        let conn = unsafe {
+            libc::accept4(
+                fd,
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+                libc::SOCK_CLOEXEC,
+            )
+        };
+        if conn < 0 {
+            continue; // EAGAIN: a sibling process took it.
+        }
+        // Served inline, like `--http`: a drain joins this thread, so every
+        // accepted request is answered before the process exits.
+        in_flight.fetch_add(1, Ordering::SeqCst);
+        // SAFETY: conn is a fresh fd owned from here on.
+        let stream = unsafe { std::net::TcpStream::from_raw_fd(conn) };
+        // Works for unix stream sockets too: only read/write are used.
+        serve_one(stream, request_ms);
+        in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+fn serve_one(mut conn: std::net::TcpStream, request_ms: u64) {
+    use std::io::Read;
+    let _ = conn.set_nonblocking(false);
+    let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
+    let mut head = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 16 * 1024 {
+        match conn.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => head.extend_from_slice(&buf[..n]),
+        }
+    }
+    if request_ms > 0 {
+        std::thread::sleep(Duration::from_millis(request_ms));
+    }
+    let body = format!("{}\n", process::id());
+    let _ = write!(
+        conn,
+        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
 }
