@@ -543,10 +543,89 @@ fn user_drops_to_that_user_with_its_groups_and_home() {
 
 /// Whether every directory above the test child (and the file) lets others in.
 fn child_reachable_by_others() -> bool {
-    let path = Path::new(CHILD);
-    path.ancestors().all(|p| {
+    reachable_by_others(CHILD)
+}
+
+/// Whether every directory above `path` (and the file) lets others in.
+fn reachable_by_others(path: &str) -> bool {
+    Path::new(path).ancestors().all(|p| {
         fs::metadata(p)
             .map(|m| m.permissions().mode() & 0o001 != 0)
             .unwrap_or(false)
     })
+}
+
+#[test]
+fn user_is_refused_clearly_when_minder_is_not_root() {
+    if !root_only("user_is_refused_clearly_when_minder_is_not_root") {
+        return;
+    }
+    let (Some(uid), Some(gid)) = (id_of(&["-u"]), id_of(&["-g"])) else {
+        eprintln!("skipping: no user `nobody` on this machine");
+        return;
+    };
+    if !reachable_by_others(MINDER) {
+        eprintln!("skipping: {MINDER} is not reachable by other users");
+        return;
+    }
+    let (uid, gid): (u32, u32) = (uid.parse().unwrap(), gid.parse().unwrap());
+    // The daemon runs as nobody, in a directory nobody owns.
+    let dir = tempfile::Builder::new()
+        .prefix("minder-it.")
+        .tempdir()
+        .unwrap();
+    std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid)).unwrap();
+    let sock = dir.path().join("minder.sock");
+    let config = dir.path().join("minder.toml");
+    let text = format!(
+        "[supervisor]\nsocket = {}\nlog_dir = {}\n\n{}",
+        toml_str(sock.to_str().unwrap()),
+        toml_str(dir.path().join("logs").to_str().unwrap()),
+        program("as_root", &[], "user = \"root\"")
+    );
+    fs::write(&config, text).unwrap();
+    fs::set_permissions(&config, fs::Permissions::from_mode(0o644)).unwrap();
+    let log_path = dir.path().join("daemon.log");
+    let log = fs::File::create(&log_path).unwrap();
+    std::os::unix::fs::chown(&log_path, Some(uid), Some(gid)).unwrap();
+    let _daemon = RawDaemon(
+        std::os::unix::process::CommandExt::gid(
+            std::os::unix::process::CommandExt::uid(&mut Command::new(MINDER), uid),
+            gid,
+        )
+        .args(["daemon", "-c", config.to_str().unwrap()])
+        .current_dir(dir.path())
+        .env_remove("NOTIFY_SOCKET")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap(),
+    );
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let out = run_minder(&["ctl", "-s", sock.to_str().unwrap(), "status", "--json"]);
+        let row = serde_json::from_str::<serde_json::Value>(out.stdout.trim())
+            .ok()
+            .and_then(|v| parse_status(&v).ok())
+            .and_then(|ps| find(&ps, "as_root").cloned());
+        if let Some(p) = &row {
+            if p.description
+                .contains("user/group need minder to run as root")
+            {
+                assert!(p.pid.is_none(), "nothing may run: {p:?}");
+                assert!(
+                    p.state == "backoff" || p.state == "fatal",
+                    "a refused start is a failed start: {p:?}"
+                );
+                return;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no clear refusal within {WAIT:?}: {row:?} {out:?}\ndaemon log:\n{}",
+            fs::read_to_string(&log_path).unwrap_or_default()
+        );
+        thread::sleep(POLL);
+    }
 }
