@@ -114,6 +114,10 @@ pub fn check(path: Option<&Path>) -> ExitCode {
                 cfg.programs.len(),
                 processes
             );
+            // Valid, but `minder daemon` as root would still refuse it: say so now.
+            if let Err(e) = config::check_trusted(&cfg) {
+                eprintln!("minder: warning: minder daemon would refuse it: {e}");
+            }
             ExitCode::SUCCESS
         }
         Err(diagnostics) => {

@@ -174,14 +174,12 @@ impl Systemd {
         match duty {
             Duty::Watchdog => self.send(&[NotifyState::Watchdog]),
             Duty::Status => {
-                let statuses: Vec<ProcessStatus> = processes.iter().map(|h| h.status()).collect();
-                let status = self.status_text(&statuses);
+                let states = snapshot(processes);
+                let status = self.status_text(&states);
                 let started = || {
-                    let states: Vec<(&str, State)> = statuses
-                        .iter()
-                        .map(|s| (s.program.as_str(), s.state))
-                        .collect();
-                    autostart_settled(&states, config)
+                    let by_program: Vec<(&str, State)> =
+                        states.iter().map(|(p, s, _)| (*p, *s)).collect();
+                    autostart_settled(&by_program, config)
                 };
                 if !self.ready
                     && !self.stopping
@@ -220,9 +218,8 @@ impl Systemd {
         if !self.ready || self.stopping {
             return;
         }
-        let statuses: Vec<ProcessStatus> = processes.iter().map(|h| h.status()).collect();
         let status = match error {
-            None => self.status_text(&statuses),
+            None => self.status_text(&snapshot(processes)),
             Some(e) => clip(&format!("reload failed: {e}")),
         };
         self.send(&[NotifyState::Ready, NotifyState::Status(&status)]);
@@ -242,8 +239,8 @@ impl Systemd {
         ]);
     }
 
-    fn status_text(&self, statuses: &[ProcessStatus]) -> String {
-        let counts = summary(statuses.iter().map(|s| (s.state, s.health)));
+    fn status_text(&self, states: &[(&str, State, Health)]) -> String {
+        let counts = summary(states.iter().map(|(_, state, health)| (*state, *health)));
         if self.stopping {
             format!("shutting down: {counts}")
         } else {
@@ -287,6 +284,18 @@ impl AutostartDone {
         self.done.store(true, Ordering::Release);
         self.changes.notify_one();
     }
+}
+
+/// (program, state, health) of every process, without copying their statuses.
+fn snapshot(processes: &[ProcessHandle]) -> Vec<(&str, State, Health)> {
+    processes
+        .iter()
+        .map(|h| {
+            let watch = h.watch();
+            let status = watch.borrow();
+            (h.program.as_str(), status.state, status.health)
+        })
+        .collect()
 }
 
 /// Whether a new status changes what `STATUS=` shows (state or health).
@@ -355,12 +364,11 @@ pub fn autostart_settled(processes: &[(&str, State)], config: &Config) -> bool {
     for (program, state) in processes {
         by_program.entry(program).or_default().push(*state);
     }
-    let deps = |program: &str| -> Vec<String> {
-        config
-            .program(program)
-            .map(|p| p.depends_on.clone())
-            .unwrap_or_default()
-    };
+    let depends_on: HashMap<&str, &[String]> = config
+        .programs
+        .iter()
+        .map(|p| (p.name.as_str(), p.depends_on.as_slice()))
+        .collect();
     let mut blocked_memo = HashMap::new();
     for program in config.programs.iter().filter(|p| p.autostart) {
         for state in by_program.get(program.name.as_str()).into_iter().flatten() {
@@ -368,7 +376,13 @@ pub fn autostart_settled(processes: &[(&str, State)], config: &Config) -> bool {
                 State::Running { .. } | State::Backoff { .. } | State::Fatal | State::Exited => {
                     true
                 }
-                State::Stopped => blocked(&program.name, &by_program, &deps, &mut blocked_memo, 0),
+                State::Stopped => blocked(
+                    &program.name,
+                    &by_program,
+                    &depends_on,
+                    &mut blocked_memo,
+                    0,
+                ),
                 State::Spawning | State::Starting { .. } | State::Stopping { .. } => false,
             };
             if !settled {
@@ -383,7 +397,7 @@ pub fn autostart_settled(processes: &[(&str, State)], config: &Config) -> bool {
 fn blocked(
     program: &str,
     by_program: &HashMap<&str, Vec<State>>,
-    deps: &dyn Fn(&str) -> Vec<String>,
+    depends_on: &HashMap<&str, &[String]>,
     memo: &mut HashMap<String, bool>,
     depth: usize,
 ) -> bool {
@@ -399,9 +413,10 @@ fn blocked(
             .iter()
             .any(|s| matches!(s, State::Backoff { .. } | State::Fatal | State::Exited))
     };
-    let result = deps(program).iter().any(|dep| {
+    let deps = depends_on.get(program).copied().unwrap_or(&[]);
+    let result = deps.iter().any(|dep| {
         by_program.get(dep.as_str()).is_some_and(failed)
-            || blocked(dep, by_program, deps, memo, depth + 1)
+            || blocked(dep, by_program, depends_on, memo, depth + 1)
     });
     memo.insert(program.to_string(), result);
     result

@@ -327,6 +327,14 @@ fn refuses_a_config_others_can_write_as_root() {
         "the refusal should say what is wrong and how to fix it: {out:?}"
     );
 
+    // `check` accepts the file (it is valid) but warns what the daemon will do.
+    let check = run_minder(&["check", "-c", d.config_path.to_str().unwrap()]);
+    assert_eq!(check.code, 0, "{check:?}");
+    assert!(
+        check.stderr.contains("warning") && check.stderr.contains("writable by group"),
+        "{check:?}"
+    );
+
     // --insecure-config overrides, on reload too.
     d.spawn_with(&["--insecure-config"], &[]);
     d.wait_ready();
