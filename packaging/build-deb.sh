@@ -4,7 +4,8 @@
 #   packaging/build-deb.sh        -> target/debian/minder_VERSION-1_ARCH.deb
 #                                    (under $CARGO_TARGET_DIR when that is set)
 #
-# 1. installs cargo-deb if it is missing (once per machine, about a minute);
+# 1. installs cargo-deb if it is missing (once per machine, about a minute),
+#    and dpkg-dev (dpkg-shlibdeps) as root if that is missing;
 # 2. builds minder with the release profile (only that binary);
 # 3. writes the man pages and shell completions from the real command line
 #    with minder-gen into packaging/generated/ (gzipped pages, as Debian wants);
@@ -17,6 +18,17 @@ CARGO_DEB_VERSION=3.8.0
 if ! cargo deb --version >/dev/null 2>&1; then
     echo "== cargo install cargo-deb $CARGO_DEB_VERSION" >&2
     cargo install cargo-deb --locked --version "$CARGO_DEB_VERSION" >&2
+fi
+
+# cargo deb computes the package's dependencies (libc6) with dpkg-shlibdeps.
+if ! command -v dpkg-shlibdeps >/dev/null; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        echo "== apt-get install dpkg-dev (for dpkg-shlibdeps)" >&2
+        apt-get update -qq >&2
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends dpkg-dev >&2
+    else
+        echo "build-deb: dpkg-shlibdeps missing (package dpkg-dev): the package will not depend on libc6" >&2
+    fi
 fi
 
 echo "== cargo build --release --bin minder" >&2

@@ -35,7 +35,12 @@ grep -q '^-rw-r--r-- 0/0 .* ./etc/minder/minder.toml$' <<<"$contents" \
     || fail "/etc/minder/minder.toml is not root-owned 0644 (minder would refuse it)"
 dpkg-deb -I "$deb" conffiles | grep -qx /etc/minder/minder.toml \
     || fail "/etc/minder/minder.toml is not a conffile"
-echo "contents ok: $(wc -l <<<"$contents") entries"
+depends=$(dpkg-deb -f "$deb" Depends)
+grep -q 'init-system-helpers' <<<"$depends" || fail "Depends lacks init-system-helpers: $depends"
+if command -v dpkg-shlibdeps >/dev/null; then
+    grep -q 'libc6' <<<"$depends" || fail "Depends lacks libc6: $depends"
+fi
+echo "contents ok: $(wc -l <<<"$contents") entries; Depends: $depends"
 
 if [ "$(id -u)" != 0 ] || ! command -v dpkg >/dev/null; then
     echo "skipping the install test: it needs root and dpkg (CI has both)"
