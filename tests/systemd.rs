@@ -637,3 +637,47 @@ fn user_is_refused_clearly_when_minder_is_not_root() {
         thread::sleep(POLL);
     }
 }
+
+#[test]
+fn reexec_keeps_talking_to_systemd() {
+    let mut d = Daemon::prepare("", &program("web", &[], ""));
+    let sd = FakeSystemd::bind(d.path("systemd-notify.sock"));
+    d.spawn_with(
+        &[],
+        &[("NOTIFY_SOCKET", sd.path()), ("WATCHDOG_USEC", "400000")],
+    );
+    d.wait_ready();
+    let web = d.wait_state("web", "running");
+    let ready = sd.wait_for(0, "READY=1", |m| m.has("READY=1"));
+
+    let out = d.ctl(&["reexec"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(d.ctl_ok(&["pid"]).stdout.trim(), d.pid().to_string());
+    assert_eq!(d.proc("web").pid, web.pid, "web kept across reexec");
+    // The new image announces itself ready again (systemd ignores the repeat)
+    // with its summary, and its watchdog keeps going.
+    let again = sd.wait_for(ready + 1, "READY=1 from the new image", |m| {
+        m.has("READY=1") && m.get("STATUS") == Some("1 running, 0 unhealthy")
+    });
+    let after = sd.wait_for(again + 1, "WATCHDOG=1 from the new image", |m| {
+        m.has("WATCHDOG=1")
+    });
+    sd.wait_for(after + 1, "a second WATCHDOG=1", |m| m.has("WATCHDOG=1"));
+}
+
+#[test]
+fn reexec_refuses_a_config_others_can_write_as_root() {
+    if !root_only("reexec_refuses_a_config_others_can_write_as_root") {
+        return;
+    }
+    let mut d = Daemon::start(&program("web", &[], ""));
+    let web = d.wait_state("web", "running");
+    fs::set_permissions(&d.config_path, fs::Permissions::from_mode(0o664)).unwrap();
+    let out = d.ctl(&["reexec"]);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(out.stderr.contains("writable by group"), "{out:?}");
+    // Nothing changed: the same daemon still supervises the same process.
+    assert!(d.try_wait().is_none(), "daemon exited");
+    assert_eq!(d.ctl_ok(&["pid"]).stdout.trim(), d.pid().to_string());
+    assert_eq!(d.proc("web").pid, web.pid);
+}

@@ -94,6 +94,33 @@ pub fn bind(cfg: &SupervisorConfig) -> Result<ControlSocket, BindError> {
 
 use std::os::unix::fs::DirBuilderExt;
 
+/// The control socket handed over by `reexec` (fd `fd`, already bound at
+/// `cfg.socket`), with the same access policy.
+pub fn adopt(cfg: &SupervisorConfig, fd: std::os::fd::RawFd) -> Result<ControlSocket, BindError> {
+    use std::os::fd::FromRawFd;
+    let path = cfg.socket.clone();
+    let io_err = |what: &'static str| {
+        let path = path.clone();
+        move |source| BindError::Io { path, what, source }
+    };
+    let group = match &cfg.socket_group {
+        None => None,
+        Some(name) => Some(resolve_group(name)?),
+    };
+    // SAFETY: the previous image passed this listening socket for us to own.
+    let std_listener = unsafe { std::os::unix::net::UnixListener::from_raw_fd(fd) };
+    std_listener
+        .set_nonblocking(true)
+        .map_err(io_err("handed-over socket"))?;
+    let listener = UnixListener::from_std(std_listener).map_err(io_err("handed-over socket"))?;
+    crate::reexec::set_cloexec(fd, true);
+    Ok(ControlSocket {
+        listener,
+        path,
+        access: Access { group },
+    })
+}
+
 fn resolve_group(name: &str) -> Result<Gid, BindError> {
     let found = match name.parse::<u32>() {
         Ok(id) => Group::from_gid(Gid::from_raw(id)),
