@@ -232,11 +232,9 @@ impl Systemd {
             return;
         }
         self.stopping = true;
-        self.last_status = "shutting down".to_string();
-        self.send(&[
-            NotifyState::Stopping,
-            NotifyState::Status(&self.last_status.clone()),
-        ]);
+        let status = "shutting down".to_string();
+        self.send(&[NotifyState::Stopping, NotifyState::Status(&status)]);
+        self.last_status = status;
     }
 
     fn status_text(&self, states: &[(&str, State, Health)]) -> String {
