@@ -654,9 +654,12 @@ fn reexec_keeps_talking_to_systemd() {
     assert_eq!(out.code, 0, "{out:?}");
     assert_eq!(d.ctl_ok(&["pid"]).stdout.trim(), d.pid().to_string());
     assert_eq!(d.proc("web").pid, web.pid, "web kept across reexec");
-    // The new image announces itself ready again (systemd ignores the repeat)
-    // with its summary, and its watchdog keeps going.
-    let again = sd.wait_for(ready + 1, "READY=1 from the new image", |m| {
+    // Around the exec systemd sees a reload: RELOADING=1 from the old image,
+    // READY=1 with its summary from the new one; the watchdog keeps going.
+    let reloading = sd.wait_for(ready + 1, "RELOADING=1 before the exec", |m| {
+        m.has("RELOADING=1")
+    });
+    let again = sd.wait_for(reloading + 1, "READY=1 from the new image", |m| {
         m.has("READY=1") && m.get("STATUS") == Some("1 running, 0 unhealthy")
     });
     let after = sd.wait_for(again + 1, "WATCHDOG=1 from the new image", |m| {

@@ -437,8 +437,12 @@ impl Supervisor {
             binary.display(),
             state.processes.len()
         );
+        // systemd sees a reload: the new image sends READY=1 once it runs.
+        self.systemd.reloading();
         let error = reexec::exec(&binary, &state, &keep);
-        refuse(reply, format!("exec {}: {error}", binary.display()));
+        let why = format!("exec {}: {error}", binary.display());
+        self.systemd.reloaded(&self.processes, Some(&why));
+        refuse(reply, why);
     }
 
     /// Reloads, telling systemd (RELOADING=1 ... READY=1) around it.
