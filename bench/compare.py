@@ -756,7 +756,7 @@ class Report:
               f"kernel {meta['machine']['kernel']}, {meta['machine']['mem_gib']} GiB RAM, "
               f"run as uid {meta['machine']['uid']}",
               f"- minder: {meta['minder_version']} (commit {meta['commit']}, {meta['rustc']}, release profile)",
-              f"- supervisord: {meta['supervisord_version']} on {meta['python']}",
+              f"- supervisord: {meta['supervisord_version']} ({meta['python']})",
               f"- RLIMIT_NOFILE soft limit raised to the hard limit ({meta['nofile']}) before "
               "starting either daemon", "",
               "Both supervisors run the same programs in the same run, one after the other, "
@@ -769,7 +769,7 @@ class Report:
         if b.notes:
             L += ["Noticed during the run:", ""] + [f"- {x}" for x in b.notes] + [""]
 
-        L += ["## 1. 1000 idle programs", "",
+        L += [f"## 1. {n} idle programs", "",
               f"{n} programs `/bin/sleep 3600`; minder with `start_secs = \"0s\"`, supervisord "
               "with `startsecs=0`, `stdout_logfile=NONE`, `stderr_logfile=NONE`.", "",
               "- *start until all running*: from just before the daemon is spawned until the "
@@ -805,8 +805,8 @@ class Report:
               "One program, `minder-testchild --exit-after 0 --exit-code 1 --record FILE`, which "
               "appends `start <CLOCK_MONOTONIC ns> <pid>` when it starts and `exit <ns> <pid>` right "
               "before it exits. Latency = a start minus the exit before it, both taken by the "
-              "child itself, so the supervisor's reaping, restart decision, fork and exec are "
-              "all inside it.", "",
+              "child itself, so the supervisor's reaping, restart decision, fork and exec, and the "
+              "child's own start-up until its first line of `main`, are all inside it.", "",
               "- minder: `start_secs = \"0s\"`, `[program.x.backoff] initial = \"0s\"`, "
               "`jitter = 0.0` (restart policy `always` by default).",
               "- supervisord: `startsecs=0`, `autorestart=true`, `startretries=1000000`. "
@@ -954,7 +954,7 @@ def main():
         "supervisord_version": ("supervisord " + cmd_out([args.supervisord, "--version"]))
         if "supervisord" in args.only else "not run",
         "python": cmd_out([os.path.join(os.path.dirname(args.supervisord), "python3"), "--version"])
-        if "supervisord" in args.only else "",
+        if "supervisord" in args.only else "-",
     }
     b.log(f"tmp dir {b.tmp}; nofile {soft} -> {hard}; {meta['machine']}")
     interrupted = False
