@@ -2,4 +2,9 @@
 //!
 //! The binary (`src/main.rs`) is a thin command-line layer over these modules.
 
+pub mod cli;
 pub mod config;
+pub mod control;
+pub mod daemon;
+pub mod process;
+pub mod supervisor;

@@ -1,14 +1,38 @@
 //! Configuration: TOML files -> a validated [`Config`].
 //!
 //! Loading happens in two stages: the files are parsed into a span-keeping
-//! TOML tree, then walked into the validated types below, collecting every
-//! diagnostic (`FILE:LINE:COL: message`) before failing. Nothing here does
-//! I/O after loading; the daemon and `minder check` share it.
+//! TOML tree (`toml::de::DeTable`), then walked table by table into the
+//! validated types below, collecting every diagnostic (`FILE:LINE:COL:
+//! message`) before failing. Nothing here does I/O after loading; the daemon
+//! and `minder check` share it.
+//!
+//! - `load`: files, includes and checks across programs (duplicates, `depends_on`);
+//! - `schema`: the keys of each table; `reader`: typed, error-collecting key access;
+//! - `placeholder`, `deps`, `diff`, `signal`, `diagnostic`: one concern each.
+//!
+//! A file with TOML syntax errors reports those only: checking the keys of a
+//! half-parsed file would bury the real error under follow-ups.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
+
+mod deps;
+mod diagnostic;
+mod diff;
+mod load;
+mod placeholder;
+mod reader;
+mod schema;
+mod signal;
+#[cfg(test)]
+mod tests;
+
+pub use diagnostic::Diagnostic;
+pub use diff::{diff, ConfigDiff};
+pub use load::{find_config, load, parse_str, Defaults};
+pub use signal::parse_signal;
 
 /// A whole, validated configuration: the main file plus its includes.
 #[derive(Debug, Clone, PartialEq)]
@@ -140,4 +164,69 @@ pub struct ProcessSpec {
     /// Environment additions with placeholders expanded, plus `MINDER_PROCESS`,
     /// `MINDER_PROGRAM` and `MINDER_INSTANCE`.
     pub environment: Vec<(String, String)>,
+}
+
+impl Config {
+    /// The program called `name`, if any.
+    pub fn program(&self, name: &str) -> Option<&ProgramConfig> {
+        self.programs.iter().find(|p| p.name == name)
+    }
+
+    /// Program names in an order where every program comes after everything in its depends_on (stable: file order otherwise).
+    pub fn start_order(&self) -> Vec<String> {
+        deps::start_order(self)
+            .into_iter()
+            .filter_map(|i| self.programs.get(i).map(|p| p.name.clone()))
+            .collect()
+    }
+}
+
+impl ProgramConfig {
+    /// The processes of this program with placeholders expanded ({name}, {program}, {instance}, {port}); environment gets MINDER_PROCESS, MINDER_PROGRAM, MINDER_INSTANCE added. Name is `web` when instances == 1, else `web:0`..`web:N-1`.
+    pub fn processes(&self) -> Vec<ProcessSpec> {
+        (0..self.instances.max(1))
+            .map(|instance| {
+                let name = if self.instances <= 1 {
+                    self.name.clone()
+                } else {
+                    format!("{}:{instance}", self.name)
+                };
+                let vars = placeholder::Vars {
+                    name: &name,
+                    program: &self.name,
+                    instance,
+                    port: self.port.map(|p| u32::from(p) + instance),
+                };
+                let argv = self
+                    .command
+                    .iter()
+                    .map(|a| placeholder::expand(a, &vars))
+                    .collect();
+                let mut environment: Vec<(String, String)> = self
+                    .environment
+                    .iter()
+                    .filter(|(k, _)| !is_reserved(k))
+                    .map(|(k, v)| (k.clone(), placeholder::expand(v, &vars)))
+                    .collect();
+                environment.extend([
+                    ("MINDER_INSTANCE".to_string(), instance.to_string()),
+                    ("MINDER_PROCESS".to_string(), name.clone()),
+                    ("MINDER_PROGRAM".to_string(), self.name.clone()),
+                ]);
+                environment.sort();
+                ProcessSpec {
+                    name,
+                    program: self.name.clone(),
+                    instance,
+                    argv,
+                    environment,
+                }
+            })
+            .collect()
+    }
+}
+
+/// Variables minder sets itself; a hand-built config cannot override them.
+pub(crate) fn is_reserved(key: &str) -> bool {
+    matches!(key, "MINDER_PROCESS" | "MINDER_PROGRAM" | "MINDER_INSTANCE")
 }

@@ -1,0 +1,362 @@
+//! The command line: `minder daemon | check | ctl` (SPEC §1).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{self, Config, Defaults};
+use crate::control::client::{self, ClientError};
+use crate::control::protocol::{
+    ActionReply, ErrorKind, PidReply, ProcessInfo, ReloadReply, Reply, Request, StatusReply,
+};
+
+/// minder: a process supervisor with health checks, backoff and zero-downtime restarts.
+#[derive(Debug, Parser)]
+#[command(name = "minder", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Top,
+}
+
+/// Top-level commands.
+#[derive(Debug, Subcommand)]
+pub enum Top {
+    /// Run the supervisor in the foreground until SIGTERM/SIGINT or `ctl shutdown`.
+    Daemon {
+        /// Config file (default: ./minder.toml, then /etc/minder/minder.toml).
+        #[arg(short, long, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
+    /// Validate a config file; print every error as FILE:LINE:COL: message.
+    Check {
+        /// Config file (default: ./minder.toml, then /etc/minder/minder.toml).
+        #[arg(short, long, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
+    /// Talk to a running daemon.
+    Ctl(CtlArgs),
+}
+
+/// `minder ctl` options.
+#[derive(Debug, Args)]
+pub struct CtlArgs {
+    /// Control socket (default: $MINDER_SOCKET, then the config's `socket`).
+    #[arg(short, long, value_name = "SOCKET")]
+    pub socket: Option<PathBuf>,
+    /// Config file whose `socket` to use.
+    #[arg(short, long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Print one JSON document on stdout.
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub command: CtlCommand,
+}
+
+/// `minder ctl` subcommands. NAME is a process (`web:0`), a program (`web`) or `all`.
+#[derive(Debug, Subcommand)]
+pub enum CtlCommand {
+    /// One row per process; exit 3 if any selected process is not running.
+    Status { names: Vec<String> },
+    /// Start, waiting until running (ready) or failed.
+    Start {
+        #[arg(long)]
+        no_wait: bool,
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// Stop (stop signal, then SIGKILL after stop_timeout), waiting until stopped.
+    Stop {
+        #[arg(long)]
+        no_wait: bool,
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// Stop then start, waiting until running again.
+    Restart {
+        #[arg(long)]
+        no_wait: bool,
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// Send a signal (HUP, SIGHUP or a number) to each process group.
+    Signal {
+        signal: String,
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// The daemon's PID, or a process's.
+    Pid { name: Option<String> },
+    /// Re-read the config and apply the difference.
+    Reload,
+    /// Stop every program, then the daemon exits.
+    Shutdown,
+}
+
+/// Runs `minder check`.
+pub fn check(path: Option<&Path>) -> ExitCode {
+    let Some(path) = config::find_config(path) else {
+        eprintln!("minder: no config file: give -c FILE, or create ./minder.toml or /etc/minder/minder.toml");
+        return ExitCode::from(1);
+    };
+    match config::load(&path, &Defaults::for_current_user()) {
+        Ok(cfg) => {
+            let processes: usize = cfg.programs.iter().map(|p| p.instances as usize).sum();
+            println!(
+                "{}: ok ({} programs, {} processes)",
+                path.display(),
+                cfg.programs.len(),
+                processes
+            );
+            ExitCode::SUCCESS
+        }
+        Err(diagnostics) => {
+            for d in &diagnostics {
+                println!("{d}");
+            }
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// Loads the config for `daemon`, printing diagnostics on failure.
+pub fn load_for_daemon(path: Option<&Path>) -> Result<Config, ExitCode> {
+    let Some(path) = config::find_config(path) else {
+        eprintln!("minder: no config file: give -c FILE, or create ./minder.toml or /etc/minder/minder.toml");
+        return Err(ExitCode::from(1));
+    };
+    config::load(&path, &Defaults::for_current_user()).map_err(|diagnostics| {
+        for d in &diagnostics {
+            eprintln!("{d}");
+        }
+        eprintln!(
+            "minder: {} error(s) in the config; not starting",
+            diagnostics.len()
+        );
+        ExitCode::from(1)
+    })
+}
+
+/// Socket lookup: -s, $MINDER_SOCKET, the config's `socket`, the default.
+fn socket_path(args: &CtlArgs) -> PathBuf {
+    if let Some(s) = &args.socket {
+        return s.clone();
+    }
+    if let Some(s) = std::env::var_os("MINDER_SOCKET").filter(|s| !s.is_empty()) {
+        return PathBuf::from(s);
+    }
+    let defaults = Defaults::for_current_user();
+    config::find_config(args.config.as_deref())
+        .and_then(|path| config::load(&path, &defaults).ok())
+        .map(|cfg| cfg.supervisor.socket)
+        .unwrap_or(defaults.socket)
+}
+
+/// Exit codes of `ctl` (SPEC §1).
+mod exit {
+    pub const FAILED: u8 = 1;
+    pub const NOT_RUNNING: u8 = 3;
+    pub const UNREACHABLE: u8 = 4;
+}
+
+/// Runs `minder ctl`.
+pub fn ctl(args: CtlArgs) -> ExitCode {
+    let socket = socket_path(&args);
+    let request = match &args.command {
+        CtlCommand::Status { names } => Request::Status {
+            names: names.clone(),
+        },
+        CtlCommand::Start { no_wait, names } => Request::Start {
+            names: names.clone(),
+            wait: !no_wait,
+        },
+        CtlCommand::Stop { no_wait, names } => Request::Stop {
+            names: names.clone(),
+            wait: !no_wait,
+        },
+        CtlCommand::Restart { no_wait, names } => Request::Restart {
+            names: names.clone(),
+            wait: !no_wait,
+        },
+        CtlCommand::Signal { signal, names } => Request::Signal {
+            signal: signal.clone(),
+            names: names.clone(),
+        },
+        CtlCommand::Pid { name } => Request::Pid { name: name.clone() },
+        CtlCommand::Reload => Request::Reload,
+        CtlCommand::Shutdown => Request::Shutdown,
+    };
+    let reply = match client::request(&socket, &request) {
+        Ok(Some(reply)) => reply,
+        // The daemon closes the connection as it exits after `shutdown`.
+        Ok(None) if request == Request::Shutdown => Reply::ok(serde_json::json!({})),
+        Ok(None) => {
+            eprintln!("minder: the daemon closed the connection without replying");
+            return ExitCode::from(exit::FAILED);
+        }
+        Err(e @ ClientError::Unreachable { .. }) => {
+            eprintln!("minder: {e}");
+            return ExitCode::from(exit::UNREACHABLE);
+        }
+        Err(e) => {
+            eprintln!("minder: {e}");
+            return ExitCode::from(exit::FAILED);
+        }
+    };
+    let payload = match reply {
+        Reply::Ok(payload) => payload,
+        Reply::Error(error) => {
+            if args.json {
+                println!("{}", serde_json::json!({ "error": error }));
+            }
+            eprintln!("minder: {}", error.message);
+            // Refused by peer-credential check: as unreachable as a socket we may not open.
+            return ExitCode::from(if error.kind == ErrorKind::PermissionDenied {
+                exit::UNREACHABLE
+            } else {
+                exit::FAILED
+            });
+        }
+    };
+    if args.json {
+        println!("{payload}");
+    }
+    match render(&args, payload) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("minder: unexpected reply from the daemon: {e}");
+            ExitCode::from(exit::FAILED)
+        }
+    }
+}
+
+/// Prints the human form (unless `--json`) and decides the exit code.
+fn render(args: &CtlArgs, payload: serde_json::Value) -> Result<ExitCode, serde_json::Error> {
+    let human = !args.json;
+    let mut out = std::io::stdout().lock();
+    match &args.command {
+        CtlCommand::Status { .. } => {
+            let status: StatusReply = serde_json::from_value(payload)?;
+            if human {
+                let _ = out.write_all(status_table(&status.processes).as_bytes());
+            }
+            let all_up = status
+                .processes
+                .iter()
+                .all(|p| p.state == "running" && p.health != "unhealthy");
+            Ok(if all_up {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(exit::NOT_RUNNING)
+            })
+        }
+        CtlCommand::Start { .. }
+        | CtlCommand::Stop { .. }
+        | CtlCommand::Restart { .. }
+        | CtlCommand::Signal { .. } => {
+            let reply: ActionReply = serde_json::from_value(payload)?;
+            let failed: Vec<_> = reply.results.iter().filter(|r| !r.ok).collect();
+            for r in &failed {
+                eprintln!("minder: {}: {}", r.name, r.message);
+            }
+            Ok(if failed.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(exit::FAILED)
+            })
+        }
+        CtlCommand::Pid { .. } => {
+            let reply: PidReply = serde_json::from_value(payload)?;
+            match reply.pid {
+                Some(pid) => {
+                    if human {
+                        let _ = writeln!(out, "{pid}");
+                    }
+                    Ok(ExitCode::SUCCESS)
+                }
+                None => {
+                    eprintln!("minder: not running");
+                    Ok(ExitCode::from(exit::FAILED))
+                }
+            }
+        }
+        CtlCommand::Reload => {
+            let reply: ReloadReply = serde_json::from_value(payload)?;
+            if human {
+                let _ = out.write_all(reload_summary(&reply).as_bytes());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        CtlCommand::Shutdown => Ok(ExitCode::SUCCESS),
+    }
+}
+
+fn reload_summary(reply: &ReloadReply) -> String {
+    let mut s = String::new();
+    for (label, names) in [
+        ("added", &reply.added),
+        ("removed", &reply.removed),
+        ("changed", &reply.changed),
+    ] {
+        for name in names {
+            s.push_str(&format!("{label}: {name}\n"));
+        }
+    }
+    s.push_str(&format!("unchanged: {} programs\n", reply.unchanged.len()));
+    for note in &reply.not_applied {
+        s.push_str(&format!("not applied: {note}\n"));
+    }
+    s
+}
+
+/// The `status` table: NAME STATE PID UPTIME HEALTH RESTARTS DESCRIPTION.
+pub fn status_table(processes: &[ProcessInfo]) -> String {
+    let rows: Vec<[String; 7]> = processes
+        .iter()
+        .map(|p| {
+            [
+                p.name.clone(),
+                p.state.clone(),
+                p.pid.map_or("-".to_string(), |pid| pid.to_string()),
+                p.uptime_secs.map_or("-".to_string(), |s| {
+                    crate::supervisor::state::short_duration(std::time::Duration::from_secs_f64(s))
+                }),
+                p.health.clone(),
+                p.restarts.to_string(),
+                p.description.clone(),
+            ]
+        })
+        .collect();
+    let header = [
+        "NAME",
+        "STATE",
+        "PID",
+        "UPTIME",
+        "HEALTH",
+        "RESTARTS",
+        "DESCRIPTION",
+    ]
+    .map(String::from);
+    let mut widths = header.clone().map(|h| h.len());
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.len());
+        }
+    }
+    let mut out = String::new();
+    for row in std::iter::once(&header).chain(&rows) {
+        let mut line = String::new();
+        for (i, cell) in row.iter().enumerate() {
+            if i + 1 == row.len() {
+                line.push_str(cell);
+            } else {
+                line.push_str(&format!("{cell:<width$}  ", width = widths[i]));
+            }
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}

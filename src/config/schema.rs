@@ -1,0 +1,372 @@
+//! The config keys: one function per table, reading keys by name through a
+//! [`TableReader`]. A new key is one `get` line here plus a field.
+
+use std::path::Path;
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+use toml::de::DeValue;
+
+use super::diagnostic::Span;
+use super::reader::{conv, TableReader, Value, ValueError};
+use super::Defaults;
+use super::{placeholder, BackoffConfig, ProgramConfig, RestartPolicy, SupervisorConfig};
+
+/// Upper bound for `instances`: far above any sane use, low enough that a
+/// typo cannot make minder try to start millions of processes.
+pub(crate) const MAX_INSTANCES: u32 = 10_000;
+
+/// A program as read from its file, with what cross-program checks need.
+#[derive(Debug)]
+pub(crate) struct ProgramDraft {
+    /// The validated settings (defaults where a value was rejected: the load
+    /// fails then anyway).
+    pub(crate) config: ProgramConfig,
+    /// Index of the file (in load order) that defines it.
+    pub(crate) source: usize,
+    /// Where the program's table is defined (its `[program.NAME]` header).
+    pub(crate) header: Span,
+    /// `depends_on` entries with their spans, self-references removed.
+    pub(crate) depends_on: Vec<(String, Span)>,
+}
+
+/// `[supervisor]` of the main file; `dir` is that file's (absolute) directory.
+/// Returns the settings and the `include` patterns with their spans.
+pub(crate) fn read_supervisor(
+    mut r: TableReader<'_, '_>,
+    defaults: &Defaults,
+    dir: &Path,
+) -> (SupervisorConfig, Vec<(String, Span)>) {
+    let sup = SupervisorConfig {
+        socket: r
+            .get("socket", conv::text)
+            .map(|s| dir.join(s))
+            .unwrap_or_else(|| defaults.socket.clone()),
+        socket_mode: r.get("socket_mode", file_mode).unwrap_or(0o600),
+        socket_group: r.get("socket_group", conv::user_or_id),
+        log_dir: r
+            .get("log_dir", conv::text)
+            .map(|s| dir.join(s))
+            .unwrap_or_else(|| defaults.log_dir.clone()),
+        log_level: r
+            .get("log_level", conv::one_of(LOG_LEVELS))
+            .and_then(|i| LOG_LEVELS.get(i))
+            .unwrap_or(&"info")
+            .to_string(),
+        shutdown_timeout: r
+            .get("shutdown_timeout", conv::duration)
+            .unwrap_or(Duration::from_secs(60)),
+    };
+    let include = r.get("include", include_list).unwrap_or_default();
+    r.finish();
+    (sup, include)
+}
+
+const LOG_LEVELS: &[&str] = &["error", "warn", "info", "debug", "trace"];
+
+/// `include`: an array of patterns; a lone string is accepted as a
+/// one-element list because that is what people write for a single pattern.
+fn include_list(v: &Value<'_>) -> Result<Vec<(String, Span)>, ValueError> {
+    match v.get_ref() {
+        DeValue::String(_) => Ok(vec![(conv::text(v)?, v.span())]),
+        DeValue::Array(_) => conv::text_list(v),
+        _ => Err(ValueError::wrong_type("an array of glob patterns", v)),
+    }
+}
+
+/// A file mode written as an octal string ("0600").
+fn file_mode(v: &Value<'_>) -> Result<u32, ValueError> {
+    let Some(s) = v.get_ref().as_str() else {
+        let found = v.get_ref().type_str();
+        return Err(ValueError::invalid(
+            format!(
+                "expected an octal string like \"0600\", found {found} (quote the mode: a TOML integer would be read as decimal)"
+            ),
+            v,
+        ));
+    };
+    let digits = s.strip_prefix("0o").unwrap_or(s);
+    match u32::from_str_radix(digits, 8) {
+        Ok(mode) if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) && mode <= 0o777 => Ok(mode),
+        _ => Err(ValueError::invalid(
+            format!("invalid mode \"{s}\": expected octal digits from \"0000\" to \"0777\", like \"0600\""),
+            v,
+        )),
+    }
+}
+
+/// Whether `name` may be a program name: it is part of process names,
+/// log file names and CLI arguments, and `:` separates the instance number.
+pub(crate) fn valid_program_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+}
+
+/// `[program.NAME]` as written in messages (quoted when the name has a dot).
+pub(crate) fn program_table_name(name: &str) -> String {
+    if name.contains('.') || !valid_program_name(name) {
+        format!("[program.{name:?}]")
+    } else {
+        format!("[program.{name}]")
+    }
+}
+
+/// One `[program.NAME]` table. `file` is the defining file (absolute),
+/// `header` where the table is defined.
+pub(crate) fn read_program(
+    mut r: TableReader<'_, '_>,
+    name: &str,
+    file: &Path,
+    source: usize,
+    header: Span,
+) -> ProgramDraft {
+    let file_dir = file.parent().unwrap_or(Path::new("/")).to_path_buf();
+
+    let port: Option<(u16, Span)> = r.get_spanned("port", conv::int_in::<u16>(1, 65535));
+    let instances: Option<(u32, Span)> = r.get_spanned(
+        "instances",
+        conv::int_in::<u32>(1, i64::from(MAX_INSTANCES)),
+    );
+    if let (Some((p, span)), Some((n, _))) = (&port, &instances) {
+        let last = u32::from(*p) + n - 1;
+        if last > 65535 {
+            r.error(
+                span,
+                format!("\"port\": {p} with {n} instances needs ports up to {last}, above 65535"),
+            );
+        }
+    }
+    // A rejected `port` still counts: `{port}` is then not blamed a second time.
+    let has_port = r.contains("port");
+
+    let command = if let Some((_, value)) = r.raw("command") {
+        r.convert("command", value, command)
+            .map(|(argv, _)| argv)
+            .unwrap_or_default()
+    } else {
+        r.error(
+            &header,
+            format!("program \"{name}\" has no \"command\" (e.g. command = [\"/usr/bin/web\", \"--port\", \"8080\"])"),
+        );
+        Vec::new()
+    };
+    for (arg, span) in &command {
+        for problem in placeholder::check(arg, has_port) {
+            r.error(span, format!("\"command\": {problem}"));
+        }
+    }
+
+    let environment = read_environment(&mut r, has_port);
+
+    let mut depends_on: Vec<(String, Span)> = Vec::new();
+    for (dep, span) in r.get("depends_on", conv::text_list).unwrap_or_default() {
+        if dep == name {
+            r.error(&span, format!("program \"{name}\" depends on itself"));
+        } else if !depends_on.iter().any(|(d, _)| *d == dep) {
+            depends_on.push((dep, span));
+        }
+    }
+
+    let backoff = match r.table("backoff") {
+        Some((b, _)) => read_backoff(b),
+        None => BackoffConfig::default(),
+    };
+
+    let config = ProgramConfig {
+        name: name.to_string(),
+        file: file.to_path_buf(),
+        command: command.into_iter().map(|(a, _)| a).collect(),
+        directory: r
+            .get("directory", conv::text)
+            .map(|d| file_dir.join(d))
+            .unwrap_or_else(|| file_dir.clone()),
+        environment,
+        clear_env: r.get("clear_env", conv::boolean).unwrap_or(false),
+        user: r.get("user", conv::user_or_id),
+        group: r.get("group", conv::user_or_id),
+        autostart: r.get("autostart", conv::boolean).unwrap_or(true),
+        restart: r
+            .get("restart", conv::one_of(&["always", "on-failure", "never"]))
+            .map(|i| match i {
+                1 => RestartPolicy::OnFailure,
+                2 => RestartPolicy::Never,
+                _ => RestartPolicy::Always,
+            })
+            .unwrap_or(RestartPolicy::Always),
+        exit_codes: r.get("exit_codes", exit_codes).unwrap_or_else(|| vec![0]),
+        start_secs: r
+            .get("start_secs", conv::duration)
+            .unwrap_or(Duration::from_secs(1)),
+        stop_signal: r
+            .get("stop_signal", conv::signal)
+            .unwrap_or(Signal::SIGTERM),
+        stop_timeout: r
+            .get("stop_timeout", conv::duration)
+            .unwrap_or(Duration::from_secs(10)),
+        kill_group: r.get("kill_group", conv::boolean).unwrap_or(true),
+        instances: instances.map(|(n, _)| n).unwrap_or(1),
+        port: port.map(|(p, _)| p),
+        depends_on: depends_on.iter().map(|(d, _)| d.clone()).collect(),
+        backoff,
+    };
+    r.finish();
+    ProgramDraft {
+        config,
+        source,
+        header,
+        depends_on,
+    }
+}
+
+/// `command`: an argv array, or one string split like a shell would (no
+/// shell is run). Each argument comes with the span to blame for it.
+fn command(v: &Value<'_>) -> Result<Vec<(String, Span)>, ValueError> {
+    let argv: Vec<(String, Span)> = match v.get_ref() {
+        DeValue::String(s) => match shlex::split(s) {
+            Some(words) => words.into_iter().map(|w| (w, v.span())).collect(),
+            None => {
+                return Err(ValueError::invalid(
+                    format!("cannot split \"{s}\" into arguments: unbalanced quotes or a trailing backslash"),
+                    v,
+                ))
+            }
+        },
+        DeValue::Array(items) => items
+            .iter()
+            .map(|item| conv::string(item).map(|s| (s, item.span())))
+            .collect::<Result<_, _>>()?,
+        _ => {
+            return Err(ValueError::wrong_type(
+                "an array of strings or a command line string",
+                v,
+            ))
+        }
+    };
+    match argv.first() {
+        None => Err(ValueError::invalid("is empty: name the program to run", v)),
+        Some((first, span)) if first.is_empty() => Err(ValueError::Invalid {
+            message: "the program to run is an empty string".into(),
+            span: span.clone(),
+        }),
+        _ => match argv.iter().find(|(a, _)| a.contains('\0')) {
+            Some((_, span)) => Err(ValueError::Invalid {
+                message: "arguments must not contain a NUL character".into(),
+                span: span.clone(),
+            }),
+            None => Ok(argv),
+        },
+    }
+}
+
+/// `exit_codes`: integers 0..=255.
+fn exit_codes(v: &Value<'_>) -> Result<Vec<i32>, ValueError> {
+    conv::array(v)
+        .map_err(|_| ValueError::wrong_type("an array of exit codes like [0, 2]", v))?
+        .iter()
+        .map(conv::int_in::<i32>(0, 255))
+        .collect()
+}
+
+/// `environment`: a table of strings, sorted by key. Read entry by entry so
+/// every bad value is reported, not just the first.
+fn read_environment(r: &mut TableReader<'_, '_>, has_port: bool) -> Vec<(String, String)> {
+    let Some((mut env, _)) = r.table("environment") else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for (key, value) in env.take_rest() {
+        let k = *key.get_ref();
+        if k.is_empty() || k.contains('=') || k.contains('\0') {
+            env.error(
+                &key.span(),
+                format!("invalid environment variable name \"{k}\": it must be non-empty and contain no '=' or NUL"),
+            );
+            continue;
+        }
+        if super::is_reserved(k) {
+            env.error(
+                &key.span(),
+                format!("\"{k}\" is set by minder for every process and cannot be configured"),
+            );
+            continue;
+        }
+        let text = match conv::string(value) {
+            Ok(s) if s.contains('\0') => {
+                env.error(
+                    &value.span(),
+                    format!("\"{k}\": must not contain a NUL character"),
+                );
+                continue;
+            }
+            Ok(s) => s,
+            Err(e) => {
+                env.error(&value.span(), format!("\"{k}\": {e}"));
+                continue;
+            }
+        };
+        for problem in placeholder::check(&text, has_port) {
+            env.error(&value.span(), format!("\"{k}\": {problem}"));
+        }
+        out.push((k.to_string(), text));
+    }
+    env.finish();
+    out.sort();
+    out
+}
+
+/// `[program.NAME.backoff]`.
+fn read_backoff(mut r: TableReader<'_, '_>) -> BackoffConfig {
+    let d = BackoffConfig::default();
+    let initial = r.get_spanned("initial", conv::duration);
+    let max = r.get_spanned("max", conv::duration);
+    let multiplier = r.get("multiplier", |v| {
+        let m = conv::number(v)?;
+        if m < 1.0 {
+            return Err(ValueError::invalid(
+                format!("{m} is below 1.0: the delay must not shrink between retries"),
+                v,
+            ));
+        }
+        Ok(m)
+    });
+    let jitter = r.get("jitter", |v| {
+        let j = conv::number(v)?;
+        if !(0.0..=1.0).contains(&j) {
+            return Err(ValueError::invalid(
+                format!("{j} is outside 0.0..=1.0 (a fraction of the delay)"),
+                v,
+            ));
+        }
+        Ok(j)
+    });
+    let reset_after = r.get("reset_after", conv::duration);
+    let max_retries = r.get("max_retries", conv::int_in::<u32>(0, i64::from(u32::MAX)));
+
+    let initial_value = initial.as_ref().map(|(x, _)| *x).unwrap_or(d.initial);
+    let max_value = max.as_ref().map(|(x, _)| *x).unwrap_or(d.max);
+    if max_value < initial_value {
+        // Blame the key the user wrote: max if present, else initial.
+        let span = max.as_ref().or(initial.as_ref()).map(|(_, s)| s.clone());
+        if let Some(span) = span {
+            r.error(
+                &span,
+                format!(
+                    "\"max\" ({}) must not be shorter than \"initial\" ({})",
+                    humantime::format_duration(max_value),
+                    humantime::format_duration(initial_value)
+                ),
+            );
+        }
+    }
+    r.finish();
+    BackoffConfig {
+        initial: initial_value,
+        max: max_value,
+        multiplier: multiplier.unwrap_or(d.multiplier),
+        jitter: jitter.unwrap_or(d.jitter),
+        reset_after: reset_after.unwrap_or(d.reset_after),
+        max_retries: max_retries.unwrap_or(d.max_retries),
+    }
+}

@@ -1,0 +1,974 @@
+//! Tests of loading whole configs from strings and files.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+
+use super::*;
+
+const MAIN: &str = "/cfg/minder.toml";
+
+fn defaults() -> Defaults {
+    Defaults {
+        socket: PathBuf::from("/default/minder.sock"),
+        log_dir: PathBuf::from("/default/logs"),
+    }
+}
+
+/// Parses `text` as /cfg/minder.toml, failing the test with every diagnostic.
+fn parse(text: &str) -> Config {
+    match parse_str(text, Path::new(MAIN), &defaults()) {
+        Ok(c) => c,
+        Err(diags) => panic!(
+            "expected a valid config, got:\n{}\n--- config:\n{text}",
+            diags
+                .iter()
+                .map(|d| d.to_string())
+                .collect::<Vec<_>>()
+                .join("\n")
+        ),
+    }
+}
+
+/// Parses `text`, expecting failure; the diagnostics as strings.
+fn errors(text: &str) -> Vec<String> {
+    match parse_str(text, Path::new(MAIN), &defaults()) {
+        Ok(c) => panic!("expected errors, got a valid config: {c:?}\n--- config:\n{text}"),
+        Err(diags) => diags.iter().map(|d| d.to_string()).collect(),
+    }
+}
+
+/// Expects exactly one error, equal to `expected` (path prefix added).
+fn assert_error(text: &str, expected: &str) {
+    let errs = errors(text);
+    assert_eq!(errs, vec![format!("{MAIN}:{expected}")], "config:\n{text}");
+}
+
+fn durations(s: u64) -> Duration {
+    Duration::from_secs(s)
+}
+
+// ---------------------------------------------------------------- defaults
+
+#[test]
+fn empty_config_is_valid_with_supervisor_defaults() {
+    let c = parse("");
+    assert_eq!(c.path, PathBuf::from(MAIN));
+    assert!(c.programs.is_empty());
+    let s = &c.supervisor;
+    assert_eq!(s.socket, PathBuf::from("/default/minder.sock"));
+    assert_eq!(s.log_dir, PathBuf::from("/default/logs"));
+    assert_eq!(s.socket_mode, 0o600);
+    assert_eq!(s.socket_group, None);
+    assert_eq!(s.log_level, "info");
+    assert_eq!(s.shutdown_timeout, durations(60));
+}
+
+#[test]
+fn program_defaults() {
+    let c = parse("[program.a]\ncommand = [\"sleep\", \"10\"]\n");
+    let p = c.program("a").expect("program a");
+    assert_eq!(p.name, "a");
+    assert_eq!(p.file, PathBuf::from(MAIN));
+    assert_eq!(p.command, vec!["sleep", "10"]);
+    assert_eq!(p.directory, PathBuf::from("/cfg"));
+    assert!(p.environment.is_empty());
+    assert!(!p.clear_env);
+    assert_eq!(p.user, None);
+    assert_eq!(p.group, None);
+    assert!(p.autostart);
+    assert_eq!(p.restart, RestartPolicy::Always);
+    assert_eq!(p.exit_codes, vec![0]);
+    assert_eq!(p.start_secs, durations(1));
+    assert_eq!(p.stop_signal, Signal::SIGTERM);
+    assert_eq!(p.stop_timeout, durations(10));
+    assert!(p.kill_group);
+    assert_eq!(p.instances, 1);
+    assert_eq!(p.port, None);
+    assert!(p.depends_on.is_empty());
+    assert_eq!(p.backoff, BackoffConfig::default());
+    assert!(c.program("b").is_none());
+}
+
+#[test]
+fn relative_config_path_becomes_absolute() {
+    let c = parse_str("", Path::new("etc/x.toml"), &defaults()).expect("valid");
+    assert!(c.path.is_absolute());
+    assert!(c.path.ends_with("etc/x.toml"));
+}
+
+// ---------------------------------------------------------------- every key
+
+const FULL: &str = r#"
+[supervisor]
+socket = "run/minder.sock"
+socket_mode = "0660"
+socket_group = "adm"
+log_dir = "/var/log/elsewhere"
+log_level = "debug"
+shutdown_timeout = "2m"
+
+[program.db]
+command = "/usr/bin/db --data '/var/lib/my db'"
+
+[program.web]
+command = ["/usr/bin/web", "--port", "{port}"]
+directory = "srv"
+environment = { RUST_LOG = "info", A = "{name}" }
+clear_env = true
+user = "www-data"
+group = 33
+autostart = false
+restart = "on-failure"
+exit_codes = [0, 2, 255]
+start_secs = "250ms"
+stop_signal = "INT"
+stop_timeout = "0"
+kill_group = false
+instances = 3
+port = 8080
+depends_on = ["db"]
+
+[program.web.backoff]
+initial = "2s"
+max = "30s"
+multiplier = 3
+jitter = 0.5
+reset_after = "5m"
+max_retries = 4
+"#;
+
+#[test]
+fn every_key_is_parsed() {
+    let c = parse(FULL);
+    let s = &c.supervisor;
+    assert_eq!(s.socket, PathBuf::from("/cfg/run/minder.sock"));
+    assert_eq!(s.socket_mode, 0o660);
+    assert_eq!(s.socket_group.as_deref(), Some("adm"));
+    assert_eq!(s.log_dir, PathBuf::from("/var/log/elsewhere"));
+    assert_eq!(s.log_level, "debug");
+    assert_eq!(s.shutdown_timeout, durations(120));
+
+    let db = c.program("db").expect("db");
+    assert_eq!(db.command, vec!["/usr/bin/db", "--data", "/var/lib/my db"]);
+
+    let p = c.program("web").expect("web");
+    assert_eq!(p.command, vec!["/usr/bin/web", "--port", "{port}"]);
+    assert_eq!(p.directory, PathBuf::from("/cfg/srv"));
+    assert_eq!(
+        p.environment,
+        vec![
+            ("A".to_string(), "{name}".to_string()),
+            ("RUST_LOG".to_string(), "info".to_string())
+        ]
+    );
+    assert!(p.clear_env);
+    assert_eq!(p.user.as_deref(), Some("www-data"));
+    assert_eq!(p.group.as_deref(), Some("33"));
+    assert!(!p.autostart);
+    assert_eq!(p.restart, RestartPolicy::OnFailure);
+    assert_eq!(p.exit_codes, vec![0, 2, 255]);
+    assert_eq!(p.start_secs, Duration::from_millis(250));
+    assert_eq!(p.stop_signal, Signal::SIGINT);
+    assert_eq!(p.stop_timeout, Duration::ZERO);
+    assert!(!p.kill_group);
+    assert_eq!(p.instances, 3);
+    assert_eq!(p.port, Some(8080));
+    assert_eq!(p.depends_on, vec!["db"]);
+    assert_eq!(
+        p.backoff,
+        BackoffConfig {
+            initial: durations(2),
+            max: durations(30),
+            multiplier: 3.0,
+            jitter: 0.5,
+            reset_after: durations(300),
+            max_retries: 4,
+        }
+    );
+}
+
+#[test]
+fn other_spellings_of_values() {
+    let c = parse(
+        r#"
+[supervisor]
+socket_mode = "600"
+include = []
+[program.a]
+command = ["x"]
+restart = "never"
+stop_signal = 9
+user = 1000
+directory = "/abs/dir"
+[program.b]
+command = "y"
+restart = "always"
+stop_signal = "SIGHUP"
+[program.b.backoff]
+multiplier = 1
+jitter = 0
+"#,
+    );
+    assert_eq!(c.supervisor.socket_mode, 0o600);
+    let a = c.program("a").expect("a");
+    assert_eq!(a.restart, RestartPolicy::Never);
+    assert_eq!(a.stop_signal, Signal::SIGKILL);
+    assert_eq!(a.user.as_deref(), Some("1000"));
+    assert_eq!(a.directory, PathBuf::from("/abs/dir"));
+    let b = c.program("b").expect("b");
+    assert_eq!(b.stop_signal, Signal::SIGHUP);
+    assert_eq!(b.backoff.multiplier, 1.0);
+    assert_eq!(b.backoff.jitter, 0.0);
+}
+
+#[test]
+fn program_tables_in_other_toml_shapes() {
+    let c = parse(
+        "program.a.command = \"x\"\n[program.b]\ncommand = \"y\"\n[program.c.backoff]\nmax = \"1m\"\n[program.c]\ncommand = \"z\"\n",
+    );
+    let names: Vec<&str> = c.programs.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(names, vec!["a", "b", "c"]);
+    assert_eq!(c.program("c").map(|p| p.backoff.max), Some(durations(60)));
+    let c = parse(
+        "[program]
+web = { command = \"x\", instances = 2 }\n",
+    );
+    assert_eq!(c.program("web").map(|p| p.instances), Some(2));
+}
+
+// ---------------------------------------------------------------- errors
+
+#[test]
+fn syntax_error_at_its_position() {
+    let errs = errors("[program.a]\ncommand = = \"x\"\n");
+    assert!(!errs.is_empty());
+    assert!(
+        errs[0].starts_with(&format!("{MAIN}:2:11: invalid TOML:")),
+        "{errs:?}"
+    );
+}
+
+#[test]
+fn unknown_key_at_the_key() {
+    assert_error(
+        "[program.web]\ncommand = \"x\"\n  listen = [\"tcp://127.0.0.1:80\"]\n",
+        "3:3: unknown key \"listen\" in [program.web]",
+    );
+}
+
+#[test]
+fn unknown_key_suggests_a_near_miss() {
+    let errs = errors("[program.web]\ncomand = \"x\"\n");
+    assert_eq!(errs.len(), 2, "{errs:?}");
+    // The missing command is reported too, at the header.
+    assert!(errs[0].starts_with(&format!("{MAIN}:1:1: program \"web\" has no \"command\"")));
+    assert_eq!(
+        errs[1],
+        format!("{MAIN}:2:1: unknown key \"comand\" in [program.web] (did you mean \"command\"?)")
+    );
+}
+
+#[test]
+fn wrong_type_at_the_value() {
+    assert_error(
+        "[program.web]\ncommand = \"x\"\nstart_secs = 5\n",
+        "3:14: \"start_secs\": expected a duration string like \"5s\", found integer",
+    );
+}
+
+#[test]
+fn bad_duration() {
+    let errs = errors("[program.web]\ncommand = \"x\"\nstop_timeout = \"5 parsecs\"\n");
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert!(
+        errs[0].starts_with(&format!(
+            "{MAIN}:3:16: \"stop_timeout\": invalid duration \"5 parsecs\""
+        )),
+        "{errs:?}"
+    );
+}
+
+#[test]
+fn bad_signal() {
+    let errs = errors("[program.web]\ncommand = \"x\"\nstop_signal = \"FOO\"\n");
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert!(
+        errs[0].starts_with(&format!(
+            "{MAIN}:3:15: \"stop_signal\": unknown signal \"FOO\""
+        )),
+        "{errs:?}"
+    );
+}
+
+#[test]
+fn empty_command() {
+    assert_error(
+        "[program.a]\ncommand = \"  \"\n",
+        "2:11: \"command\": is empty: name the program to run",
+    );
+    assert_error(
+        "[program.a]\ncommand = []\n",
+        "2:11: \"command\": is empty: name the program to run",
+    );
+    assert_error(
+        "[program.a]\ncommand = [\"\", \"x\"]\n",
+        "2:12: \"command\": the program to run is an empty string",
+    );
+}
+
+#[test]
+fn unsplittable_command() {
+    let errs = errors("[program.a]\ncommand = \"sh -c 'echo\"\n");
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert!(
+        errs[0].starts_with(&format!("{MAIN}:2:11: \"command\": cannot split")),
+        "{errs:?}"
+    );
+}
+
+#[test]
+fn command_of_wrong_types() {
+    assert_error(
+        "[program.a]\ncommand = 3\n",
+        "2:11: \"command\": expected an array of strings or a command line string, found integer",
+    );
+    assert_error(
+        "[program.a]\ncommand = [\"x\", 3]\n",
+        "2:17: \"command\": expected a string, found integer",
+    );
+}
+
+#[test]
+fn missing_command_at_the_header() {
+    let errs = errors("\n[program.web]\nautostart = true\n");
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert!(
+        errs[0].starts_with(&format!("{MAIN}:2:1: program \"web\" has no \"command\"")),
+        "{errs:?}"
+    );
+}
+
+#[test]
+fn depends_on_unknown_program_at_the_entry() {
+    assert_error(
+        "[program.a]\ncommand = \"x\"\ndepends_on = [\"b\", \"nope\"]\n[program.b]\ncommand = \"x\"\n",
+        "3:20: \"depends_on\": unknown program \"nope\"",
+    );
+}
+
+#[test]
+fn depends_on_itself() {
+    assert_error(
+        "[program.a]\ncommand = \"x\"\ndepends_on = [\"a\"]\n",
+        "3:15: program \"a\" depends on itself",
+    );
+}
+
+#[test]
+fn depends_on_cycle_is_named() {
+    let text = "\
+[program.a]
+command = \"x\"
+depends_on = [\"b\"]
+[program.b]
+command = \"x\"
+depends_on = [\"c\"]
+[program.c]
+command = \"x\"
+depends_on = [\"a\"]
+";
+    assert_error(text, "9:15: depends_on cycle: c -> a -> b -> c");
+}
+
+#[test]
+fn two_program_cycle() {
+    let text = "\
+[program.a]
+command = \"x\"
+depends_on = [\"b\"]
+[program.b]
+command = \"x\"
+depends_on = [\"a\"]
+";
+    assert_error(text, "6:15: depends_on cycle: b -> a -> b");
+}
+
+#[test]
+fn socket_mode_must_be_an_octal_string() {
+    let errs = errors("[supervisor]\nsocket_mode = 0o600\n");
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert!(
+        errs[0].starts_with(&format!(
+            "{MAIN}:2:15: \"socket_mode\": expected an octal string like \"0600\", found integer"
+        )),
+        "{errs:?}"
+    );
+    let errs = errors("[supervisor]\nsocket_mode = \"0680\"\n");
+    assert!(errs[0].contains("invalid mode \"0680\""), "{errs:?}");
+    let errs = errors("[supervisor]\nsocket_mode = \"01777\"\n");
+    assert!(errs[0].contains("invalid mode \"01777\""), "{errs:?}");
+    let errs = errors("[supervisor]\nsocket_mode = \"\"\n");
+    assert!(errs[0].contains("invalid mode \"\""), "{errs:?}");
+}
+
+#[test]
+fn enumerations_list_their_choices() {
+    assert_error(
+        "[supervisor]\nlog_level = \"loud\"\n",
+        "2:13: \"log_level\": unknown value \"loud\" (expected one of \"error\", \"warn\", \"info\", \"debug\", \"trace\")",
+    );
+    assert_error(
+        "[program.a]\ncommand = \"x\"\nrestart = \"sometimes\"\n",
+        "3:11: \"restart\": unknown value \"sometimes\" (expected one of \"always\", \"on-failure\", \"never\")",
+    );
+}
+
+#[test]
+fn program_names_are_checked() {
+    assert_error(
+        "[program.\"web:1\"]\ncommand = \"x\"\n",
+        "1:10: invalid program name \"web:1\": use letters, digits, '_', '.' and '-' (':' separates instance numbers)",
+    );
+    let errs = errors("[program.\"\"]\ncommand = \"x\"\n");
+    assert!(errs[0].contains("invalid program name \"\""), "{errs:?}");
+    // Dots, dashes and underscores are fine.
+    let c = parse("[program.\"a.b-c_D9\"]\ncommand = \"x\"\n");
+    assert!(c.program("a.b-c_D9").is_some());
+}
+
+#[test]
+fn program_must_be_a_table() {
+    assert_error(
+        "[program]\nweb = 3\n",
+        "2:7: \"web\": expected a table ([program.web]), found integer",
+    );
+    assert_error(
+        "program = 3\n",
+        "1:11: \"program\": expected a table, found integer",
+    );
+}
+
+#[test]
+fn numeric_ranges() {
+    assert_error(
+        "[program.a]\ncommand = \"x\"\nexit_codes = [0, 256]\n",
+        "3:18: \"exit_codes\": 256 is out of range (expected 0..=255)",
+    );
+    assert_error(
+        "[program.a]\ncommand = \"x\"\ninstances = 0\n",
+        "3:13: \"instances\": 0 is out of range (expected 1..=10000)",
+    );
+    assert_error(
+        "[program.a]\ncommand = \"x\"\nport = 0\n",
+        "3:8: \"port\": 0 is out of range (expected 1..=65535)",
+    );
+    assert_error(
+        "[program.a]\ncommand = \"x\"\ninstances = 3\nport = 65534\n",
+        "4:8: \"port\": 65534 with 3 instances needs ports up to 65536, above 65535",
+    );
+    // The last port exactly at the limit is fine.
+    parse("[program.a]\ncommand = \"x\"\ninstances = 2\nport = 65534\n");
+    assert_error(
+        "[program.a]\ncommand = \"x\"\nport = 99999999999999999999\n",
+        "3:8: \"port\": integer 99999999999999999999 is out of range",
+    );
+}
+
+#[test]
+fn backoff_is_validated() {
+    let text = "\
+[program.a]
+command = \"x\"
+[program.a.backoff]
+multiplier = 0.5
+jitter = 1.5
+max_retries = -1
+";
+    let errs = errors(text);
+    assert_eq!(
+        errs,
+        vec![
+            format!("{MAIN}:4:14: \"multiplier\": 0.5 is below 1.0: the delay must not shrink between retries"),
+            format!("{MAIN}:5:10: \"jitter\": 1.5 is outside 0.0..=1.0 (a fraction of the delay)"),
+            format!("{MAIN}:6:15: \"max_retries\": -1 is out of range (expected 0..=4294967295)"),
+        ]
+    );
+    assert_error(
+        "[program.a]\ncommand = \"x\"\n[program.a.backoff]\ninitial = \"10s\"\nmax = \"5s\"\n",
+        "5:7: \"max\" (5s) must not be shorter than \"initial\" (10s)",
+    );
+    assert_error(
+        "[program.a]\ncommand = \"x\"\n[program.a.backoff]\ninitial = \"2m\"\n",
+        "4:11: \"max\" (1m) must not be shorter than \"initial\" (2m)",
+    );
+    assert_error(
+        "[program.a]\ncommand = \"x\"\nbackoff = 3\n",
+        "3:11: \"backoff\": expected a table, found integer",
+    );
+    assert_error(
+        "[program.a]\ncommand = \"x\"\n[program.a.backoff]\nmaximum = \"5s\"\n",
+        "4:1: unknown key \"maximum\" in [program.a.backoff]",
+    );
+}
+
+#[test]
+fn environment_values_must_be_strings() {
+    let text = "\
+[program.a]
+command = \"x\"
+environment = { A = 1, B = \"ok\", C = true, MINDER_PROCESS = \"x\" }
+";
+    assert_eq!(
+        errors(text),
+        vec![
+            format!("{MAIN}:3:21: \"A\": expected a string, found integer"),
+            format!("{MAIN}:3:38: \"C\": expected a string, found boolean"),
+            format!(
+                "{MAIN}:3:44: \"MINDER_PROCESS\" is set by minder for every process and cannot be configured"
+            ),
+        ]
+    );
+}
+
+#[test]
+fn user_and_group_types() {
+    assert_error(
+        "[program.a]\ncommand = \"x\"\nuser = true\n",
+        "3:8: \"user\": expected a name or a numeric id, found boolean",
+    );
+    assert_error(
+        "[program.a]\ncommand = \"x\"\ngroup = \"\"\n",
+        "3:9: \"group\": must not be empty",
+    );
+}
+
+#[test]
+fn placeholder_errors_at_the_value() {
+    assert_error(
+        "[program.a]\ncommand = [\"x\", \"{foo}\"]\n",
+        "2:17: \"command\": unknown placeholder {foo} (known: {name}, {program}, {instance}, {port})",
+    );
+    assert_error(
+        "[program.a]\ncommand = \"x --port {port}\"\n",
+        "2:11: \"command\": placeholder {port} needs the program's \"port\" key",
+    );
+    assert_error(
+        "[program.a]\ncommand = \"x\"\nenvironment = { P = \"{port}\" }\n",
+        "3:21: \"P\": placeholder {port} needs the program's \"port\" key",
+    );
+    // Shell syntax is not a placeholder.
+    parse("[program.a]\ncommand = [\"sh\", \"-c\", \"echo ${HOME} | awk '{print $1}'\"]\n");
+}
+
+#[test]
+fn future_keys_are_rejected_like_any_unknown_key() {
+    for key in [
+        "listen = []",
+        "listen_names = []",
+        "listen_mode = \"0660\"",
+        "notify = true",
+        "ready_timeout = \"1s\"",
+        "watchdog = \"1s\"",
+    ] {
+        let name = key.split(' ').next().unwrap_or_default();
+        assert_error(
+            &format!("[program.web]\ncommand = \"x\"\n{key}\n"),
+            &format!("3:1: unknown key \"{name}\" in [program.web]"),
+        );
+    }
+    for table in ["health", "logs"] {
+        assert_error(
+            &format!("[program.web]\ncommand = \"x\"\n[program.web.{table}]\nx = 1\n"),
+            &format!("3:14: unknown key \"{table}\" in [program.web]"),
+        );
+    }
+    for key in [
+        "metrics = \"127.0.0.1:9101\"",
+        "log_format = \"json\"",
+        "log_file = \"x.log\"",
+        "log_files = 7",
+    ] {
+        let name = key.split(' ').next().unwrap_or_default();
+        assert_error(
+            &format!("[supervisor]\n{key}\n"),
+            &format!("2:1: unknown key \"{name}\" in [supervisor]"),
+        );
+    }
+    assert_error(
+        "[[supervisor.hooks]]\non = [\"fatal\"]\n",
+        "1:14: unknown key \"hooks\" in [supervisor]",
+    );
+}
+
+#[test]
+fn unknown_top_level_key() {
+    assert_error(
+        "[programs.a]\ncommand = \"x\"\n",
+        "1:2: unknown key \"programs\" at the top level (did you mean \"program\"?) (expected [supervisor] or [program.NAME])",
+    );
+}
+
+#[test]
+fn several_errors_in_one_file_are_all_reported_in_order() {
+    let text = "\
+[supervisor]
+log_level = \"loud\"
+bogus = 1
+
+[program.a]
+command = \"x\"
+start_secs = 5
+stop_signal = \"NOPE\"
+depends_on = [\"ghost\"]
+
+[program.b]
+instances = 0
+";
+    let errs = errors(text);
+    let positions: Vec<&str> = errs
+        .iter()
+        .map(|e| {
+            e.trim_start_matches(MAIN)
+                .split(": ")
+                .next()
+                .unwrap_or_default()
+        })
+        .collect();
+    assert_eq!(
+        positions,
+        vec![":2:13", ":3:1", ":7:14", ":8:15", ":9:15", ":11:1", ":12:13"],
+        "{errs:#?}"
+    );
+}
+
+// ---------------------------------------------------------------- processes
+
+#[test]
+fn single_instance_process() {
+    let c = parse(
+        "[program.web]\ncommand = \"web --name {name} --i {instance} --p {program}\"\nenvironment = { Z = \"{name}\" }\n",
+    );
+    let procs = c.program("web").expect("web").processes();
+    assert_eq!(procs.len(), 1);
+    let p = &procs[0];
+    assert_eq!(p.name, "web");
+    assert_eq!(p.program, "web");
+    assert_eq!(p.instance, 0);
+    assert_eq!(
+        p.argv,
+        vec!["web", "--name", "web", "--i", "0", "--p", "web"]
+    );
+    assert_eq!(
+        p.environment,
+        vec![
+            ("MINDER_INSTANCE".to_string(), "0".to_string()),
+            ("MINDER_PROCESS".to_string(), "web".to_string()),
+            ("MINDER_PROGRAM".to_string(), "web".to_string()),
+            ("Z".to_string(), "web".to_string()),
+        ]
+    );
+}
+
+#[test]
+fn instances_expand_names_ports_and_environment() {
+    let c = parse(
+        "[program.web]\ncommand = [\"web\", \"--port={port}\", \"{name}\"]\ninstances = 2\nport = 8080\nenvironment = { PORT = \"{port}\", A = \"i{instance}\" }\n",
+    );
+    let procs = c.program("web").expect("web").processes();
+    let names: Vec<&str> = procs.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(names, vec!["web:0", "web:1"]);
+    assert_eq!(procs[1].instance, 1);
+    assert_eq!(procs[1].program, "web");
+    assert_eq!(procs[0].argv, vec!["web", "--port=8080", "web:0"]);
+    assert_eq!(procs[1].argv, vec!["web", "--port=8081", "web:1"]);
+    assert_eq!(
+        procs[1].environment,
+        vec![
+            ("A".to_string(), "i1".to_string()),
+            ("MINDER_INSTANCE".to_string(), "1".to_string()),
+            ("MINDER_PROCESS".to_string(), "web:1".to_string()),
+            ("MINDER_PROGRAM".to_string(), "web".to_string()),
+            ("PORT".to_string(), "8081".to_string()),
+        ]
+    );
+}
+
+// ---------------------------------------------------------------- order and diff
+
+#[test]
+fn start_order_puts_dependencies_first_and_keeps_file_order() {
+    let c = parse(
+        "\
+[program.web]
+command = \"x\"
+depends_on = [\"db\", \"cache\"]
+[program.other]
+command = \"x\"
+[program.db]
+command = \"x\"
+[program.cache]
+command = \"x\"
+depends_on = [\"db\"]
+",
+    );
+    assert_eq!(c.start_order(), vec!["other", "db", "cache", "web"]);
+    let c = parse("[program.b]\ncommand = \"x\"\n[program.a]\ncommand = \"x\"\n");
+    assert_eq!(c.start_order(), vec!["b", "a"]);
+}
+
+#[test]
+fn start_order_survives_a_hand_made_cycle() {
+    let mut c = parse("[program.a]\ncommand = \"x\"\n[program.b]\ncommand = \"x\"\n");
+    c.programs[0].depends_on = vec!["b".into(), "ghost".into()];
+    c.programs[1].depends_on = vec!["a".into()];
+    assert_eq!(c.start_order(), vec!["a", "b"]);
+}
+
+#[test]
+fn diff_sorts_programs_into_kinds() {
+    let old = parse(
+        "[supervisor]\nlog_level = \"info\"\n[program.keep]\ncommand = \"x\"\n[program.gone]\ncommand = \"x\"\n[program.grow]\ncommand = \"x\"\n",
+    );
+    let new = parse(
+        "[supervisor]\nlog_level = \"info\"\n[program.keep]\ncommand = \"x\"\n[program.grow]\ncommand = \"x\"\ninstances = 2\n[program.fresh]\ncommand = \"x\"\n",
+    );
+    let d = diff(&old, &new);
+    assert_eq!(d.added, vec!["fresh"]);
+    assert_eq!(d.removed, vec!["gone"]);
+    assert_eq!(d.changed, vec!["grow"]);
+    assert_eq!(d.unchanged, vec!["keep"]);
+    assert!(!d.supervisor_changed);
+
+    let newer = parse("[supervisor]\nlog_level = \"debug\"\n");
+    let d = diff(&new, &newer);
+    assert!(d.supervisor_changed);
+    assert_eq!(d.removed, vec!["keep", "grow", "fresh"]);
+    assert!(d.added.is_empty() && d.changed.is_empty() && d.unchanged.is_empty());
+}
+
+// ---------------------------------------------------------------- files and includes
+
+fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let path = dir.join(name);
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).expect("create dir");
+    }
+    std::fs::write(&path, text).expect("write file");
+    path
+}
+
+fn load_errors(path: &Path) -> Vec<String> {
+    match load(path, &defaults()) {
+        Ok(c) => panic!("expected errors, got {c:?}"),
+        Err(diags) => diags.iter().map(|d| d.to_string()).collect(),
+    }
+}
+
+#[test]
+fn includes_are_merged_in_order() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let main = write(
+        tmp.path(),
+        "minder.toml",
+        "[supervisor]\ninclude = [\"conf.d/*.toml\", \"extra.toml\"]\nsocket = \"run/m.sock\"\n[program.main]\ncommand = \"x\"\n",
+    );
+    write(
+        tmp.path(),
+        "conf.d/b.toml",
+        "[program.b]\ncommand = \"x\"\ndepends_on = [\"a\"]\n",
+    );
+    write(
+        tmp.path(),
+        "conf.d/a.toml",
+        "[program.a]\ncommand = \"x\"\ndirectory = \"work\"\n",
+    );
+    write(tmp.path(), "conf.d/.hidden.toml", "this is not toml");
+    write(tmp.path(), "conf.d/notes.txt", "ignored");
+    write(
+        tmp.path(),
+        "extra.toml",
+        "[program.extra]\ncommand = \"x\"\n",
+    );
+    let c = load(&main, &defaults()).expect("valid config");
+    let names: Vec<&str> = c.programs.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(names, vec!["main", "a", "b", "extra"]);
+    let a = c.program("a").expect("a");
+    assert_eq!(a.file, tmp.path().join("conf.d/a.toml"));
+    assert_eq!(a.directory, tmp.path().join("conf.d/work"));
+    assert_eq!(c.program("main").expect("main").directory, tmp.path());
+    assert_eq!(c.supervisor.socket, tmp.path().join("run/m.sock"));
+    assert_eq!(c.start_order(), vec!["main", "a", "b", "extra"]);
+}
+
+#[test]
+fn include_of_an_empty_directory_and_of_itself() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    std::fs::create_dir(tmp.path().join("conf.d")).expect("mkdir");
+    let main = write(
+        tmp.path(),
+        "minder.toml",
+        "[supervisor]\ninclude = [\"conf.d/*.toml\", \"*.toml\"]\n[program.a]\ncommand = \"x\"\n",
+    );
+    let c = load(&main, &defaults()).expect("valid config");
+    assert_eq!(c.programs.len(), 1);
+}
+
+#[test]
+fn duplicate_program_across_files_names_both() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let main = write(
+        tmp.path(),
+        "a.toml",
+        "[supervisor]\ninclude = [\"b.toml\"]\n\n\n\n\n[program.web]\ncommand = \"x\"\n",
+    );
+    write(tmp.path(), "b.toml", "\n\n[program.web]\ncommand = \"y\"\n");
+    let a = tmp.path().join("a.toml");
+    let b = tmp.path().join("b.toml");
+    assert_eq!(
+        load_errors(&main),
+        vec![format!(
+            "{}:3:1: program \"web\" is already defined at {}:7:1",
+            b.display(),
+            a.display()
+        )]
+    );
+}
+
+#[test]
+fn included_file_may_not_have_supervisor() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let main = write(
+        tmp.path(),
+        "m.toml",
+        "[supervisor]\ninclude = [\"*.inc\"]\n",
+    );
+    write(
+        tmp.path(),
+        "x.inc",
+        "[program.a]\ncommand = \"x\"\n[supervisor]\nlog_level = \"debug\"\n[other]\n",
+    );
+    let inc = tmp.path().join("x.inc");
+    assert_eq!(
+        load_errors(&main),
+        vec![
+            format!(
+                "{}:3:1: [supervisor] is only allowed in the main config file, not in an included file",
+                inc.display()
+            ),
+            format!(
+                "{}:5:2: unknown key \"other\" at the top level (an included file may only define [program.NAME] tables)",
+                inc.display()
+            ),
+        ]
+    );
+}
+
+#[test]
+fn missing_plain_include_is_an_error_but_an_empty_glob_is_not() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let main = write(
+        tmp.path(),
+        "m.toml",
+        "[supervisor]\ninclude = [\"nothing/*.toml\", \"missing.toml\"]\n",
+    );
+    let errs = load_errors(&main);
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert!(
+        errs[0].starts_with(&format!(
+            "{}:2:30: include \"missing.toml\": ",
+            main.display()
+        )),
+        "{errs:?}"
+    );
+}
+
+#[test]
+fn errors_in_several_files_are_all_reported() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let main = write(
+        tmp.path(),
+        "m.toml",
+        "[supervisor]\ninclude = [\"d/*.toml\"]\nlog_level = 3\n",
+    );
+    write(tmp.path(), "d/1.toml", "[program.a]\ncommand = 3\n");
+    write(tmp.path(), "d/2.toml", "[program.b\n");
+    write(
+        tmp.path(),
+        "d/3.toml",
+        "[program.c]\ncommand = \"x\"\ndepends_on = [\"zz\"]\n",
+    );
+    let errs = load_errors(&main);
+    assert_eq!(errs.len(), 4, "{errs:#?}");
+    assert!(errs[0].starts_with(&format!("{}:3:13:", main.display())));
+    assert!(errs[1].starts_with(&format!("{}:2:11:", tmp.path().join("d/1.toml").display())));
+    assert!(errs[2].contains("invalid TOML"), "{errs:#?}");
+    assert!(errs[3].starts_with(&format!("{}:3:15:", tmp.path().join("d/3.toml").display())));
+}
+
+#[test]
+fn unreadable_file() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let missing = tmp.path().join("nope.toml");
+    let errs = load_errors(&missing);
+    assert_eq!(errs.len(), 1);
+    assert!(
+        errs[0].starts_with(&format!("{}:1:1: cannot read: ", missing.display())),
+        "{errs:?}"
+    );
+}
+
+#[test]
+fn invalid_utf8_is_reported_at_the_byte() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let path = tmp.path().join("bad.toml");
+    std::fs::write(&path, b"# ok\nx = \"\xff\"\n").expect("write");
+    assert_eq!(
+        load_errors(&path),
+        vec![format!("{}:2:6: not valid UTF-8", path.display())]
+    );
+}
+
+#[test]
+fn example_config_loads() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("etc/minder.toml");
+    let c = load(&path, &defaults()).unwrap_or_else(|diags| {
+        panic!(
+            "etc/minder.toml is invalid:\n{}",
+            diags
+                .iter()
+                .map(|d| d.to_string())
+                .collect::<Vec<_>>()
+                .join("\n")
+        )
+    });
+    assert!(c.programs.len() >= 6, "{:?}", c.start_order());
+    assert!(c.programs.iter().any(|p| p.instances > 1));
+    assert!(c.programs.iter().any(|p| !p.depends_on.is_empty()));
+    assert!(c
+        .programs
+        .iter()
+        .any(|p| p.restart == RestartPolicy::OnFailure));
+    assert!(c
+        .programs
+        .iter()
+        .any(|p| p.file.ends_with("conf.d/example.toml")));
+}
+
+#[test]
+fn no_panic_on_truncated_or_damaged_input() {
+    let example =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("etc/minder.toml"))
+            .expect("read example");
+    for text in [FULL, example.as_str()] {
+        let cuts = text.char_indices().map(|(i, _)| i);
+        for cut in cuts {
+            let _ = parse_str(&text[..cut], Path::new(MAIN), &defaults());
+            // Drop one character: unbalanced quotes, brackets, broken keys.
+            let mut damaged = text[..cut].to_string();
+            damaged.push_str(text[cut..].get(1..).unwrap_or_default());
+            let _ = parse_str(&damaged, Path::new(MAIN), &defaults());
+        }
+    }
+}

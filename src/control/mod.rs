@@ -1,0 +1,5 @@
+//! The control socket: protocol types, the daemon's server, and the `ctl` client.
+
+pub mod client;
+pub mod protocol;
+pub mod server;

@@ -1,0 +1,234 @@
+//! The control protocol: one JSON object per line each way (docs/protocol.md).
+
+use serde::{Deserialize, Serialize};
+
+/// Protocol version spoken by this build; requests may omit `v`.
+pub const VERSION: u64 = 1;
+
+/// Longest request line accepted; longer ones get `too_large` and a closed connection.
+pub const MAX_REQUEST: usize = 64 * 1024;
+
+/// A request from `minder ctl` (or any client), tagged by `cmd`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum Request {
+    /// Status of the named processes (all when empty).
+    Status {
+        #[serde(default)]
+        names: Vec<String>,
+    },
+    /// Start, waiting for `running` (or failure) unless `wait` is false.
+    Start {
+        names: Vec<String>,
+        #[serde(default = "yes")]
+        wait: bool,
+    },
+    /// Stop, waiting for `stopped` unless `wait` is false.
+    Stop {
+        names: Vec<String>,
+        #[serde(default = "yes")]
+        wait: bool,
+    },
+    /// Restart, waiting for `running` (or failure) unless `wait` is false.
+    Restart {
+        names: Vec<String>,
+        #[serde(default = "yes")]
+        wait: bool,
+    },
+    /// Send a signal (`HUP`, `SIGHUP`, `1`) to each named process group.
+    Signal { signal: String, names: Vec<String> },
+    /// The daemon's PID, or a process's.
+    Pid {
+        #[serde(default)]
+        name: Option<String>,
+    },
+    /// Re-read the config and apply the difference.
+    Reload,
+    /// Stop everything and exit.
+    Shutdown,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// The kinds of error a reply can carry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    /// Not JSON, unknown `cmd`, missing or unknown fields.
+    BadRequest,
+    /// Request line over [`MAX_REQUEST`] bytes.
+    TooLarge,
+    /// A `v` this daemon does not speak.
+    UnsupportedVersion,
+    /// A name that is neither a process, a program nor `all`.
+    UnknownName,
+    /// The request was valid but did not succeed (start failed, reload rejected, ...).
+    Failed,
+    /// Peer credentials not allowed.
+    PermissionDenied,
+    /// The daemon is shutting down.
+    ShuttingDown,
+}
+
+/// The error half of a reply.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// Machine-readable kind.
+    pub kind: ErrorKind,
+    /// One line for a human.
+    pub message: String,
+}
+
+/// A reply: `{"ok": ...}` or `{"error": {"kind": ..., "message": ...}}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Reply {
+    /// Success, with a command-specific document.
+    Ok(serde_json::Value),
+    /// Failure.
+    Error(ErrorBody),
+}
+
+impl Reply {
+    /// A success carrying `payload`.
+    pub fn ok(payload: impl Serialize) -> Reply {
+        Reply::Ok(serde_json::to_value(payload).unwrap_or(serde_json::Value::Null))
+    }
+
+    /// A failure.
+    pub fn error(kind: ErrorKind, message: impl Into<String>) -> Reply {
+        Reply::Error(ErrorBody {
+            kind,
+            message: message.into(),
+        })
+    }
+}
+
+/// One row of `status` (SPEC §1: fields may be added, never removed or renamed).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProcessInfo {
+    pub name: String,
+    pub program: String,
+    pub instance: u32,
+    pub state: String,
+    pub pid: Option<i32>,
+    pub uptime_secs: Option<f64>,
+    pub health: String,
+    pub restarts: u32,
+    pub last_exit_code: Option<i32>,
+    pub last_exit_signal: Option<String>,
+    pub description: String,
+}
+
+/// The `status` document.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StatusReply {
+    pub processes: Vec<ProcessInfo>,
+}
+
+/// The outcome for one process of `start`/`stop`/`restart`/`signal`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ActionResult {
+    pub name: String,
+    pub ok: bool,
+    /// Why it failed (or empty).
+    #[serde(default)]
+    pub message: String,
+}
+
+/// The `start`/`stop`/`restart`/`signal` document.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ActionReply {
+    pub results: Vec<ActionResult>,
+}
+
+/// The `pid` document.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PidReply {
+    pub pid: Option<i32>,
+}
+
+/// The `reload` document: program names by what happened to them.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ReloadReply {
+    pub added: Vec<String>,
+    pub removed: Vec<String>,
+    pub changed: Vec<String>,
+    pub unchanged: Vec<String>,
+    /// Settings that need a daemon restart to apply (e.g. `socket`).
+    #[serde(default)]
+    pub not_applied: Vec<String>,
+}
+
+/// Parses one request line, checking the version.
+pub fn parse_request(line: &[u8]) -> Result<Request, Reply> {
+    let mut value: serde_json::Value = serde_json::from_slice(line)
+        .map_err(|e| Reply::error(ErrorKind::BadRequest, format!("not a JSON object: {e}")))?;
+    let object = value
+        .as_object_mut()
+        .ok_or_else(|| Reply::error(ErrorKind::BadRequest, "request must be a JSON object"))?;
+    if let Some(v) = object.remove("v") {
+        if v.as_u64() != Some(VERSION) {
+            return Err(Reply::error(
+                ErrorKind::UnsupportedVersion,
+                format!("protocol version {v} is not supported (this daemon speaks {VERSION})"),
+            ));
+        }
+    }
+    serde_json::from_value(value)
+        .map_err(|e| Reply::error(ErrorKind::BadRequest, format!("invalid request: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_requests_with_defaults() {
+        assert_eq!(
+            parse_request(br#"{"v":1,"cmd":"start","names":["web"]}"#).unwrap(),
+            Request::Start {
+                names: vec!["web".into()],
+                wait: true
+            }
+        );
+        assert_eq!(
+            parse_request(br#"{"cmd":"status"}"#).unwrap(),
+            Request::Status { names: vec![] }
+        );
+        assert_eq!(
+            parse_request(br#"{"cmd":"pid"}"#).unwrap(),
+            Request::Pid { name: None }
+        );
+    }
+
+    #[test]
+    fn rejects_bad_requests_with_a_kind() {
+        let kind = |line: &[u8]| match parse_request(line) {
+            Err(Reply::Error(body)) => body.kind,
+            other => panic!("expected an error, got {other:?}"),
+        };
+        assert_eq!(kind(b"garbage"), ErrorKind::BadRequest);
+        assert_eq!(kind(b"[1,2]"), ErrorKind::BadRequest);
+        assert_eq!(kind(br#"{"cmd":"explode"}"#), ErrorKind::BadRequest);
+        assert_eq!(kind(br#"{"cmd":"start"}"#), ErrorKind::BadRequest);
+        assert_eq!(
+            kind(br#"{"cmd":"status","bogus":1}"#),
+            ErrorKind::BadRequest
+        );
+        assert_eq!(
+            kind(br#"{"v":2,"cmd":"status"}"#),
+            ErrorKind::UnsupportedVersion
+        );
+    }
+
+    #[test]
+    fn replies_have_the_documented_shape() {
+        let ok = serde_json::to_string(&Reply::ok(PidReply { pid: Some(7) })).unwrap();
+        assert_eq!(ok, r#"{"ok":{"pid":7}}"#);
+        let err = serde_json::to_string(&Reply::error(ErrorKind::UnknownName, "x")).unwrap();
+        assert_eq!(err, r#"{"error":{"kind":"unknown_name","message":"x"}}"#);
+    }
+}

@@ -1,0 +1,243 @@
+//! The daemon's side of the control socket.
+
+use std::io;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use nix::unistd::{Gid, Group, Uid};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::{mpsc, oneshot};
+
+use super::protocol::{parse_request, ErrorKind, Reply, MAX_REQUEST};
+use crate::config::SupervisorConfig;
+use crate::supervisor::Input;
+
+/// Why the control socket could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum BindError {
+    /// Another daemon answers on the path.
+    #[error("another minder is already listening on {0}")]
+    InUse(PathBuf),
+    /// Something that is not a socket sits at the path.
+    #[error("{0} exists and is not a socket; refusing to replace it")]
+    NotASocket(PathBuf),
+    /// `socket_group` names no group.
+    #[error("socket_group {0:?}: no such group")]
+    NoSuchGroup(String),
+    /// An OS error while creating the socket.
+    #[error("control socket {path}: {what}: {source}")]
+    Io {
+        path: PathBuf,
+        what: &'static str,
+        source: io::Error,
+    },
+}
+
+/// Who may talk to the daemon: root, minder's own user, and members of `socket_group`.
+#[derive(Debug, Clone, Copy)]
+pub struct Access {
+    group: Option<Gid>,
+}
+
+/// The bound socket and who may use it.
+pub struct ControlSocket {
+    /// Listening socket.
+    pub listener: UnixListener,
+    /// Path, removed again on a clean exit.
+    pub path: PathBuf,
+    /// Peer policy.
+    pub access: Access,
+}
+
+/// Creates the control socket with `socket_mode` (and `socket_group`), replacing a stale one.
+pub fn bind(cfg: &SupervisorConfig) -> Result<ControlSocket, BindError> {
+    let path = cfg.socket.clone();
+    let io_err = |what: &'static str| {
+        let path = path.clone();
+        move |source| BindError::Io { path, what, source }
+    };
+    let group = match &cfg.socket_group {
+        None => None,
+        Some(name) => Some(resolve_group(name)?),
+    };
+    if let Some(dir) = path.parent() {
+        if !dir.as_os_str().is_empty() && !dir.exists() {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o755)
+                .create(dir)
+                .map_err(io_err("creating its directory"))?;
+        }
+    }
+    remove_stale(&path)?;
+    // Bind with a umask that already yields the final mode: no window in which
+    // the socket is more open than configured.
+    let old_umask = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(
+        !cfg.socket_mode & 0o777,
+    ));
+    let bound = UnixListener::bind(&path);
+    nix::sys::stat::umask(old_umask);
+    let listener = bound.map_err(io_err("bind"))?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(cfg.socket_mode))
+        .map_err(io_err("chmod"))?;
+    if let Some(gid) = group {
+        nix::unistd::chown(&path, None, Some(gid))
+            .map_err(|e| io_err("chown to socket_group")(io::Error::from(e)))?;
+    }
+    Ok(ControlSocket {
+        listener,
+        path,
+        access: Access { group },
+    })
+}
+
+use std::os::unix::fs::DirBuilderExt;
+
+fn resolve_group(name: &str) -> Result<Gid, BindError> {
+    let found = match name.parse::<u32>() {
+        Ok(id) => Group::from_gid(Gid::from_raw(id)),
+        Err(_) => Group::from_name(name),
+    };
+    match found {
+        Ok(Some(group)) => Ok(group.gid),
+        _ => Err(BindError::NoSuchGroup(name.to_string())),
+    }
+}
+
+/// Removes a socket left by a daemon that is gone; refuses if one still answers.
+fn remove_stale(path: &Path) -> Result<(), BindError> {
+    let Ok(meta) = std::fs::symlink_metadata(path) else {
+        return Ok(());
+    };
+    if !meta.file_type().is_socket() {
+        return Err(BindError::NotASocket(path.to_path_buf()));
+    }
+    if std::os::unix::net::UnixStream::connect(path).is_ok() {
+        return Err(BindError::InUse(path.to_path_buf()));
+    }
+    std::fs::remove_file(path).map_err(|source| BindError::Io {
+        path: path.to_path_buf(),
+        what: "removing stale socket",
+        source,
+    })
+}
+
+impl Access {
+    fn allows(&self, stream: &UnixStream) -> bool {
+        let Ok(cred) = stream.peer_cred() else {
+            return false;
+        };
+        let uid = cred.uid();
+        if uid == 0 || uid == Uid::effective().as_raw() {
+            return true;
+        }
+        let Some(group) = self.group else {
+            return false;
+        };
+        if cred.gid() == group.as_raw() {
+            return true;
+        }
+        // Supplementary groups are not in SO_PEERCRED; the peer's /proc entry has them.
+        cred.pid()
+            .and_then(|pid| std::fs::read_to_string(format!("/proc/{pid}/status")).ok())
+            .is_some_and(|status| {
+                status
+                    .lines()
+                    .find_map(|l| l.strip_prefix("Groups:"))
+                    .is_some_and(|groups| {
+                        groups
+                            .split_whitespace()
+                            .any(|g| g.parse::<u32>() == Ok(group.as_raw()))
+                    })
+            })
+    }
+}
+
+/// Accepts connections until the runtime ends. Each connection holds a clone of
+/// `open`, so the daemon can wait for replies in flight before it exits.
+pub async fn serve(socket: ControlSocket, inputs: mpsc::Sender<Input>, open: mpsc::Sender<()>) {
+    loop {
+        match socket.listener.accept().await {
+            Ok((stream, _)) => {
+                let inputs = inputs.clone();
+                let access = socket.access;
+                let open = open.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = connection(stream, access, inputs).await {
+                        tracing::debug!("control connection: {e}");
+                    }
+                    drop(open);
+                });
+            }
+            Err(e) => {
+                // EMFILE and friends: report, and keep serving the connections we have.
+                tracing::warn!("accepting a control connection: {e}");
+                tokio::task::yield_now().await;
+            }
+        }
+    }
+}
+
+async fn connection(
+    stream: UnixStream,
+    access: Access,
+    inputs: mpsc::Sender<Input>,
+) -> io::Result<()> {
+    let allowed = access.allows(&stream);
+    let (read, mut write) = stream.into_split();
+    if !allowed {
+        let reply = Reply::error(
+            ErrorKind::PermissionDenied,
+            "permission denied: only root, minder's user and socket_group may use this socket",
+        );
+        return send(&mut write, &reply).await;
+    }
+    let mut reader = BufReader::new(read);
+    loop {
+        let mut line = Vec::new();
+        let n = (&mut reader)
+            .take(MAX_REQUEST as u64 + 1)
+            .read_until(b'\n', &mut line)
+            .await?;
+        if n == 0 {
+            return Ok(());
+        }
+        if line.last() == Some(&b'\n') {
+            line.pop();
+        } else if line.len() > MAX_REQUEST {
+            let reply = Reply::error(
+                ErrorKind::TooLarge,
+                format!("request longer than {MAX_REQUEST} bytes"),
+            );
+            return send(&mut write, &reply).await;
+        }
+        if line.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        let reply = match parse_request(&line) {
+            Err(reply) => reply,
+            Ok(request) => {
+                let (tx, rx) = oneshot::channel();
+                match inputs.try_send(Input::Control(request, tx)) {
+                    Ok(()) => rx.await.unwrap_or_else(|_| {
+                        Reply::error(ErrorKind::ShuttingDown, "minder is shutting down")
+                    }),
+                    Err(mpsc::error::TrySendError::Full(_)) => {
+                        Reply::error(ErrorKind::Failed, "minder is busy, try again")
+                    }
+                    Err(mpsc::error::TrySendError::Closed(_)) => {
+                        Reply::error(ErrorKind::ShuttingDown, "minder is shutting down")
+                    }
+                }
+            }
+        };
+        send(&mut write, &reply).await?;
+    }
+}
+
+async fn send(write: &mut tokio::net::unix::OwnedWriteHalf, reply: &Reply) -> io::Result<()> {
+    let mut bytes = serde_json::to_vec(reply).map_err(io::Error::other)?;
+    bytes.push(b'\n');
+    write.write_all(&bytes).await
+}

@@ -1,0 +1,103 @@
+//! `minder daemon`: process-wide setup, then the supervisor loop.
+
+use std::time::Duration;
+
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::mpsc;
+
+use crate::config::Config;
+use crate::control::server;
+use crate::process::Reaper;
+use crate::supervisor::{Input, Supervisor, INPUT_QUEUE};
+
+/// Why the daemon could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// Setting up the control socket failed.
+    #[error(transparent)]
+    Bind(#[from] server::BindError),
+    /// Runtime or signal setup failed.
+    #[error("{0}: {1}")]
+    Setup(&'static str, std::io::Error),
+}
+
+/// Runs the supervisor until shutdown; returns once every child is stopped.
+pub fn run(config: Config) -> Result<(), DaemonError> {
+    raise_fd_limit();
+    // Orphaned grandchildren are re-parented to minder, which reaps them.
+    if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
+        tracing::warn!("cannot become a child subreaper ({e}); orphans go to init");
+    }
+    // One thread: supervision is I/O-bound, and fork from a single-threaded
+    // process leaves no other thread's locks behind in the child.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| DaemonError::Setup("starting the runtime", e))?;
+    runtime.block_on(serve(config))
+}
+
+async fn serve(config: Config) -> Result<(), DaemonError> {
+    let reaper = Reaper::start().map_err(|e| DaemonError::Setup("SIGCHLD handler", e))?;
+    let socket = server::bind(&config.supervisor)?;
+    let socket_path = socket.path.clone();
+    let (inputs_tx, inputs_rx) = mpsc::channel(INPUT_QUEUE);
+    spawn_signal_handlers(inputs_tx.clone())?;
+    let (open_tx, mut open_rx) = mpsc::channel::<()>(1);
+    let server = tokio::spawn(server::serve(socket, inputs_tx, open_tx));
+    tracing::info!(
+        "minder {} supervising {} programs; control socket {}",
+        env!("CARGO_PKG_VERSION"),
+        config.programs.len(),
+        socket_path.display()
+    );
+
+    Supervisor::new(config, reaper).run(inputs_rx).await;
+
+    // Accept nothing more, but let replies in flight (the one to `ctl shutdown`
+    // among them) reach their clients: each connection holds an `open` sender.
+    server.abort();
+    let _ = tokio::time::timeout(Duration::from_secs(1), open_rx.recv()).await;
+    if let Err(e) = std::fs::remove_file(&socket_path) {
+        tracing::debug!("removing {}: {e}", socket_path.display());
+    }
+    tracing::info!("minder exits");
+    Ok(())
+}
+
+/// Turns signals into supervisor inputs: TERM/INT terminate, HUP reloads.
+fn spawn_signal_handlers(inputs: mpsc::Sender<Input>) -> Result<(), DaemonError> {
+    let setup =
+        |kind| signal(kind).map_err(|e| DaemonError::Setup("installing signal handlers", e));
+    let mut term = setup(SignalKind::terminate())?;
+    let mut int = setup(SignalKind::interrupt())?;
+    let mut hup = setup(SignalKind::hangup())?;
+    tokio::spawn(async move {
+        loop {
+            let input = tokio::select! {
+                _ = term.recv() => Input::Terminate,
+                _ = int.recv() => Input::Terminate,
+                _ = hup.recv() => Input::Reload,
+            };
+            if inputs.send(input).await.is_err() {
+                return;
+            }
+        }
+    });
+    Ok(())
+}
+
+/// 1000 programs hold thousands of fds; take all the kernel allows.
+fn raise_fd_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => {
+            crate::process::set_child_fd_limit(soft, hard);
+            if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+                tracing::warn!("raising RLIMIT_NOFILE to {hard}: {e}");
+            }
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!("reading RLIMIT_NOFILE: {e}"),
+    }
+}

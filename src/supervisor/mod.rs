@@ -1,0 +1,507 @@
+//! The supervisor: owns the registry of processes (one actor each), answers
+//! control requests, orders starts and stops by `depends_on`, applies reloads
+//! and drives shutdown.
+
+mod actor;
+pub mod backoff;
+mod order;
+pub mod state;
+
+pub use actor::{Command, ProcessActor, ProcessHandle, ProcessStatus};
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, oneshot};
+
+use crate::config::{self, Config, Defaults};
+use crate::control::protocol::{
+    ActionReply, ActionResult, ErrorKind, PidReply, ProcessInfo, ReloadReply, Reply, Request,
+    StatusReply,
+};
+use crate::process::Reaper;
+use order::Topology;
+use state::{short_duration, Outcome, State};
+
+/// Inputs of the supervisor loop; bounded, so a flood is answered as busy.
+#[derive(Debug)]
+pub enum Input {
+    /// A control request with where to send the reply.
+    Control(Request, oneshot::Sender<Reply>),
+    /// SIGHUP.
+    Reload,
+    /// SIGTERM/SIGINT: the first stops everything in order, the second kills.
+    Terminate,
+}
+
+/// Capacity of the supervisor's input queue.
+pub const INPUT_QUEUE: usize = 256;
+
+/// The registry of supervised processes.
+pub struct Supervisor {
+    config: Arc<Config>,
+    /// In config order: programs as listed, instances ascending.
+    processes: Vec<ProcessHandle>,
+    /// Processes removed by a reload that are still stopping.
+    draining: Vec<ProcessHandle>,
+    reaper: Arc<Reaper>,
+}
+
+impl Supervisor {
+    /// Creates an actor per process (all `stopped`); nothing starts yet.
+    pub fn new(config: Config, reaper: Arc<Reaper>) -> Supervisor {
+        let config = Arc::new(config);
+        let mut supervisor = Supervisor {
+            config: Arc::clone(&config),
+            processes: Vec::new(),
+            draining: Vec::new(),
+            reaper,
+        };
+        supervisor.processes = supervisor.spawn_actors(&config, |_| true);
+        supervisor
+    }
+
+    fn spawn_actors(&self, config: &Config, include: impl Fn(&str) -> bool) -> Vec<ProcessHandle> {
+        let mut handles = Vec::new();
+        for program in config.programs.iter().filter(|p| include(&p.name)) {
+            let cfg = Arc::new(program.clone());
+            for spec in program.processes() {
+                handles.push(ProcessActor::spawn(
+                    spec,
+                    Arc::clone(&cfg),
+                    Arc::clone(&self.reaper),
+                ));
+            }
+        }
+        handles
+    }
+
+    fn topology(&self) -> Topology {
+        Topology::new(&self.config, &self.processes)
+    }
+
+    /// Runs until shutdown: starts autostart programs, then serves inputs.
+    pub async fn run(mut self, mut inputs: mpsc::Receiver<Input>) {
+        let autostart: Vec<ProcessHandle> = self
+            .processes
+            .iter()
+            .filter(|h| self.config.program(&h.program).is_some_and(|p| p.autostart))
+            .cloned()
+            .collect();
+        let topology = self.topology();
+        tokio::spawn(async move {
+            topology.start(autostart).await;
+            release_free_memory();
+        });
+
+        let mut shutdown_reply = None;
+        while let Some(input) = inputs.recv().await {
+            match input {
+                Input::Control(Request::Shutdown, reply) => {
+                    shutdown_reply = Some(reply);
+                    break;
+                }
+                Input::Control(request, reply) => self.handle(request, reply),
+                Input::Reload => {
+                    let reply = self.reload();
+                    if let Reply::Error(e) = &reply {
+                        tracing::error!("reload rejected: {}", e.message);
+                    }
+                }
+                Input::Terminate => break,
+            }
+        }
+        self.shutdown(&mut inputs).await;
+        if let Some(reply) = shutdown_reply {
+            let _ = reply.send(Reply::ok(serde_json::json!({})));
+        }
+    }
+
+    fn handle(&mut self, request: Request, reply: oneshot::Sender<Reply>) {
+        let immediate = match request {
+            Request::Status { names } => self
+                .select(&names, true)
+                .map(|handles| Reply::ok(status_reply(&handles))),
+            Request::Start { names, wait } => match self.select(&names, false) {
+                Ok(handles) => {
+                    let topology = self.topology();
+                    return spawn_reply(reply, wait, topology.start(handles));
+                }
+                Err(e) => Err(e),
+            },
+            Request::Stop { names, wait } => match self.select(&names, false) {
+                Ok(handles) => {
+                    let topology = self.topology();
+                    return spawn_reply(reply, wait, topology.stop(handles));
+                }
+                Err(e) => Err(e),
+            },
+            Request::Restart { names, wait } => match self.select(&names, false) {
+                Ok(handles) => return spawn_reply(reply, wait, restart(handles)),
+                Err(e) => Err(e),
+            },
+            Request::Signal { signal, names } => {
+                match config::parse_signal(&signal)
+                    .map_err(|e| Reply::error(ErrorKind::BadRequest, e))
+                    .and_then(|sig| Ok((sig, self.select(&names, false)?)))
+                {
+                    Ok((sig, handles)) => {
+                        return spawn_reply(reply, true, send_signals(handles, sig))
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+            Request::Pid { name: None } => Ok(Reply::ok(PidReply {
+                pid: Some(std::process::id() as i32),
+            })),
+            Request::Pid { name: Some(name) } => self
+                .select(std::slice::from_ref(&name), false)
+                .and_then(|handles| match handles.as_slice() {
+                    [one] => Ok(Reply::ok(PidReply {
+                        pid: one.status().state.pid().map(|p| p.as_raw()),
+                    })),
+                    _ => Err(Reply::error(
+                        ErrorKind::BadRequest,
+                        format!(
+                            "{name:?} names {} processes; give one process name",
+                            handles.len()
+                        ),
+                    )),
+                }),
+            Request::Reload => Ok(self.reload()),
+            // The loop takes `Shutdown` before it gets here.
+            Request::Shutdown => Err(Reply::error(
+                ErrorKind::ShuttingDown,
+                "minder is shutting down",
+            )),
+        };
+        let _ = reply.send(immediate.unwrap_or_else(|e| e));
+    }
+
+    /// Resolves names (process, program, or `all`) to handles, in config order.
+    fn select(&self, names: &[String], empty_means_all: bool) -> Result<Vec<ProcessHandle>, Reply> {
+        if names.is_empty() {
+            return if empty_means_all {
+                Ok(self.processes.clone())
+            } else {
+                Err(Reply::error(ErrorKind::BadRequest, "no process named"))
+            };
+        }
+        let mut wanted: HashSet<&str> = HashSet::new();
+        let mut unknown = Vec::new();
+        for name in names {
+            if name == "all" {
+                return Ok(self.processes.clone());
+            }
+            let matches: Vec<&ProcessHandle> = self
+                .processes
+                .iter()
+                .filter(|h| h.name == *name || h.program == *name)
+                .collect();
+            if matches.is_empty() {
+                unknown.push(name.as_str());
+            }
+            wanted.extend(matches.iter().map(|h| h.name.as_str()));
+        }
+        if !unknown.is_empty() {
+            return Err(Reply::error(
+                ErrorKind::UnknownName,
+                format!("no such process or program: {}", unknown.join(", ")),
+            ));
+        }
+        Ok(self
+            .processes
+            .iter()
+            .filter(|h| wanted.contains(h.name.as_str()))
+            .cloned()
+            .collect())
+    }
+
+    /// Re-reads the config file and applies the difference; an invalid file changes nothing.
+    fn reload(&mut self) -> Reply {
+        let new = match config::load(&self.config.path, &Defaults::for_current_user()) {
+            Ok(new) => new,
+            Err(diagnostics) => {
+                let lines: Vec<String> = diagnostics.iter().map(|d| d.to_string()).collect();
+                return Reply::error(
+                    ErrorKind::Failed,
+                    format!("config not reloaded: {}", lines.join("; ")),
+                );
+            }
+        };
+        let diff = config::diff(&self.config, &new);
+        let mut not_applied = Vec::new();
+        if new.supervisor.socket != self.config.supervisor.socket
+            || new.supervisor.socket_mode != self.config.supervisor.socket_mode
+            || new.supervisor.socket_group != self.config.supervisor.socket_group
+        {
+            not_applied.push("socket settings (restart minder to apply)".to_string());
+        }
+        if new.supervisor.log_level != self.config.supervisor.log_level {
+            not_applied.push("log_level (restart minder to apply)".to_string());
+        }
+
+        let replaced: HashSet<&str> = diff
+            .removed
+            .iter()
+            .chain(&diff.changed)
+            .map(String::as_str)
+            .collect();
+        let mut old_of_changed = Vec::new();
+        let mut kept = Vec::new();
+        for handle in std::mem::take(&mut self.processes) {
+            if replaced.contains(handle.program.as_str()) {
+                let was_up = !matches!(
+                    handle.status().state,
+                    State::Stopped | State::Exited | State::Fatal
+                );
+                if let Err(e) = handle.send(Command::Remove) {
+                    tracing::warn!("{e}");
+                }
+                if diff.changed.contains(&handle.program) {
+                    old_of_changed.push((handle.clone(), was_up));
+                }
+                self.draining.push(handle);
+            } else {
+                kept.push(handle);
+            }
+        }
+        // Forget removed processes whose actor has ended.
+        self.draining.retain(|h| h.watch().has_changed().is_ok());
+
+        let fresh: HashSet<&str> = diff
+            .added
+            .iter()
+            .chain(&diff.changed)
+            .map(String::as_str)
+            .collect();
+        let new_handles = self.spawn_actors(&new, |name| fresh.contains(name));
+        // Keep config order: programs as listed in the new file.
+        let mut processes = Vec::new();
+        for program in &new.programs {
+            let source = if fresh.contains(program.name.as_str()) {
+                &new_handles
+            } else {
+                &kept
+            };
+            processes.extend(source.iter().filter(|h| h.program == program.name).cloned());
+        }
+        self.processes = processes;
+        self.config = Arc::new(new);
+
+        // Added programs start if autostart; changed ones if autostart or they were up,
+        // once the old processes are gone (they may hold ports or files).
+        let mut to_start = Vec::new();
+        for handle in &self.processes {
+            let Some(program) = self.config.program(&handle.program) else {
+                continue;
+            };
+            let was_up = old_of_changed
+                .iter()
+                .any(|(old, up)| *up && old.program == handle.program);
+            if fresh.contains(handle.program.as_str()) && (program.autostart || was_up) {
+                to_start.push(handle.clone());
+            }
+        }
+        let topology = self.topology();
+        let old: Vec<ProcessHandle> = old_of_changed.into_iter().map(|(h, _)| h).collect();
+        tokio::spawn(async move {
+            for handle in &old {
+                handle.ended().await;
+            }
+            topology.start(to_start).await;
+            release_free_memory();
+        });
+
+        tracing::info!(
+            "reloaded: added {:?}, removed {:?}, changed {:?}, {} unchanged",
+            diff.added,
+            diff.removed,
+            diff.changed,
+            diff.unchanged.len()
+        );
+        Reply::ok(ReloadReply {
+            added: diff.added,
+            removed: diff.removed,
+            changed: diff.changed,
+            unchanged: diff.unchanged,
+            not_applied,
+        })
+    }
+
+    /// Stops everything in reverse dependency order within `shutdown_timeout`,
+    /// then SIGKILLs what is left. A second SIGTERM/SIGINT kills at once.
+    async fn shutdown(&mut self, inputs: &mut mpsc::Receiver<Input>) {
+        tracing::info!("shutting down: stopping {} processes", self.processes.len());
+        let everything: Vec<ProcessHandle> = self
+            .processes
+            .iter()
+            .chain(&self.draining)
+            .cloned()
+            .collect();
+        let stop = self.topology().stop(self.processes.clone());
+        tokio::pin!(stop);
+        let deadline = tokio::time::sleep(self.config.supervisor.shutdown_timeout);
+        tokio::pin!(deadline);
+        loop {
+            tokio::select! {
+                _ = &mut stop => break,
+                _ = &mut deadline => {
+                    tracing::warn!("shutdown_timeout reached: killing what is left");
+                    break;
+                }
+                input = inputs.recv() => match input {
+                    Some(Input::Terminate) => {
+                        tracing::warn!("second termination signal: killing everything");
+                        break;
+                    }
+                    Some(Input::Control(Request::Status { names }, reply)) => {
+                        let answer = self.select(&names, true)
+                            .map(|h| Reply::ok(status_reply(&h)))
+                            .unwrap_or_else(|e| e);
+                        let _ = reply.send(answer);
+                    }
+                    Some(Input::Control(_, reply)) => {
+                        let _ = reply.send(Reply::error(ErrorKind::ShuttingDown, "minder is shutting down"));
+                    }
+                    Some(Input::Reload) | None => {}
+                },
+            }
+        }
+        for handle in &everything {
+            let _ = handle.send(Command::Kill);
+        }
+        // SIGKILL cannot be ignored; this bound only covers processes stuck in the kernel.
+        let gone = async {
+            for handle in &everything {
+                let mut watch = handle.watch();
+                while watch.borrow().state.pid().is_some() {
+                    if watch.changed().await.is_err() {
+                        break;
+                    }
+                }
+            }
+        };
+        if tokio::time::timeout(Duration::from_secs(5), gone)
+            .await
+            .is_err()
+        {
+            tracing::error!("some processes did not die after SIGKILL");
+        }
+        tracing::info!("all processes stopped");
+    }
+}
+
+/// Runs `work` in its own task and replies with its results, or at once when not waiting.
+fn spawn_reply(
+    reply: oneshot::Sender<Reply>,
+    wait: bool,
+    work: impl std::future::Future<Output = Vec<ActionResult>> + Send + 'static,
+) {
+    tokio::spawn(async move {
+        if wait {
+            let results = work.await;
+            let _ = reply.send(Reply::ok(ActionReply { results }));
+        } else {
+            let _ = reply.send(Reply::ok(ActionReply {
+                results: Vec::new(),
+            }));
+            work.await;
+        }
+    });
+}
+
+/// Restarts every handle concurrently, waiting for each to be running again.
+async fn restart(handles: Vec<ProcessHandle>) -> Vec<ActionResult> {
+    order::request_all(handles, |_, reply| Command::Restart { reply }).await
+}
+
+async fn send_signals(
+    handles: Vec<ProcessHandle>,
+    signal: nix::sys::signal::Signal,
+) -> Vec<ActionResult> {
+    let mut results = Vec::new();
+    for h in handles {
+        let (tx, rx) = oneshot::channel();
+        let outcome = match h.send(Command::Signal { signal, reply: tx }) {
+            Err(e) => Outcome::Failed(e),
+            Ok(()) => match rx.await {
+                Ok(Ok(())) => Outcome::Done,
+                Ok(Err(e)) => Outcome::Failed(e),
+                Err(_) => Outcome::Failed(format!("{}: no longer supervised", h.name)),
+            },
+        };
+        results.push(action_result(&h.name, outcome));
+    }
+    results
+}
+
+/// Hands memory freed after a burst (starting a thousand processes) back to the
+/// OS; glibc keeps it otherwise, and an idle supervisor should be small.
+fn release_free_memory() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only walks the allocator's own free lists.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+/// Turns an outcome into the wire form.
+pub(crate) fn action_result(name: &str, outcome: Outcome) -> ActionResult {
+    match outcome {
+        Outcome::Done | Outcome::Pending => ActionResult {
+            name: name.to_string(),
+            ok: true,
+            message: String::new(),
+        },
+        Outcome::Failed(message) => ActionResult {
+            name: name.to_string(),
+            ok: false,
+            message,
+        },
+    }
+}
+
+fn status_reply(handles: &[ProcessHandle]) -> StatusReply {
+    let now = tokio::time::Instant::now().into_std();
+    StatusReply {
+        processes: handles
+            .iter()
+            .map(|h| process_info(&h.status(), now))
+            .collect(),
+    }
+}
+
+/// The `status` row of one process.
+pub fn process_info(status: &ProcessStatus, now: Instant) -> ProcessInfo {
+    let description = match status.state {
+        State::Backoff { until } => format!(
+            "{}; restarting in {}",
+            status.description,
+            short_duration(until.saturating_duration_since(now))
+        ),
+        State::Exited | State::Fatal | State::Stopped if !status.description.is_empty() => format!(
+            "{} {} ago",
+            status.description,
+            short_duration(now.saturating_duration_since(status.changed))
+        ),
+        _ => status.description.clone(),
+    };
+    ProcessInfo {
+        name: status.name.clone(),
+        program: status.program.clone(),
+        instance: status.instance,
+        state: status.state.name().to_string(),
+        pid: status.state.pid().map(|p| p.as_raw()),
+        uptime_secs: status
+            .state
+            .started()
+            .map(|s| now.saturating_duration_since(s).as_secs_f64()),
+        health: "none".to_string(),
+        restarts: status.restarts,
+        last_exit_code: status.last_end.and_then(|e| e.code()),
+        last_exit_signal: status.last_end.and_then(|e| e.signal_name()),
+        description,
+    }
+}

@@ -1,0 +1,350 @@
+//! minder-testchild: the program minder's integration tests and benchmarks supervise.
+//!
+//! It does what a test asks through flags, reports what it saw through files
+//! (always written to `FILE.tmp` then renamed, so a reader never sees half a
+//! file) and never outlives [`MAX_LIFETIME`], so a broken test leaves nothing
+//! running for long. std + libc only; single-threaded, so `fork` is safe.
+//!
+//! Flags (combine freely):
+//! - `--exit-after MS`     exit after MS milliseconds (default: run until killed)
+//! - `--exit-code N`       exit code for `--exit-after` (default 0)
+//! - `--exit-signal SIG`   at `--exit-after`, die of signal SIG (number or `KILL`, `TERM`,
+//!   `INT`, `HUP`, `ABRT`, `SEGV`) instead of exiting
+//! - `--ignore-term`       ignore SIGTERM and SIGINT
+//! - `--grandchild FILE`   fork a grandchild that sleeps (bounded) and write its PID to FILE
+//! - `--write-env FILE`    write `cwd=<dir>`, then every env var as `KEY=VALUE`, to FILE
+//! - `--write-fds FILE`    write the open fd numbers of this process, one a line, to FILE
+//! - `--pidfile FILE`      write own PID to FILE; written last, after every other
+//!   setup step, so a test waiting for it knows signals are set up
+//! - `--record FILE`       append `start <CLOCK_MONOTONIC ns> <pid>` at start,
+//!   `exit <ns> <pid>` right before exiting due to `--exit-after`, and
+//!   `stop <ns> <pid>` when SIGTERM/SIGINT arrives (then dies of that signal)
+//! - `--signal-log FILE`   append the name (`HUP`, `USR1`, `USR2`) of each received signal
+//! - `--print TEXT`        print TEXT as a line on stdout at start (repeatable)
+//! - `--eprint TEXT`       print TEXT as a line on stderr at start (repeatable)
+//! - `--tag TEXT`          ignored: lets a config vary argv or show placeholders
+
+use std::fs::{self, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::process;
+use std::time::{Duration, Instant};
+
+/// Nothing started by a test may linger longer than this.
+const MAX_LIFETIME: Duration = Duration::from_secs(600);
+
+/// What the command line asked for.
+#[derive(Default)]
+struct Opts {
+    exit_after: Option<Duration>,
+    exit_code: i32,
+    exit_signal: Option<i32>,
+    ignore_term: bool,
+    grandchild: Option<PathBuf>,
+    write_env: Option<PathBuf>,
+    write_fds: Option<PathBuf>,
+    pidfile: Option<PathBuf>,
+    record: Option<PathBuf>,
+    signal_log: Option<PathBuf>,
+    print: Vec<String>,
+    eprint: Vec<String>,
+}
+
+fn parse(args: &[String]) -> Result<Opts, String> {
+    let mut o = Opts::default();
+    let mut it = args.iter();
+    while let Some(flag) = it.next() {
+        let mut value = || {
+            it.next()
+                .cloned()
+                .ok_or_else(|| format!("{flag} needs a value"))
+        };
+        match flag.as_str() {
+            "--exit-after" => {
+                let v = value()?;
+                let ms: u64 = v.parse().map_err(|_| format!("bad --exit-after {v:?}"))?;
+                o.exit_after = Some(Duration::from_millis(ms));
+            }
+            "--exit-code" => {
+                let v = value()?;
+                o.exit_code = v.parse().map_err(|_| format!("bad --exit-code {v:?}"))?;
+            }
+            "--exit-signal" => {
+                let v = value()?;
+                o.exit_signal =
+                    Some(parse_signal(&v).ok_or_else(|| format!("bad --exit-signal {v:?}"))?);
+            }
+            "--ignore-term" => o.ignore_term = true,
+            "--grandchild" => o.grandchild = Some(value()?.into()),
+            "--write-env" => o.write_env = Some(value()?.into()),
+            "--write-fds" => o.write_fds = Some(value()?.into()),
+            "--pidfile" => o.pidfile = Some(value()?.into()),
+            "--record" => o.record = Some(value()?.into()),
+            "--signal-log" => o.signal_log = Some(value()?.into()),
+            "--print" => o.print.push(value()?),
+            "--eprint" => o.eprint.push(value()?),
+            "--tag" => {
+                value()?;
+            }
+            other => return Err(format!("unknown argument {other:?}")),
+        }
+    }
+    Ok(o)
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let opts = match parse(&args) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("minder-testchild: {e}");
+            process::exit(2);
+        }
+    };
+    if let Err(e) = run(&opts) {
+        eprintln!("minder-testchild: {e}");
+        process::exit(2);
+    }
+}
+
+fn run(o: &Opts) -> io::Result<()> {
+    let start = Instant::now();
+    // Signals we handle are blocked and collected with sigtimedwait: no handler,
+    // no async-signal-safety concerns.
+    let mut waited = SigSet::empty();
+    if o.signal_log.is_some() {
+        waited.add(libc::SIGHUP);
+        waited.add(libc::SIGUSR1);
+        waited.add(libc::SIGUSR2);
+    }
+    if o.ignore_term {
+        set_disposition(libc::SIGTERM, libc::SIG_IGN);
+        set_disposition(libc::SIGINT, libc::SIG_IGN);
+    } else if o.record.is_some() {
+        waited.add(libc::SIGTERM);
+        waited.add(libc::SIGINT);
+    }
+    waited.block();
+
+    if let Some(rec) = &o.record {
+        record(rec, "start")?;
+    }
+    if let Some(file) = &o.grandchild {
+        let pid = fork_grandchild();
+        write_atomic(file, &format!("{pid}\n"))?;
+    }
+    if let Some(file) = &o.write_env {
+        let mut text = format!("cwd={}\n", std::env::current_dir()?.display());
+        for (k, v) in std::env::vars_os() {
+            text.push_str(&format!(
+                "{}={}\n",
+                k.to_string_lossy(),
+                v.to_string_lossy()
+            ));
+        }
+        write_atomic(file, &text)?;
+    }
+    if let Some(file) = &o.write_fds {
+        let mut fds: Vec<i32> = fs::read_dir("/proc/self/fd")?
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+            .collect();
+        fds.sort_unstable();
+        // The directory handle used for listing shows up too; drop fds no longer open.
+        // SAFETY: fcntl(F_GETFD) on an integer only queries the descriptor table.
+        fds.retain(|&fd| unsafe { libc::fcntl(fd, libc::F_GETFD) } != -1);
+        let text: String = fds.iter().map(|fd| format!("{fd}\n")).collect();
+        write_atomic(file, &text)?;
+    }
+    {
+        let mut out = io::stdout().lock();
+        for line in &o.print {
+            writeln!(out, "{line}")?;
+        }
+        out.flush()?;
+        let mut err = io::stderr().lock();
+        for line in &o.eprint {
+            writeln!(err, "{line}")?;
+        }
+    }
+    if let Some(file) = &o.pidfile {
+        write_atomic(file, &format!("{}\n", process::id()))?;
+    }
+
+    let lifetime = o.exit_after.unwrap_or(MAX_LIFETIME).min(MAX_LIFETIME);
+    let deadline = start + lifetime;
+    // Bounded: each iteration either handles one signal or waits until the deadline.
+    loop {
+        let now = Instant::now();
+        if now >= deadline {
+            break;
+        }
+        match waited.timed_wait(deadline - now) {
+            None => continue,
+            Some(sig) if sig == libc::SIGTERM || sig == libc::SIGINT => {
+                if let Some(rec) = &o.record {
+                    record(rec, "stop")?;
+                }
+                die_of(sig);
+            }
+            Some(sig) => {
+                if let Some(log) = &o.signal_log {
+                    append_line(log, signal_name(sig))?;
+                }
+            }
+        }
+    }
+    if o.exit_after.is_some() {
+        if let Some(rec) = &o.record {
+            record(rec, "exit")?;
+        }
+        if let Some(sig) = o.exit_signal {
+            die_of(sig);
+        }
+        process::exit(o.exit_code);
+    }
+    process::exit(0);
+}
+
+/// A set of signals, blocked in this (single-threaded) process and waited for.
+struct SigSet(libc::sigset_t);
+
+impl SigSet {
+    fn empty() -> Self {
+        // SAFETY: sigemptyset initialises the zeroed set it is given.
+        unsafe {
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            SigSet(set)
+        }
+    }
+
+    fn add(&mut self, sig: i32) {
+        // SAFETY: the set was initialised by sigemptyset.
+        unsafe { libc::sigaddset(&mut self.0, sig) };
+    }
+
+    fn block(&self) {
+        // SAFETY: a valid set; the old mask is not needed.
+        unsafe { libc::sigprocmask(libc::SIG_BLOCK, &self.0, std::ptr::null_mut()) };
+    }
+
+    /// Waits up to `timeout` for one of the signals; `None` on timeout or EINTR.
+    fn timed_wait(&self, timeout: Duration) -> Option<i32> {
+        let ts = libc::timespec {
+            tv_sec: timeout.as_secs() as libc::time_t,
+            tv_nsec: timeout.subsec_nanos() as libc::c_long,
+        };
+        // SAFETY: valid set and timespec; the siginfo pointer may be null.
+        let r = unsafe { libc::sigtimedwait(&self.0, std::ptr::null_mut(), &ts) };
+        (r > 0).then_some(r)
+    }
+}
+
+fn set_disposition(sig: i32, handler: libc::sighandler_t) {
+    // SAFETY: SIG_IGN / SIG_DFL are valid dispositions for these signals.
+    unsafe { libc::signal(sig, handler) };
+}
+
+/// Dies of `sig` (so the supervisor sees a signal exit), as if it had not been caught.
+fn die_of(sig: i32) -> ! {
+    set_disposition(sig, libc::SIG_DFL);
+    let mut set = SigSet::empty();
+    set.add(sig);
+    // SAFETY: raising a signal with default disposition, then unblocking it, kills us.
+    unsafe {
+        libc::raise(sig);
+        libc::sigprocmask(libc::SIG_UNBLOCK, &set.0, std::ptr::null_mut());
+    }
+    process::exit(128 + sig);
+}
+
+/// Forks a grandchild that sleeps up to [`MAX_LIFETIME`] with default signal handling.
+fn fork_grandchild() -> i32 {
+    // SAFETY: this process is single-threaded, so the child may run ordinary code.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        eprintln!("minder-testchild: fork: {}", io::Error::last_os_error());
+        process::exit(2);
+    }
+    if pid == 0 {
+        set_disposition(libc::SIGTERM, libc::SIG_DFL);
+        set_disposition(libc::SIGINT, libc::SIG_DFL);
+        // SAFETY: an empty set unblocks nothing; SIG_SETMASK with it clears the mask.
+        unsafe {
+            let empty = SigSet::empty();
+            libc::sigprocmask(libc::SIG_SETMASK, &empty.0, std::ptr::null_mut());
+        }
+        let deadline = Instant::now() + MAX_LIFETIME;
+        while Instant::now() < deadline {
+            std::thread::sleep(Duration::from_secs(1));
+        }
+        // SAFETY: leave without running the parent's atexit handlers or flushing its buffers.
+        unsafe { libc::_exit(0) };
+    }
+    pid
+}
+
+fn parse_signal(s: &str) -> Option<i32> {
+    let name = s.strip_prefix("SIG").unwrap_or(s);
+    Some(match name {
+        "KILL" => libc::SIGKILL,
+        "TERM" => libc::SIGTERM,
+        "INT" => libc::SIGINT,
+        "HUP" => libc::SIGHUP,
+        "ABRT" => libc::SIGABRT,
+        "SEGV" => libc::SIGSEGV,
+        _ => return s.parse().ok().filter(|n| (1..65).contains(n)),
+    })
+}
+
+fn signal_name(sig: i32) -> &'static str {
+    match sig {
+        libc::SIGHUP => "HUP",
+        libc::SIGUSR1 => "USR1",
+        libc::SIGUSR2 => "USR2",
+        libc::SIGTERM => "TERM",
+        libc::SIGINT => "INT",
+        _ => "OTHER",
+    }
+}
+
+fn monotonic_ns() -> u128 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid out pointer and clock id.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u128 * 1_000_000_000 + ts.tv_nsec as u128
+}
+
+/// Appends `EVENT <monotonic ns> <pid>` in one write.
+fn record(file: &Path, event: &str) -> io::Result<()> {
+    append_line(
+        file,
+        &format!("{event} {} {}", monotonic_ns(), process::id()),
+    )
+}
+
+/// Appends one line with a single O_APPEND write, so concurrent writers never interleave.
+fn append_line(file: &Path, line: &str) -> io::Result<()> {
+    let mut f = OpenOptions::new().create(true).append(true).open(file)?;
+    let buf = format!("{line}\n");
+    let n = f.write(buf.as_bytes())?;
+    if n != buf.len() {
+        return Err(io::Error::other(format!(
+            "short append to {}",
+            file.display()
+        )));
+    }
+    Ok(())
+}
+
+/// Writes FILE.tmp then renames it to FILE.
+fn write_atomic(file: &Path, text: &str) -> io::Result<()> {
+    let mut tmp = file.as_os_str().to_owned();
+    tmp.push(".tmp");
+    fs::write(&tmp, text)?;
+    fs::rename(&tmp, file)?;
+    Ok(())
+}
