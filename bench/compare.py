@@ -428,6 +428,33 @@ class Bench:
         finally:
             d.stop()
 
+    # 1, without any status call ---------------------------------------------
+    def m_rss_quiet(self, kind):
+        """RSS with n programs when no status request was ever made: the daemon's
+        children are counted in /proc instead of asking the daemon."""
+        n = self.args.programs
+        d = kind(self, f"quiet{n}")
+        try:
+            d.write_config(sleep_programs(n))
+            d.start()
+            deadline = time.monotonic() + self.args.start_timeout
+            while len(children_of(d.proc.pid)) < n:
+                if d.proc.poll() is not None:
+                    raise BenchError(f"{d.label} exited with {d.proc.returncode}")
+                if time.monotonic() > deadline:
+                    raise BenchError(f"{d.label}: fewer than {n} children after {self.args.start_timeout:g} s")
+                time.sleep(0.1)
+            time.sleep(self.args.settle_secs + 2)
+            v = rss_kib(d.proc.pid) / 1024.0
+            self.put("rss_quiet", d.key, v)
+            self.log(f"{d.label}: RSS {v:.1f} MiB with {n} children and no status call made")
+        except Exception as e:
+            if self.args.debug:
+                traceback.print_exc()
+            self.fail(["rss_quiet"], d.key, e)
+        finally:
+            d.stop()
+
     # 3 -----------------------------------------------------------------------
     def m_status(self, d, n):
         variants = [(f"status_{n}", False)]
@@ -675,6 +702,7 @@ class Report:
             # key, label, unit, target (value or None), section
             ("start_all", f"{n} programs: start until all running", "s", 1.0, 1),
             ("rss", f"{n} programs: supervisor RSS", "MiB", 10.0, 1),
+            ("rss_quiet", f"{n} programs: supervisor RSS, no status call ever made", "MiB", None, 1),
             ("idle_cpu", f"{n} programs: CPU over {bench.args.idle_secs:g} s idle", "ms", 0.0, 1),
             (f"shutdown_{n}", f"{n} programs: shutdown (SIGTERM to exit)", "s", None, 1),
             ("crash", "crash-to-restart, median", "ms", 5.0, 2),
@@ -782,7 +810,14 @@ class Report:
               "bound; for supervisord one `supervisorctl status` call with 1000 programs is "
               "itself a large part of a second.",
               f"- *RSS*: `VmRSS` of the daemon process (for supervisord, the `supervisord` "
-              f"Python process) after the idle window; children not counted.",
+              f"Python process) after the idle window; children not counted. The status "
+              "polls of the start measurement (up to the one listing all processes) were the "
+              "only requests the daemon had served by then.",
+              "- *RSS, no status call ever made*: a separate, fresh daemon with the same "
+              f"programs; the bench counts its children in /proc instead of asking it, and "
+              f"reads VmRSS {self.b.args.settle_secs + 2:g} s after all {n} exist. The difference "
+              "to the row above is what answering status requests (for minder, a `--json` "
+              f"reply listing {n} processes) leaves behind.",
               f"- *idle CPU*: utime + stime of the daemon from `/proc/PID/stat` "
               f"(clock ticks of {1000 // CLK_TCK} ms) over {a.idle_secs:g} s, starting "
               f"{a.settle_secs:g} s after all were running, with no status polling in the window.",
@@ -970,6 +1005,7 @@ def main():
                 b.m_hundred(kind)
             if "idle" not in args.skip:
                 b.m_idle(kind)
+                b.m_rss_quiet(kind)
     except KeyboardInterrupt:
         interrupted = True
         b.log("interrupted; cleaning up")
