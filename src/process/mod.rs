@@ -5,7 +5,7 @@ mod reaper;
 mod spawn;
 
 pub use reaper::{ExitReceiver, Reaper};
-pub use spawn::{set_child_fd_limit, spawn, SpawnError, SpawnRequest, SpawnStage, Spawned};
+pub use spawn::{set_child_fd_limit, spawn, Output, SpawnError, SpawnRequest, SpawnStage, Spawned};
 
 use nix::sys::signal::{self, Signal};
 use nix::unistd::Pid;

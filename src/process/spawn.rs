@@ -8,7 +8,7 @@
 //! that started and exited.
 
 use std::ffi::{CString, OsStr};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
@@ -61,6 +61,22 @@ pub struct SpawnRequest {
     pub user: Option<String>,
     /// Group to run as (name or numeric id); defaults to the user's primary group.
     pub group: Option<String>,
+    /// Where the child's stdout goes.
+    pub stdout: Output,
+    /// Where the child's stderr goes.
+    pub stderr: Output,
+}
+
+/// Where a child's stdout or stderr goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Output {
+    /// minder's own stderr (as a terminal or journald sees it).
+    MinderStderr,
+    /// Discarded.
+    Null,
+    /// This fd of minder's (e.g. a pipe's write end); the caller keeps it open
+    /// until `spawn` returns.
+    Fd(RawFd),
 }
 
 /// Where a spawn failed; part of the message a user sees.
@@ -187,6 +203,8 @@ pub fn spawn(req: &SpawnRequest, reaper: &Reaper) -> Result<Spawned, SpawnError>
                 identity: prepared.identity.as_ref(),
                 groups: &group_list,
                 stdin: devnull.as_raw_fd(),
+                stdout: output_fd(req.stdout, devnull.as_raw_fd()),
+                stderr: output_fd(req.stderr, devnull.as_raw_fd()),
                 report: err_write.as_raw_fd(),
                 nofile: CHILD_NOFILE.get(),
             })
@@ -215,6 +233,14 @@ pub fn spawn(req: &SpawnRequest, reaper: &Reaper) -> Result<Spawned, SpawnError>
             }
         }
         Err(e) => Err(SpawnError::os(SpawnStage::Fork, e, "fork")),
+    }
+}
+
+fn output_fd(output: Output, devnull: RawFd) -> RawFd {
+    match output {
+        Output::MinderStderr => 2,
+        Output::Null => devnull,
+        Output::Fd(fd) => fd,
     }
 }
 
@@ -400,6 +426,8 @@ struct ChildArgs<'a> {
     identity: Option<&'a Identity>,
     groups: &'a [libc::gid_t],
     stdin: libc::c_int,
+    stdout: libc::c_int,
+    stderr: libc::c_int,
     report: libc::c_int,
     nofile: Option<&'a libc::rlimit>,
 }
@@ -423,12 +451,21 @@ unsafe fn child(args: ChildArgs<'_>) -> ! {
     if libc::setsid() < 0 {
         fail(args.report, 4);
     }
-    // stdin is /dev/null; stdout and stderr go to minder's stderr.
-    if libc::dup2(args.stdin, 0) < 0 || libc::dup2(2, 1) < 0 {
-        fail(args.report, 5);
+    // First move every source above 2 (close-on-exec copies), so placing one
+    // on 0, 1 or 2 cannot clobber another that is still to be placed there.
+    let mut sources = [args.stdin, args.stdout, args.stderr];
+    for fd in &mut sources {
+        *fd = libc::fcntl(*fd, libc::F_DUPFD_CLOEXEC, 3);
+        if *fd < 0 {
+            fail(args.report, 5);
+        }
     }
-    // dup2 onto the same fd keeps CLOEXEC, so clear it explicitly.
-    libc::fcntl(0, libc::F_SETFD, 0);
+    for (target, source) in sources.into_iter().enumerate() {
+        // dup2 clears close-on-exec on the target.
+        if libc::dup2(source, target as libc::c_int) < 0 {
+            fail(args.report, 5);
+        }
+    }
     // Nothing but 0, 1, 2 survives exec, whatever minder itself inherited.
     libc::syscall(
         libc::SYS_close_range,

@@ -11,7 +11,7 @@ use tokio::time::sleep_until;
 
 use super::state::{Effect, Event, Machine, Outcome, State};
 use crate::config::{ProcessSpec, ProgramConfig};
-use crate::process::{self, ExitReceiver, ProcessEnd, Reaper, SpawnRequest};
+use crate::process::{self, ExitReceiver, Output, ProcessEnd, Reaper, SpawnRequest};
 
 /// Commands queued per process; a full queue is reported as busy.
 const COMMAND_QUEUE: usize = 32;
@@ -292,6 +292,8 @@ impl ProcessActor {
             environment: self.spec.environment.clone(),
             user: self.cfg.user.clone(),
             group: self.cfg.group.clone(),
+            stdout: Output::MinderStderr,
+            stderr: Output::MinderStderr,
         };
         match process::spawn(&request, &self.reaper) {
             Ok(spawned) => {
