@@ -873,8 +873,13 @@ class Report:
         for who in ("minder", "supervisord"):
             sm = self.r.get("start_all", {}).get("extra", {}).get(who, {}).get("samples")
             if sm:
-                det.append(f"- start of {n}, {who}: " + ", ".join(f"{x:.3f} s" for x in sm))
+                det.append(f"- start of {n}, {who}: " + ", ".join(f"{x:.3f} s" for x in sm)
+                           + f" (best {min(sm):.3f} s)")
         L += det + ([""] if det else [])
+        L += ["The time until all run is the figure most sensitive to other work on the "
+              f"machine: spawning {n} processes needs CPU, and on {meta['machine']['nproc']} CPUs "
+              "a concurrent compiler job takes a large share of it. Compare the samples and the "
+              "load average at the top; the best sample is the closest to an idle machine.", ""]
         L += ["Targets for minder: ≤ 10 MiB RSS, 0 ms CPU over 30 s idle, all running within 1 s.", "",
               "Earlier reference figures (measured before this run on the same machine kind, "
               "not by this script): supervisord 32.8 MiB RSS, 320 ms CPU per 30 s idle, 12.9 s "
