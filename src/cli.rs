@@ -223,7 +223,7 @@ pub fn ctl(args: CtlArgs) -> ExitCode {
     if args.json {
         println!("{payload}");
     }
-    match render(&args, payload) {
+    match render(&args, payload.get()) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("minder: unexpected reply from the daemon: {e}");
@@ -233,12 +233,12 @@ pub fn ctl(args: CtlArgs) -> ExitCode {
 }
 
 /// Prints the human form (unless `--json`) and decides the exit code.
-fn render(args: &CtlArgs, payload: serde_json::Value) -> Result<ExitCode, serde_json::Error> {
+fn render(args: &CtlArgs, payload: &str) -> Result<ExitCode, serde_json::Error> {
     let human = !args.json;
     let mut out = std::io::stdout().lock();
     match &args.command {
         CtlCommand::Status { .. } => {
-            let status: StatusReply = serde_json::from_value(payload)?;
+            let status: StatusReply = serde_json::from_str(payload)?;
             if human {
                 let _ = out.write_all(status_table(&status.processes).as_bytes());
             }
@@ -256,7 +256,7 @@ fn render(args: &CtlArgs, payload: serde_json::Value) -> Result<ExitCode, serde_
         | CtlCommand::Stop { .. }
         | CtlCommand::Restart { .. }
         | CtlCommand::Signal { .. } => {
-            let reply: ActionReply = serde_json::from_value(payload)?;
+            let reply: ActionReply = serde_json::from_str(payload)?;
             let failed: Vec<_> = reply.results.iter().filter(|r| !r.ok).collect();
             for r in &failed {
                 eprintln!("minder: {}: {}", r.name, r.message);
@@ -268,7 +268,7 @@ fn render(args: &CtlArgs, payload: serde_json::Value) -> Result<ExitCode, serde_
             })
         }
         CtlCommand::Pid { .. } => {
-            let reply: PidReply = serde_json::from_value(payload)?;
+            let reply: PidReply = serde_json::from_str(payload)?;
             match reply.pid {
                 Some(pid) => {
                     if human {
@@ -283,7 +283,7 @@ fn render(args: &CtlArgs, payload: serde_json::Value) -> Result<ExitCode, serde_
             }
         }
         CtlCommand::Reload => {
-            let reply: ReloadReply = serde_json::from_value(payload)?;
+            let reply: ReloadReply = serde_json::from_str(payload)?;
             if human {
                 let _ = out.write_all(reload_summary(&reply).as_bytes());
             }

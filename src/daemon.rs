@@ -1,5 +1,6 @@
 //! `minder daemon`: process-wide setup, then the supervisor loop.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::signal::unix::{signal, SignalKind};
@@ -7,8 +8,10 @@ use tokio::sync::mpsc;
 
 use crate::config::Config;
 use crate::control::server;
+use crate::health::Prober;
+use crate::notify::{self, NotifyRoutes};
 use crate::process::Reaper;
-use crate::supervisor::{Input, Supervisor, INPUT_QUEUE};
+use crate::supervisor::{Context, Input, Supervisor, INPUT_QUEUE};
 
 /// Why the daemon could not run.
 #[derive(Debug, thiserror::Error)]
@@ -23,6 +26,7 @@ pub enum DaemonError {
 
 /// Runs the supervisor until shutdown; returns once every child is stopped.
 pub fn run(config: Config) -> Result<(), DaemonError> {
+    tune_allocator();
     raise_fd_limit();
     // Orphaned grandchildren are re-parented to minder, which reaps them.
     if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
@@ -40,6 +44,16 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
 async fn serve(config: Config) -> Result<(), DaemonError> {
     let reaper = Reaper::start().map_err(|e| DaemonError::Setup("SIGCHLD handler", e))?;
     let socket = server::bind(&config.supervisor)?;
+    let notify_socket = notify::socket_path(&config.supervisor.socket);
+    let notify_routes = NotifyRoutes::default();
+    notify::start(&notify_socket, notify_routes.clone())
+        .map_err(|e| DaemonError::Setup("creating the notify socket", e))?;
+    let context = Arc::new(Context {
+        prober: Prober::new(Arc::clone(&reaper)),
+        reaper,
+        notify_routes,
+        notify_socket: notify_socket.clone(),
+    });
     let socket_path = socket.path.clone();
     let (inputs_tx, inputs_rx) = mpsc::channel(INPUT_QUEUE);
     spawn_signal_handlers(inputs_tx.clone())?;
@@ -52,14 +66,16 @@ async fn serve(config: Config) -> Result<(), DaemonError> {
         socket_path.display()
     );
 
-    Supervisor::new(config, reaper).run(inputs_rx).await;
+    Supervisor::new(config, context).run(inputs_rx).await;
 
     // Accept nothing more, but let replies in flight (the one to `ctl shutdown`
     // among them) reach their clients: each connection holds an `open` sender.
     server.abort();
     let _ = tokio::time::timeout(Duration::from_secs(1), open_rx.recv()).await;
-    if let Err(e) = std::fs::remove_file(&socket_path) {
-        tracing::debug!("removing {}: {e}", socket_path.display());
+    for path in [&socket_path, &notify_socket] {
+        if let Err(e) = std::fs::remove_file(path) {
+            tracing::debug!("removing {}: {e}", path.display());
+        }
     }
     tracing::info!("minder exits");
     Ok(())
@@ -85,6 +101,19 @@ fn spawn_signal_handlers(inputs: mpsc::Sender<Input>) -> Result<(), DaemonError>
         }
     });
     Ok(())
+}
+
+/// Keeps a long-running, mostly idle daemon small: large buffers (a status
+/// reply for 1000 processes) are mmapped and returned on free, instead of
+/// glibc's adaptive threshold moving them onto a heap it never shrinks.
+fn tune_allocator() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: mallopt only sets allocator parameters; called before any thread exists.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 64 * 1024);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 128 * 1024);
+        libc::mallopt(libc::M_ARENA_MAX, 1);
+    }
 }
 
 /// 1000 programs hold thousands of fds; take all the kernel allows.

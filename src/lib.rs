@@ -6,5 +6,8 @@ pub mod cli;
 pub mod config;
 pub mod control;
 pub mod daemon;
+pub mod health;
+pub mod notify;
 pub mod process;
+pub mod sockets;
 pub mod supervisor;

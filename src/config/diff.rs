@@ -21,10 +21,16 @@ pub struct ConfigDiff {
 
 /// Compares two configs program by program (see [`ConfigDiff`]).
 pub fn diff(old: &Config, new: &Config) -> ConfigDiff {
-    let old_by_name: HashMap<&str, &ProgramConfig> =
-        old.programs.iter().map(|p| (p.name.as_str(), p)).collect();
-    let new_by_name: HashMap<&str, &ProgramConfig> =
-        new.programs.iter().map(|p| (p.name.as_str(), p)).collect();
+    let old_by_name: HashMap<&str, &ProgramConfig> = old
+        .programs
+        .iter()
+        .map(|p| (p.name.as_str(), &**p))
+        .collect();
+    let new_by_name: HashMap<&str, &ProgramConfig> = new
+        .programs
+        .iter()
+        .map(|p| (p.name.as_str(), &**p))
+        .collect();
     let mut d = ConfigDiff {
         supervisor_changed: old.supervisor != new.supervisor,
         ..ConfigDiff::default()
@@ -32,7 +38,7 @@ pub fn diff(old: &Config, new: &Config) -> ConfigDiff {
     for p in &new.programs {
         match old_by_name.get(p.name.as_str()) {
             None => d.added.push(p.name.clone()),
-            Some(o) if *o == p => d.unchanged.push(p.name.clone()),
+            Some(o) if **o == **p => d.unchanged.push(p.name.clone()),
             Some(_) => d.changed.push(p.name.clone()),
         }
     }

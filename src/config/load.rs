@@ -3,6 +3,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use toml::de::{DeTable, DeValue};
 
@@ -184,7 +185,7 @@ fn load_main(
         Some(supervisor) if diags.count() == 0 => Ok(Config {
             path: abs_path,
             supervisor,
-            programs: drafts.into_iter().map(|d| d.config).collect(),
+            programs: drafts.into_iter().map(|d| Arc::new(d.config)).collect(),
         }),
         _ => Err(diags.into_sorted()),
     }

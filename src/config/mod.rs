@@ -14,6 +14,7 @@
 //! half-parsed file would bury the real error under follow-ups.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
@@ -42,7 +43,8 @@ pub struct Config {
     /// The `[supervisor]` table.
     pub supervisor: SupervisorConfig,
     /// Every `[program.*]` table, in the order they were read (main file first, then includes).
-    pub programs: Vec<ProgramConfig>,
+    /// Shared, so the process actors of a program point at this one copy.
+    pub programs: Vec<Arc<ProgramConfig>>,
 }
 
 /// Settings of minder itself (`[supervisor]`).
@@ -148,6 +150,78 @@ pub struct ProgramConfig {
     pub depends_on: Vec<String>,
     /// Restart spacing.
     pub backoff: BackoffConfig,
+    /// `[program.NAME.health]`: the probe that decides readiness and liveness.
+    pub health: Option<HealthConfig>,
+    /// The child reports readiness with `READY=1` on `NOTIFY_SOCKET`.
+    pub notify: bool,
+    /// With `notify` (and no `health`): `READY=1` must come within this.
+    pub ready_timeout: Duration,
+    /// Non-zero: the child must send `WATCHDOG=1` at least this often.
+    pub watchdog: Duration,
+    /// Sockets minder binds once and hands to every process as fds 3..
+    pub listen: Vec<ListenAddress>,
+    /// `LISTEN_FDNAMES`, one per `listen` entry.
+    pub listen_names: Vec<String>,
+    /// File mode of unix listen sockets.
+    pub listen_mode: u32,
+}
+
+/// One `listen` entry.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum ListenAddress {
+    /// `tcp://127.0.0.1:8080`, `tcp://[::1]:8080`.
+    Tcp(std::net::SocketAddr),
+    /// `unix:///run/web.sock` (absolute path).
+    Unix(PathBuf),
+}
+
+impl std::fmt::Display for ListenAddress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ListenAddress::Tcp(addr) => write!(f, "tcp://{addr}"),
+            ListenAddress::Unix(path) => write!(f, "unix://{}", path.display()),
+        }
+    }
+}
+
+/// What a health probe checks; strings still hold placeholders until
+/// [`ProgramConfig::processes`] expands them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProbeTarget {
+    /// GET this URL; healthy iff the status is 200..=399.
+    Http(String),
+    /// Connect to this `host:port`.
+    Tcp(String),
+    /// Run this argv; healthy iff it exits 0.
+    Exec(Vec<String>),
+}
+
+/// What an unhealthy process leads to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnUnhealthy {
+    /// Stop it and restart it through the normal backoff.
+    Restart,
+    /// Only report it.
+    None,
+}
+
+/// `[program.NAME.health]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HealthConfig {
+    /// The check.
+    pub probe: ProbeTarget,
+    /// Time between probes while running.
+    pub interval: Duration,
+    /// A probe taking longer fails.
+    pub timeout: Duration,
+    /// Time allowed to become ready; failures inside it do not count.
+    pub start_period: Duration,
+    /// Consecutive failures that make a running process unhealthy.
+    pub failure_threshold: u32,
+    /// Consecutive successes that make an unhealthy process healthy again.
+    pub success_threshold: u32,
+    /// What unhealthy leads to.
+    pub on_unhealthy: OnUnhealthy,
 }
 
 /// One process to supervise: a program's instance with placeholders expanded.
@@ -164,12 +238,14 @@ pub struct ProcessSpec {
     /// Environment additions with placeholders expanded, plus `MINDER_PROCESS`,
     /// `MINDER_PROGRAM` and `MINDER_INSTANCE`.
     pub environment: Vec<(String, String)>,
+    /// The health probe with placeholders expanded.
+    pub probe: Option<ProbeTarget>,
 }
 
 impl Config {
     /// The program called `name`, if any.
     pub fn program(&self, name: &str) -> Option<&ProgramConfig> {
-        self.programs.iter().find(|p| p.name == name)
+        self.programs.iter().find(|p| p.name == name).map(|p| &**p)
     }
 
     /// Program names in an order where every program comes after everything in its depends_on (stable: file order otherwise).
@@ -214,12 +290,20 @@ impl ProgramConfig {
                     ("MINDER_PROGRAM".to_string(), self.name.clone()),
                 ]);
                 environment.sort();
+                let probe = self.health.as_ref().map(|h| match &h.probe {
+                    ProbeTarget::Http(url) => ProbeTarget::Http(placeholder::expand(url, &vars)),
+                    ProbeTarget::Tcp(addr) => ProbeTarget::Tcp(placeholder::expand(addr, &vars)),
+                    ProbeTarget::Exec(argv) => ProbeTarget::Exec(
+                        argv.iter().map(|a| placeholder::expand(a, &vars)).collect(),
+                    ),
+                });
                 ProcessSpec {
                     name,
                     program: self.name.clone(),
                     instance,
                     argv,
                     environment,
+                    probe,
                 }
             })
             .collect()

@@ -1,7 +1,7 @@
 //! The config keys: one function per table, reading keys by name through a
 //! [`TableReader`]. A new key is one `get` line here plus a field.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
@@ -10,7 +10,10 @@ use toml::de::DeValue;
 use super::diagnostic::Span;
 use super::reader::{conv, TableReader, Value, ValueError};
 use super::Defaults;
-use super::{placeholder, BackoffConfig, ProgramConfig, RestartPolicy, SupervisorConfig};
+use super::{
+    placeholder, BackoffConfig, HealthConfig, ListenAddress, OnUnhealthy, ProbeTarget,
+    ProgramConfig, RestartPolicy, SupervisorConfig,
+};
 
 /// Upper bound for `instances`: far above any sane use, low enough that a
 /// typo cannot make minder try to start millions of processes.
@@ -173,6 +176,47 @@ pub(crate) fn read_program(
         Some((b, _)) => read_backoff(b),
         None => BackoffConfig::default(),
     };
+    let health = r
+        .table("health")
+        .and_then(|(h, span)| read_health(h, span, has_port));
+    let listen: Vec<(ListenAddress, Span)> = r
+        .get("listen", conv::text_list)
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|(text, span)| match parse_listen(&text) {
+            Ok(addr) => Some((addr, span)),
+            Err(why) => {
+                r.error(&span, format!("\"listen\": {why}"));
+                None
+            }
+        })
+        .collect();
+    for (i, (addr, span)) in listen.iter().enumerate() {
+        if listen[..i].iter().any(|(other, _)| other == addr) {
+            r.error(span, format!("\"listen\": {addr} is listed twice"));
+        }
+    }
+    let listen_names = match r.get_spanned("listen_names", conv::text_list) {
+        None => vec![name.to_string(); listen.len()],
+        Some((names, span)) => {
+            if names.len() != listen.len() {
+                r.error(
+                    &span,
+                    format!(
+                        "\"listen_names\": {} names for {} listen entries (one name per entry)",
+                        names.len(),
+                        listen.len()
+                    ),
+                );
+            }
+            for (n, nspan) in &names {
+                if n.contains(':') || n.len() > 255 {
+                    r.error(nspan, "\"listen_names\": a name must not contain ':' (LISTEN_FDNAMES separates names with it)");
+                }
+            }
+            names.into_iter().map(|(n, _)| n).collect()
+        }
+    };
 
     let config = ProgramConfig {
         name: name.to_string(),
@@ -210,6 +254,15 @@ pub(crate) fn read_program(
         port: port.map(|(p, _)| p),
         depends_on: depends_on.iter().map(|(d, _)| d.clone()).collect(),
         backoff,
+        health,
+        notify: r.get("notify", conv::boolean).unwrap_or(false),
+        ready_timeout: r
+            .get("ready_timeout", positive_duration)
+            .unwrap_or(Duration::from_secs(60)),
+        watchdog: r.get("watchdog", conv::duration).unwrap_or(Duration::ZERO),
+        listen: listen.iter().map(|(a, _)| a.clone()).collect(),
+        listen_names,
+        listen_mode: r.get("listen_mode", file_mode).unwrap_or(0o660),
     };
     r.finish();
     ProgramDraft {
@@ -314,6 +367,130 @@ fn read_environment(r: &mut TableReader<'_, '_>, has_port: bool) -> Vec<(String,
     env.finish();
     out.sort();
     out
+}
+
+/// A `listen` entry: `tcp://HOST:PORT` (IP literals: minder binds exactly
+/// that address) or `unix:///absolute/path`.
+fn parse_listen(text: &str) -> Result<ListenAddress, String> {
+    if let Some(addr) = text.strip_prefix("tcp://") {
+        return addr.parse::<std::net::SocketAddr>().map(ListenAddress::Tcp).map_err(|_| {
+            format!("{text:?}: expected tcp://IP:PORT, e.g. \"tcp://127.0.0.1:8080\" or \"tcp://[::1]:8080\"")
+        });
+    }
+    if let Some(path) = text.strip_prefix("unix://") {
+        if !path.starts_with('/') {
+            return Err(format!(
+                "{text:?}: a unix socket path must be absolute (unix:///run/web.sock)"
+            ));
+        }
+        if path.len() > 107 {
+            return Err(format!(
+                "{text:?}: unix socket paths are limited to 107 bytes"
+            ));
+        }
+        return Ok(ListenAddress::Unix(PathBuf::from(path)));
+    }
+    Err(format!("{text:?}: expected tcp://IP:PORT or unix:///PATH"))
+}
+
+/// A duration that must be above zero (a zero interval or timeout makes no sense).
+fn positive_duration(v: &Value<'_>) -> Result<Duration, ValueError> {
+    let d = conv::duration(v)?;
+    if d.is_zero() {
+        return Err(ValueError::invalid("must be longer than 0s", v));
+    }
+    Ok(d)
+}
+
+/// `[program.NAME.health]`: exactly one of `http`, `tcp`, `exec`.
+fn read_health(mut r: TableReader<'_, '_>, header: Span, has_port: bool) -> Option<HealthConfig> {
+    let http = r.get_spanned("http", conv::text);
+    let tcp = r.get_spanned("tcp", conv::text);
+    let exec = r.get_spanned("exec", command);
+    let interval = r.get("interval", positive_duration);
+    let timeout = r.get("timeout", positive_duration);
+    let start_period = r.get("start_period", positive_duration);
+    let failure_threshold = r.get("failure_threshold", conv::int_in::<u32>(1, 1_000_000));
+    let success_threshold = r.get("success_threshold", conv::int_in::<u32>(1, 1_000_000));
+    let on_unhealthy = r
+        .get("on_unhealthy", conv::one_of(&["restart", "none"]))
+        .map(|i| {
+            if i == 1 {
+                OnUnhealthy::None
+            } else {
+                OnUnhealthy::Restart
+            }
+        });
+
+    let mut checks: Vec<(ProbeTarget, Span)> = Vec::new();
+    if let Some((url, span)) = http {
+        for problem in placeholder::check(&url, has_port) {
+            r.error(&span, format!("\"http\": {problem}"));
+        }
+        match url.split_once("://") {
+            Some(("http", rest)) if !rest.is_empty() => {}
+            Some(("https", _)) => r.error(
+                &span,
+                "\"http\": https is not supported: health checks talk to local programs over plain http",
+            ),
+            _ => r.error(
+                &span,
+                format!("\"http\": {url:?} is not an http:// URL (e.g. \"http://127.0.0.1:8080/health\")"),
+            ),
+        }
+        checks.push((ProbeTarget::Http(url), span));
+    }
+    if let Some((addr, span)) = tcp {
+        for problem in placeholder::check(&addr, has_port) {
+            r.error(&span, format!("\"tcp\": {problem}"));
+        }
+        match addr.rsplit_once(':') {
+            Some((host, port)) if !host.is_empty() && !port.is_empty() => {}
+            _ => r.error(
+                &span,
+                format!("\"tcp\": {addr:?} is not HOST:PORT (e.g. \"127.0.0.1:5432\")"),
+            ),
+        }
+        checks.push((ProbeTarget::Tcp(addr), span));
+    }
+    if let Some((argv, span)) = exec {
+        for (arg, arg_span) in &argv {
+            for problem in placeholder::check(arg, has_port) {
+                r.error(arg_span, format!("\"exec\": {problem}"));
+            }
+        }
+        checks.push((
+            ProbeTarget::Exec(argv.into_iter().map(|(a, _)| a).collect()),
+            span,
+        ));
+    }
+    let probe = match checks.len() {
+        1 => checks.pop().map(|(p, _)| p),
+        0 => {
+            r.error(
+                &header,
+                "[health] needs one of \"http\", \"tcp\" or \"exec\"",
+            );
+            None
+        }
+        _ => {
+            r.error(
+                &checks[1].1,
+                "[health] takes exactly one of \"http\", \"tcp\" or \"exec\"",
+            );
+            None
+        }
+    };
+    r.finish();
+    Some(HealthConfig {
+        probe: probe?,
+        interval: interval.unwrap_or(Duration::from_secs(5)),
+        timeout: timeout.unwrap_or(Duration::from_secs(2)),
+        start_period: start_period.unwrap_or(Duration::from_secs(30)),
+        failure_threshold: failure_threshold.unwrap_or(3),
+        success_threshold: success_threshold.unwrap_or(1),
+        on_unhealthy: on_unhealthy.unwrap_or(OnUnhealthy::Restart),
+    })
 }
 
 /// `[program.NAME.backoff]`.

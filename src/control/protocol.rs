@@ -82,11 +82,12 @@ pub struct ErrorBody {
 }
 
 /// A reply: `{"ok": ...}` or `{"error": {"kind": ..., "message": ...}}`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Reply {
-    /// Success, with a command-specific document.
-    Ok(serde_json::Value),
+    /// Success, with a command-specific document, serialized once: a status
+    /// of 1000 processes never exists as a tree of JSON values.
+    Ok(Box<serde_json::value::RawValue>),
     /// Failure.
     Error(ErrorBody),
 }
@@ -94,7 +95,11 @@ pub enum Reply {
 impl Reply {
     /// A success carrying `payload`.
     pub fn ok(payload: impl Serialize) -> Reply {
-        Reply::Ok(serde_json::to_value(payload).unwrap_or(serde_json::Value::Null))
+        let raw = serde_json::value::to_raw_value(&payload).unwrap_or_else(|_| {
+            serde_json::value::RawValue::from_string("null".to_string())
+                .expect("null is valid JSON")
+        });
+        Reply::Ok(raw)
     }
 
     /// A failure.
@@ -120,6 +125,22 @@ pub struct ProcessInfo {
     pub last_exit_code: Option<i32>,
     pub last_exit_signal: Option<String>,
     pub description: String,
+    /// The latest health probe (absent without a health check).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_probe: Option<LastProbe>,
+}
+
+/// The latest health probe of a process.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LastProbe {
+    /// When it finished, RFC 3339.
+    pub time: String,
+    /// Healthy.
+    pub ok: bool,
+    /// What was seen (`GET http://127.0.0.1:8080/health: 503`).
+    pub message: String,
+    /// How long it took.
+    pub duration_ms: f64,
 }
 
 /// The `status` document.

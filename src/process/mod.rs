@@ -49,10 +49,15 @@ impl std::fmt::Display for ProcessEnd {
 /// Sends `sig` to the process, or to its whole process group when `group`
 /// (every child is a session leader, so its group id is its PID).
 ///
-/// A process that is already gone (ESRCH) is not an error: it raced us to the exit.
+/// A process that is already gone (ESRCH) is not an error: it raced us to the
+/// exit. A main process adopted through `MAINPID=` may lead no group of its
+/// own; then the process itself gets the signal.
 pub fn send_signal(pid: Pid, sig: Signal, group: bool) -> nix::Result<()> {
     let result = if group {
-        signal::killpg(pid, sig)
+        match signal::killpg(pid, sig) {
+            Err(nix::errno::Errno::ESRCH) => signal::kill(pid, sig),
+            other => other,
+        }
     } else {
         signal::kill(pid, sig)
     };

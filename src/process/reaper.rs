@@ -42,6 +42,14 @@ impl Reaper {
         self.owners.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Routes the exit of `pid` (a descendant re-parented to minder, e.g. the
+    /// `MAINPID=` of a forking program) to the returned receiver.
+    pub fn adopt(&self, pid: Pid) -> ExitReceiver {
+        let (tx, rx) = oneshot::channel();
+        self.lock().insert(pid.as_raw(), tx);
+        rx
+    }
+
     async fn run(self: Arc<Self>, mut sigchld: SignalStream) {
         // Children may have ended before the handler existed (e.g. across reexec).
         self.reap_all();

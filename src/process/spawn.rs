@@ -65,6 +65,11 @@ pub struct SpawnRequest {
     pub stdout: Output,
     /// Where the child's stderr goes.
     pub stderr: Output,
+    /// Variables whose value is the child's own PID (`WATCHDOG_PID`,
+    /// `LISTEN_PID`), only known after fork.
+    pub pid_variables: Vec<&'static str>,
+    /// Sockets the child gets as fds 3, 4, ... (the caller keeps them open).
+    pub listen_fds: Vec<RawFd>,
 }
 
 /// Where a child's stdout or stderr goes.
@@ -167,13 +172,33 @@ struct Prepared {
     envp: Vec<CString>,
     directory: CString,
     identity: Option<Identity>,
+    /// `NAME=` followed by room for the PID digits and a NUL, filled in the child.
+    pid_slots: Vec<Vec<u8>>,
 }
+
+/// Room for the decimal digits of any PID (at most 2^22 on Linux) and a NUL.
+const PID_DIGITS: usize = 12;
 
 /// Starts a process in a new session, registered with `reaper` before it can exit.
 pub fn spawn(req: &SpawnRequest, reaper: &Reaper) -> Result<Spawned, SpawnError> {
-    let prepared = prepare(req)?;
+    let mut prepared = prepare(req)?;
     let argv_ptrs = null_terminated(&prepared.argv);
-    let envp_ptrs = null_terminated(&prepared.envp);
+    let slots: Vec<(*mut u8, usize)> = prepared
+        .pid_slots
+        .iter_mut()
+        .map(|slot| {
+            let prefix = slot.len() - PID_DIGITS;
+            (slot.as_mut_ptr(), prefix)
+        })
+        .collect();
+    let mut envp_ptrs: Vec<*const libc::c_char> =
+        prepared.envp.iter().map(|s| s.as_ptr()).collect();
+    envp_ptrs.extend(
+        slots
+            .iter()
+            .map(|(ptr, _)| ptr.cast_const().cast::<libc::c_char>()),
+    );
+    envp_ptrs.push(std::ptr::null());
     let group_list: Vec<libc::gid_t> = prepared
         .identity
         .as_ref()
@@ -189,6 +214,8 @@ pub fn spawn(req: &SpawnRequest, reaper: &Reaper) -> Result<Spawned, SpawnError>
     )
     .map_err(|e| SpawnError::os(SpawnStage::Stdio, e, "open /dev/null"))?;
 
+    // Copied before fork: the child rewrites it in place while moving fds.
+    let mut listen_scratch: Vec<libc::c_int> = req.listen_fds.clone();
     let (exit_tx, exit_rx) = oneshot::channel();
     let mut owners = reaper.lock();
     // SAFETY: the child branch below only calls async-signal-safe functions on
@@ -207,6 +234,8 @@ pub fn spawn(req: &SpawnRequest, reaper: &Reaper) -> Result<Spawned, SpawnError>
                 stderr: output_fd(req.stderr, devnull.as_raw_fd()),
                 report: err_write.as_raw_fd(),
                 nofile: CHILD_NOFILE.get(),
+                pid_slots: &slots,
+                listen: &mut listen_scratch,
             })
         },
         Ok(ForkResult::Parent { child }) => {
@@ -302,10 +331,20 @@ fn prepare(req: &SpawnRequest) -> Result<Prepared, SpawnError> {
             .collect::<Result<_, _>>()?,
         envp: env
             .iter()
+            .filter(|(k, _)| !req.pid_variables.contains(&k.as_str()))
             .map(|(k, v)| cstring(OsStr::new(&format!("{k}={v}"))))
             .collect::<Result<_, _>>()?,
         directory: cstring(req.directory.as_os_str())?,
         identity,
+        pid_slots: req
+            .pid_variables
+            .iter()
+            .map(|name| {
+                let mut slot = format!("{name}=").into_bytes();
+                slot.extend([b'0'; PID_DIGITS]);
+                slot
+            })
+            .collect(),
     })
 }
 
@@ -430,6 +469,8 @@ struct ChildArgs<'a> {
     stderr: libc::c_int,
     report: libc::c_int,
     nofile: Option<&'a libc::rlimit>,
+    pid_slots: &'a [(*mut u8, usize)],
+    listen: &'a mut [libc::c_int],
 }
 
 /// Runs in the forked child: async-signal-safe calls only, then exec.
@@ -451,25 +492,35 @@ unsafe fn child(args: ChildArgs<'_>) -> ! {
     if libc::setsid() < 0 {
         fail(args.report, 4);
     }
-    // First move every source above 2 (close-on-exec copies), so placing one
-    // on 0, 1 or 2 cannot clobber another that is still to be placed there.
-    let mut sources = [args.stdin, args.stdout, args.stderr];
-    for fd in &mut sources {
-        *fd = libc::fcntl(*fd, libc::F_DUPFD_CLOEXEC, 3);
+    let pid = libc::getpid();
+    for &(slot, prefix) in args.pid_slots {
+        write_decimal(slot.add(prefix), pid);
+    }
+    // Targets: 0, 1, 2 for stdio, then 3.. for the listen sockets. First move
+    // every source above the last target (close-on-exec copies), so placing
+    // one cannot clobber another that is still to be placed.
+    let first_free = 3 + args.listen.len() as libc::c_int;
+    let mut stdio = [args.stdin, args.stdout, args.stderr];
+    for fd in stdio.iter_mut().chain(args.listen.iter_mut()) {
+        *fd = libc::fcntl(*fd, libc::F_DUPFD_CLOEXEC, first_free);
         if *fd < 0 {
             fail(args.report, 5);
         }
     }
-    for (target, source) in sources.into_iter().enumerate() {
-        // dup2 clears close-on-exec on the target.
+    // dup2 clears close-on-exec on the target.
+    for (target, source) in stdio
+        .into_iter()
+        .chain(args.listen.iter().copied())
+        .enumerate()
+    {
         if libc::dup2(source, target as libc::c_int) < 0 {
             fail(args.report, 5);
         }
     }
-    // Nothing but 0, 1, 2 survives exec, whatever minder itself inherited.
+    // Nothing else survives exec, whatever minder itself inherited.
     libc::syscall(
         libc::SYS_close_range,
-        3u32,
+        first_free as u32,
         u32::MAX,
         libc::CLOSE_RANGE_CLOEXEC,
     );
@@ -490,6 +541,26 @@ unsafe fn child(args: ChildArgs<'_>) -> ! {
     }
     libc::execve(args.path.as_ptr(), args.argv.as_ptr(), args.envp.as_ptr());
     fail(args.report, 8)
+}
+
+/// Writes `n` in decimal followed by a NUL at `at` (room: [`PID_DIGITS`] bytes);
+/// no allocation, so it may run between fork and exec.
+unsafe fn write_decimal(at: *mut u8, n: libc::pid_t) {
+    let mut digits = [0u8; PID_DIGITS];
+    let mut len = 0;
+    let mut rest = n.unsigned_abs();
+    loop {
+        digits[len] = b'0' + (rest % 10) as u8;
+        len += 1;
+        rest /= 10;
+        if rest == 0 || len == PID_DIGITS - 1 {
+            break;
+        }
+    }
+    for i in 0..len {
+        *at.add(i) = digits[len - 1 - i];
+    }
+    *at.add(len) = 0;
 }
 
 /// Reports (stage, errno) to the parent and exits without running any destructor.

@@ -9,9 +9,33 @@ use nix::sys::signal::Signal;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::sleep_until;
 
-use super::state::{Effect, Event, Machine, Outcome, State};
+use super::state::{Effect, Event, Health, Machine, NotifyMessage, Outcome, Retiring, State};
 use crate::config::{ProcessSpec, ProgramConfig};
+use crate::health::{ProbeResult, Prober};
+use crate::notify::NotifyRoutes;
 use crate::process::{self, ExitReceiver, Output, ProcessEnd, Reaper, SpawnRequest};
+use crate::sockets::ListenSet;
+use nix::unistd::Pid;
+use std::path::PathBuf;
+
+/// Notify messages queued per process before newer ones are dropped.
+const NOTIFY_QUEUE: usize = 16;
+
+/// Longest pause between probes while a process is starting, so readiness is
+/// noticed soon even with a long `interval`.
+const STARTING_PROBE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// What every actor shares: one reaper, one prober, one notify socket.
+pub struct Context {
+    /// Collects exits.
+    pub reaper: Arc<Reaper>,
+    /// Runs health probes.
+    pub prober: Prober,
+    /// Routes notify datagrams to actors.
+    pub notify_routes: NotifyRoutes,
+    /// Path given to children as `NOTIFY_SOCKET`.
+    pub notify_socket: PathBuf,
+}
 
 /// Commands queued per process; a full queue is reported as busy.
 const COMMAND_QUEUE: usize = 32;
@@ -66,6 +90,14 @@ pub struct ProcessStatus {
     pub changed: Instant,
     /// Count of stop/remove requests so far (see [`Command::Start`]).
     pub stop_epoch: u64,
+    /// Health of the live process.
+    pub health: Health,
+    /// The latest health probe result.
+    pub last_probe: Option<ProbeResult>,
+    /// The child's last `STATUS=` text (notify protocol).
+    pub notify_status: Option<String>,
+    /// The old process of a rolling restart, shown beside the new one.
+    pub retiring: Option<Retiring>,
 }
 
 /// A cheap, cloneable way to reach a process actor.
@@ -75,7 +107,7 @@ pub struct ProcessHandle {
     pub name: String,
     /// Program name.
     pub program: String,
-    commands: mpsc::Sender<Command>,
+    commands: Arc<Mailbox>,
     status: watch::Receiver<ProcessStatus>,
 }
 
@@ -92,9 +124,9 @@ impl ProcessHandle {
 
     /// Queues a command; fails when the actor is gone or its queue is full.
     pub fn send(&self, command: Command) -> Result<(), String> {
-        self.commands.try_send(command).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(_) => format!("{}: busy, try again", self.name),
-            mpsc::error::TrySendError::Closed(_) => format!("{}: no longer supervised", self.name),
+        self.commands.send(command).map_err(|e| match e {
+            MailboxError::Full => format!("{}: busy, try again", self.name),
+            MailboxError::Closed => format!("{}: no longer supervised", self.name),
         })
     }
 
@@ -122,8 +154,63 @@ impl ProcessHandle {
     }
 }
 
+/// A process's command queue. Lighter than a tokio mpsc channel (which
+/// allocates a block of 32 slots up front): there is one per process, and
+/// commands are rare.
+#[derive(Debug, Default)]
+pub struct Mailbox {
+    queue: std::sync::Mutex<VecDeque<Command>>,
+    ready: tokio::sync::Notify,
+    closed: std::sync::atomic::AtomicBool,
+}
+
+/// Why a command could not be queued.
+enum MailboxError {
+    Full,
+    Closed,
+}
+
+impl Mailbox {
+    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Command>> {
+        // A poisoned queue is still a queue.
+        self.queue.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn send(&self, command: Command) -> Result<(), MailboxError> {
+        if self.closed.load(std::sync::atomic::Ordering::Acquire) {
+            return Err(MailboxError::Closed);
+        }
+        let mut queue = self.lock();
+        if queue.len() >= COMMAND_QUEUE {
+            return Err(MailboxError::Full);
+        }
+        queue.push_back(command);
+        drop(queue);
+        // Stores a permit if the actor is not waiting yet: no wake-up is lost.
+        self.ready.notify_one();
+        Ok(())
+    }
+
+    async fn recv(&self) -> Command {
+        loop {
+            if let Some(command) = self.lock().pop_front() {
+                return command;
+            }
+            self.ready.notified().await;
+        }
+    }
+
+    /// The actor ended: refuse new commands and drop queued ones, whose
+    /// requesters then hear "no longer supervised".
+    fn close(&self) {
+        self.closed
+            .store(true, std::sync::atomic::Ordering::Release);
+        self.lock().clear();
+    }
+}
+
 /// Which kind of request a waiter settles on.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Wait {
     Start,
     Stop,
@@ -134,9 +221,25 @@ pub struct ProcessActor {
     spec: ProcessSpec,
     cfg: Arc<ProgramConfig>,
     machine: Machine,
-    reaper: Arc<Reaper>,
+    context: Arc<Context>,
+    /// When the next probe is due (probing programs with a live process only).
+    next_probe: Option<tokio::time::Instant>,
+    /// The probe in flight and the process it probes; never more than one.
+    probe: Option<(Pid, tokio::task::JoinHandle<ProbeResult>)>,
+    last_probe: Option<ProbeResult>,
+    /// Notify messages from our main process (programs with notify/watchdog only).
+    notify: Option<mpsc::Receiver<(Pid, NotifyMessage)>>,
+    notify_tx: Option<mpsc::Sender<(Pid, NotifyMessage)>>,
+    /// The PID the notify route currently points at.
+    routed: Option<Pid>,
+    /// A spawn decided but postponed until other tasks have run.
+    spawn_deferred: bool,
+    /// The program's `listen` sockets, shared by its processes.
+    listen: Option<Arc<ListenSet>>,
+    /// The exit of the retiring process of a rolling restart.
+    retired_exit: Option<ExitReceiver>,
     exit: Option<ExitReceiver>,
-    commands: mpsc::Receiver<Command>,
+    commands: Arc<Mailbox>,
     status: watch::Sender<ProcessStatus>,
     waiters: Vec<(Wait, oneshot::Sender<Outcome>)>,
     stop_epoch: u64,
@@ -145,24 +248,45 @@ pub struct ProcessActor {
 
 impl ProcessActor {
     /// Starts the actor task for `spec` (in `stopped`) and returns its handle.
-    pub fn spawn(spec: ProcessSpec, cfg: Arc<ProgramConfig>, reaper: Arc<Reaper>) -> ProcessHandle {
+    pub fn spawn(
+        spec: ProcessSpec,
+        cfg: Arc<ProgramConfig>,
+        listen: Option<Arc<ListenSet>>,
+        context: Arc<Context>,
+    ) -> ProcessHandle {
         let now = tokio::time::Instant::now().into_std();
         let machine = Machine::new(now);
-        let (cmd_tx, cmd_rx) = mpsc::channel(COMMAND_QUEUE);
-        let (status_tx, status_rx) = watch::channel(snapshot(&spec, &machine, 0));
+        let mailbox = Arc::new(Mailbox::default());
+        let (status_tx, status_rx) = watch::channel(snapshot(&spec, &machine, 0, None));
+        // Only programs that use the notify socket pay for a channel.
+        let (notify_tx, notify) = if uses_notify(&cfg) {
+            let (tx, rx) = mpsc::channel(NOTIFY_QUEUE);
+            (Some(tx), Some(rx))
+        } else {
+            (None, None)
+        };
         let handle = ProcessHandle {
             name: spec.name.clone(),
             program: spec.program.clone(),
-            commands: cmd_tx,
+            commands: Arc::clone(&mailbox),
             status: status_rx,
         };
         let actor = ProcessActor {
             spec,
             cfg,
             machine,
-            reaper,
+            context,
+            next_probe: None,
+            probe: None,
+            last_probe: None,
+            notify,
+            notify_tx,
+            routed: None,
+            spawn_deferred: false,
+            listen,
+            retired_exit: None,
             exit: None,
-            commands: cmd_rx,
+            commands: mailbox,
             status: status_tx,
             waiters: Vec::new(),
             stop_epoch: 0,
@@ -176,25 +300,60 @@ impl ProcessActor {
 
     async fn run(mut self) {
         while !self.removed {
-            let deadline = self.machine.deadline(&self.cfg);
+            if self.spawn_deferred {
+                // A spawn that failed at once and is retried with no delay:
+                // let every other task run before trying again.
+                self.spawn_deferred = false;
+                tokio::task::yield_now().await;
+                let event = self.spawn_child();
+                self.feed(event);
+                continue;
+            }
+            let deadline = self
+                .machine
+                .deadline(&self.cfg)
+                .map(tokio::time::Instant::from_std);
+            let probe_due = self.next_probe.filter(|_| self.probe.is_none());
+            // One timer for both: the earlier of the state's deadline and the next probe.
+            let wake = match (deadline, probe_due) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
             tokio::select! {
-                command = self.commands.recv() => match command {
-                    Some(command) => self.on_command(command).await,
-                    // The supervisor is gone (shutdown): nothing left to obey.
-                    None => break,
-                },
+                command = self.commands.recv() => self.on_command(command),
                 end = wait_exit(&mut self.exit) => {
                     self.exit = None;
-                    self.feed(Event::Exited(end)).await;
+                    self.feed(Event::Exited(end));
                 }
-                _ = sleep_until(deadline.map(Into::into).unwrap_or_else(far_future)), if deadline.is_some() => {
-                    self.feed(Event::Deadline).await;
+                end = wait_exit(&mut self.retired_exit) => {
+                    self.retired_exit = None;
+                    self.feed(Event::RetiredExited(end));
+                }
+                _ = sleep_until(wake.unwrap_or_else(far_future)), if wake.is_some() => {
+                    let now = tokio::time::Instant::now();
+                    if deadline.is_some_and(|d| d <= now) {
+                        self.feed(Event::Deadline);
+                    }
+                    if probe_due.is_some_and(|d| d <= now) {
+                        self.start_probe();
+                    }
+                }
+                result = wait_probe(&mut self.probe), if self.probe.is_some() => {
+                    if let Some((pid, _)) = self.probe.take() {
+                        self.on_probe_result(pid, result);
+                    }
+                }
+                message = recv_notify(&mut self.notify), if self.notify.is_some() => {
+                    if let Some((pid, message)) = message {
+                        self.feed(Event::Notify { pid, message });
+                    }
                 }
             }
         }
+        self.commands.close();
     }
 
-    async fn on_command(&mut self, command: Command) {
+    fn on_command(&mut self, command: Command) {
         match command {
             Command::Start {
                 unless_stopped_since,
@@ -209,23 +368,24 @@ impl ProcessActor {
                     return;
                 }
                 self.add_waiter(Wait::Start, reply);
-                self.feed(Event::Start).await;
+                self.feed(Event::Start);
             }
             Command::Restart { reply } => {
                 self.add_waiter(Wait::Start, reply);
-                self.feed(Event::Restart).await;
+                self.feed(Event::Restart);
             }
             Command::Stop { reply } => {
                 self.stop_epoch += 1;
                 self.add_waiter(Wait::Stop, reply);
-                self.feed(Event::Stop).await;
+                self.feed(Event::Stop);
             }
             Command::Remove => {
                 self.stop_epoch += 1;
-                self.feed(Event::Remove).await;
+                self.feed(Event::Remove);
             }
             Command::Kill => {
-                if let Some(pid) = self.machine.state.pid() {
+                let retiring = self.machine.retiring.map(|r| r.pid);
+                for pid in self.machine.state.pid().into_iter().chain(retiring) {
                     tracing::warn!(process = %self.spec.name, "killing pid {pid}: out of time");
                     self.signal(pid, Signal::SIGKILL, true);
                 }
@@ -246,6 +406,17 @@ impl ProcessActor {
         }
     }
 
+    /// Fails every waiting request of one kind.
+    fn fail_waiters(&mut self, kind: Wait, reason: &str) {
+        let (settled, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut self.waiters)
+            .into_iter()
+            .partition(|(wait, _)| *wait == kind);
+        self.waiters = kept;
+        for (_, reply) in settled {
+            let _ = reply.send(Outcome::Failed(reason.to_string()));
+        }
+    }
+
     fn add_waiter(&mut self, wait: Wait, reply: Option<oneshot::Sender<Outcome>>) {
         if let Some(reply) = reply {
             self.waiters.push((wait, reply));
@@ -253,8 +424,9 @@ impl ProcessActor {
     }
 
     /// Feeds an event and carries out the effects, which may produce more events.
-    async fn feed(&mut self, event: Event) {
+    fn feed(&mut self, event: Event) {
         let mut events = VecDeque::from([event]);
+        let mut spawned = false;
         while let Some(event) = events.pop_front() {
             let now = tokio::time::Instant::now().into_std();
             let sample = fastrand::f64() * 2.0 - 1.0;
@@ -270,32 +442,190 @@ impl ProcessActor {
             }
             for effect in effects {
                 match effect {
+                    // A second spawn in one go means the first failed and the
+                    // backoff is zero: defer it, or a missing binary would
+                    // keep this task busy forever.
+                    Effect::Spawn if spawned => self.spawn_deferred = true,
                     Effect::Spawn => {
-                        // Yield first: with a zero backoff a failing spawn would
-                        // otherwise retry without ever letting other tasks run.
-                        tokio::task::yield_now().await;
+                        spawned = true;
                         events.push_back(self.spawn_child());
                     }
                     Effect::Signal { pid, signal, group } => self.signal(pid, signal, group),
                     Effect::Removed => self.removed = true,
+                    Effect::Adopt(pid) => {
+                        if let Some(event) = self.adopt(pid) {
+                            events.push_back(event);
+                        }
+                    }
+                    Effect::Retire => self.retired_exit = self.exit.take(),
+                    Effect::RolloutFailed(reason) => {
+                        tracing::warn!(process = %self.spec.name, "{reason}");
+                        self.exit = self.retired_exit.take();
+                        self.fail_waiters(Wait::Start, &reason);
+                    }
                 }
             }
         }
+        self.sync_probing();
+        self.sync_notify_route();
         self.publish();
     }
 
-    fn spawn_child(&mut self) -> Event {
-        let request = SpawnRequest {
+    /// `MAINPID=`: the program forked; follow the new main process. Returns an
+    /// exit event if it is already gone.
+    fn adopt(&mut self, pid: Pid) -> Option<Event> {
+        tracing::info!(process = %self.spec.name, "main process is now pid {pid} (MAINPID)");
+        self.exit = Some(self.context.reaper.adopt(pid));
+        if nix::sys::signal::kill(pid, None) == Err(nix::errno::Errno::ESRCH) {
+            // It ended before it was adopted; its status went to the orphan path.
+            self.exit = None;
+            return Some(Event::Exited(ProcessEnd::Exited(0)));
+        }
+        None
+    }
+
+    /// Starts or stops probing to match the state: probes run only while a
+    /// process is starting or running, and a probe of a process that is gone
+    /// is cancelled (an exec probe's group is killed with it).
+    fn sync_probing(&mut self) {
+        if self.spec.probe.is_none() {
+            return;
+        }
+        let live = match self.machine.state {
+            State::Starting { pid, .. } | State::Running { pid, .. } => Some(pid),
+            _ => None,
+        };
+        if let Some((probed, task)) = &self.probe {
+            if Some(*probed) != live {
+                task.abort();
+                self.probe = None;
+            }
+        }
+        match live {
+            None => self.next_probe = None,
+            Some(_) if self.next_probe.is_none() && self.probe.is_none() => {
+                self.next_probe = Some(tokio::time::Instant::now() + self.probe_interval());
+            }
+            Some(_) => {}
+        }
+    }
+
+    fn probe_interval(&self) -> std::time::Duration {
+        let interval = self
+            .cfg
+            .health
+            .as_ref()
+            .map(|h| h.interval)
+            .unwrap_or_default();
+        match self.machine.state {
+            State::Starting { .. } => interval.min(STARTING_PROBE_INTERVAL),
+            _ => interval,
+        }
+    }
+
+    fn start_probe(&mut self) {
+        self.next_probe = None;
+        let (Some(target), Some(health), Some(pid)) = (
+            self.spec.probe.clone(),
+            self.cfg.health.as_ref(),
+            self.machine.state.pid(),
+        ) else {
+            return;
+        };
+        let prober = self.context.prober.clone();
+        let timeout = health.timeout;
+        let request = self.spawn_request();
+        let task = tokio::spawn(async move { prober.probe(&target, timeout, &request).await });
+        self.probe = Some((pid, task));
+    }
+
+    fn on_probe_result(&mut self, pid: Pid, result: ProbeResult) {
+        tracing::debug!(process = %self.spec.name, ok = result.ok, "probe: {}", result.message);
+        let event = Event::Probe {
+            pid,
+            ok: result.ok,
+            message: result.message.clone(),
+        };
+        self.last_probe = Some(result);
+        self.feed(event);
+        // Never overlapping: the next probe is timed from this one's end.
+        if self.next_probe.is_none() && self.machine.state.pid() == Some(pid) {
+            self.next_probe = Some(tokio::time::Instant::now() + self.probe_interval());
+        }
+    }
+
+    /// Keeps the notify route pointing at the current main process.
+    fn sync_notify_route(&mut self) {
+        let Some(tx) = &self.notify_tx else {
+            return;
+        };
+        let live = self.machine.state.pid();
+        if self.routed != live {
+            if let Some(old) = self.routed {
+                self.context.notify_routes.unregister(old);
+            }
+            if let Some(new) = live {
+                self.context.notify_routes.register(new, tx.clone());
+            }
+            self.routed = live;
+        }
+    }
+
+    /// How this process is spawned (exec probes run the same way, with their own argv).
+    fn spawn_request(&self) -> SpawnRequest {
+        let mut environment = self.spec.environment.clone();
+        let mut pid_variables = Vec::new();
+        if uses_notify(&self.cfg) {
+            environment.push((
+                "NOTIFY_SOCKET".to_string(),
+                self.context.notify_socket.display().to_string(),
+            ));
+        }
+        if !self.cfg.watchdog.is_zero() {
+            environment.push((
+                "WATCHDOG_USEC".to_string(),
+                self.cfg.watchdog.as_micros().to_string(),
+            ));
+            pid_variables.push("WATCHDOG_PID");
+        }
+        SpawnRequest {
             argv: self.spec.argv.clone(),
             directory: self.cfg.directory.clone(),
             clear_env: self.cfg.clear_env,
-            environment: self.spec.environment.clone(),
+            environment,
             user: self.cfg.user.clone(),
             group: self.cfg.group.clone(),
             stdout: Output::MinderStderr,
             stderr: Output::MinderStderr,
+            pid_variables,
+            listen_fds: Vec::new(),
+        }
+    }
+
+    fn spawn_child(&mut self) -> Event {
+        let mut request = self.spawn_request();
+        // Held until spawn returns: the child gets its own copies as fds 3..
+        let sockets = match &self.listen {
+            None => None,
+            Some(set) => match set.sockets() {
+                Ok(fds) => {
+                    request.listen_fds = ListenSet::raw(&fds);
+                    request.environment.extend([
+                        ("LISTEN_FDS".to_string(), fds.len().to_string()),
+                        ("LISTEN_FDNAMES".to_string(), set.fd_names()),
+                    ]);
+                    request.pid_variables.push("LISTEN_PID");
+                    Some(fds)
+                }
+                Err(e) => {
+                    tracing::warn!(process = %self.spec.name, "{e}");
+                    return Event::SpawnFailed(e);
+                }
+            },
         };
-        match process::spawn(&request, &self.reaper) {
+        let spawned = process::spawn(&request, &self.context.reaper);
+        drop(sockets);
+        match spawned {
             Ok(spawned) => {
                 tracing::debug!(process = %self.spec.name, pid = spawned.pid.as_raw(), "spawned");
                 self.exit = Some(spawned.exit);
@@ -321,8 +651,12 @@ impl ProcessActor {
 
     /// Publishes the status and settles the requests it answers.
     fn publish(&mut self) {
-        self.status
-            .send_replace(snapshot(&self.spec, &self.machine, self.stop_epoch));
+        self.status.send_replace(snapshot(
+            &self.spec,
+            &self.machine,
+            self.stop_epoch,
+            self.last_probe.clone(),
+        ));
         let mut i = 0;
         while i < self.waiters.len() {
             let outcome = match self.waiters[i].0 {
@@ -348,7 +682,12 @@ fn describe(description: &str) -> String {
     }
 }
 
-fn snapshot(spec: &ProcessSpec, machine: &Machine, stop_epoch: u64) -> ProcessStatus {
+fn snapshot(
+    spec: &ProcessSpec,
+    machine: &Machine,
+    stop_epoch: u64,
+    last_probe: Option<ProbeResult>,
+) -> ProcessStatus {
     ProcessStatus {
         name: spec.name.clone(),
         program: spec.program.clone(),
@@ -359,6 +698,42 @@ fn snapshot(spec: &ProcessSpec, machine: &Machine, stop_epoch: u64) -> ProcessSt
         description: machine.description.clone(),
         changed: machine.changed,
         stop_epoch,
+        health: machine.health,
+        last_probe,
+        notify_status: machine.notify_status.clone(),
+        retiring: machine.retiring,
+    }
+}
+
+/// Whether children of this program get `NOTIFY_SOCKET`.
+fn uses_notify(cfg: &ProgramConfig) -> bool {
+    cfg.notify || !cfg.watchdog.is_zero()
+}
+
+/// The result of the probe in flight; pending forever when there is none.
+async fn wait_probe(
+    probe: &mut Option<(Pid, tokio::task::JoinHandle<ProbeResult>)>,
+) -> ProbeResult {
+    match probe {
+        Some((_, task)) => match task.await {
+            Ok(result) => result,
+            Err(e) => ProbeResult {
+                ok: false,
+                message: format!("probe failed: {e}"),
+                at: std::time::SystemTime::now(),
+                duration: std::time::Duration::ZERO,
+            },
+        },
+        None => std::future::pending().await,
+    }
+}
+
+async fn recv_notify(
+    rx: &mut Option<mpsc::Receiver<(Pid, NotifyMessage)>>,
+) -> Option<(Pid, NotifyMessage)> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
     }
 }
 

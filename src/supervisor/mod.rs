@@ -7,9 +7,9 @@ pub mod backoff;
 mod order;
 pub mod state;
 
-pub use actor::{Command, ProcessActor, ProcessHandle, ProcessStatus};
+pub use actor::{Command, Context, ProcessActor, ProcessHandle, ProcessStatus};
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -17,10 +17,10 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::config::{self, Config, Defaults};
 use crate::control::protocol::{
-    ActionReply, ActionResult, ErrorKind, PidReply, ProcessInfo, ReloadReply, Reply, Request,
-    StatusReply,
+    ActionReply, ActionResult, ErrorKind, LastProbe, PidReply, ProcessInfo, ReloadReply, Reply,
+    Request, StatusReply,
 };
-use crate::process::Reaper;
+use crate::sockets::ListenSet;
 use order::Topology;
 use state::{short_duration, Outcome, State};
 
@@ -35,6 +35,9 @@ pub enum Input {
     Terminate,
 }
 
+/// A status of this many processes is followed by handing freed memory back.
+const BIG_STATUS: usize = 100;
+
 /// Capacity of the supervisor's input queue.
 pub const INPUT_QUEUE: usize = 256;
 
@@ -45,34 +48,55 @@ pub struct Supervisor {
     processes: Vec<ProcessHandle>,
     /// Processes removed by a reload that are still stopping.
     draining: Vec<ProcessHandle>,
-    reaper: Arc<Reaper>,
+    context: Arc<Context>,
+    /// Each program's `listen` sockets, kept across restarts and reloads.
+    listen: HashMap<String, Arc<ListenSet>>,
 }
 
 impl Supervisor {
     /// Creates an actor per process (all `stopped`); nothing starts yet.
-    pub fn new(config: Config, reaper: Arc<Reaper>) -> Supervisor {
+    pub fn new(config: Config, context: Arc<Context>) -> Supervisor {
         let config = Arc::new(config);
         let mut supervisor = Supervisor {
             config: Arc::clone(&config),
             processes: Vec::new(),
             draining: Vec::new(),
-            reaper,
+            context,
+            listen: HashMap::new(),
         };
         supervisor.processes = supervisor.spawn_actors(&config, |_| true);
         supervisor
     }
 
-    fn spawn_actors(&self, config: &Config, include: impl Fn(&str) -> bool) -> Vec<ProcessHandle> {
+    fn spawn_actors(
+        &mut self,
+        config: &Config,
+        include: impl Fn(&str) -> bool,
+    ) -> Vec<ProcessHandle> {
         let mut handles = Vec::new();
+        let mut new_listen = Vec::new();
         for program in config.programs.iter().filter(|p| include(&p.name)) {
-            let cfg = Arc::new(program.clone());
+            let cfg = Arc::clone(program);
+            // A program keeps its sockets across a reload that leaves `listen` alone.
+            let listen = match self.listen.get(&program.name) {
+                Some(set) if set.serves(program) => Some(Arc::clone(set)),
+                _ => ListenSet::for_program(program),
+            };
             for spec in program.processes() {
                 handles.push(ProcessActor::spawn(
                     spec,
                     Arc::clone(&cfg),
-                    Arc::clone(&self.reaper),
+                    listen.clone(),
+                    Arc::clone(&self.context),
                 ));
             }
+            new_listen.push((program.name.clone(), listen));
+        }
+        for (program, listen) in new_listen {
+            match listen {
+                Some(set) => self.listen.insert(program, set),
+                None => self.listen.remove(&program),
+            };
         }
         handles
     }
@@ -120,9 +144,14 @@ impl Supervisor {
 
     fn handle(&mut self, request: Request, reply: oneshot::Sender<Reply>) {
         let immediate = match request {
-            Request::Status { names } => self
-                .select(&names, true)
-                .map(|handles| Reply::ok(status_reply(&handles))),
+            Request::Status { names } => self.select(&names, true).map(|handles| {
+                let reply = Reply::ok(status_reply(&handles));
+                if handles.len() >= BIG_STATUS {
+                    // Thousands of short-lived strings leave the heap fragmented.
+                    release_free_memory();
+                }
+                reply
+            }),
             Request::Start { names, wait } => match self.select(&names, false) {
                 Ok(handles) => {
                     let topology = self.topology();
@@ -138,7 +167,16 @@ impl Supervisor {
                 Err(e) => Err(e),
             },
             Request::Restart { names, wait } => match self.select(&names, false) {
-                Ok(handles) => return spawn_reply(reply, wait, restart(handles)),
+                Ok(handles) => {
+                    let rolling = self
+                        .config
+                        .programs
+                        .iter()
+                        .filter(|p| state::rolling(p))
+                        .map(|p| p.name.clone())
+                        .collect();
+                    return spawn_reply(reply, wait, restart(handles, rolling));
+                }
                 Err(e) => Err(e),
             },
             Request::Signal { signal, names } => {
@@ -270,6 +308,9 @@ impl Supervisor {
         // Forget removed processes whose actor has ended.
         self.draining.retain(|h| h.watch().has_changed().is_ok());
 
+        for name in &diff.removed {
+            self.listen.remove(name);
+        }
         let fresh: HashSet<&str> = diff
             .added
             .iter()
@@ -412,9 +453,33 @@ fn spawn_reply(
     });
 }
 
-/// Restarts every handle concurrently, waiting for each to be running again.
-async fn restart(handles: Vec<ProcessHandle>) -> Vec<ActionResult> {
-    order::request_all(handles, |_, reply| Command::Restart { reply }).await
+/// Restarts every handle, waiting for each to be running again: programs
+/// without `listen` all at once; programs with `listen` (rolling restarts) one
+/// instance at a time, stopping at the first failure so the rest keep serving.
+async fn restart(handles: Vec<ProcessHandle>, rolling: HashSet<String>) -> Vec<ActionResult> {
+    let (one_by_one, together): (Vec<_>, Vec<_>) = handles
+        .into_iter()
+        .partition(|h| rolling.contains(&h.program));
+    let mut results = order::request_all(together, |_, reply| Command::Restart { reply }).await;
+    let mut failed_programs: HashSet<String> = HashSet::new();
+    for h in one_by_one {
+        if failed_programs.contains(&h.program) {
+            results.push(action_result(
+                &h.name,
+                Outcome::Failed("not restarted: an earlier instance failed to".to_string()),
+            ));
+            continue;
+        }
+        let result = order::request_all(vec![h.clone()], |_, reply| Command::Restart { reply })
+            .await
+            .pop()
+            .unwrap_or_else(|| action_result(&h.name, Outcome::Failed("no reply".into())));
+        if !result.ok {
+            failed_programs.insert(h.program.clone());
+        }
+        results.push(result);
+    }
+    results
 }
 
 async fn send_signals(
@@ -465,11 +530,37 @@ pub(crate) fn action_result(name: &str, outcome: Outcome) -> ActionResult {
 
 fn status_reply(handles: &[ProcessHandle]) -> StatusReply {
     let now = tokio::time::Instant::now().into_std();
-    StatusReply {
-        processes: handles
-            .iter()
-            .map(|h| process_info(&h.status(), now))
-            .collect(),
+    let mut processes = Vec::with_capacity(handles.len());
+    for h in handles {
+        let status = h.status();
+        processes.push(process_info(&status, now));
+        if let Some(old) = status.retiring {
+            processes.push(retiring_info(&status, &old, now));
+        }
+    }
+    StatusReply { processes }
+}
+
+/// The extra `status` row of the old process during a rolling restart.
+fn retiring_info(status: &ProcessStatus, old: &state::Retiring, now: Instant) -> ProcessInfo {
+    let stopping = old.stop_sent.is_some();
+    ProcessInfo {
+        name: status.name.clone(),
+        program: status.program.clone(),
+        instance: status.instance,
+        state: if stopping { "stopping" } else { "running" }.to_string(),
+        pid: Some(old.pid.as_raw()),
+        uptime_secs: Some(now.saturating_duration_since(old.started).as_secs_f64()),
+        health: "none".to_string(),
+        restarts: status.restarts,
+        last_exit_code: None,
+        last_exit_signal: None,
+        description: if stopping {
+            "previous process, stopping: its replacement is ready".to_string()
+        } else {
+            "previous process, serving until its replacement is ready".to_string()
+        },
+        last_probe: None,
     }
 }
 
@@ -486,6 +577,9 @@ pub fn process_info(status: &ProcessStatus, now: Instant) -> ProcessInfo {
             status.description,
             short_duration(now.saturating_duration_since(status.changed))
         ),
+        State::Starting { .. } | State::Running { .. } if status.description.is_empty() => {
+            status.notify_status.clone().unwrap_or_default()
+        }
         _ => status.description.clone(),
     };
     ProcessInfo {
@@ -498,10 +592,16 @@ pub fn process_info(status: &ProcessStatus, now: Instant) -> ProcessInfo {
             .state
             .started()
             .map(|s| now.saturating_duration_since(s).as_secs_f64()),
-        health: "none".to_string(),
+        health: status.health.name().to_string(),
         restarts: status.restarts,
         last_exit_code: status.last_end.and_then(|e| e.code()),
         last_exit_signal: status.last_end.and_then(|e| e.signal_name()),
         description,
+        last_probe: status.last_probe.as_ref().map(|p| LastProbe {
+            time: humantime::format_rfc3339_millis(p.at).to_string(),
+            ok: p.ok,
+            message: p.message.clone(),
+            duration_ms: p.duration.as_secs_f64() * 1000.0,
+        }),
     }
 }

@@ -11,7 +11,7 @@ use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 
 use super::backoff;
-use crate::config::{ProgramConfig, RestartPolicy};
+use crate::config::{OnUnhealthy, ProgramConfig, RestartPolicy};
 use crate::process::ProcessEnd;
 
 /// Where a process is in its life cycle (SPEC §3), with the data each state needs.
@@ -68,6 +68,120 @@ pub enum AfterStop {
     Start,
     /// The program left the config: the actor ends.
     Remove,
+    /// Stopped by minder itself (unhealthy, watchdog, not ready in time): go
+    /// through the normal backoff; `failed_start` counts it toward `max_retries`.
+    Retry {
+        /// It never became ready.
+        failed_start: bool,
+    },
+}
+
+/// The previous generation of a process during a rolling restart: it keeps
+/// serving (on the shared `listen` sockets) until its replacement is ready.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retiring {
+    /// The old process.
+    pub pid: Pid,
+    /// When it was spawned.
+    pub started: Instant,
+    /// When it was sent its stop signal (once the replacement was ready).
+    pub stop_sent: Option<Instant>,
+    /// SIGKILL sent after `stop_timeout`.
+    pub killed: bool,
+}
+
+/// Whether restarts of this program are rolling (it has `listen` sockets).
+pub fn rolling(cfg: &ProgramConfig) -> bool {
+    !cfg.listen.is_empty()
+}
+
+/// Health as `status` shows it (SPEC §3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Health {
+    /// No check configured, or no live process to check.
+    None,
+    /// Checked, not yet healthy (inside the start period).
+    Starting,
+    /// The last `success_threshold` probes succeeded.
+    Healthy,
+    /// `failure_threshold` consecutive probes failed.
+    Unhealthy,
+}
+
+impl Health {
+    /// The name SPEC §3 uses.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Health::None => "none",
+            Health::Starting => "starting",
+            Health::Healthy => "healthy",
+            Health::Unhealthy => "unhealthy",
+        }
+    }
+}
+
+/// What decides that a process is ready (SPEC §3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Readiness {
+    /// The first health probe success; none within `start_period` is a failed start.
+    Probe,
+    /// `READY=1` on the notify socket within `ready_timeout`.
+    Notify,
+    /// Alive for `start_secs`.
+    Timer,
+}
+
+impl Readiness {
+    /// The readiness rule of a program.
+    pub fn of(cfg: &ProgramConfig) -> Readiness {
+        if cfg.health.is_some() {
+            Readiness::Probe
+        } else if cfg.notify {
+            Readiness::Notify
+        } else {
+            Readiness::Timer
+        }
+    }
+}
+
+/// One datagram from a child on `NOTIFY_SOCKET` (sd_notify protocol), parsed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NotifyMessage {
+    /// `READY=1`.
+    pub ready: bool,
+    /// `STATUS=...`.
+    pub status: Option<String>,
+    /// `MAINPID=...`: the program forked and this is now its main process.
+    pub main_pid: Option<Pid>,
+    /// `WATCHDOG=1`.
+    pub watchdog: bool,
+    /// `WATCHDOG=trigger`: the program asks to be treated as hung.
+    pub watchdog_trigger: bool,
+}
+
+impl NotifyMessage {
+    /// Parses `KEY=VALUE` lines; unknown keys are ignored, as systemd does.
+    pub fn parse(datagram: &str) -> NotifyMessage {
+        let mut m = NotifyMessage::default();
+        for line in datagram.lines() {
+            match line.split_once('=') {
+                Some(("READY", "1")) => m.ready = true,
+                Some(("STATUS", text)) => m.status = Some(text.to_string()),
+                Some(("MAINPID", pid)) => {
+                    m.main_pid = pid
+                        .trim()
+                        .parse::<i32>()
+                        .ok()
+                        .filter(|p| *p > 0)
+                        .map(Pid::from_raw)
+                }
+                Some(("WATCHDOG", "1")) => m.watchdog = true,
+                Some(("WATCHDOG", "trigger")) => m.watchdog_trigger = true,
+                _ => {}
+            }
+        }
+        m
+    }
 }
 
 /// An input to the state machine.
@@ -89,10 +203,28 @@ pub enum Event {
     Exited(ProcessEnd),
     /// The time returned by [`Machine::deadline`] has come.
     Deadline,
+    /// A health probe of process `pid` finished.
+    Probe {
+        /// The process probed (a result for an earlier process is ignored).
+        pid: Pid,
+        /// Healthy.
+        ok: bool,
+        /// What was seen, in words (`GET http://...: 503`).
+        message: String,
+    },
+    /// The retiring process of a rolling restart ended.
+    RetiredExited(ProcessEnd),
+    /// A message from process `pid` on the notify socket.
+    Notify {
+        /// The sender (only the main process is listened to).
+        pid: Pid,
+        /// What it said.
+        message: NotifyMessage,
+    },
 }
 
 /// Something the actor must do on the machine's behalf.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Effect {
     /// Spawn the process, then feed back `Spawned` or `SpawnFailed`.
     Spawn,
@@ -107,6 +239,15 @@ pub enum Effect {
     },
     /// The process is gone and the program was removed: end the actor.
     Removed,
+    /// `MAINPID=`: track this process's exit instead of the spawned one's.
+    Adopt(Pid),
+    /// Rolling restart: the current process keeps serving as the retiring
+    /// one; its exit now arrives as [`Event::RetiredExited`].
+    Retire,
+    /// The replacement never became ready: the retiring process is the
+    /// current one again (its exit arrives as [`Event::Exited`] again), and
+    /// waiting requests fail with this reason.
+    RolloutFailed(String),
 }
 
 /// Whether a request waiting on this process is settled.
@@ -137,6 +278,18 @@ pub struct Machine {
     pub description: String,
     /// When the state last changed (for "2m ago").
     pub changed: Instant,
+    /// Health of the live process.
+    pub health: Health,
+    /// Consecutive failed probes.
+    pub probe_failures: u32,
+    /// Consecutive successful probes.
+    pub probe_successes: u32,
+    /// When the next `WATCHDOG=1` is due (running with `watchdog` only).
+    pub watchdog_due: Option<Instant>,
+    /// The child's last `STATUS=` text.
+    pub notify_status: Option<String>,
+    /// The old process of a rolling restart in progress.
+    pub retiring: Option<Retiring>,
 }
 
 impl State {
@@ -205,13 +358,35 @@ impl Machine {
             last_end: None,
             description: String::new(),
             changed: now,
+            health: Health::None,
+            probe_failures: 0,
+            probe_successes: 0,
+            watchdog_due: None,
+            notify_status: None,
+            retiring: None,
         }
     }
 
-    /// When [`Event::Deadline`] must be fed next, if the state has a timer.
+    /// When [`Event::Deadline`] must be fed next, if a timer is running.
     pub fn deadline(&self, cfg: &ProgramConfig) -> Option<Instant> {
+        let retiring = self.retiring.and_then(|r| match r {
+            Retiring {
+                stop_sent: Some(since),
+                killed: false,
+                ..
+            } => Some(after(since, cfg.stop_timeout)),
+            _ => None,
+        });
+        match (self.state_deadline(cfg), retiring) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    fn state_deadline(&self, cfg: &ProgramConfig) -> Option<Instant> {
         match self.state {
-            State::Starting { started, .. } => Some(after(started, cfg.start_secs)),
+            State::Starting { started, .. } => Some(after(started, ready_within(cfg))),
+            State::Running { .. } => self.watchdog_due,
             State::Backoff { until } => Some(until),
             State::Stopping {
                 since,
@@ -221,7 +396,6 @@ impl Machine {
             State::Stopping { killed: true, .. }
             | State::Stopped
             | State::Spawning
-            | State::Running { .. }
             | State::Exited
             | State::Fatal => None,
         }
@@ -236,11 +410,106 @@ impl Machine {
         sample: f64,
     ) -> Vec<Effect> {
         let before = self.state;
-        let effects = self.transition(cfg, event, now, sample);
+        let mut effects = Vec::new();
+        let event = match event {
+            Event::Deadline => {
+                effects.extend(self.retiring_deadline(cfg, now));
+                Event::Deadline
+            }
+            Event::Stop | Event::Remove => {
+                effects.extend(self.stop_retiring(cfg, now));
+                event
+            }
+            other => other,
+        };
+        effects.extend(self.transition(cfg, event, now, sample));
         if self.state != before {
             self.changed = now;
         }
+        if self.state.pid().is_none() {
+            self.health = Health::None;
+            self.watchdog_due = None;
+            self.notify_status = None;
+        }
         effects
+    }
+
+    /// SIGKILL for a retiring process that outlived `stop_timeout`.
+    fn retiring_deadline(&mut self, cfg: &ProgramConfig, now: Instant) -> Vec<Effect> {
+        match &mut self.retiring {
+            Some(old)
+                if !old.killed
+                    && old
+                        .stop_sent
+                        .is_some_and(|s| now >= after(s, cfg.stop_timeout)) =>
+            {
+                old.killed = true;
+                vec![Effect::Signal {
+                    pid: old.pid,
+                    signal: Signal::SIGKILL,
+                    group: cfg.kill_group,
+                }]
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    /// Sends the retiring process its stop signal (once), if there is one.
+    fn stop_retiring(&mut self, cfg: &ProgramConfig, now: Instant) -> Vec<Effect> {
+        match &mut self.retiring {
+            Some(old) if old.stop_sent.is_none() => {
+                old.stop_sent = Some(now);
+                let signal = if cfg.stop_timeout.is_zero() {
+                    old.killed = true;
+                    Signal::SIGKILL
+                } else {
+                    cfg.stop_signal
+                };
+                vec![Effect::Signal {
+                    pid: old.pid,
+                    signal,
+                    group: cfg.kill_group,
+                }]
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    /// Starts a replacement while the running process keeps serving.
+    fn begin_rollout(&mut self, pid: Pid, started: Instant) -> Vec<Effect> {
+        self.retiring = Some(Retiring {
+            pid,
+            started,
+            stop_sent: None,
+            killed: false,
+        });
+        let mut effects = vec![Effect::Retire];
+        effects.extend(self.spawn());
+        effects
+    }
+
+    /// The replacement failed before it was ready: the retiring process,
+    /// still serving, becomes the current one again. `None` when there is no
+    /// rollout to undo (then the failure takes its normal course).
+    fn undo_rollout(&mut self, cfg: &ProgramConfig, cause: &str) -> Option<Vec<Effect>> {
+        let old = self.retiring.filter(|r| r.stop_sent.is_none())?;
+        self.retiring = None;
+        self.state = State::Running {
+            pid: old.pid,
+            started: old.started,
+        };
+        // Count failures afresh: the next unhealthy verdict needs a full
+        // failure_threshold again, which also spaces out repeated attempts.
+        self.probe_failures = 0;
+        self.probe_successes = 0;
+        if cfg.health.is_some() {
+            self.health = Health::Healthy;
+        }
+        self.description = format!(
+            "rolling restart failed: {cause}; still serving from pid {}",
+            old.pid
+        );
+        Some(vec![Effect::RolloutFailed(self.description.clone())])
     }
 
     fn transition(
@@ -273,6 +542,13 @@ impl Machine {
             }
             (State::Starting { pid, started } | State::Running { pid, started }, Event::Stop) => {
                 self.begin_stop(cfg, pid, started, now, AfterStop::Stay)
+            }
+            (State::Running { pid, started }, Event::Restart)
+                if rolling(cfg) && self.retiring.is_none() =>
+            {
+                self.failures = 0;
+                self.backoff_step = 0;
+                self.begin_rollout(pid, started)
             }
             (
                 State::Starting { pid, started } | State::Running { pid, started },
@@ -311,8 +587,13 @@ impl Machine {
 
             // --- spawn results ------------------------------------------------
             (State::Spawning, Event::Spawned(pid)) => {
-                if cfg.start_secs.is_zero() {
-                    self.ready(pid, now)
+                self.probe_failures = 0;
+                self.probe_successes = 0;
+                if cfg.health.is_some() {
+                    self.health = Health::Starting;
+                }
+                if Readiness::of(cfg) == Readiness::Timer && cfg.start_secs.is_zero() {
+                    self.ready(cfg, pid, now)
                 } else {
                     self.state = State::Starting { pid, started: now };
                     Vec::new()
@@ -328,6 +609,8 @@ impl Machine {
                 if wants_restart(cfg, end) {
                     let cause = format!("{end} before it was ready");
                     self.failed_start(cfg, cause, now, sample)
+                } else if let Some(effects) = self.undo_rollout(cfg, &end.to_string()) {
+                    effects
                 } else {
                     self.state = State::Exited;
                     self.description = end.to_string();
@@ -373,6 +656,15 @@ impl Machine {
                         self.state = State::Stopped;
                         effects.push(Effect::Removed);
                     }
+                    AfterStop::Retry { failed_start } => {
+                        // The description already says why minder stopped it.
+                        let cause = std::mem::take(&mut self.description);
+                        effects.extend(if failed_start {
+                            self.failed_start(cfg, cause, now, sample)
+                        } else {
+                            self.retry_after(cfg, cause, now, sample)
+                        });
+                    }
                 }
                 effects
             }
@@ -398,12 +690,48 @@ impl Machine {
 
             // --- timers -------------------------------------------------------
             (State::Starting { pid, started }, Event::Deadline) => {
-                if now >= after(started, cfg.start_secs) {
-                    self.ready(pid, now)
-                } else {
-                    Vec::new()
+                if now < after(started, ready_within(cfg)) {
+                    return Vec::new();
+                }
+                match Readiness::of(cfg) {
+                    Readiness::Timer => self.ready(cfg, pid, now),
+                    readiness => {
+                        let waited = short_duration(ready_within(cfg));
+                        self.description = match readiness {
+                            Readiness::Probe if !self.description.is_empty() => {
+                                format!("not ready within {waited}: {}", self.description)
+                            }
+                            Readiness::Probe => format!("not ready within {waited}"),
+                            _ => format!("no READY=1 within {waited}"),
+                        };
+                        self.begin_stop(
+                            cfg,
+                            pid,
+                            started,
+                            now,
+                            AfterStop::Retry { failed_start: true },
+                        )
+                    }
                 }
             }
+            (State::Running { pid, started }, Event::Deadline) => match self.watchdog_due {
+                Some(due) if now >= due => {
+                    self.description = format!(
+                        "watchdog timeout: no WATCHDOG=1 within {}",
+                        short_duration(cfg.watchdog)
+                    );
+                    self.begin_stop(
+                        cfg,
+                        pid,
+                        started,
+                        now,
+                        AfterStop::Retry {
+                            failed_start: false,
+                        },
+                    )
+                }
+                _ => Vec::new(),
+            },
             (State::Backoff { until }, Event::Deadline) => {
                 if now >= until {
                     self.restarts += 1;
@@ -431,12 +759,159 @@ impl Machine {
                 State::Stopping { killed: true, .. }
                 | State::Stopped
                 | State::Spawning
-                | State::Running { .. }
                 | State::Exited
                 | State::Fatal,
                 Event::Deadline,
             ) => Vec::new(),
+
+            // --- health probes and notify messages ------------------------------
+            (
+                State::Starting { pid, started } | State::Running { pid, started },
+                Event::Probe {
+                    pid: probed,
+                    ok,
+                    message,
+                },
+            ) if probed == pid => self.on_probe(cfg, pid, started, ok, message, now),
+            // Stopping, or a result about a process that is gone: nothing to decide.
+            (_, Event::Probe { .. }) => Vec::new(),
+            (
+                State::Starting { pid, started }
+                | State::Running { pid, started }
+                | State::Stopping { pid, started, .. },
+                Event::Notify {
+                    pid: sender,
+                    message,
+                },
+            ) if sender == pid => self.on_notify(cfg, pid, started, message, now),
+            (_, Event::Notify { .. }) => Vec::new(),
+
+            // --- the retiring process of a rolling restart ----------------------
+            (_, Event::RetiredExited(_)) => match self.retiring.take() {
+                // Descendants of the old process must not outlive it.
+                Some(old) if cfg.kill_group => vec![Effect::Signal {
+                    pid: old.pid,
+                    signal: Signal::SIGKILL,
+                    group: true,
+                }],
+                _ => Vec::new(),
+            },
         }
+    }
+
+    fn on_probe(
+        &mut self,
+        cfg: &ProgramConfig,
+        pid: Pid,
+        started: Instant,
+        ok: bool,
+        message: String,
+        now: Instant,
+    ) -> Vec<Effect> {
+        let Some(health) = &cfg.health else {
+            return Vec::new();
+        };
+        if ok {
+            self.probe_failures = 0;
+            self.probe_successes = self.probe_successes.saturating_add(1);
+        } else {
+            self.probe_successes = 0;
+            self.probe_failures = self.probe_failures.saturating_add(1);
+        }
+        match self.state {
+            State::Starting { .. } if ok => self.ready(cfg, pid, now),
+            // Inside the start period failures do not count; keep the reason.
+            State::Starting { .. } => {
+                self.description = message;
+                Vec::new()
+            }
+            State::Running { .. } if ok => {
+                if self.health == Health::Unhealthy
+                    && self.probe_successes >= health.success_threshold
+                {
+                    self.health = Health::Healthy;
+                    self.description.clear();
+                }
+                Vec::new()
+            }
+            State::Running { .. } => {
+                if self.probe_failures < health.failure_threshold {
+                    self.description = format!(
+                        "probe failed ({}/{}): {message}",
+                        self.probe_failures, health.failure_threshold
+                    );
+                    return Vec::new();
+                }
+                self.health = Health::Unhealthy;
+                self.description = format!("unhealthy: {message}");
+                match health.on_unhealthy {
+                    OnUnhealthy::None => Vec::new(),
+                    // With listen sockets the unhealthy process serves on
+                    // until its replacement is ready.
+                    OnUnhealthy::Restart if rolling(cfg) && self.retiring.is_none() => {
+                        self.restarts += 1;
+                        self.begin_rollout(pid, started)
+                    }
+                    OnUnhealthy::Restart => self.begin_stop(
+                        cfg,
+                        pid,
+                        started,
+                        now,
+                        AfterStop::Retry {
+                            failed_start: false,
+                        },
+                    ),
+                }
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    fn on_notify(
+        &mut self,
+        cfg: &ProgramConfig,
+        pid: Pid,
+        started: Instant,
+        message: NotifyMessage,
+        now: Instant,
+    ) -> Vec<Effect> {
+        let mut effects = Vec::new();
+        if let Some(status) = message.status {
+            self.notify_status = Some(status);
+        }
+        let mut pid = pid;
+        if let Some(main) = message.main_pid.filter(|m| *m != pid) {
+            pid = main;
+            match &mut self.state {
+                State::Starting { pid: p, .. }
+                | State::Running { pid: p, .. }
+                | State::Stopping { pid: p, .. } => *p = main,
+                _ => {}
+            }
+            effects.push(Effect::Adopt(main));
+        }
+        let running = matches!(self.state, State::Running { .. });
+        if message.watchdog && !cfg.watchdog.is_zero() && running {
+            self.watchdog_due = Some(after(now, cfg.watchdog));
+        }
+        if message.watchdog_trigger && running {
+            self.description = "watchdog triggered by the program (WATCHDOG=trigger)".to_string();
+            effects.extend(self.begin_stop(
+                cfg,
+                pid,
+                started,
+                now,
+                AfterStop::Retry {
+                    failed_start: false,
+                },
+            ));
+        } else if message.ready
+            && matches!(self.state, State::Starting { .. })
+            && Readiness::of(cfg) == Readiness::Notify
+        {
+            effects.extend(self.ready(cfg, pid, now));
+        }
+        effects
     }
 
     fn spawn(&mut self) -> Vec<Effect> {
@@ -444,15 +919,23 @@ impl Machine {
         vec![Effect::Spawn]
     }
 
-    fn ready(&mut self, pid: Pid, now: Instant) -> Vec<Effect> {
+    fn ready(&mut self, cfg: &ProgramConfig, pid: Pid, now: Instant) -> Vec<Effect> {
         let started = self.state.started().unwrap_or(now);
         self.state = State::Running { pid, started };
         self.failures = 0;
+        if cfg.health.is_some() {
+            self.health = Health::Healthy;
+        }
+        if !cfg.watchdog.is_zero() {
+            self.watchdog_due = Some(after(now, cfg.watchdog));
+        }
+        // The replacement serves now: the retiring process may go.
+        let effects = self.stop_retiring(cfg, now);
         self.description = match self.last_end {
             Some(end) if self.restarts > 0 => format!("restarted after: {end}"),
             _ => String::new(),
         };
-        Vec::new()
+        effects
     }
 
     fn begin_stop(
@@ -508,6 +991,9 @@ impl Machine {
         now: Instant,
         sample: f64,
     ) -> Vec<Effect> {
+        if let Some(effects) = self.undo_rollout(cfg, &cause) {
+            return effects;
+        }
         self.failures += 1;
         let max = cfg.backoff.max_retries;
         if max > 0 && self.failures > max {
@@ -553,6 +1039,17 @@ impl Machine {
                 then: AfterStop::Start,
                 ..
             } => Outcome::Pending,
+            // A failed replacement of a rolling restart: settled when the
+            // rollback is done (`Effect::RolloutFailed`), so the requester
+            // sees the old process current again.
+            State::Stopping {
+                then: AfterStop::Retry { .. },
+                ..
+            } if self.retiring.is_some_and(|r| r.stop_sent.is_none()) => Outcome::Pending,
+            State::Stopping {
+                then: AfterStop::Retry { .. },
+                ..
+            } => Outcome::Failed(self.failure_reason()),
             State::Stopping { .. } => Outcome::Failed("stopped while starting".to_string()),
             State::Backoff { .. } | State::Exited | State::Fatal | State::Stopped => {
                 Outcome::Failed(self.failure_reason())
@@ -562,6 +1059,9 @@ impl Machine {
 
     /// Settles a `stop` request: any state without a live child is done.
     pub fn stop_outcome(&self) -> Outcome {
+        if self.retiring.is_some() && self.state.pid().is_none() {
+            return Outcome::Pending;
+        }
         match self.state {
             State::Stopped | State::Exited | State::Fatal => Outcome::Done,
             State::Stopping {
@@ -569,7 +1069,7 @@ impl Machine {
                 ..
             } => Outcome::Pending,
             State::Stopping {
-                then: AfterStop::Start,
+                then: AfterStop::Start | AfterStop::Retry { .. },
                 ..
             }
             | State::Spawning
@@ -580,11 +1080,29 @@ impl Machine {
     }
 
     fn failure_reason(&self) -> String {
-        if self.description.is_empty() {
+        let reason = if self.description.is_empty() {
             format!("not started ({})", self.state.name())
         } else {
             self.description.clone()
+        };
+        match self.retiring {
+            Some(old) if old.stop_sent.is_none() => {
+                format!(
+                    "{reason}; the previous process (pid {}) keeps serving",
+                    old.pid
+                )
+            }
+            _ => reason,
         }
+    }
+}
+
+/// How long a starting process has to become ready.
+fn ready_within(cfg: &ProgramConfig) -> Duration {
+    match (Readiness::of(cfg), &cfg.health) {
+        (Readiness::Probe, Some(health)) => health.start_period,
+        (Readiness::Notify, _) => cfg.ready_timeout,
+        _ => cfg.start_secs,
     }
 }
 
@@ -650,6 +1168,13 @@ mod tests {
                 reset_after: Duration::from_secs(60),
                 max_retries: 0,
             },
+            health: None,
+            notify: false,
+            ready_timeout: Duration::from_secs(60),
+            watchdog: Duration::ZERO,
+            listen: Vec::new(),
+            listen_names: Vec::new(),
+            listen_mode: 0o660,
         }
     }
 
@@ -1060,6 +1585,443 @@ mod tests {
         });
         b.started();
         assert_eq!(b.feed(Event::Stop), vec![kill(PID, true)]);
+    }
+
+    fn with_health(on_unhealthy: OnUnhealthy) -> ProgramConfig {
+        ProgramConfig {
+            health: Some(crate::config::HealthConfig {
+                probe: crate::config::ProbeTarget::Tcp("127.0.0.1:1".into()),
+                interval: Duration::from_secs(1),
+                timeout: Duration::from_millis(500),
+                start_period: Duration::from_secs(10),
+                failure_threshold: 3,
+                success_threshold: 2,
+                on_unhealthy,
+            }),
+            ..cfg()
+        }
+    }
+
+    fn probe(ok: bool) -> Event {
+        Event::Probe {
+            pid: PID,
+            ok,
+            message: if ok { "GET /: 200" } else { "GET /: 503" }.into(),
+        }
+    }
+
+    #[test]
+    fn health_decides_readiness_and_failures_in_the_start_period_do_not_count() {
+        let mut b = Bench::new(with_health(OnUnhealthy::Restart));
+        b.started();
+        assert_eq!(b.m.health, Health::Starting);
+        assert_eq!(b.m.deadline(&b.cfg), Some(b.t0 + Duration::from_secs(10)));
+        for _ in 0..5 {
+            assert_eq!(b.at(100).feed(probe(false)), vec![]);
+        }
+        assert_eq!(
+            b.state(),
+            "starting",
+            "start_secs does not apply with health"
+        );
+        assert!(b.m.description.contains("503"), "{}", b.m.description);
+        b.at(2000).feed(probe(true));
+        assert_eq!(b.state(), "running");
+        assert_eq!(b.m.health, Health::Healthy);
+        assert_eq!(b.m.start_outcome(), Outcome::Done);
+    }
+
+    #[test]
+    fn no_success_within_start_period_is_a_failed_start() {
+        let mut b = Bench::new(ProgramConfig {
+            backoff: BackoffConfig {
+                max_retries: 1,
+                ..cfg().backoff
+            },
+            ..with_health(OnUnhealthy::Restart)
+        });
+        b.started();
+        b.at(500).feed(probe(false));
+        assert_eq!(b.at(10_000).feed(Event::Deadline), vec![term(PID, true)]);
+        assert_eq!(b.state(), "stopping");
+        assert!(matches!(b.m.start_outcome(), Outcome::Failed(_)));
+        b.feed(Event::Exited(ProcessEnd::Signaled(libc::SIGTERM)));
+        assert_eq!(b.state(), "backoff");
+        assert_eq!(b.m.failures, 1);
+        assert!(
+            b.m.description
+                .starts_with("not ready within 10s: GET /: 503"),
+            "{}",
+            b.m.description
+        );
+        // The second attempt fails too: max_retries = 1 -> fatal.
+        b.at(11_000).feed(Event::Deadline);
+        b.feed(Event::Spawned(PID));
+        b.at(21_000).feed(Event::Deadline);
+        b.feed(Event::Exited(ProcessEnd::Signaled(libc::SIGTERM)));
+        assert_eq!(b.state(), "fatal");
+    }
+
+    #[test]
+    fn failure_threshold_makes_unhealthy_and_restarts_through_backoff() {
+        let mut b = Bench::new(with_health(OnUnhealthy::Restart));
+        b.started();
+        b.feed(probe(true));
+        assert_eq!(b.feed(probe(false)), vec![]);
+        assert_eq!(b.feed(probe(false)), vec![]);
+        assert_eq!(b.m.health, Health::Healthy, "2 of 3 failures");
+        assert!(b.m.description.contains("(2/3)"), "{}", b.m.description);
+        assert_eq!(b.feed(probe(false)), vec![term(PID, true)]);
+        assert_eq!(b.m.health, Health::Unhealthy);
+        assert_eq!(b.state(), "stopping");
+        // Results arriving while stopping change nothing.
+        assert_eq!(b.feed(probe(true)), vec![]);
+        assert_eq!(b.m.health, Health::Unhealthy);
+        b.at(200)
+            .feed(Event::Exited(ProcessEnd::Signaled(libc::SIGTERM)));
+        assert_eq!(b.state(), "backoff");
+        assert_eq!(b.m.failures, 0, "it had been ready: not a failed start");
+        assert!(
+            b.m.description.starts_with("unhealthy: GET /: 503"),
+            "{}",
+            b.m.description
+        );
+        b.at(1200).feed(Event::Deadline);
+        assert_eq!(b.m.restarts, 1);
+    }
+
+    #[test]
+    fn a_success_resets_the_failure_count() {
+        let mut b = Bench::new(with_health(OnUnhealthy::Restart));
+        b.started();
+        b.feed(probe(true));
+        for _ in 0..10 {
+            b.feed(probe(false));
+            b.feed(probe(false));
+            b.feed(probe(true));
+        }
+        assert_eq!(b.state(), "running");
+        assert_eq!(b.m.health, Health::Healthy);
+    }
+
+    #[test]
+    fn on_unhealthy_none_reports_and_recovers_after_success_threshold() {
+        let mut b = Bench::new(with_health(OnUnhealthy::None));
+        b.started();
+        b.feed(probe(true));
+        for _ in 0..3 {
+            assert_eq!(b.feed(probe(false)), vec![]);
+        }
+        assert_eq!(b.state(), "running");
+        assert_eq!(b.m.health, Health::Unhealthy);
+        b.feed(probe(true));
+        assert_eq!(b.m.health, Health::Unhealthy, "success_threshold is 2");
+        b.feed(probe(true));
+        assert_eq!(b.m.health, Health::Healthy);
+        assert_eq!(b.m.description, "");
+    }
+
+    #[test]
+    fn probe_results_for_another_process_are_ignored() {
+        let mut b = Bench::new(with_health(OnUnhealthy::Restart));
+        b.started();
+        let stale = Event::Probe {
+            pid: Pid::from_raw(1),
+            ok: true,
+            message: "old".into(),
+        };
+        assert_eq!(b.feed(stale.clone()), vec![]);
+        assert_eq!(b.state(), "starting");
+        b.feed(Event::Exited(ProcessEnd::Exited(1)));
+        let before = b.m.clone();
+        assert_eq!(b.feed(probe(false)), vec![], "after the exit");
+        assert_eq!(b.m, before);
+        assert_eq!(b.m.health, Health::None, "no process, no health");
+    }
+
+    fn notify(message: &str) -> Event {
+        Event::Notify {
+            pid: PID,
+            message: NotifyMessage::parse(message),
+        }
+    }
+
+    #[test]
+    fn notify_ready_decides_readiness_within_ready_timeout() {
+        let c = ProgramConfig {
+            notify: true,
+            ready_timeout: Duration::from_secs(5),
+            ..cfg()
+        };
+        let mut b = Bench::new(c.clone());
+        b.started();
+        b.at(3000).feed(Event::Deadline);
+        assert_eq!(
+            b.state(),
+            "starting",
+            "start_secs does not apply with notify"
+        );
+        b.feed(notify("STATUS=warming up\n"));
+        assert_eq!(b.m.notify_status.as_deref(), Some("warming up"));
+        b.feed(notify("READY=1\nSTATUS=serving"));
+        assert_eq!(b.state(), "running");
+        assert_eq!(b.m.notify_status.as_deref(), Some("serving"));
+
+        let mut late = Bench::new(c);
+        late.started();
+        assert_eq!(late.at(5000).feed(Event::Deadline), vec![term(PID, true)]);
+        late.feed(Event::Exited(ProcessEnd::Signaled(libc::SIGTERM)));
+        assert_eq!(late.state(), "backoff");
+        assert!(
+            late.m.description.starts_with("no READY=1 within 5s"),
+            "{}",
+            late.m.description
+        );
+        assert_eq!(late.m.failures, 1);
+    }
+
+    #[test]
+    fn notify_from_another_pid_is_ignored() {
+        let mut b = Bench::new(ProgramConfig {
+            notify: true,
+            ..cfg()
+        });
+        b.started();
+        b.feed(Event::Notify {
+            pid: Pid::from_raw(99),
+            message: NotifyMessage::parse("READY=1"),
+        });
+        assert_eq!(b.state(), "starting");
+    }
+
+    #[test]
+    fn with_health_ready_1_does_not_decide() {
+        let mut b = Bench::new(ProgramConfig {
+            notify: true,
+            ..with_health(OnUnhealthy::Restart)
+        });
+        b.started();
+        b.feed(notify("READY=1"));
+        assert_eq!(b.state(), "starting");
+        b.feed(probe(true));
+        assert_eq!(b.state(), "running");
+    }
+
+    #[test]
+    fn watchdog_miss_restarts_and_pings_keep_it_alive() {
+        let mut b = Bench::new(ProgramConfig {
+            watchdog: Duration::from_secs(2),
+            start_secs: Duration::ZERO,
+            ..cfg()
+        });
+        b.started();
+        assert_eq!(b.m.deadline(&b.cfg), Some(b.t0 + Duration::from_secs(2)));
+        b.at(1500).feed(notify("WATCHDOG=1"));
+        assert_eq!(
+            b.m.deadline(&b.cfg),
+            Some(b.t0 + Duration::from_millis(3500))
+        );
+        assert_eq!(b.at(2500).feed(Event::Deadline), vec![], "not due any more");
+        assert_eq!(b.at(3500).feed(Event::Deadline), vec![term(PID, true)]);
+        assert!(
+            b.m.description.starts_with("watchdog timeout"),
+            "{}",
+            b.m.description
+        );
+        b.feed(Event::Exited(ProcessEnd::Signaled(libc::SIGTERM)));
+        assert_eq!(b.state(), "backoff");
+    }
+
+    #[test]
+    fn watchdog_trigger_restarts_at_once() {
+        let mut b = Bench::new(ProgramConfig {
+            watchdog: Duration::from_secs(2),
+            start_secs: Duration::ZERO,
+            ..cfg()
+        });
+        b.started();
+        assert_eq!(b.feed(notify("WATCHDOG=trigger")), vec![term(PID, true)]);
+    }
+
+    #[test]
+    fn mainpid_moves_the_main_process() {
+        let mut b = Bench::new(ProgramConfig {
+            notify: true,
+            ..cfg()
+        });
+        b.started();
+        let child = Pid::from_raw(5151);
+        assert_eq!(
+            b.feed(notify("MAINPID=5151\nREADY=1")),
+            vec![Effect::Adopt(child)]
+        );
+        assert_eq!(b.m.state.pid(), Some(child));
+        assert_eq!(b.state(), "running");
+        assert_eq!(b.feed(Event::Stop), vec![term(child, true)]);
+    }
+
+    #[test]
+    fn notify_messages_parse_like_sd_notify() {
+        let m = NotifyMessage::parse("READY=1\nSTATUS=a=b\nMAINPID=42\nWATCHDOG=1\nX=1");
+        assert!(m.ready && m.watchdog && !m.watchdog_trigger);
+        assert_eq!(m.status.as_deref(), Some("a=b"));
+        assert_eq!(m.main_pid, Some(Pid::from_raw(42)));
+        assert_eq!(NotifyMessage::parse("MAINPID=0").main_pid, None);
+        assert!(NotifyMessage::parse("WATCHDOG=trigger").watchdog_trigger);
+    }
+
+    fn with_listen(c: ProgramConfig) -> ProgramConfig {
+        ProgramConfig {
+            listen: vec![crate::config::ListenAddress::Tcp(
+                "127.0.0.1:8080".parse().unwrap(),
+            )],
+            listen_names: vec!["web".into()],
+            ..c
+        }
+    }
+
+    const NEW: Pid = Pid::from_raw(5000);
+
+    #[test]
+    fn rolling_restart_stops_the_old_process_only_once_the_new_one_is_ready() {
+        let mut b = Bench::new(with_listen(cfg()));
+        b.started();
+        b.at(1000).feed(Event::Deadline);
+        assert_eq!(b.feed(Event::Restart), vec![Effect::Retire, Effect::Spawn]);
+        assert_eq!(
+            b.m.retiring.map(|r| r.pid),
+            Some(PID),
+            "the old one keeps serving"
+        );
+        b.feed(Event::Spawned(NEW));
+        assert_eq!(b.state(), "starting");
+        assert_eq!(b.m.start_outcome(), Outcome::Pending);
+        // Ready: now, and only now, the old process gets its stop signal.
+        assert_eq!(b.at(2000).feed(Event::Deadline), vec![term(PID, true)]);
+        assert_eq!(
+            b.m.state,
+            State::Running {
+                pid: NEW,
+                started: b.t0 + Duration::from_secs(1)
+            }
+        );
+        assert_eq!(b.m.start_outcome(), Outcome::Done);
+        // It ignores SIGTERM: SIGKILL after stop_timeout.
+        assert_eq!(b.at(12_000).feed(Event::Deadline), vec![kill(PID, true)]);
+        let effects = b.feed(Event::RetiredExited(ProcessEnd::Signaled(libc::SIGKILL)));
+        assert_eq!(effects, vec![kill(PID, true)], "its group goes with it");
+        assert_eq!(b.m.retiring, None);
+        assert_eq!(b.m.restarts, 0, "a requested restart is not counted");
+    }
+
+    #[test]
+    fn a_replacement_that_never_gets_ready_leaves_the_old_one_serving() {
+        let mut b = Bench::new(with_listen(with_health(OnUnhealthy::Restart)));
+        b.started();
+        b.feed(probe(true));
+        b.feed(Event::Restart);
+        b.at(100).feed(Event::Spawned(NEW));
+        // Never healthy within start_period (10 s): the replacement is stopped...
+        assert_eq!(b.at(10_100).feed(Event::Deadline), vec![term(NEW, true)]);
+        assert_eq!(
+            b.m.start_outcome(),
+            Outcome::Pending,
+            "settled once rolled back"
+        );
+        // ...and once it is gone, the old process is the current one again.
+        let effects = b.feed(Event::Exited(ProcessEnd::Signaled(libc::SIGTERM)));
+        assert!(
+            matches!(effects.as_slice(), [_, Effect::RolloutFailed(why)] if why.contains("not ready within 10s")),
+            "{effects:?}"
+        );
+        assert_eq!(
+            effects[0],
+            kill(NEW, true),
+            "the replacement's group is cleaned up"
+        );
+        assert_eq!(b.m.state.pid(), Some(PID));
+        assert_eq!(b.state(), "running");
+        assert_eq!(b.m.retiring, None);
+        assert!(
+            b.m.description.contains("still serving from pid 4242"),
+            "{}",
+            b.m.description
+        );
+        assert_eq!(b.m.failures, 0);
+    }
+
+    #[test]
+    fn a_replacement_that_cannot_spawn_leaves_the_old_one_serving() {
+        let mut b = Bench::new(with_listen(cfg()));
+        b.started();
+        b.at(1000).feed(Event::Deadline);
+        b.feed(Event::Restart);
+        let effects = b.feed(Event::SpawnFailed(
+            "exec \"/x\": No such file or directory".into(),
+        ));
+        assert!(
+            matches!(effects.as_slice(), [Effect::RolloutFailed(_)]),
+            "{effects:?}"
+        );
+        assert_eq!(b.m.state.pid(), Some(PID));
+    }
+
+    #[test]
+    fn unhealthy_with_listen_rolls_instead_of_stopping_first() {
+        let mut b = Bench::new(with_listen(with_health(OnUnhealthy::Restart)));
+        b.started();
+        b.feed(probe(true));
+        b.feed(probe(false));
+        b.feed(probe(false));
+        assert_eq!(b.feed(probe(false)), vec![Effect::Retire, Effect::Spawn]);
+        assert_eq!(b.m.restarts, 1, "a health-triggered restart is counted");
+        b.feed(Event::Spawned(NEW));
+        assert_eq!(
+            b.feed(Event::Probe {
+                pid: NEW,
+                ok: true,
+                message: "ok".into()
+            }),
+            vec![term(PID, true)]
+        );
+    }
+
+    #[test]
+    fn stop_during_a_rollout_stops_both_and_waits_for_both() {
+        let mut b = Bench::new(with_listen(cfg()));
+        b.started();
+        b.at(1000).feed(Event::Deadline);
+        b.feed(Event::Restart);
+        b.feed(Event::Spawned(NEW));
+        let effects = b.feed(Event::Stop);
+        assert!(
+            effects.contains(&term(PID, true)) && effects.contains(&term(NEW, true)),
+            "{effects:?}"
+        );
+        b.feed(Event::Exited(ProcessEnd::Signaled(libc::SIGTERM)));
+        assert_eq!(b.state(), "stopped");
+        assert_eq!(
+            b.m.stop_outcome(),
+            Outcome::Pending,
+            "the old one is still stopping"
+        );
+        b.feed(Event::RetiredExited(ProcessEnd::Signaled(libc::SIGTERM)));
+        assert_eq!(b.m.stop_outcome(), Outcome::Done);
+    }
+
+    #[test]
+    fn the_old_process_dying_during_the_overlap_is_just_forgotten() {
+        let mut b = Bench::new(with_listen(cfg()));
+        b.started();
+        b.at(1000).feed(Event::Deadline);
+        b.feed(Event::Restart);
+        b.feed(Event::Spawned(NEW));
+        b.feed(Event::RetiredExited(ProcessEnd::Exited(1)));
+        assert_eq!(b.m.retiring, None);
+        assert_eq!(b.state(), "starting");
+        // The replacement failing now takes the normal path: backoff.
+        b.feed(Event::Exited(ProcessEnd::Exited(1)));
+        assert_eq!(b.state(), "backoff");
     }
 
     #[test]

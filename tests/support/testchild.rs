@@ -23,6 +23,20 @@
 //! - `--print TEXT`        print TEXT as a line on stdout at start (repeatable)
 //! - `--eprint TEXT`       print TEXT as a line on stderr at start (repeatable)
 //! - `--tag TEXT`          ignored: lets a config vary argv or show placeholders
+//! - `--http PORT`         serve HTTP on 127.0.0.1:PORT: 200 to any request, 500
+//!   while the `--unhealthy-if` file exists
+//! - `--unhealthy-if FILE` see `--http`
+//! - `--tcp PORT`          accept (and close) TCP connections on 127.0.0.1:PORT
+//! - `--notify-ready-after MS`  send `READY=1` to `$NOTIFY_SOCKET` after MS ms
+//! - `--notify-status TEXT`     send `STATUS=TEXT` to `$NOTIFY_SOCKET` at start
+//! - `--watchdog-for MS`   send `WATCHDOG=1` every `$WATCHDOG_USEC`/4 for MS ms, then stop
+//! - `--unready-if FILE`   with `--notify-ready-after`: never send `READY=1` if FILE exists at start
+//! - `--serve-inherited`   serve HTTP on the sockets passed by socket activation
+//!   (fds 3.., `LISTEN_FDS`; exits 3 unless `LISTEN_PID` is its own PID); the
+//!   response body is the serving PID. On SIGTERM/SIGINT it stops accepting,
+//!   finishes the requests in flight and exits 0 (a graceful drain).
+//! - `--request-ms MS`     with `--serve-inherited`: take MS ms per request
+//!   (with `--notify-ready-after`, accepting starts when it is about to be ready)
 
 use std::fs::{self, OpenOptions};
 use std::io::{self, Write};
@@ -48,6 +62,15 @@ struct Opts {
     signal_log: Option<PathBuf>,
     print: Vec<String>,
     eprint: Vec<String>,
+    http: Option<u16>,
+    unhealthy_if: Option<PathBuf>,
+    tcp: Option<u16>,
+    notify_ready_after: Option<Duration>,
+    notify_status: Option<String>,
+    watchdog_for: Option<Duration>,
+    unready_if: Option<PathBuf>,
+    serve_inherited: bool,
+    request_ms: u64,
 }
 
 fn parse(args: &[String]) -> Result<Opts, String> {
@@ -86,10 +109,27 @@ fn parse(args: &[String]) -> Result<Opts, String> {
             "--tag" => {
                 value()?;
             }
+            "--http" => o.http = Some(parse_num(&value()?, flag)?),
+            "--unhealthy-if" => o.unhealthy_if = Some(value()?.into()),
+            "--tcp" => o.tcp = Some(parse_num(&value()?, flag)?),
+            "--notify-ready-after" => {
+                o.notify_ready_after = Some(Duration::from_millis(parse_num(&value()?, flag)?))
+            }
+            "--notify-status" => o.notify_status = Some(value()?),
+            "--unready-if" => o.unready_if = Some(value()?.into()),
+            "--serve-inherited" => o.serve_inherited = true,
+            "--request-ms" => o.request_ms = parse_num(&value()?, flag)?,
+            "--watchdog-for" => {
+                o.watchdog_for = Some(Duration::from_millis(parse_num(&value()?, flag)?))
+            }
             other => return Err(format!("unknown argument {other:?}")),
         }
     }
     Ok(o)
+}
+
+fn parse_num<T: std::str::FromStr>(v: &str, flag: &str) -> Result<T, String> {
+    v.parse().map_err(|_| format!("bad {flag} {v:?}"))
 }
 
 fn main() {
@@ -120,7 +160,7 @@ fn run(o: &Opts) -> io::Result<()> {
     if o.ignore_term {
         set_disposition(libc::SIGTERM, libc::SIG_IGN);
         set_disposition(libc::SIGINT, libc::SIG_IGN);
-    } else if o.record.is_some() {
+    } else if o.record.is_some() || o.serve_inherited {
         waited.add(libc::SIGTERM);
         waited.add(libc::SIGINT);
     }
@@ -166,6 +206,58 @@ fn run(o: &Opts) -> io::Result<()> {
             writeln!(err, "{line}")?;
         }
     }
+    // Helper threads start after the signal mask is set, so they inherit it and
+    // every signal still reaches the main thread's sigtimedwait.
+    if let Some(port) = o.http {
+        let listener = std::net::TcpListener::bind(("127.0.0.1", port))?;
+        let flag = o.unhealthy_if.clone();
+        std::thread::spawn(move || serve_http(listener, flag));
+    }
+    if let Some(port) = o.tcp {
+        let listener = std::net::TcpListener::bind(("127.0.0.1", port))?;
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                drop(conn);
+            }
+        });
+    }
+    if let Some(text) = &o.notify_status {
+        sd_notify(&format!("STATUS={text}"))?;
+    }
+    let unready = o.unready_if.as_ref().is_some_and(|f| f.exists());
+    let server = if o.serve_inherited {
+        // Like a real server: accept once initialised, i.e. when about to be
+        // ready; one that never gets ready never accepts.
+        let warm_up = o
+            .notify_ready_after
+            .map(|d| if unready { MAX_LIFETIME } else { d });
+        Some(InheritedServer::start(
+            o.request_ms,
+            warm_up.unwrap_or_default(),
+        )?)
+    } else {
+        None
+    };
+    if let Some(delay) = o.notify_ready_after.filter(|_| !unready) {
+        std::thread::spawn(move || {
+            std::thread::sleep(delay);
+            let _ = sd_notify("READY=1\nSTATUS=ready");
+        });
+    }
+    if let Some(period) = o.watchdog_for {
+        let usec: u64 = std::env::var("WATCHDOG_USEC")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1_000_000);
+        let every = Duration::from_micros(usec / 4);
+        std::thread::spawn(move || {
+            let until = Instant::now() + period;
+            while Instant::now() < until {
+                let _ = sd_notify("WATCHDOG=1");
+                std::thread::sleep(every);
+            }
+        });
+    }
     if let Some(file) = &o.pidfile {
         write_atomic(file, &format!("{}\n", process::id()))?;
     }
@@ -183,6 +275,10 @@ fn run(o: &Opts) -> io::Result<()> {
             Some(sig) if sig == libc::SIGTERM || sig == libc::SIGINT => {
                 if let Some(rec) = &o.record {
                     record(rec, "stop")?;
+                }
+                if let Some(server) = server {
+                    server.drain();
+                    process::exit(0);
                 }
                 die_of(sig);
             }
@@ -347,4 +443,178 @@ fn write_atomic(file: &Path, text: &str) -> io::Result<()> {
     fs::write(&tmp, text)?;
     fs::rename(&tmp, file)?;
     Ok(())
+}
+
+/// Answers every HTTP request with 200, or 500 while `unhealthy_if` exists.
+fn serve_http(listener: std::net::TcpListener, unhealthy_if: Option<PathBuf>) {
+    use std::io::Read;
+    for conn in listener.incoming() {
+        let Ok(mut conn) = conn else { continue };
+        let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
+        // Read the request head (bounded); its content does not matter.
+        let mut head = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 16 * 1024 {
+            match conn.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => head.extend_from_slice(&buf[..n]),
+            }
+        }
+        let sick = unhealthy_if.as_ref().is_some_and(|f| f.exists());
+        let (status, body) = if sick {
+            ("500 Internal Server Error", "sick\n")
+        } else {
+            ("200 OK", "ok\n")
+        };
+        let _ = write!(
+            conn,
+            "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+    }
+}
+
+/// Sends one datagram to `$NOTIFY_SOCKET`, as sd_notify(3) does.
+fn sd_notify(message: &str) -> io::Result<()> {
+    let path = std::env::var("NOTIFY_SOCKET")
+        .map_err(|_| io::Error::new(io::ErrorKind::NotFound, "NOTIFY_SOCKET is not set"))?;
+    let socket = std::os::unix::net::UnixDatagram::unbound()?;
+    socket.send_to(message.as_bytes(), path)?;
+    Ok(())
+}
+
+/// An HTTP server on the sockets inherited through socket activation.
+struct InheritedServer {
+    draining: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    in_flight: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    acceptors: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl InheritedServer {
+    fn start(request_ms: u64, warm_up: Duration) -> io::Result<InheritedServer> {
+        use std::sync::atomic::{AtomicBool, AtomicUsize};
+        use std::sync::Arc;
+        let invalid = |m: String| io::Error::new(io::ErrorKind::InvalidInput, m);
+        let listen_pid: u32 = std::env::var("LISTEN_PID")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| invalid("LISTEN_PID is not set".into()))?;
+        if listen_pid != process::id() {
+            eprintln!(
+                "minder-testchild: LISTEN_PID={listen_pid} is not my PID {}",
+                process::id()
+            );
+            process::exit(3);
+        }
+        let n: i32 = std::env::var("LISTEN_FDS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .filter(|n| *n > 0)
+            .ok_or_else(|| invalid("LISTEN_FDS is not set".into()))?;
+        let draining = Arc::new(AtomicBool::new(false));
+        let in_flight = Arc::new(AtomicUsize::new(0));
+        let mut acceptors = Vec::new();
+        for fd in 3..3 + n {
+            // Non-blocking accept after poll: another process sharing the
+            // socket may take a connection first, and a drain must notice the
+            // flag without waiting for one more client.
+            // SAFETY: fcntl on an fd this process received from its supervisor.
+            unsafe {
+                let flags = libc::fcntl(fd, libc::F_GETFL);
+                libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK);
+            }
+            let draining = Arc::clone(&draining);
+            let in_flight = Arc::clone(&in_flight);
+            acceptors.push(std::thread::spawn(move || {
+                let until = Instant::now() + warm_up;
+                while Instant::now() < until && !draining.load(std::sync::atomic::Ordering::SeqCst)
+                {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                accept_loop(fd, &draining, &in_flight, request_ms)
+            }));
+        }
+        Ok(InheritedServer {
+            draining,
+            in_flight,
+            acceptors,
+        })
+    }
+
+    /// Stops accepting, then waits (bounded) for the requests in flight.
+    fn drain(self) {
+        use std::sync::atomic::Ordering;
+        self.draining.store(true, Ordering::SeqCst);
+        for a in self.acceptors {
+            let _ = a.join();
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.in_flight.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+fn accept_loop(
+    fd: i32,
+    draining: &std::sync::atomic::AtomicBool,
+    in_flight: &std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    request_ms: u64,
+) {
+    use std::os::fd::FromRawFd;
+    use std::sync::atomic::Ordering;
+    while !draining.load(Ordering::SeqCst) {
+        let mut pfd = libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd.
+        if unsafe { libc::poll(&mut pfd, 1, 50) } <= 0 {
+            continue;
+        }
+        // SAFETY: accept4 on a listening socket; null address pointers are allowed.
+        let conn = unsafe {
+            libc::accept4(
+                fd,
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+                libc::SOCK_CLOEXEC,
+            )
+        };
+        if conn < 0 {
+            continue; // EAGAIN: a sibling process took it.
+        }
+        // Served inline, like `--http`: a drain joins this thread, so every
+        // accepted request is answered before the process exits.
+        in_flight.fetch_add(1, Ordering::SeqCst);
+        // SAFETY: conn is a fresh fd owned from here on.
+        let stream = unsafe { std::net::TcpStream::from_raw_fd(conn) };
+        // Works for unix stream sockets too: only read/write are used.
+        serve_one(stream, request_ms);
+        in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+fn serve_one(mut conn: std::net::TcpStream, request_ms: u64) {
+    use std::io::Read;
+    let _ = conn.set_nonblocking(false);
+    let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
+    let mut head = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 16 * 1024 {
+        match conn.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => head.extend_from_slice(&buf[..n]),
+        }
+    }
+    if request_ms > 0 {
+        std::thread::sleep(Duration::from_millis(request_ms));
+    }
+    let body = format!("{}\n", process::id());
+    let _ = write!(
+        conn,
+        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
 }

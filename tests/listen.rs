@@ -1,0 +1,281 @@
+//! Sockets held by minder (`listen`) and rolling restarts: zero failed
+//! requests while programs restart. Loopback and unix sockets only; every
+//! client loop is bounded in count and time.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("binding an ephemeral loopback port")
+}
+
+/// One GET; the body is the serving PID.
+fn get(port: u16) -> Result<i32, String> {
+    let mut conn =
+        std::net::TcpStream::connect(("127.0.0.1", port)).map_err(|e| format!("connect: {e}"))?;
+    conn.set_read_timeout(Some(Duration::from_secs(10)))
+        .map_err(|e| e.to_string())?;
+    conn.write_all(b"GET / HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
+        .map_err(|e| format!("write: {e}"))?;
+    let mut response = String::new();
+    conn.read_to_string(&mut response)
+        .map_err(|e| format!("read: {e}"))?;
+    parse_response(&response)
+}
+
+fn get_unix(path: &std::path::Path) -> Result<i32, String> {
+    let mut conn =
+        std::os::unix::net::UnixStream::connect(path).map_err(|e| format!("connect: {e}"))?;
+    conn.set_read_timeout(Some(Duration::from_secs(10)))
+        .map_err(|e| e.to_string())?;
+    conn.write_all(b"GET / HTTP/1.1\r\nHost: test\r\n\r\n")
+        .map_err(|e| format!("write: {e}"))?;
+    let mut response = String::new();
+    conn.read_to_string(&mut response)
+        .map_err(|e| format!("read: {e}"))?;
+    parse_response(&response)
+}
+
+fn parse_response(response: &str) -> Result<i32, String> {
+    if !response.starts_with("HTTP/1.1 200") {
+        return Err(format!("bad response {response:?}"));
+    }
+    response
+        .rsplit("\r\n\r\n")
+        .next()
+        .and_then(|b| b.trim().parse().ok())
+        .ok_or_else(|| format!("no pid in {response:?}"))
+}
+
+/// Clients requesting back to back until stopped (bounded by count and time).
+struct Load {
+    stop: Arc<AtomicBool>,
+    ok: Arc<AtomicUsize>,
+    failures: Arc<Mutex<Vec<String>>>,
+    threads: Vec<thread::JoinHandle<()>>,
+}
+
+impl Load {
+    fn start(port: u16, clients: usize) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let ok = Arc::new(AtomicUsize::new(0));
+        let failures = Arc::new(Mutex::new(Vec::new()));
+        let threads = (0..clients)
+            .map(|_| {
+                let (stop, ok, failures) =
+                    (Arc::clone(&stop), Arc::clone(&ok), Arc::clone(&failures));
+                thread::spawn(move || {
+                    let until = Instant::now() + Duration::from_secs(120);
+                    for _ in 0..200_000 {
+                        if stop.load(Ordering::SeqCst) || Instant::now() > until {
+                            break;
+                        }
+                        match get(port) {
+                            Ok(_) => {
+                                ok.fetch_add(1, Ordering::SeqCst);
+                            }
+                            Err(e) => failures.lock().unwrap().push(e),
+                        }
+                    }
+                })
+            })
+            .collect();
+        Load {
+            stop,
+            ok,
+            failures,
+            threads,
+        }
+    }
+
+    /// Stops the clients; returns (requests served, failures).
+    fn finish(self) -> (usize, Vec<String>) {
+        self.stop.store(true, Ordering::SeqCst);
+        for t in self.threads {
+            t.join().expect("a client thread panicked");
+        }
+        let failures = self.failures.lock().unwrap().clone();
+        (self.ok.load(Ordering::SeqCst), failures)
+    }
+}
+
+fn web(port: u16, extra_args: &[&str], extra: &str) -> String {
+    let mut args = vec![
+        "--serve-inherited",
+        "--notify-ready-after",
+        "50",
+        "--pidfile",
+        "@TMP@/web.pid",
+    ];
+    args.extend_from_slice(extra_args);
+    program(
+        "web",
+        &args,
+        &format!(
+            "listen = [\"tcp://127.0.0.1:{port}\"]\nnotify = true\nstop_timeout = \"5s\"\n{extra}"
+        ),
+    )
+}
+
+#[test]
+fn children_get_the_sockets_with_the_socket_activation_variables() {
+    let port = free_port();
+    let d = Daemon::start(&program(
+        "web",
+        &["--serve-inherited", "--write-env", "@TMP@/env", "--pidfile", "@TMP@/web.pid"],
+        &format!(
+            "listen = [\"tcp://127.0.0.1:{port}\", \"unix://@TMP@/web.sock\"]\nlisten_names = [\"http\", \"local\"]\nlisten_mode = \"0600\""
+        ),
+    ));
+    let pid = read_pid(&d.path("web.pid"));
+    let env = parse_env(&std::fs::read_to_string(d.path("env")).expect("env file"));
+    assert_eq!(env_get(&env, "LISTEN_FDS"), Some("2"));
+    assert_eq!(env_get(&env, "LISTEN_PID"), Some(pid.to_string().as_str()));
+    assert_eq!(env_get(&env, "LISTEN_FDNAMES"), Some("http:local"));
+    assert_eq!(get(port), Ok(pid), "served over TCP by the child");
+    assert_eq!(
+        get_unix(&d.path("web.sock")),
+        Ok(pid),
+        "served over the unix socket"
+    );
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(d.path("web.sock"))
+            .expect("socket file")
+            .permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o600);
+}
+
+#[test]
+fn twenty_rolling_restarts_under_load_fail_no_request() {
+    let port = free_port();
+    let d = Daemon::start(&web(port, &["--request-ms", "5"], ""));
+    d.wait_state("web", "running");
+    let load = Load::start(port, 4);
+    let mut pids = vec![read_pid(&d.path("web.pid"))];
+    for round in 0..20 {
+        let out = d.ctl(&["restart", "web"]);
+        assert_eq!(out.code, 0, "restart {round}: {out:?}");
+        let pid = d.proc("web").pid.expect("running after restart");
+        assert!(!pids.contains(&pid), "restart {round} gave a new PID");
+        pids.push(pid);
+    }
+    let (served, failures) = load.finish();
+    assert!(
+        failures.is_empty(),
+        "{} of {} requests failed: {:?}",
+        failures.len(),
+        served + failures.len(),
+        &failures[..failures.len().min(5)]
+    );
+    assert!(served > 100, "the load ran: {served} requests");
+    assert_eq!(
+        d.proc("web").restarts,
+        0,
+        "requested restarts are not counted"
+    );
+}
+
+#[test]
+fn connections_during_a_crash_wait_for_the_next_process() {
+    let port = free_port();
+    let d = Daemon::start(&web(
+        port,
+        &[],
+        "[program.web.backoff]\ninitial = \"500ms\"\njitter = 0.0",
+    ));
+    d.wait_state("web", "running");
+    let old = read_pid(&d.path("web.pid"));
+    d.ctl_ok(&["signal", "KILL", "web"]);
+    assert!(wait_pid_gone(old, WAIT), "the killed process is gone");
+    // While it is down (backoff), new connections queue on minder's socket.
+    let clients: Vec<_> = (0..8).map(|_| thread::spawn(move || get(port))).collect();
+    let results: Vec<Result<i32, String>> = clients
+        .into_iter()
+        .map(|c| c.join().expect("client"))
+        .collect();
+    for r in &results {
+        let pid = r
+            .as_ref()
+            .unwrap_or_else(|e| panic!("a request failed: {e}; all: {results:?}"));
+        assert_ne!(*pid, old, "served by the next process");
+    }
+    assert_eq!(d.proc("web").restarts, 1);
+}
+
+#[test]
+fn a_replacement_that_never_gets_ready_leaves_the_old_process_serving() {
+    let port = free_port();
+    let d = Daemon::start(&web(
+        port,
+        &["--unready-if", "@TMP@/unready"],
+        "ready_timeout = \"500ms\"\n[program.web.backoff]\ninitial = \"100ms\"",
+    ));
+    d.wait_state("web", "running");
+    let old = read_pid(&d.path("web.pid"));
+    std::fs::write(d.path("unready"), "").expect("flag file");
+    let out = d.ctl(&["restart", "web"]);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(
+        out.stderr
+            .contains(&format!("still serving from pid {old}")),
+        "{out:?}"
+    );
+    let p = d.proc("web");
+    assert_eq!((p.state.as_str(), p.pid), ("running", Some(old)));
+    assert_eq!(get(port), Ok(old), "the old process still serves");
+}
+
+#[test]
+fn status_shows_both_processes_during_the_overlap() {
+    let port = free_port();
+    // The replacement takes a while to become ready.
+    let d = Daemon::start(&program(
+        "web",
+        &[
+            "--serve-inherited",
+            "--notify-ready-after",
+            "1500",
+            "--pidfile",
+            "@TMP@/web.pid",
+        ],
+        &format!("listen = [\"tcp://127.0.0.1:{port}\"]\nnotify = true"),
+    ));
+    d.wait_state("web", "running");
+    let old = read_pid(&d.path("web.pid"));
+    d.ctl_ok(&["restart", "--no-wait", "web"]);
+    let both = d.wait_for("two rows for web", WAIT, |ps| {
+        ps.iter().filter(|p| p.name == "web").count() == 2
+    });
+    let rows: Vec<_> = both.iter().filter(|p| p.name == "web").collect();
+    assert!(
+        rows.iter()
+            .any(|p| p.pid == Some(old) && p.state == "running"),
+        "{rows:?}"
+    );
+    assert!(
+        rows.iter()
+            .any(|p| p.pid != Some(old) && p.state == "starting"),
+        "{rows:?}"
+    );
+    assert_eq!(
+        get(port),
+        Ok(old),
+        "the old one serves until the new one is ready"
+    );
+    d.wait_for("the rollout to finish", WAIT, |ps| {
+        let rows: Vec<_> = ps.iter().filter(|p| p.name == "web").collect();
+        rows.len() == 1 && rows[0].state == "running" && rows[0].pid != Some(old)
+    });
+    assert!(wait_pid_gone(old, WAIT));
+}
