@@ -15,4 +15,4 @@ fi
 export CARGO_TARGET_DIR
 cargo build --release --bins
 
-exec python3 bench/compare.py --target-dir "$CARGO_TARGET_DIR" "$@"
+MINDER_BENCH_ENTRY=bench/run.sh exec python3 bench/compare.py --target-dir "$CARGO_TARGET_DIR" "$@"
