@@ -14,7 +14,7 @@ use crate::control::protocol::{
 
 /// minder: a process supervisor with health checks, backoff and zero-downtime restarts.
 #[derive(Debug, Parser)]
-#[command(name = "minder", version, about)]
+#[command(name = "minder", version = crate::reexec::VERSION_TEXT, about)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Top,
@@ -28,6 +28,10 @@ pub enum Top {
         /// Config file (default: ./minder.toml, then /etc/minder/minder.toml).
         #[arg(short, long, value_name = "FILE")]
         config: Option<PathBuf>,
+        /// Run as root even when a config file (or a directory above it) can be
+        /// changed by another user than root.
+        #[arg(long)]
+        insecure_config: bool,
     },
     /// Validate a config file; print every error as FILE:LINE:COL: message.
     Check {
@@ -93,6 +97,13 @@ pub enum CtlCommand {
     Reload,
     /// Stop every program, then the daemon exits.
     Shutdown,
+    /// Re-execute the daemon (an upgraded binary, say), keeping every child,
+    /// socket and counter; returns once the new image answers.
+    Reexec {
+        /// The binary to run instead of the daemon's own.
+        #[arg(long, value_name = "PATH")]
+        binary: Option<PathBuf>,
+    },
 }
 
 /// Runs `minder check`.
@@ -110,6 +121,10 @@ pub fn check(path: Option<&Path>) -> ExitCode {
                 cfg.programs.len(),
                 processes
             );
+            // Valid, but `minder daemon` as root would still refuse it: say so now.
+            if let Err(e) = config::check_trusted(&cfg) {
+                eprintln!("minder: warning: minder daemon would refuse it: {e}");
+            }
             ExitCode::SUCCESS
         }
         Err(diagnostics) => {
@@ -121,13 +136,14 @@ pub fn check(path: Option<&Path>) -> ExitCode {
     }
 }
 
-/// Loads the config for `daemon`, printing diagnostics on failure.
-pub fn load_for_daemon(path: Option<&Path>) -> Result<Config, ExitCode> {
+/// Loads the config for `daemon`, printing diagnostics on failure; as root,
+/// refuses files others could change unless `insecure_config`.
+pub fn load_for_daemon(path: Option<&Path>, insecure_config: bool) -> Result<Config, ExitCode> {
     let Some(path) = config::find_config(path) else {
         eprintln!("minder: no config file: give -c FILE, or create ./minder.toml or /etc/minder/minder.toml");
         return Err(ExitCode::from(1));
     };
-    config::load(&path, &Defaults::for_current_user()).map_err(|diagnostics| {
+    let config = config::load(&path, &Defaults::for_current_user()).map_err(|diagnostics| {
         for d in &diagnostics {
             eprintln!("{d}");
         }
@@ -136,7 +152,14 @@ pub fn load_for_daemon(path: Option<&Path>) -> Result<Config, ExitCode> {
             diagnostics.len()
         );
         ExitCode::from(1)
-    })
+    })?;
+    if !insecure_config {
+        if let Err(e) = config::check_trusted(&config) {
+            eprintln!("minder: not starting: {e}");
+            return Err(ExitCode::from(1));
+        }
+    }
+    Ok(config)
 }
 
 /// Socket lookup: -s, $MINDER_SOCKET, the config's `socket`, the default.
@@ -187,11 +210,29 @@ pub fn ctl(args: CtlArgs) -> ExitCode {
         CtlCommand::Pid { name } => Request::Pid { name: name.clone() },
         CtlCommand::Reload => Request::Reload,
         CtlCommand::Shutdown => Request::Shutdown,
+        CtlCommand::Reexec { binary } => Request::Reexec {
+            binary: binary.as_ref().map(|b| {
+                std::path::absolute(b)
+                    .unwrap_or_else(|_| b.clone())
+                    .display()
+                    .to_string()
+            }),
+        },
     };
     let reply = match client::request(&socket, &request) {
         Ok(Some(reply)) => reply,
         // The daemon closes the connection as it exits after `shutdown`.
         Ok(None) if request == Request::Shutdown => Reply::ok(serde_json::json!({})),
+        // ...and as the old image is replaced by `reexec`.
+        Ok(None) if matches!(request, Request::Reexec { .. }) => {
+            match wait_for_new_image(&socket) {
+                Ok(pid) => Reply::ok(serde_json::json!({ "pid": pid })),
+                Err(e) => {
+                    eprintln!("minder: {e}");
+                    return ExitCode::from(exit::FAILED);
+                }
+            }
+        }
         Ok(None) => {
             eprintln!("minder: the daemon closed the connection without replying");
             return ExitCode::from(exit::FAILED);
@@ -290,7 +331,42 @@ fn render(args: &CtlArgs, payload: &str) -> Result<ExitCode, serde_json::Error> 
             Ok(ExitCode::SUCCESS)
         }
         CtlCommand::Shutdown => Ok(ExitCode::SUCCESS),
+        CtlCommand::Reexec { .. } => {
+            let reply: PidReply = serde_json::from_str(payload)?;
+            if human {
+                let _ = writeln!(
+                    out,
+                    "minder re-executed (pid {})",
+                    reply.pid.unwrap_or_default()
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
     }
+}
+
+/// After `reexec` closed the connection: polls (bounded) until the new image
+/// answers, and returns its PID.
+fn wait_for_new_image(socket: &Path) -> Result<Option<i32>, String> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let mut last = String::new();
+    for _ in 0..3000 {
+        match client::request(socket, &Request::Pid { name: None }) {
+            Ok(Some(Reply::Ok(payload))) => {
+                return serde_json::from_str::<PidReply>(payload.get())
+                    .map(|r| r.pid)
+                    .map_err(|e| e.to_string());
+            }
+            Ok(Some(Reply::Error(e))) => last = e.message,
+            Ok(None) => last = "connection closed".to_string(),
+            Err(e) => last = e.to_string(),
+        }
+        if std::time::Instant::now() > deadline {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    Err(format!("the new image did not answer within 30s ({last})"))
 }
 
 fn reload_summary(reply: &ReloadReply) -> String {

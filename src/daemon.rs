@@ -11,7 +11,11 @@ use crate::control::server;
 use crate::health::Prober;
 use crate::notify::{self, NotifyRoutes};
 use crate::process::Reaper;
+use crate::reexec;
 use crate::supervisor::{Context, Input, Supervisor, INPUT_QUEUE};
+use crate::systemd::Systemd;
+use std::os::fd::AsRawFd;
+use std::path::PathBuf;
 
 /// Why the daemon could not run.
 #[derive(Debug, thiserror::Error)]
@@ -19,13 +23,23 @@ pub enum DaemonError {
     /// Setting up the control socket failed.
     #[error(transparent)]
     Bind(#[from] server::BindError),
+    /// The state handed over by `reexec` could not be used.
+    #[error("taking over from the previous image: {0}")]
+    Handover(String),
     /// Runtime or signal setup failed.
     #[error("{0}: {1}")]
     Setup(&'static str, std::io::Error),
 }
 
+/// How `minder daemon` was asked to run, beyond its config.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// `--insecure-config`: as root, accept config files others could change.
+    pub insecure_config: bool,
+}
+
 /// Runs the supervisor until shutdown; returns once every child is stopped.
-pub fn run(config: Config) -> Result<(), DaemonError> {
+pub fn run(config: Config, options: Options) -> Result<(), DaemonError> {
     tune_allocator();
     raise_fd_limit();
     // Orphaned grandchildren are re-parented to minder, which reaps them.
@@ -38,25 +52,49 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
         .enable_all()
         .build()
         .map_err(|e| DaemonError::Setup("starting the runtime", e))?;
-    runtime.block_on(serve(config))
+    runtime.block_on(serve(config, options))
 }
 
-async fn serve(config: Config) -> Result<(), DaemonError> {
+async fn serve(config: Config, options: Options) -> Result<(), DaemonError> {
     let reaper = Reaper::start().map_err(|e| DaemonError::Setup("SIGCHLD handler", e))?;
-    let socket = server::bind(&config.supervisor)?;
     let notify_socket = notify::socket_path(&config.supervisor.socket);
     let notify_routes = NotifyRoutes::default();
-    notify::start(&notify_socket, notify_routes.clone())
-        .map_err(|e| DaemonError::Setup("creating the notify socket", e))?;
+    // Started by `ctl reexec`: take over the previous image's sockets.
+    let saved = match reexec::take_state() {
+        None => None,
+        Some(Ok(saved)) => Some(saved),
+        Some(Err(e)) => return Err(DaemonError::Handover(e)),
+    };
+    let (socket, notify_fd) = match &saved {
+        Some(saved) => {
+            let socket = server::adopt(&config.supervisor, saved.control_fd)?;
+            notify::adopt(saved.notify_fd, notify_routes.clone())
+                .map_err(|e| DaemonError::Setup("taking over the notify socket", e))?;
+            (socket, saved.notify_fd)
+        }
+        None => {
+            let socket = server::bind(&config.supervisor)?;
+            let fd = notify::start(&notify_socket, notify_routes.clone())
+                .map_err(|e| DaemonError::Setup("creating the notify socket", e))?;
+            (socket, fd)
+        }
+    };
     let context = Arc::new(Context {
         prober: Prober::new(Arc::clone(&reaper)),
         reaper,
         notify_routes,
         notify_socket: notify_socket.clone(),
+        state_changes: Arc::new(tokio::sync::Notify::new()),
+        handover_fds: (socket.listener.as_raw_fd(), notify_fd),
+        // Resolved now: after an upgrade on disk, /proc/self/exe names a deleted file.
+        self_exe: std::env::current_exe()
+            .map(|p| PathBuf::from(p.to_string_lossy().trim_end_matches(" (deleted)")))
+            .unwrap_or_else(|_| PathBuf::from("/usr/bin/minder")),
     });
     let socket_path = socket.path.clone();
     let (inputs_tx, inputs_rx) = mpsc::channel(INPUT_QUEUE);
     spawn_signal_handlers(inputs_tx.clone())?;
+    let inputs_tx_for_supervisor = inputs_tx.clone();
     let (open_tx, mut open_rx) = mpsc::channel::<()>(1);
     let server = tokio::spawn(server::serve(socket, inputs_tx, open_tx));
     tracing::info!(
@@ -66,7 +104,12 @@ async fn serve(config: Config) -> Result<(), DaemonError> {
         socket_path.display()
     );
 
-    Supervisor::new(config, context).run(inputs_rx).await;
+    let systemd = Systemd::from_env(Arc::clone(&context.state_changes));
+    Supervisor::new(config, context, inputs_tx_for_supervisor, saved)
+        .with_systemd(systemd)
+        .with_insecure_config(options.insecure_config)
+        .run(inputs_rx)
+        .await;
 
     // Accept nothing more, but let replies in flight (the one to `ctl shutdown`
     // among them) reach their clients: each connection holds an `open` sender.

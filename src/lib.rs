@@ -9,5 +9,7 @@ pub mod daemon;
 pub mod health;
 pub mod notify;
 pub mod process;
+pub mod reexec;
 pub mod sockets;
 pub mod supervisor;
+pub mod systemd;

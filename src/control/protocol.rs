@@ -46,6 +46,12 @@ pub enum Request {
     Reload,
     /// Stop everything and exit.
     Shutdown,
+    /// Re-execute the daemon's binary (or `binary`), keeping every child.
+    /// On success no reply comes: the connection closes with the old image.
+    Reexec {
+        #[serde(default)]
+        binary: Option<String>,
+    },
 }
 
 fn yes() -> bool {

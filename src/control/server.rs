@@ -57,10 +57,7 @@ pub fn bind(cfg: &SupervisorConfig) -> Result<ControlSocket, BindError> {
         let path = path.clone();
         move |source| BindError::Io { path, what, source }
     };
-    let group = match &cfg.socket_group {
-        None => None,
-        Some(name) => Some(resolve_group(name)?),
-    };
+    let access = Access::for_config(cfg)?;
     if let Some(dir) = path.parent() {
         if !dir.as_os_str().is_empty() && !dir.exists() {
             std::fs::DirBuilder::new()
@@ -81,18 +78,42 @@ pub fn bind(cfg: &SupervisorConfig) -> Result<ControlSocket, BindError> {
     let listener = bound.map_err(io_err("bind"))?;
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(cfg.socket_mode))
         .map_err(io_err("chmod"))?;
-    if let Some(gid) = group {
+    if let Some(gid) = access.group {
         nix::unistd::chown(&path, None, Some(gid))
             .map_err(|e| io_err("chown to socket_group")(io::Error::from(e)))?;
     }
     Ok(ControlSocket {
         listener,
         path,
-        access: Access { group },
+        access,
     })
 }
 
 use std::os::unix::fs::DirBuilderExt;
+
+/// The control socket handed over by `reexec` (fd `fd`, already bound at
+/// `cfg.socket`), with the same access policy.
+pub fn adopt(cfg: &SupervisorConfig, fd: std::os::fd::RawFd) -> Result<ControlSocket, BindError> {
+    use std::os::fd::FromRawFd;
+    let path = cfg.socket.clone();
+    let io_err = |what: &'static str| {
+        let path = path.clone();
+        move |source| BindError::Io { path, what, source }
+    };
+    let access = Access::for_config(cfg)?;
+    // SAFETY: the previous image passed this listening socket for us to own.
+    let std_listener = unsafe { std::os::unix::net::UnixListener::from_raw_fd(fd) };
+    std_listener
+        .set_nonblocking(true)
+        .map_err(io_err("handed-over socket"))?;
+    let listener = UnixListener::from_std(std_listener).map_err(io_err("handed-over socket"))?;
+    crate::reexec::set_cloexec(fd, true);
+    Ok(ControlSocket {
+        listener,
+        path,
+        access,
+    })
+}
 
 fn resolve_group(name: &str) -> Result<Gid, BindError> {
     let found = match name.parse::<u32>() {
@@ -124,6 +145,15 @@ fn remove_stale(path: &Path) -> Result<(), BindError> {
 }
 
 impl Access {
+    /// The policy `cfg` asks for (`socket_group` resolved to a group id).
+    fn for_config(cfg: &SupervisorConfig) -> Result<Access, BindError> {
+        let group = match &cfg.socket_group {
+            None => None,
+            Some(name) => Some(resolve_group(name)?),
+        };
+        Ok(Access { group })
+    }
+
     fn allows(&self, stream: &UnixStream) -> bool {
         let Ok(cred) = stream.peer_cred() else {
             return false;

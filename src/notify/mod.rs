@@ -77,15 +77,28 @@ pub fn socket_path(control_socket: &Path) -> PathBuf {
 
 /// Binds the notify socket at `path` (replacing a stale file) and serves it
 /// until the runtime ends.
-pub fn start(path: &Path, routes: NotifyRoutes) -> io::Result<()> {
+pub fn start(path: &Path, routes: NotifyRoutes) -> io::Result<std::os::fd::RawFd> {
     if std::fs::symlink_metadata(path).is_ok() {
         std::fs::remove_file(path)?;
     }
     let socket = UnixDatagram::bind(path)?;
+    crate::reexec::set_cloexec(socket.as_raw_fd(), true);
     socket::setsockopt(&socket, sockopt::PassCred, &true).map_err(io::Error::from)?;
     // Children may run as other users; the credential check decides who is heard.
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666))?;
+    let fd = socket.as_raw_fd();
     tokio::spawn(serve(socket, routes));
+    Ok(fd)
+}
+
+/// Serves the notify socket handed over by `reexec` (fd `fd`).
+pub fn adopt(fd: std::os::fd::RawFd, routes: NotifyRoutes) -> io::Result<()> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: the previous image passed this socket for us to own.
+    let std_socket = unsafe { std::os::unix::net::UnixDatagram::from_raw_fd(fd) };
+    std_socket.set_nonblocking(true)?;
+    crate::reexec::set_cloexec(fd, true);
+    tokio::spawn(serve(UnixDatagram::from_std(std_socket)?, routes));
     Ok(())
 }
 

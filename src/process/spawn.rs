@@ -28,6 +28,7 @@ const NOT_INHERITED: &[&str] = &[
     "LISTEN_FDNAMES",
     "WATCHDOG_USEC",
     "WATCHDOG_PID",
+    crate::reexec::STATE_FD_ENV,
 ];
 
 /// The RLIMIT_NOFILE minder itself was started with, restored in children:

@@ -41,6 +41,35 @@ impl ListenSet {
         }))
     }
 
+    /// The sockets handed over by `reexec`, already bound.
+    pub fn adopt(program: &ProgramConfig, fds: &[RawFd]) -> Option<Arc<ListenSet>> {
+        use std::os::fd::FromRawFd;
+        let set = ListenSet::for_program(program)?;
+        if fds.len() != set.addresses.len() {
+            return Some(set);
+        }
+        let owned: Vec<OwnedFd> = fds
+            .iter()
+            .map(|fd| {
+                crate::reexec::set_cloexec(*fd, true);
+                // SAFETY: the previous image passed these sockets for us to own.
+                unsafe { OwnedFd::from_raw_fd(*fd) }
+            })
+            .collect();
+        *set.bound.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(owned));
+        Some(set)
+    }
+
+    /// The fds of the bound sockets (none if not bound yet), for `reexec`.
+    pub fn bound_fds(&self) -> Vec<RawFd> {
+        self.bound
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .map(|fds| ListenSet::raw(fds))
+            .unwrap_or_default()
+    }
+
     /// Whether `program` asks for exactly these sockets (so a reload can keep them).
     pub fn serves(&self, program: &ProgramConfig) -> bool {
         self.addresses == program.listen

@@ -35,6 +35,12 @@ pub struct Context {
     pub notify_routes: NotifyRoutes,
     /// Path given to children as `NOTIFY_SOCKET`.
     pub notify_socket: PathBuf,
+    /// The fds `reexec` hands to the new image: control and notify sockets.
+    pub handover_fds: (std::os::fd::RawFd, std::os::fd::RawFd),
+    /// The binary this daemon was started from (what `reexec` runs by default).
+    pub self_exe: PathBuf,
+    /// Woken when a process changes state or health (for systemd's `STATUS=`/`READY=1`).
+    pub state_changes: Arc<tokio::sync::Notify>,
 }
 
 /// Commands queued per process; a full queue is reported as busy.
@@ -98,6 +104,10 @@ pub struct ProcessStatus {
     pub notify_status: Option<String>,
     /// The old process of a rolling restart, shown beside the new one.
     pub retiring: Option<Retiring>,
+    /// Consecutive failed starts (kept across `reexec`).
+    pub failures: u32,
+    /// Position in the backoff sequence (kept across `reexec`).
+    pub backoff_step: u32,
 }
 
 /// A cheap, cloneable way to reach a process actor.
@@ -255,7 +265,18 @@ impl ProcessActor {
         context: Arc<Context>,
     ) -> ProcessHandle {
         let now = tokio::time::Instant::now().into_std();
-        let machine = Machine::new(now);
+        ProcessActor::spawn_with(spec, cfg, listen, context, Machine::new(now))
+    }
+
+    /// Starts the actor of a process that already runs (after `reexec`): its
+    /// machine as saved, its live child adopted from the reaper.
+    pub fn spawn_with(
+        spec: ProcessSpec,
+        cfg: Arc<ProgramConfig>,
+        listen: Option<Arc<ListenSet>>,
+        context: Arc<Context>,
+        machine: Machine,
+    ) -> ProcessHandle {
         let mailbox = Arc::new(Mailbox::default());
         let (status_tx, status_rx) = watch::channel(snapshot(&spec, &machine, 0, None));
         // Only programs that use the notify socket pay for a channel.
@@ -292,6 +313,17 @@ impl ProcessActor {
             stop_epoch: 0,
             removed: false,
         };
+        let mut actor = actor;
+        if let Some(pid) = actor.machine.state.pid() {
+            // Registered before the runtime polls the reaper, so an exit that
+            // happened during the exec is routed here, not lost as an orphan.
+            actor.exit = Some(actor.context.reaper.adopt(pid));
+        }
+        if let Some(old) = actor.machine.retiring {
+            actor.retired_exit = Some(actor.context.reaper.adopt(old.pid));
+        }
+        actor.sync_probing();
+        actor.sync_notify_route();
         // No tracing span per actor: with thousands of processes their storage
         // would dominate minder's memory; events carry the name instead.
         tokio::spawn(actor.run());
@@ -651,12 +683,15 @@ impl ProcessActor {
 
     /// Publishes the status and settles the requests it answers.
     fn publish(&mut self) {
-        self.status.send_replace(snapshot(
+        let previous = self.status.send_replace(snapshot(
             &self.spec,
             &self.machine,
             self.stop_epoch,
             self.last_probe.clone(),
         ));
+        if crate::systemd::affects_summary(&previous, &self.status.borrow()) {
+            self.context.state_changes.notify_one();
+        }
         let mut i = 0;
         while i < self.waiters.len() {
             let outcome = match self.waiters[i].0 {
@@ -702,6 +737,8 @@ fn snapshot(
         last_probe,
         notify_status: machine.notify_status.clone(),
         retiring: machine.retiring,
+        failures: machine.failures,
+        backoff_step: machine.backoff_step,
     }
 }
 

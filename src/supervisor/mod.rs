@@ -20,9 +20,12 @@ use crate::control::protocol::{
     ActionReply, ActionResult, ErrorKind, LastProbe, PidReply, ProcessInfo, ReloadReply, Reply,
     Request, StatusReply,
 };
+use crate::reexec::{self, SavedListen, SavedState};
 use crate::sockets::ListenSet;
+use crate::systemd::Systemd;
 use order::Topology;
 use state::{short_duration, Outcome, State};
+use std::path::PathBuf;
 
 /// Inputs of the supervisor loop; bounded, so a flood is answered as busy.
 #[derive(Debug)]
@@ -33,6 +36,8 @@ pub enum Input {
     Reload,
     /// SIGTERM/SIGINT: the first stops everything in order, the second kills.
     Terminate,
+    /// `ctl reexec` passed its checks of the binary: save the state and exec.
+    Reexec(PathBuf, oneshot::Sender<Reply>),
 }
 
 /// A status of this many processes is followed by handing freed memory back.
@@ -51,27 +56,74 @@ pub struct Supervisor {
     context: Arc<Context>,
     /// Each program's `listen` sockets, kept across restarts and reloads.
     listen: HashMap<String, Arc<ListenSet>>,
+    /// Our own inputs, for work that finishes in a task (the `reexec` checks).
+    inputs: mpsc::Sender<Input>,
+    /// Started by `reexec`: the processes are already up; start nothing.
+    resumed: bool,
+    /// The service manager that runs minder (READY=1, STATUS=, WATCHDOG=1, ...).
+    systemd: Systemd,
+    /// `--insecure-config`: accept config files others than root could change.
+    insecure_config: bool,
 }
 
 impl Supervisor {
     /// Creates an actor per process (all `stopped`); nothing starts yet.
-    pub fn new(config: Config, context: Arc<Context>) -> Supervisor {
+    pub fn new(
+        config: Config,
+        context: Arc<Context>,
+        inputs: mpsc::Sender<Input>,
+        saved: Option<SavedState>,
+    ) -> Supervisor {
         let config = Arc::new(config);
         let mut supervisor = Supervisor {
             config: Arc::clone(&config),
             processes: Vec::new(),
             draining: Vec::new(),
+            systemd: Systemd::disabled(Arc::clone(&context.state_changes)),
             context,
             listen: HashMap::new(),
+            inputs,
+            resumed: saved.is_some(),
+            insecure_config: false,
         };
-        supervisor.processes = supervisor.spawn_actors(&config, |_| true);
+        let mut machines = HashMap::new();
+        if let Some(saved) = saved {
+            let now = tokio::time::Instant::now().into_std();
+            for listen in &saved.listen {
+                if let Some(program) = config.program(&listen.program) {
+                    if let Some(set) = ListenSet::adopt(program, &listen.fds) {
+                        supervisor.listen.insert(listen.program.clone(), set);
+                    }
+                }
+            }
+            for process in &saved.processes {
+                let program = process.name.split(':').next().unwrap_or_default();
+                if let Some(cfg) = config.program(program) {
+                    machines.insert(process.name.clone(), reexec::restore(process, cfg, now));
+                }
+            }
+        }
+        supervisor.processes = supervisor.spawn_actors(&config, |_| true, &mut machines);
         supervisor
+    }
+
+    /// Reports to `systemd` (the default reports to nobody).
+    pub fn with_systemd(mut self, systemd: Systemd) -> Supervisor {
+        self.systemd = systemd;
+        self
+    }
+
+    /// Accepts (on reload too) config files that others than root could change.
+    pub fn with_insecure_config(mut self, insecure: bool) -> Supervisor {
+        self.insecure_config = insecure;
+        self
     }
 
     fn spawn_actors(
         &mut self,
         config: &Config,
         include: impl Fn(&str) -> bool,
+        machines: &mut HashMap<String, state::Machine>,
     ) -> Vec<ProcessHandle> {
         let mut handles = Vec::new();
         let mut new_listen = Vec::new();
@@ -83,12 +135,22 @@ impl Supervisor {
                 _ => ListenSet::for_program(program),
             };
             for spec in program.processes() {
-                handles.push(ProcessActor::spawn(
-                    spec,
-                    Arc::clone(&cfg),
-                    listen.clone(),
-                    Arc::clone(&self.context),
-                ));
+                let handle = match machines.remove(&spec.name) {
+                    Some(machine) => ProcessActor::spawn_with(
+                        spec,
+                        Arc::clone(&cfg),
+                        listen.clone(),
+                        Arc::clone(&self.context),
+                        machine,
+                    ),
+                    None => ProcessActor::spawn(
+                        spec,
+                        Arc::clone(&cfg),
+                        listen.clone(),
+                        Arc::clone(&self.context),
+                    ),
+                };
+                handles.push(handle);
             }
             new_listen.push((program.name.clone(), listen));
         }
@@ -107,20 +169,33 @@ impl Supervisor {
 
     /// Runs until shutdown: starts autostart programs, then serves inputs.
     pub async fn run(mut self, mut inputs: mpsc::Receiver<Input>) {
+        // After `reexec` every process is where the previous image left it.
         let autostart: Vec<ProcessHandle> = self
             .processes
             .iter()
-            .filter(|h| self.config.program(&h.program).is_some_and(|p| p.autostart))
+            .filter(|h| {
+                !self.resumed && self.config.program(&h.program).is_some_and(|p| p.autostart)
+            })
             .cloned()
             .collect();
         let topology = self.topology();
+        let autostart_done = self.systemd.autostart_tracker();
         tokio::spawn(async move {
             topology.start(autostart).await;
+            autostart_done.finished();
             release_free_memory();
         });
 
         let mut shutdown_reply = None;
-        while let Some(input) = inputs.recv().await {
+        loop {
+            let input = tokio::select! {
+                input = inputs.recv() => input,
+                duty = self.systemd.next() => {
+                    self.systemd.perform(duty, &self.processes, &self.config);
+                    continue;
+                }
+            };
+            let Some(input) = input else { break };
             match input {
                 Input::Control(Request::Shutdown, reply) => {
                     shutdown_reply = Some(reply);
@@ -134,8 +209,10 @@ impl Supervisor {
                     }
                 }
                 Input::Terminate => break,
+                Input::Reexec(binary, reply) => self.reexec(binary, reply),
             }
         }
+        self.systemd.stopping();
         self.shutdown(&mut inputs).await;
         if let Some(reply) = shutdown_reply {
             let _ = reply.send(Reply::ok(serde_json::json!({})));
@@ -209,6 +286,34 @@ impl Supervisor {
                 }),
             Request::Reload => Ok(self.reload()),
             // The loop takes `Shutdown` before it gets here.
+            Request::Reexec { binary } => {
+                let binary = binary
+                    .map(PathBuf::from)
+                    .unwrap_or_else(|| self.context.self_exe.clone());
+                let reaper = Arc::clone(&self.context.reaper);
+                let inputs = self.inputs.clone();
+                tokio::spawn(async move {
+                    match crate::reexec::check_binary(&binary, &reaper).await {
+                        Ok(()) => {
+                            if let Err(e) = inputs.send(Input::Reexec(binary, reply)).await {
+                                if let Input::Reexec(_, reply) = e.0 {
+                                    let _ = reply.send(Reply::error(
+                                        ErrorKind::ShuttingDown,
+                                        "minder is shutting down",
+                                    ));
+                                }
+                            }
+                        }
+                        Err(why) => {
+                            let _ = reply.send(Reply::error(
+                                ErrorKind::Failed,
+                                format!("not re-executing: {why}"),
+                            ));
+                        }
+                    }
+                });
+                return;
+            }
             Request::Shutdown => Err(Reply::error(
                 ErrorKind::ShuttingDown,
                 "minder is shutting down",
@@ -256,8 +361,100 @@ impl Supervisor {
             .collect())
     }
 
-    /// Re-reads the config file and applies the difference; an invalid file changes nothing.
+    /// Hands everything over to `binary` (SPEC `ctl reexec`). Returns only if
+    /// that could not happen, after replying why; nothing has changed then.
+    fn reexec(&mut self, binary: PathBuf, reply: oneshot::Sender<Reply>) {
+        let refuse = |reply: oneshot::Sender<Reply>, why: String| {
+            tracing::warn!("not re-executing: {why}");
+            let _ = reply.send(Reply::error(
+                ErrorKind::Failed,
+                format!("not re-executing: {why}"),
+            ));
+        };
+        match config::load(&self.config.path, &Defaults::for_current_user()) {
+            Ok(on_disk) if on_disk == *self.config => {}
+            Ok(_) => {
+                return refuse(
+                    reply,
+                    "the config file changed since it was loaded: `ctl reload` first".into(),
+                )
+            }
+            Err(d) => {
+                let lines: Vec<String> = d.iter().map(|d| d.to_string()).collect();
+                return refuse(
+                    reply,
+                    format!("the config file is invalid: {}", lines.join("; ")),
+                );
+            }
+        }
+        // The new image checks the files again as it starts; refuse now rather
+        // than have it exit and leave every child without its supervisor.
+        if !self.insecure_config {
+            if let Err(e) = config::check_trusted(&self.config) {
+                return refuse(reply, e.to_string());
+            }
+        }
+        if self
+            .draining
+            .iter()
+            .any(|h| h.watch().has_changed().is_ok())
+        {
+            return refuse(
+                reply,
+                "programs removed by a reload are still stopping: try again".into(),
+            );
+        }
+        let now = tokio::time::Instant::now().into_std();
+        let mut processes = Vec::with_capacity(self.processes.len());
+        for handle in &self.processes {
+            match reexec::save(&handle.status(), now) {
+                Ok(saved) => processes.push(saved),
+                Err(why) => return refuse(reply, why),
+            }
+        }
+        let (control_fd, notify_fd) = self.context.handover_fds;
+        let listen: Vec<SavedListen> = self
+            .listen
+            .iter()
+            .map(|(program, set)| SavedListen {
+                program: program.clone(),
+                fds: set.bound_fds(),
+            })
+            .filter(|l| !l.fds.is_empty())
+            .collect();
+        let mut keep = vec![control_fd, notify_fd];
+        keep.extend(listen.iter().flat_map(|l| l.fds.iter().copied()));
+        let state = SavedState {
+            version: reexec::STATE_VERSION,
+            config_path: self.config.path.clone(),
+            control_fd,
+            notify_fd,
+            listen,
+            processes,
+        };
+        tracing::info!(
+            "re-executing {} with {} processes",
+            binary.display(),
+            state.processes.len()
+        );
+        let error = reexec::exec(&binary, &state, &keep);
+        refuse(reply, format!("exec {}: {error}", binary.display()));
+    }
+
+    /// Reloads, telling systemd (RELOADING=1 ... READY=1) around it.
     fn reload(&mut self) -> Reply {
+        self.systemd.reloading();
+        let reply = self.apply_reload();
+        let error = match &reply {
+            Reply::Error(e) => Some(e.message.as_str()),
+            Reply::Ok(_) => None,
+        };
+        self.systemd.reloaded(&self.processes, error);
+        reply
+    }
+
+    /// Re-reads the config file and applies the difference; an invalid file changes nothing.
+    fn apply_reload(&mut self) -> Reply {
         let new = match config::load(&self.config.path, &Defaults::for_current_user()) {
             Ok(new) => new,
             Err(diagnostics) => {
@@ -268,6 +465,11 @@ impl Supervisor {
                 );
             }
         };
+        if !self.insecure_config {
+            if let Err(e) = config::check_trusted(&new) {
+                return Reply::error(ErrorKind::Failed, format!("config not reloaded: {e}"));
+            }
+        }
         let diff = config::diff(&self.config, &new);
         let mut not_applied = Vec::new();
         if new.supervisor.socket != self.config.supervisor.socket
@@ -317,7 +519,7 @@ impl Supervisor {
             .chain(&diff.changed)
             .map(String::as_str)
             .collect();
-        let new_handles = self.spawn_actors(&new, |name| fresh.contains(name));
+        let new_handles = self.spawn_actors(&new, |name| fresh.contains(name), &mut HashMap::new());
         // Keep config order: programs as listed in the new file.
         let mut processes = Vec::new();
         for program in &new.programs {
@@ -392,6 +594,7 @@ impl Supervisor {
                     tracing::warn!("shutdown_timeout reached: killing what is left");
                     break;
                 }
+                duty = self.systemd.next() => self.systemd.perform(duty, &self.processes, &self.config),
                 input = inputs.recv() => match input {
                     Some(Input::Terminate) => {
                         tracing::warn!("second termination signal: killing everything");
@@ -404,6 +607,9 @@ impl Supervisor {
                         let _ = reply.send(answer);
                     }
                     Some(Input::Control(_, reply)) => {
+                        let _ = reply.send(Reply::error(ErrorKind::ShuttingDown, "minder is shutting down"));
+                    }
+                    Some(Input::Reexec(_, reply)) => {
                         let _ = reply.send(Reply::error(ErrorKind::ShuttingDown, "minder is shutting down"));
                     }
                     Some(Input::Reload) | None => {}

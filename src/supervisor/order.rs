@@ -14,6 +14,9 @@ use crate::control::protocol::ActionResult;
 /// Per-program result channel: `None` while pending.
 type Done = watch::Receiver<Option<Result<(), String>>>;
 
+/// The sending half of [`Done`].
+type DoneSender = watch::Sender<Option<Result<(), String>>>;
+
 /// A snapshot of who depends on whom, with the handles to reach them.
 pub struct Topology {
     /// Program -> the programs it depends on.
@@ -66,13 +69,7 @@ impl Topology {
             }
             i += 1;
         }
-        let mut senders = HashMap::new();
-        let mut receivers: HashMap<String, Done> = HashMap::new();
-        for program in &needed {
-            let (tx, rx) = watch::channel(None);
-            senders.insert(program.clone(), tx);
-            receivers.insert(program.clone(), rx);
-        }
+        let (mut senders, receivers) = done_channels(&needed);
 
         let mut tasks = Vec::new();
         for program in &needed {
@@ -101,12 +98,7 @@ impl Topology {
                 .expect("a sender per needed program");
             tasks.push(tokio::spawn(start_program(selected, deps, done)));
         }
-        let mut by_name: HashMap<String, ActionResult> = HashMap::new();
-        for task in tasks {
-            if let Ok(results) = task.await {
-                by_name.extend(results.into_iter().map(|r| (r.name.clone(), r)));
-            }
-        }
+        let mut by_name = results_by_name(tasks).await;
         targets
             .iter()
             .map(|h| {
@@ -129,13 +121,7 @@ impl Topology {
                 .map(|h| h.program.clone())
                 .collect()
         };
-        let mut senders = HashMap::new();
-        let mut receivers: HashMap<String, Done> = HashMap::new();
-        for program in &programs {
-            let (tx, rx) = watch::channel(None);
-            senders.insert(program.clone(), tx);
-            receivers.insert(program.clone(), rx);
-        }
+        let (mut senders, receivers) = done_channels(&programs);
         let mut tasks = Vec::new();
         for program in &programs {
             let dependants: Vec<Done> = programs
@@ -159,12 +145,7 @@ impl Topology {
                 results
             }));
         }
-        let mut by_name: HashMap<String, ActionResult> = HashMap::new();
-        for task in tasks {
-            if let Ok(results) = task.await {
-                by_name.extend(results.into_iter().map(|r| (r.name.clone(), r)));
-            }
-        }
+        let mut by_name = results_by_name(tasks).await;
         targets
             .iter()
             .filter_map(|h| by_name.remove(&h.name))
@@ -172,11 +153,36 @@ impl Topology {
     }
 }
 
+/// One "done" channel per program: a sender for the task that handles it, a
+/// receiver for the tasks that wait for it.
+fn done_channels(programs: &[String]) -> (HashMap<String, DoneSender>, HashMap<String, Done>) {
+    programs
+        .iter()
+        .map(|program| {
+            let (tx, rx) = watch::channel(None);
+            ((program.clone(), tx), (program.clone(), rx))
+        })
+        .unzip()
+}
+
+/// Every per-program task's results, by process name.
+async fn results_by_name(
+    tasks: Vec<tokio::task::JoinHandle<Vec<ActionResult>>>,
+) -> HashMap<String, ActionResult> {
+    let mut by_name = HashMap::new();
+    for task in tasks {
+        if let Ok(results) = task.await {
+            by_name.extend(results.into_iter().map(|r| (r.name.clone(), r)));
+        }
+    }
+    by_name
+}
+
 /// Waits for every dependency, then starts `selected` and reports on `done`.
 async fn start_program(
     selected: Vec<ProcessHandle>,
     deps: Vec<(String, Done, Vec<ProcessHandle>)>,
-    done: watch::Sender<Option<Result<(), String>>>,
+    done: DoneSender,
 ) -> Vec<ActionResult> {
     // Taken now, so a `ctl stop` while we wait for dependencies cancels this start.
     let epochs: HashMap<String, u64> = selected

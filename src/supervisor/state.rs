@@ -306,12 +306,12 @@ impl State {
         }
     }
 
-    /// The live child, if any.
-    pub fn pid(&self) -> Option<Pid> {
+    /// The live child and when it was spawned, if any.
+    fn live(&self) -> Option<(Pid, Instant)> {
         match *self {
-            State::Starting { pid, .. }
-            | State::Running { pid, .. }
-            | State::Stopping { pid, .. } => Some(pid),
+            State::Starting { pid, started }
+            | State::Running { pid, started }
+            | State::Stopping { pid, started, .. } => Some((pid, started)),
             State::Stopped
             | State::Spawning
             | State::Backoff { .. }
@@ -320,18 +320,14 @@ impl State {
         }
     }
 
+    /// The live child, if any.
+    pub fn pid(&self) -> Option<Pid> {
+        self.live().map(|(pid, _)| pid)
+    }
+
     /// When the live child was spawned, if any.
     pub fn started(&self) -> Option<Instant> {
-        match *self {
-            State::Starting { started, .. }
-            | State::Running { started, .. }
-            | State::Stopping { started, .. } => Some(started),
-            State::Stopped
-            | State::Spawning
-            | State::Backoff { .. }
-            | State::Exited
-            | State::Fatal => None,
-        }
+        self.live().map(|(_, started)| started)
     }
 }
 

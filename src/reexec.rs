@@ -1,0 +1,425 @@
+//! `ctl reexec`: minder replaces its own image (an upgraded binary, say) and
+//! keeps its PID, every child, every listening socket and its control socket.
+//!
+//! Before the exec, the running image checks what could make the new one
+//! fail: the binary exists and runs (`BINARY --version`), it understands this
+//! image's state format (the version it prints), and the config file on disk
+//! is the one in force. Then the supervisor's state (states, PIDs, counters,
+//! remaining times, fd numbers) is written as JSON into a memfd whose number
+//! goes in `MINDER_REEXEC_FD`; the fds to keep lose close-on-exec; everything
+//! else is closed by the exec. The new image reads the state back, adopts the
+//! children from the reaper and carries on. If the exec itself fails, nothing
+//! was torn down and the old image goes on serving.
+
+use std::io::{self, Read, Seek, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use nix::unistd::Pid;
+use serde::{Deserialize, Serialize};
+
+use crate::config::ProgramConfig;
+use crate::process::ProcessEnd;
+use crate::supervisor::state::{Health, Machine, State};
+use crate::supervisor::ProcessStatus;
+
+/// The environment variable holding the state memfd's number.
+pub const STATE_FD_ENV: &str = "MINDER_REEXEC_FD";
+
+/// The state format this build writes and reads; printed by `--version` so an
+/// older image can refuse to hand over to a build that would not understand it.
+pub const STATE_VERSION: u32 = 1;
+
+/// What `minder --version` prints: the package version and the state format.
+pub const VERSION_TEXT: &str = concat!(env!("CARGO_PKG_VERSION"), " (reexec state 1)");
+
+/// Everything the new image needs to carry on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SavedState {
+    /// [`STATE_VERSION`] of the writer.
+    pub version: u32,
+    /// The config file in force.
+    pub config_path: PathBuf,
+    /// The listening control socket.
+    pub control_fd: RawFd,
+    /// The children's notify socket.
+    pub notify_fd: RawFd,
+    /// Each program's `listen` sockets.
+    pub listen: Vec<SavedListen>,
+    /// Every process, in config order.
+    pub processes: Vec<SavedProcess>,
+}
+
+/// A program's bound `listen` sockets.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SavedListen {
+    /// The program.
+    pub program: String,
+    /// The fds, in `listen` order.
+    pub fds: Vec<RawFd>,
+}
+
+/// One process: its state and counters, times relative to the save.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SavedProcess {
+    /// Process name.
+    pub name: String,
+    /// Where it is.
+    pub phase: SavedPhase,
+    /// Automatic restarts.
+    pub restarts: u32,
+    /// Consecutive failed starts.
+    pub failures: u32,
+    /// Position in the backoff sequence.
+    pub backoff_step: u32,
+    /// How the last run ended.
+    pub last_end: Option<SavedEnd>,
+    /// Why it is where it is.
+    pub description: String,
+    /// Since when (ms before the save).
+    pub changed_ago_ms: u64,
+    /// Health was unhealthy (running processes with a check).
+    pub unhealthy: bool,
+}
+
+/// A process's state without `Instant`s, which mean nothing to another image.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum SavedPhase {
+    /// `stopped`.
+    Stopped,
+    /// `exited`.
+    Exited,
+    /// `fatal`.
+    Fatal,
+    /// `starting`, spawned `started_ago_ms` before the save.
+    Starting { pid: i32, started_ago_ms: u64 },
+    /// `running`, spawned `started_ago_ms` before the save.
+    Running { pid: i32, started_ago_ms: u64 },
+    /// `backoff`, retrying `in_ms` after the save.
+    Backoff { in_ms: u64 },
+}
+
+/// [`ProcessEnd`] in the state file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SavedEnd {
+    /// Exit code.
+    Exited(i32),
+    /// Signal number.
+    Signaled(i32),
+}
+
+fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// The saved form of a process, or why it cannot be saved right now (a
+/// process between two states is not handed over half-way).
+pub fn save(status: &ProcessStatus, now: Instant) -> Result<SavedProcess, String> {
+    let ago = |t: Instant| ms(now.saturating_duration_since(t));
+    let busy = || {
+        format!(
+            "{} is {}: try again once it has settled",
+            status.name,
+            status.state.name()
+        )
+    };
+    if status.retiring.is_some() {
+        return Err(format!(
+            "{} is in a rolling restart: try again once it is done",
+            status.name
+        ));
+    }
+    let phase = match status.state {
+        State::Stopped => SavedPhase::Stopped,
+        State::Exited => SavedPhase::Exited,
+        State::Fatal => SavedPhase::Fatal,
+        State::Starting { pid, started } => SavedPhase::Starting {
+            pid: pid.as_raw(),
+            started_ago_ms: ago(started),
+        },
+        State::Running { pid, started } => SavedPhase::Running {
+            pid: pid.as_raw(),
+            started_ago_ms: ago(started),
+        },
+        State::Backoff { until } => SavedPhase::Backoff {
+            in_ms: ms(until.saturating_duration_since(now)),
+        },
+        State::Spawning | State::Stopping { .. } => return Err(busy()),
+    };
+    Ok(SavedProcess {
+        name: status.name.clone(),
+        phase,
+        restarts: status.restarts,
+        failures: status.failures,
+        backoff_step: status.backoff_step,
+        last_end: status.last_end.map(|e| match e {
+            ProcessEnd::Exited(code) => SavedEnd::Exited(code),
+            ProcessEnd::Signaled(sig) => SavedEnd::Signaled(sig),
+        }),
+        description: status.description.clone(),
+        changed_ago_ms: ago(status.changed),
+        unhealthy: status.health == Health::Unhealthy,
+    })
+}
+
+/// The machine of a saved process, times made relative to `now` again.
+pub fn restore(saved: &SavedProcess, cfg: &ProgramConfig, now: Instant) -> Machine {
+    let before = |ago_ms: u64| {
+        now.checked_sub(Duration::from_millis(ago_ms))
+            .unwrap_or(now)
+    };
+    let mut m = Machine::new(before(saved.changed_ago_ms));
+    m.state = match saved.phase {
+        SavedPhase::Stopped => State::Stopped,
+        SavedPhase::Exited => State::Exited,
+        SavedPhase::Fatal => State::Fatal,
+        SavedPhase::Starting {
+            pid,
+            started_ago_ms,
+        } => State::Starting {
+            pid: Pid::from_raw(pid),
+            started: before(started_ago_ms),
+        },
+        SavedPhase::Running {
+            pid,
+            started_ago_ms,
+        } => State::Running {
+            pid: Pid::from_raw(pid),
+            started: before(started_ago_ms),
+        },
+        SavedPhase::Backoff { in_ms } => State::Backoff {
+            until: now + Duration::from_millis(in_ms),
+        },
+    };
+    m.restarts = saved.restarts;
+    m.failures = saved.failures;
+    m.backoff_step = saved.backoff_step;
+    m.last_end = saved.last_end.map(|e| match e {
+        SavedEnd::Exited(code) => ProcessEnd::Exited(code),
+        SavedEnd::Signaled(sig) => ProcessEnd::Signaled(sig),
+    });
+    m.description = saved.description.clone();
+    let running = matches!(m.state, State::Running { .. });
+    if cfg.health.is_some() && m.state.pid().is_some() {
+        m.health = match (running, saved.unhealthy) {
+            (false, _) => Health::Starting,
+            (true, true) => Health::Unhealthy,
+            (true, false) => Health::Healthy,
+        };
+    }
+    if running && !cfg.watchdog.is_zero() {
+        // A fresh interval: the exec may have eaten into the old one.
+        m.watchdog_due = Some(now + cfg.watchdog);
+    }
+    m
+}
+
+/// Checks that `binary` runs and reads this image's state format: it prints
+/// its version, which names the state format it speaks.
+pub fn check_binary_version(output: &str) -> Result<(), String> {
+    let wanted = format!("(reexec state {STATE_VERSION})");
+    if output.contains(&wanted) {
+        Ok(())
+    } else {
+        Err(format!(
+            "the new binary does not read this version's state {wanted}: its --version says {:?}",
+            output.trim()
+        ))
+    }
+}
+
+/// Checks that `binary` is there, runs, and reads this image's state format,
+/// by running `binary --version` (minder's own spawn: the reaper collects it).
+pub async fn check_binary(binary: &Path, reaper: &crate::process::Reaper) -> Result<(), String> {
+    use crate::process::{spawn, Output, SpawnRequest};
+    if !binary.is_absolute() {
+        return Err(format!("{}: give an absolute path", binary.display()));
+    }
+    nix::unistd::access(binary, nix::unistd::AccessFlags::X_OK)
+        .map_err(|e| format!("{}: {}", binary.display(), e.desc()))?;
+    let (read, write) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK)
+            .map_err(|e| format!("pipe: {}", e.desc()))?;
+    let request = SpawnRequest {
+        argv: vec![binary.display().to_string(), "--version".to_string()],
+        directory: PathBuf::from("/"),
+        clear_env: false,
+        environment: Vec::new(),
+        user: None,
+        group: None,
+        stdout: Output::Fd(write.as_raw_fd()),
+        stderr: Output::Null,
+        pid_variables: Vec::new(),
+        listen_fds: Vec::new(),
+    };
+    let spawned =
+        spawn(&request, reaper).map_err(|e| format!("{} --version: {e}", binary.display()))?;
+    drop(write);
+    let end = match tokio::time::timeout(Duration::from_secs(10), spawned.exit).await {
+        Ok(Ok(end)) => end,
+        Ok(Err(_)) => return Err("lost track of the version check".to_string()),
+        Err(_) => {
+            let _ =
+                crate::process::send_signal(spawned.pid, nix::sys::signal::Signal::SIGKILL, true);
+            return Err(format!(
+                "{} --version did not finish within 10s",
+                binary.display()
+            ));
+        }
+    };
+    if end != ProcessEnd::Exited(0) {
+        return Err(format!("{} --version {end}", binary.display()));
+    }
+    let mut out = vec![0u8; 4096];
+    let n = nix::unistd::read(&read, &mut out).unwrap_or(0);
+    check_binary_version(&String::from_utf8_lossy(&out[..n]))
+}
+
+/// Replaces this image with `binary`, keeping `keep` open. Returns only on
+/// failure, with everything as it was.
+pub fn exec(binary: &Path, state: &SavedState, keep: &[RawFd]) -> io::Error {
+    match try_exec(binary, state, keep) {
+        Ok(never) => match never {},
+        Err(e) => {
+            for fd in keep {
+                set_cloexec(*fd, true);
+            }
+            e
+        }
+    }
+}
+
+fn try_exec(
+    binary: &Path,
+    state: &SavedState,
+    keep: &[RawFd],
+) -> io::Result<std::convert::Infallible> {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    // No close-on-exec: this one is meant to reach the new image.
+    let memfd =
+        nix::sys::memfd::memfd_create("minder-reexec-state", nix::sys::memfd::MFdFlags::empty())
+            .map_err(io::Error::from)?;
+    let mut file = std::fs::File::from(memfd);
+    file.write_all(&serde_json::to_vec(state).map_err(io::Error::other)?)?;
+    file.rewind()?;
+    for fd in keep {
+        set_cloexec(*fd, false);
+    }
+    let cstr = |b: &[u8]| CString::new(b).map_err(|_| io::Error::other("NUL byte in an argument"));
+    let path = cstr(binary.as_os_str().as_bytes())?;
+    let mut argv = vec![path.clone()];
+    for arg in std::env::args_os().skip(1) {
+        argv.push(cstr(arg.as_bytes())?);
+    }
+    let mut envp = Vec::new();
+    for (k, v) in std::env::vars_os() {
+        if k != STATE_FD_ENV {
+            let mut kv = k.as_bytes().to_vec();
+            kv.push(b'=');
+            kv.extend_from_slice(v.as_bytes());
+            envp.push(cstr(&kv)?);
+        }
+    }
+    envp.push(cstr(
+        format!("{STATE_FD_ENV}={}", file.as_raw_fd()).as_bytes(),
+    )?);
+    let result = nix::unistd::execve(&path, &argv, &envp);
+    // Still here: the exec failed. The memfd closes with `file`.
+    drop(file);
+    Err(io::Error::from(
+        result.err().unwrap_or(nix::errno::Errno::EINVAL),
+    ))
+}
+
+/// Sets or clears close-on-exec on `fd`.
+pub fn set_cloexec(fd: RawFd, on: bool) {
+    // SAFETY: F_GETFD/F_SETFD only change a descriptor flag of an fd we own.
+    unsafe {
+        let flags = libc::fcntl(fd, libc::F_GETFD);
+        if flags >= 0 {
+            let flags = if on {
+                flags | libc::FD_CLOEXEC
+            } else {
+                flags & !libc::FD_CLOEXEC
+            };
+            libc::fcntl(fd, libc::F_SETFD, flags);
+        }
+    }
+}
+
+/// The state handed over by the previous image, if this image was started by
+/// `reexec`; the variable is removed so children never see it.
+pub fn take_state() -> Option<Result<SavedState, String>> {
+    let value = std::env::var(STATE_FD_ENV).ok()?;
+    // SAFETY: single-threaded start-up; nothing else reads the environment now.
+    unsafe { std::env::remove_var(STATE_FD_ENV) };
+    Some(read_state(&value))
+}
+
+fn read_state(fd_text: &str) -> Result<SavedState, String> {
+    let fd: RawFd = fd_text
+        .parse()
+        .map_err(|_| format!("{STATE_FD_ENV}={fd_text:?} is not an fd number"))?;
+    // SAFETY: the previous image passed this fd for us to own and close.
+    let mut file = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+    let mut text = String::new();
+    file.read_to_string(&mut text)
+        .map_err(|e| format!("reading the handed-over state: {e}"))?;
+    let value: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| format!("the handed-over state is not JSON: {e}"))?;
+    match value.get("version").and_then(serde_json::Value::as_u64) {
+        Some(v) if v == u64::from(STATE_VERSION) => {}
+        other => {
+            return Err(format!(
+                "handed-over state version {other:?}; this build reads version {STATE_VERSION}"
+            ))
+        }
+    }
+    serde_json::from_value(value).map_err(|e| format!("the handed-over state is invalid: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn version_check_reads_the_state_format() {
+        assert!(check_binary_version(&format!("minder {VERSION_TEXT}\n")).is_ok());
+        assert!(check_binary_version("minder 0.0.9\n").is_err());
+        assert!(check_binary_version("minder 2.0 (reexec state 2)").is_err());
+    }
+
+    #[test]
+    fn state_round_trips_through_json() {
+        let state = SavedState {
+            version: STATE_VERSION,
+            config_path: "/etc/minder/minder.toml".into(),
+            control_fd: 5,
+            notify_fd: 6,
+            listen: vec![SavedListen {
+                program: "web".into(),
+                fds: vec![7, 8],
+            }],
+            processes: vec![SavedProcess {
+                name: "web".into(),
+                phase: SavedPhase::Running {
+                    pid: 42,
+                    started_ago_ms: 1500,
+                },
+                restarts: 3,
+                failures: 0,
+                backoff_step: 2,
+                last_end: Some(SavedEnd::Signaled(9)),
+                description: "restarted after: killed by SIGKILL".into(),
+                changed_ago_ms: 1500,
+                unhealthy: false,
+            }],
+        };
+        let text = serde_json::to_string(&state).unwrap();
+        assert_eq!(serde_json::from_str::<SavedState>(&text).unwrap(), state);
+    }
+}
