@@ -27,6 +27,8 @@ import sys
 import tempfile
 import time
 
+import docsection
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -202,8 +204,7 @@ def write_section(cpu, det, command):
     cpu_ok = "yes" if cpu["minder_cpu_pct"] < 5.0 else "**no**"
     det_ok = "yes" if det["max_s"] <= det["bound_s"] else "**no**"
     lat = ", ".join(f"{x:.2f}" for x in det["latencies_s"])
-    section = f"""<!-- health:begin (written by bench/health.py; run it again rather than editing) -->
-## Health checks
+    section = f"""## Health checks
 
 - date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}
 - command: `{command}`
@@ -226,20 +227,8 @@ def write_section(cpu, det, command):
   SIGTERM arrived. A failure is seen by the first probe after the flag (up to one
   interval later) and two more probes one interval apart, so the latency lies
   between 2 and 3 intervals plus probe time. Rounds (s): {lat}.
-<!-- health:end -->
 """
-    try:
-        with open(path) as f:
-            text = f.read()
-    except FileNotFoundError:
-        text = "# Benchmarks\n\n"
-    pattern = re.compile(r"<!-- health:begin.*?<!-- health:end -->\n", re.S)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: section, text)
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    with open(path, "w") as f:
-        f.write(text)
+    docsection.replace_section(path, "health", section, "bench/health.py")
 
 
 def main():

@@ -29,6 +29,8 @@ import tempfile
 import threading
 import time
 
+import docsection
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -208,7 +210,6 @@ def write_section(rows, args):
     m, s = rows
     ratio = m["p99_restarts_ms"] / m["p99_steady_ms"] if m["p99_steady_ms"] else float("nan")
     lines = [
-        "<!-- rolling:begin (written by bench/rolling.py; run it again rather than editing) -->",
         "## Zero-downtime restarts",
         "",
         f"- date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
@@ -235,18 +236,9 @@ def write_section(rows, args):
         f"p99 during restarts within 2x of steady state (here {ratio:.2f}x: "
         f"{'met' if ratio <= 2 else '**not met**'}). supervisord's failures: "
         f"{', '.join(s['failure_kinds']) or 'none'}.",
-        "<!-- rolling:end -->",
         "",
     ]
-    section = "\n".join(lines)
-    try:
-        text = open(path).read()
-    except FileNotFoundError:
-        text = "# Benchmarks\n\n"
-    pattern = re.compile(r"<!-- rolling:begin.*?<!-- rolling:end -->\n", re.S)
-    text = pattern.sub(lambda _: section, text) if pattern.search(text) else text.rstrip("\n") + "\n\n" + section
-    with open(path, "w") as f:
-        f.write(text)
+    docsection.replace_section(path, "rolling", "\n".join(lines), "bench/rolling.py")
 
 
 def main():

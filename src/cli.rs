@@ -29,6 +29,10 @@ pub enum Top {
         /// Config file (default: ./minder.toml, then /etc/minder/minder.toml).
         #[arg(short, long, value_name = "FILE")]
         config: Option<PathBuf>,
+        /// Run as root even when a config file (or a directory above it) can be
+        /// changed by another user than root.
+        #[arg(long)]
+        insecure_config: bool,
     },
     /// Validate a config file; print every error as FILE:LINE:COL: message.
     Check {
@@ -134,6 +138,10 @@ pub fn check(path: Option<&Path>) -> ExitCode {
                 cfg.programs.len(),
                 processes
             );
+            // Valid, but `minder daemon` as root would still refuse it: say so now.
+            if let Err(e) = config::check_trusted(&cfg) {
+                eprintln!("minder: warning: minder daemon would refuse it: {e}");
+            }
             ExitCode::SUCCESS
         }
         Err(diagnostics) => {
@@ -145,13 +153,14 @@ pub fn check(path: Option<&Path>) -> ExitCode {
     }
 }
 
-/// Loads the config for `daemon`, printing diagnostics on failure.
-pub fn load_for_daemon(path: Option<&Path>) -> Result<Config, ExitCode> {
+/// Loads the config for `daemon`, printing diagnostics on failure; as root,
+/// refuses files others could change unless `insecure_config`.
+pub fn load_for_daemon(path: Option<&Path>, insecure_config: bool) -> Result<Config, ExitCode> {
     let Some(path) = config::find_config(path) else {
         eprintln!("minder: no config file: give -c FILE, or create ./minder.toml or /etc/minder/minder.toml");
         return Err(ExitCode::from(1));
     };
-    config::load(&path, &Defaults::for_current_user()).map_err(|diagnostics| {
+    let config = config::load(&path, &Defaults::for_current_user()).map_err(|diagnostics| {
         for d in &diagnostics {
             eprintln!("{d}");
         }
@@ -160,7 +169,14 @@ pub fn load_for_daemon(path: Option<&Path>) -> Result<Config, ExitCode> {
             diagnostics.len()
         );
         ExitCode::from(1)
-    })
+    })?;
+    if !insecure_config {
+        if let Err(e) = config::check_trusted(&config) {
+            eprintln!("minder: not starting: {e}");
+            return Err(ExitCode::from(1));
+        }
+    }
+    Ok(config)
 }
 
 /// Socket lookup: -s, $MINDER_SOCKET, the config's `socket`, the default.

@@ -13,6 +13,7 @@ use crate::notify::{self, NotifyRoutes};
 use crate::process::Reaper;
 use crate::reexec;
 use crate::supervisor::{Context, Input, Supervisor, INPUT_QUEUE};
+use crate::systemd::Systemd;
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 
@@ -30,8 +31,15 @@ pub enum DaemonError {
     Setup(&'static str, std::io::Error),
 }
 
+/// How `minder daemon` was asked to run, beyond its config.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// `--insecure-config`: as root, accept config files others could change.
+    pub insecure_config: bool,
+}
+
 /// Runs the supervisor until shutdown; returns once every child is stopped.
-pub fn run(config: Config) -> Result<(), DaemonError> {
+pub fn run(config: Config, options: Options) -> Result<(), DaemonError> {
     tune_allocator();
     raise_fd_limit();
     // Orphaned grandchildren are re-parented to minder, which reaps them.
@@ -50,10 +58,10 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
         .thread_keep_alive(Duration::from_secs(2))
         .build()
         .map_err(|e| DaemonError::Setup("starting the runtime", e))?;
-    runtime.block_on(serve(config))
+    runtime.block_on(serve(config, options))
 }
 
-async fn serve(config: Config) -> Result<(), DaemonError> {
+async fn serve(config: Config, options: Options) -> Result<(), DaemonError> {
     let reaper = Reaper::start().map_err(|e| DaemonError::Setup("SIGCHLD handler", e))?;
     let notify_socket = notify::socket_path(&config.supervisor.socket);
     let notify_routes = NotifyRoutes::default();
@@ -82,6 +90,7 @@ async fn serve(config: Config) -> Result<(), DaemonError> {
         reaper,
         notify_routes,
         notify_socket: notify_socket.clone(),
+        state_changes: Arc::new(tokio::sync::Notify::new()),
         handover_fds: (socket.listener.as_raw_fd(), notify_fd),
         // Resolved now: after an upgrade on disk, /proc/self/exe names a deleted file.
         self_exe: std::env::current_exe()
@@ -101,7 +110,10 @@ async fn serve(config: Config) -> Result<(), DaemonError> {
         socket_path.display()
     );
 
+    let systemd = Systemd::from_env(Arc::clone(&context.state_changes));
     Supervisor::new(config, context, inputs_tx_for_supervisor, saved)
+        .with_systemd(systemd)
+        .with_insecure_config(options.insecure_config)
         .run(inputs_rx)
         .await;
 

@@ -13,3 +13,4 @@ pub mod process;
 pub mod reexec;
 pub mod sockets;
 pub mod supervisor;
+pub mod systemd;

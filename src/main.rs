@@ -10,8 +10,11 @@ fn main() -> ExitCode {
     match cli.command {
         Top::Check { config } => cli::check(config.as_deref()),
         Top::Ctl(args) => cli::ctl(args),
-        Top::Daemon { config } => {
-            let config = match cli::load_for_daemon(config.as_deref()) {
+        Top::Daemon {
+            config,
+            insecure_config,
+        } => {
+            let config = match cli::load_for_daemon(config.as_deref(), insecure_config) {
                 Ok(config) => config,
                 Err(code) => return code,
             };
@@ -23,7 +26,8 @@ fn main() -> ExitCode {
                     return ExitCode::from(1);
                 }
             };
-            match minder::daemon::run(config) {
+            let options = minder::daemon::Options { insecure_config };
+            match minder::daemon::run(config, options) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!("{e}");

@@ -329,8 +329,7 @@ fn own_log_as_json_to_stderr_and_a_daily_file() {
 #[test]
 fn no_timestamps_under_journald() {
     let mut d = Daemon::prepare("", &program("a", &[], ""));
-    d.env.push(("JOURNAL_STREAM".into(), "8:12345".into()));
-    d.spawn();
+    d.spawn_with(&[], &[("JOURNAL_STREAM", "8:12345")]);
     d.wait_ready();
     d.wait_state("a", "running");
     let stderr = fs::read_to_string(&d.log_path).unwrap();
@@ -386,9 +385,7 @@ fn an_idle_stream_parks_and_wakes_again() {
         &program("slow", &["--print", "hello", "--tick", "400"], ""),
     );
     // Streams give their task up after 100 ms without output (10 s normally).
-    d.env
-        .push(("MINDER_TEST_IDLE_PARK_MS".into(), "100".into()));
-    d.spawn();
+    d.spawn_with(&[], &[("MINDER_TEST_IDLE_PARK_MS", "100")]);
     d.wait_ready();
     let path = d.path("logs/slow.stdout.log");
     let text = wait_file_until(&path, "four ticks, each after a park", |t| {

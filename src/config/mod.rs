@@ -8,7 +8,7 @@
 //!
 //! - `load`: files, includes and checks across programs (duplicates, `depends_on`);
 //! - `schema`: the keys of each table; `reader`: typed, error-collecting key access;
-//! - `placeholder`, `deps`, `diff`, `signal`, `diagnostic`: one concern each.
+//! - `placeholder`, `deps`, `diff`, `signal`, `diagnostic`, `trust`: one concern each.
 //!
 //! A file with TOML syntax errors reports those only: checking the keys of a
 //! half-parsed file would bury the real error under follow-ups.
@@ -29,11 +29,13 @@ mod schema;
 mod signal;
 #[cfg(test)]
 mod tests;
+mod trust;
 
 pub use diagnostic::Diagnostic;
 pub use diff::{diff, ConfigDiff};
 pub use load::{find_config, load, parse_str, Defaults};
 pub use signal::parse_signal;
+pub use trust::{check_trusted, Untrusted};
 
 /// A whole, validated configuration: the main file plus its includes.
 #[derive(Debug, Clone, PartialEq)]

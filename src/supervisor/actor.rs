@@ -40,6 +40,8 @@ pub struct Context {
     pub handover_fds: (std::os::fd::RawFd, std::os::fd::RawFd),
     /// The binary this daemon was started from (what `reexec` runs by default).
     pub self_exe: PathBuf,
+    /// Woken when a process changes state or health (for systemd's `STATUS=`/`READY=1`).
+    pub state_changes: Arc<tokio::sync::Notify>,
 }
 
 /// Commands queued per process; a full queue is reported as busy.
@@ -706,13 +708,16 @@ impl ProcessActor {
 
     /// Publishes the status and settles the requests it answers.
     fn publish(&mut self) {
-        self.status.send_replace(snapshot(
+        let previous = self.status.send_replace(snapshot(
             &self.spec,
             &self.machine,
             self.stop_epoch,
             self.last_probe.clone(),
             self.logs.stats(),
         ));
+        if crate::systemd::affects_summary(&previous, &self.status.borrow()) {
+            self.context.state_changes.notify_one();
+        }
         let mut i = 0;
         while i < self.waiters.len() {
             let outcome = match self.waiters[i].0 {

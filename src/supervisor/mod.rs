@@ -23,6 +23,7 @@ use crate::control::protocol::{
 use crate::logs::{LogRequest, Stream, TailReply};
 use crate::reexec::{self, SavedListen, SavedState};
 use crate::sockets::ListenSet;
+use crate::systemd::Systemd;
 use order::Topology;
 use state::{short_duration, Outcome, State};
 use std::path::PathBuf;
@@ -74,6 +75,10 @@ pub struct Supervisor {
     inputs: mpsc::Sender<Input>,
     /// Started by `reexec`: the processes are already up; start nothing.
     resumed: bool,
+    /// The service manager that runs minder (READY=1, STATUS=, WATCHDOG=1, ...).
+    systemd: Systemd,
+    /// `--insecure-config`: accept config files others than root could change.
+    insecure_config: bool,
 }
 
 impl Supervisor {
@@ -89,10 +94,12 @@ impl Supervisor {
             config: Arc::clone(&config),
             processes: Vec::new(),
             draining: Vec::new(),
+            systemd: Systemd::disabled(Arc::clone(&context.state_changes)),
             context,
             listen: HashMap::new(),
             inputs,
             resumed: saved.is_some(),
+            insecure_config: false,
         };
         let mut machines = HashMap::new();
         if let Some(saved) = saved {
@@ -114,6 +121,18 @@ impl Supervisor {
         }
         supervisor.processes = supervisor.spawn_actors(&config, |_| true, &mut machines);
         supervisor
+    }
+
+    /// Reports to `systemd` (the default reports to nobody).
+    pub fn with_systemd(mut self, systemd: Systemd) -> Supervisor {
+        self.systemd = systemd;
+        self
+    }
+
+    /// Accepts (on reload too) config files that others than root could change.
+    pub fn with_insecure_config(mut self, insecure: bool) -> Supervisor {
+        self.insecure_config = insecure;
+        self
     }
 
     fn spawn_actors(
@@ -176,13 +195,23 @@ impl Supervisor {
             .cloned()
             .collect();
         let topology = self.topology();
+        let autostart_done = self.systemd.autostart_tracker();
         tokio::spawn(async move {
             topology.start(autostart).await;
+            autostart_done.finished();
             release_free_memory();
         });
 
         let mut shutdown_reply = None;
-        while let Some(input) = inputs.recv().await {
+        loop {
+            let input = tokio::select! {
+                input = inputs.recv() => input,
+                duty = self.systemd.next() => {
+                    self.systemd.perform(duty, &self.processes, &self.config);
+                    continue;
+                }
+            };
+            let Some(input) = input else { break };
             match input {
                 Input::Control(Request::Shutdown, reply) => {
                     shutdown_reply = Some(reply);
@@ -204,6 +233,7 @@ impl Supervisor {
                 Input::Reexec(binary, reply) => self.reexec(binary, reply),
             }
         }
+        self.systemd.stopping();
         self.shutdown(&mut inputs).await;
         if let Some(reply) = shutdown_reply {
             let _ = reply.send(Reply::ok(serde_json::json!({})));
@@ -445,6 +475,13 @@ impl Supervisor {
                 );
             }
         }
+        // The new image checks the files again as it starts; refuse now rather
+        // than have it exit and leave every child without its supervisor.
+        if !self.insecure_config {
+            if let Err(e) = config::check_trusted(&self.config) {
+                return refuse(reply, e.to_string());
+            }
+        }
         if self
             .draining
             .iter()
@@ -504,12 +541,28 @@ impl Supervisor {
                 "log files are not being written fast enough: try again".into(),
             );
         }
+        // systemd sees a reload: the new image sends READY=1 once it runs.
+        self.systemd.reloading();
         let error = reexec::exec(&binary, &state, &keep);
-        refuse(reply, format!("exec {}: {error}", binary.display()));
+        let why = format!("exec {}: {error}", binary.display());
+        self.systemd.reloaded(&self.processes, Some(&why));
+        refuse(reply, why);
+    }
+
+    /// Reloads, telling systemd (RELOADING=1 ... READY=1) around it.
+    fn reload(&mut self) -> Reply {
+        self.systemd.reloading();
+        let reply = self.apply_reload();
+        let error = match &reply {
+            Reply::Error(e) => Some(e.message.as_str()),
+            Reply::Ok(_) => None,
+        };
+        self.systemd.reloaded(&self.processes, error);
+        reply
     }
 
     /// Re-reads the config file and applies the difference; an invalid file changes nothing.
-    fn reload(&mut self) -> Reply {
+    fn apply_reload(&mut self) -> Reply {
         let new = match config::load(&self.config.path, &Defaults::for_current_user()) {
             Ok(new) => new,
             Err(diagnostics) => {
@@ -520,6 +573,11 @@ impl Supervisor {
                 );
             }
         };
+        if !self.insecure_config {
+            if let Err(e) = config::check_trusted(&new) {
+                return Reply::error(ErrorKind::Failed, format!("config not reloaded: {e}"));
+            }
+        }
         let diff = config::diff(&self.config, &new);
         let mut not_applied = Vec::new();
         if new.supervisor.socket != self.config.supervisor.socket
@@ -651,6 +709,7 @@ impl Supervisor {
                     tracing::warn!("shutdown_timeout reached: killing what is left");
                     break;
                 }
+                duty = self.systemd.next() => self.systemd.perform(duty, &self.processes, &self.config),
                 input = inputs.recv() => match input {
                     Some(Input::Terminate) => {
                         tracing::warn!("second termination signal: killing everything");

@@ -10,6 +10,7 @@
 use std::fmt::Write as _;
 use std::fs;
 use std::io::Read;
+use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -252,8 +253,6 @@ pub struct Daemon {
     exited: Option<ExitStatus>,
     /// Extra `[supervisor]` keys, kept for rewrites of the config.
     supervisor_extra: String,
-    /// Extra environment variables for the daemon (set before [`Daemon::spawn`]).
-    pub env: Vec<(String, String)>,
 }
 
 impl Daemon {
@@ -284,7 +283,6 @@ impl Daemon {
             child: None,
             exited: None,
             supervisor_extra: supervisor_extra.to_owned(),
-            env: Vec::new(),
         };
         d.write_config(body);
         d
@@ -304,6 +302,9 @@ impl Daemon {
     pub fn write_config(&self, body: &str) {
         let text = self.config_text(body);
         fs::write(&self.config_path, text).expect("writing minder.toml");
+        // Whatever the umask: as root, minder refuses a config others could change.
+        fs::set_permissions(&self.config_path, fs::Permissions::from_mode(0o644))
+            .expect("chmod minder.toml");
     }
 
     /// The full config text for `body`.
@@ -330,6 +331,12 @@ impl Daemon {
 
     /// Starts `minder daemon -c minder.toml` with output to daemon.log.
     pub fn spawn(&mut self) {
+        self.spawn_with(&[], &[]);
+    }
+
+    /// Like [`Daemon::spawn`], with extra arguments after `daemon -c FILE` and
+    /// extra environment variables (set after the harness removes systemd's).
+    pub fn spawn_with(&mut self, args: &[&str], env: &[(&str, &str)]) {
         assert!(self.child.is_none(), "daemon already started");
         let log = fs::File::create(&self.log_path).expect("creating daemon.log");
         let child = Command::new(MINDER)
@@ -346,7 +353,8 @@ impl Daemon {
             .env_remove("WATCHDOG_PID")
             .env_remove("MINDER_SOCKET")
             .env_remove("JOURNAL_STREAM")
-            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .args(args)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("dup of daemon.log"))
             .stderr(log)
