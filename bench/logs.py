@@ -245,9 +245,13 @@ task up and waits in one epoll set shared by all idle streams.
 
 Figures vary a lot between sessions on this shared machine (the same `cat`
 pipeline has taken 0.4 s and 1.2 s for 1 GiB on different hours): compare the
-rows of one run, not runs. Reference figures from another 2-core machine of
-this kind (issue 4): generator to file 2205 MiB/s, through `cat` 1339,
-horust 779, supervisord 626, s6-log 133.
+rows of one run, not runs. In a session on a quieter host (2026-11-25, the
+same data path) the run gave: file 3465 MiB/s, `cat` 2581 (0.31 CPU s),
+minder 2190 (0.33 CPU s: 85 % of `cat`), minder with timestamps 1358 (53 %),
+supervisord 455 (1.05 CPU s). Before log capture existed (children's output
+to minder's stderr) the 1000 `sleep` programs took 8.9 MiB. Reference figures
+from another 2-core machine of this kind (issue 4): generator to file
+2205 MiB/s, through `cat` 1339, horust 779, supervisord 626, s6-log 133.
 """
 
 
@@ -264,7 +268,7 @@ def write_doc(args, rows, memory, load):
     lines += [f"- date: {when}", f"- command: `{cmd}`",
               f"- {os.cpu_count()} CPUs; load average {load[0]} before, {load[1]} after",
               f"- {args.size / MIB:.0f} MiB through each method, median of {args.runs} rounds"]
-    lines += ["", "### Throughput", STATIC_TEXT.strip(), "",
+    lines += ["", "### Throughput", "", STATIC_TEXT.strip(), "",
               "| method | MiB/s | CPU s | lost bytes |", "|---|---:|---:|---:|"]
     labels = {"file": "generator > file", "cat": "generator \\| cat > file",
               "minder": "**minder**", "minder+ts": "**minder, `timestamps = true`**",
