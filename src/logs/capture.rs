@@ -542,6 +542,7 @@ impl Capture {
                 .and_then(|s| s.stamper.as_ref())
                 .and_then(Stamper::partial_deadline);
             // Idle without followers or a held-back line: back to the dormant set.
+            self.followers.retain(|f| !f.tx.is_closed());
             let idle = (partial.is_none() && self.followers.is_empty() && !more)
                 .then_some(active + idle_park());
             let mut park = false;
