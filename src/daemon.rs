@@ -48,7 +48,6 @@ pub fn run(config: Config, options: Options) -> Result<(), DaemonError> {
     }
     // One thread: supervision is I/O-bound, and fork from a single-threaded
     // process leaves no other thread's locks behind in the child.
-    limit_malloc_arenas();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         // The blocking pool writes log files. A few threads keep up with any
@@ -157,24 +156,15 @@ fn spawn_signal_handlers(inputs: mpsc::Sender<Input>) -> Result<(), DaemonError>
 
 /// Keeps a long-running, mostly idle daemon small: large buffers (a status
 /// reply for 1000 processes) are mmapped and returned on free, instead of
-/// glibc's adaptive threshold moving them onto a heap it never shrinks.
+/// glibc's adaptive threshold moving them onto a heap it never shrinks; and
+/// the few helper threads (log writes on the blocking pool) share two arenas
+/// instead of keeping one each.
 fn tune_allocator() {
     #[cfg(target_env = "gnu")]
     // SAFETY: mallopt only sets allocator parameters; called before any thread exists.
     unsafe {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 64 * 1024);
         libc::mallopt(libc::M_TRIM_THRESHOLD, 128 * 1024);
-        libc::mallopt(libc::M_ARENA_MAX, 1);
-    }
-}
-
-/// glibc gives every thread that allocates its own arena, which then keeps
-/// its memory; minder's few helper threads share two.
-fn limit_malloc_arenas() {
-    #[cfg(target_env = "gnu")]
-    // SAFETY: mallopt only sets an allocator parameter; called before any
-    // other thread exists.
-    unsafe {
         libc::mallopt(libc::M_ARENA_MAX, 2);
     }
 }

@@ -297,10 +297,21 @@ async fn connection(
     }
 }
 
+/// A reply this big (a status of a few hundred processes) is followed by
+/// handing the memory it used back to the OS.
+const BIG_REPLY: usize = 64 * 1024;
+
 async fn send(write: &mut tokio::net::unix::OwnedWriteHalf, reply: &Reply) -> io::Result<()> {
     let mut bytes = serde_json::to_vec(reply).map_err(io::Error::other)?;
     bytes.push(b'\n');
-    write.write_all(&bytes).await
+    let result = write.write_all(&bytes).await;
+    if bytes.len() >= BIG_REPLY {
+        drop(bytes);
+        // Building it left thousands of short-lived strings behind: an idle
+        // daemon should not keep their pages.
+        crate::supervisor::release_free_memory();
+    }
+    result
 }
 
 /// Sends a `tail` reply: the history, then (when following) one object per

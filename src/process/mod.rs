@@ -5,7 +5,10 @@ mod reaper;
 mod spawn;
 
 pub use reaper::{ExitReceiver, Reaper};
-pub use spawn::{set_child_fd_limit, spawn, Output, SpawnError, SpawnRequest, SpawnStage, Spawned};
+pub use spawn::{
+    set_child_fd_limit, spawn, spawn_unconfirmed, Output, PendingReport, SpawnError, SpawnRequest,
+    SpawnStage, Spawned,
+};
 
 use nix::sys::signal::{self, Signal};
 use nix::unistd::Pid;

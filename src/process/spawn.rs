@@ -180,8 +180,52 @@ struct Prepared {
 /// Room for the decimal digits of any PID (at most 2^22 on Linux) and a NUL.
 const PID_DIGITS: usize = 12;
 
-/// Starts a process in a new session, registered with `reaper` before it can exit.
+/// Starts a process in a new session, registered with `reaper` before it can
+/// exit, and waits until it has exec'd (or reported why it could not).
 pub fn spawn(req: &SpawnRequest, reaper: &Reaper) -> Result<Spawned, SpawnError> {
+    let (spawned, report) = spawn_unconfirmed(req, reaper)?;
+    // Blocking: the read ends at exec (close-on-exec) or with the report.
+    let _ = nix::fcntl::fcntl(&report.fd, nix::fcntl::FcntlArg::F_SETFL(OFlag::empty()));
+    let program = req.argv.first().map(String::as_str).unwrap_or_default();
+    match report.failure(program, &req.directory) {
+        None => Ok(spawned),
+        Some(e) => Err(e),
+    }
+}
+
+/// Why a spawned child may still fail: its exec has not been confirmed.
+///
+/// Waiting for each exec one after the other costs a supervisor starting a
+/// thousand programs most of a second; instead the caller keeps this and
+/// asks [`PendingReport::failure`] once the child has exited. The child
+/// reports (stage, errno) before it `_exit`s, so by then the answer is there.
+#[derive(Debug)]
+pub struct PendingReport {
+    fd: OwnedFd,
+}
+
+impl PendingReport {
+    /// The child's report of a failed exec (or earlier stage), if it made
+    /// one; `program` and `directory` name what failed.
+    pub fn failure(&self, program: &str, directory: &Path) -> Option<SpawnError> {
+        let (stage, errno) = read_report(&self.fd)?;
+        let what = match stage {
+            SpawnStage::Exec => format!("exec {program:?}"),
+            SpawnStage::Chdir => format!("chdir {directory:?}"),
+            SpawnStage::Identity => "setting user/group".to_string(),
+            SpawnStage::Session => "setsid".to_string(),
+            _ => "setting up stdio".to_string(),
+        };
+        Some(SpawnError::os(stage, errno, what))
+    }
+}
+
+/// Like [`spawn`], without waiting for the exec: failures after fork come
+/// from the returned report once the child has exited.
+pub fn spawn_unconfirmed(
+    req: &SpawnRequest,
+    reaper: &Reaper,
+) -> Result<(Spawned, PendingReport), SpawnError> {
     let mut prepared = prepare(req)?;
     let argv_ptrs = null_terminated(&prepared.argv);
     let slots: Vec<(*mut u8, usize)> = prepared
@@ -207,6 +251,9 @@ pub fn spawn(req: &SpawnRequest, reaper: &Reaper) -> Result<Spawned, SpawnError>
         .unwrap_or_default();
 
     let (err_read, err_write) = nix::unistd::pipe2(OFlag::O_CLOEXEC)
+        .map_err(|e| SpawnError::os(SpawnStage::Fork, e, "pipe"))?;
+    // Only the read end: a report is read when the child is known to be gone.
+    nix::fcntl::fcntl(&err_read, nix::fcntl::FcntlArg::F_SETFL(OFlag::O_NONBLOCK))
         .map_err(|e| SpawnError::os(SpawnStage::Fork, e, "pipe"))?;
     let devnull = nix::fcntl::open(
         "/dev/null",
@@ -244,23 +291,13 @@ pub fn spawn(req: &SpawnRequest, reaper: &Reaper) -> Result<Spawned, SpawnError>
             drop(owners);
             drop(err_write);
             drop(devnull);
-            match read_report(err_read) {
-                None => Ok(Spawned {
+            Ok((
+                Spawned {
                     pid: child,
                     exit: exit_rx,
-                }),
-                Some((stage, errno)) => {
-                    // The child _exits right after reporting; the reaper collects it.
-                    let what = match stage {
-                        SpawnStage::Exec => format!("exec {:?}", req.argv[0]),
-                        SpawnStage::Chdir => format!("chdir {:?}", req.directory),
-                        SpawnStage::Identity => "setting user/group".to_string(),
-                        SpawnStage::Session => "setsid".to_string(),
-                        _ => "setting up stdio".to_string(),
-                    };
-                    Err(SpawnError::os(stage, errno, what))
-                }
-            }
+                },
+                PendingReport { fd: err_read },
+            ))
         }
         Err(e) => Err(SpawnError::os(SpawnStage::Fork, e, "fork")),
     }
@@ -274,12 +311,13 @@ fn output_fd(output: Output, devnull: RawFd) -> RawFd {
     }
 }
 
-/// Reads the child's (stage, errno) report; `None` means the pipe closed on exec: success.
-fn read_report(fd: OwnedFd) -> Option<(SpawnStage, Errno)> {
+/// Reads the child's (stage, errno) report; `None` means the pipe closed on
+/// exec (success) or, non-blocking, that nothing is there.
+fn read_report(fd: &OwnedFd) -> Option<(SpawnStage, Errno)> {
     let mut buf = [0u8; 8];
     let mut got = 0;
     while got < buf.len() {
-        match nix::unistd::read(&fd, &mut buf[got..]) {
+        match nix::unistd::read(fd, &mut buf[got..]) {
             Ok(0) => break,
             Ok(n) => got += n,
             Err(Errno::EINTR) => continue,

@@ -254,6 +254,8 @@ pub struct ProcessActor {
     /// The exit of the retiring process of a rolling restart.
     retired_exit: Option<ExitReceiver>,
     exit: Option<ExitReceiver>,
+    /// The current child's exec report, read once it has exited.
+    report: Option<process::PendingReport>,
     commands: Arc<Mailbox>,
     status: watch::Sender<ProcessStatus>,
     waiters: Vec<(Wait, oneshot::Sender<Outcome>)>,
@@ -319,6 +321,7 @@ impl ProcessActor {
             listen,
             retired_exit: None,
             exit: None,
+            report: None,
             commands: mailbox,
             status: status_tx,
             waiters: Vec::new(),
@@ -339,11 +342,14 @@ impl ProcessActor {
         actor.sync_notify_route();
         // No tracing span per actor: with thousands of processes their storage
         // would dominate minder's memory; events carry the name instead.
-        tokio::spawn(actor.run());
+        // Boxed: an async fn stores its by-value arguments twice (as given and
+        // as moved into its body), which for this struct doubled every
+        // process's task. A Box is stored twice at 8 bytes.
+        tokio::spawn(Box::new(actor).run());
         handle
     }
 
-    async fn run(mut self) {
+    async fn run(mut self: Box<Self>) {
         while !self.removed {
             if self.spawn_deferred {
                 // A spawn that failed at once and is retried with no delay:
@@ -368,7 +374,20 @@ impl ProcessActor {
                 command = self.commands.recv() => self.on_command(command),
                 end = wait_exit(&mut self.exit) => {
                     self.exit = None;
-                    self.feed(Event::Exited(end));
+                    // A child that could not exec reported why before exiting.
+                    let program = self.spec.argv.first().map(String::as_str).unwrap_or_default();
+                    let failure = self
+                        .report
+                        .take()
+                        .and_then(|r| r.failure(program, &self.cfg.directory));
+                    let event = match failure {
+                        Some(e) => {
+                            tracing::warn!(process = %self.spec.name, "spawn failed: {e}");
+                            Event::SpawnFailed(e.message)
+                        }
+                        None => Event::Exited(end),
+                    };
+                    self.feed(event);
                 }
                 end = wait_exit(&mut self.retired_exit) => {
                     self.retired_exit = None;
@@ -503,7 +522,10 @@ impl ProcessActor {
                             events.push_back(event);
                         }
                     }
-                    Effect::Retire => self.retired_exit = self.exit.take(),
+                    Effect::Retire => {
+                        self.retired_exit = self.exit.take();
+                        self.report = None;
+                    }
                     Effect::RolloutFailed(reason) => {
                         tracing::warn!(process = %self.spec.name, "{reason}");
                         self.exit = self.retired_exit.take();
@@ -680,12 +702,13 @@ impl ProcessActor {
                 }
             },
         };
-        let spawned = process::spawn(&request, &self.context.reaper);
+        let spawned = process::spawn_unconfirmed(&request, &self.context.reaper);
         drop(sockets);
         match spawned {
-            Ok(spawned) => {
+            Ok((spawned, report)) => {
                 tracing::debug!(process = %self.spec.name, pid = spawned.pid.as_raw(), "spawned");
                 self.exit = Some(spawned.exit);
+                self.report = Some(report);
                 Event::Spawned(spawned.pid)
             }
             Err(e) => {

@@ -55,9 +55,6 @@ pub struct TailStart {
     pub reply: TailReply,
 }
 
-/// A status of this many processes is followed by handing freed memory back.
-const BIG_STATUS: usize = 100;
-
 /// Capacity of the supervisor's input queue.
 pub const INPUT_QUEUE: usize = 256;
 
@@ -242,14 +239,9 @@ impl Supervisor {
 
     fn handle(&mut self, request: Request, reply: oneshot::Sender<Reply>) {
         let immediate = match request {
-            Request::Status { names } => self.select(&names, true).map(|handles| {
-                let reply = Reply::ok(status_reply(&handles));
-                if handles.len() >= BIG_STATUS {
-                    // Thousands of short-lived strings leave the heap fragmented.
-                    release_free_memory();
-                }
-                reply
-            }),
+            Request::Status { names } => self
+                .select(&names, true)
+                .map(|handles| Reply::ok(status_reply(&handles))),
             Request::Start { names, wait } => match self.select(&names, false) {
                 Ok(handles) => {
                     let topology = self.topology();
@@ -874,7 +866,7 @@ async fn reopen_logs(handles: Vec<ProcessHandle>) -> Vec<ActionResult> {
 
 /// Hands memory freed after a burst (starting a thousand processes) back to the
 /// OS; glibc keeps it otherwise, and an idle supervisor should be small.
-fn release_free_memory() {
+pub(crate) fn release_free_memory() {
     #[cfg(target_env = "gnu")]
     // SAFETY: malloc_trim only walks the allocator's own free lists.
     unsafe {

@@ -595,9 +595,12 @@ impl Machine {
                     Vec::new()
                 }
             }
-            (State::Spawning, Event::SpawnFailed(message)) => {
-                self.failed_start(cfg, format!("spawn failed: {message}"), now, sample)
-            }
+            // Exec failures are also reported after the fact, with the exit
+            // of a child that never ran the program (see `PendingReport`).
+            (
+                State::Spawning | State::Starting { .. } | State::Running { .. },
+                Event::SpawnFailed(message),
+            ) => self.failed_start(cfg, format!("spawn failed: {message}"), now, sample),
 
             // --- exits --------------------------------------------------------
             (State::Starting { .. }, Event::Exited(end)) => {
@@ -681,7 +684,15 @@ impl Machine {
                 | State::Stopping { .. }
                 | State::Exited
                 | State::Fatal,
-                Event::Spawned(_) | Event::SpawnFailed(_),
+                Event::Spawned(_),
+            ) => Vec::new(),
+            (
+                State::Stopped
+                | State::Backoff { .. }
+                | State::Stopping { .. }
+                | State::Exited
+                | State::Fatal,
+                Event::SpawnFailed(_),
             ) => Vec::new(),
 
             // --- timers -------------------------------------------------------
