@@ -8,6 +8,7 @@ pub mod control;
 pub mod daemon;
 pub mod health;
 pub mod logs;
+pub mod mailbox;
 pub mod notify;
 pub mod process;
 pub mod reexec;

@@ -18,6 +18,7 @@ use super::rotating::{RotatingFile, Rotation};
 use super::stamp::Stamper;
 use super::tail;
 use crate::config::{LogDest, LogsConfig, ProcessSpec};
+use crate::mailbox::{Mailbox, SendError};
 use crate::process::Output;
 
 /// First read buffer of a stream: a line or two needs no more, and a small
@@ -168,7 +169,7 @@ struct Pipe {
     write: OwnedFd,
     /// The read end's number (the end itself is with the capture).
     read_fd: RawFd,
-    requests: Arc<Mailbox>,
+    requests: Arc<Mailbox<StreamRequest>>,
     /// Its id in the dormant set until its task starts.
     id: u64,
 }
@@ -176,7 +177,9 @@ struct Pipe {
 impl Pipe {
     /// Queues a request and makes sure the capture task runs to see it.
     fn send(&self, request: StreamRequest) -> Result<(), StreamRequest> {
-        self.requests.try_send(request)?;
+        self.requests.send(request).map_err(|e| match e {
+            SendError::Full(r) | SendError::Closed(r) => r,
+        })?;
         dormant::wake(self.id);
         Ok(())
     }
@@ -198,59 +201,6 @@ impl dormant::Sleeper for Capture {
                 tokio::spawn(self.run());
             }
             Err(e) => tracing::warn!(process = %self.common.name, "watching a log pipe: {e}"),
-        }
-    }
-}
-
-/// Requests to one capture task: a bounded queue that allocates nothing while
-/// empty (a tokio mpsc channel costs a block per stream, thousands of idle
-/// streams add up).
-#[derive(Default)]
-struct Mailbox {
-    queue: std::sync::Mutex<std::collections::VecDeque<StreamRequest>>,
-    ready: tokio::sync::Notify,
-    closed: std::sync::atomic::AtomicBool,
-}
-
-impl Mailbox {
-    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::VecDeque<StreamRequest>> {
-        // A poisoned queue is still a queue.
-        self.queue.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Queues `request`, or gives it back when the queue is full.
-    fn try_send(&self, request: StreamRequest) -> Result<(), StreamRequest> {
-        let mut queue = self.lock();
-        if queue.len() >= REQUEST_QUEUE {
-            return Err(request);
-        }
-        queue.push_back(request);
-        drop(queue);
-        // Stores a permit if the task is not waiting yet: no wake-up is lost.
-        self.ready.notify_one();
-        Ok(())
-    }
-
-    fn close(&self) {
-        self.closed.store(true, Ordering::Release);
-        self.ready.notify_one();
-    }
-
-    /// A request is queued, or the queue was closed.
-    fn pending(&self) -> bool {
-        self.closed.load(Ordering::Acquire) || !self.lock().is_empty()
-    }
-
-    /// The next request; `None` once closed and empty.
-    async fn recv(&self) -> Option<StreamRequest> {
-        loop {
-            if let Some(request) = self.lock().pop_front() {
-                return Some(request);
-            }
-            if self.closed.load(Ordering::Acquire) {
-                return None;
-            }
-            self.ready.notified().await;
         }
     }
 }
@@ -426,7 +376,7 @@ fn start_pipe(
     let id = dormant::new_id()?;
     // Only minder's end is non-blocking: the child's writes block as usual.
     fcntl(&read, FcntlArg::F_SETFL(OFlag::O_NONBLOCK))?;
-    let requests = Arc::new(Mailbox::default());
+    let requests = Arc::new(Mailbox::new(REQUEST_QUEUE));
     let capture = Capture {
         pipe: None,
         path: Arc::clone(path),
@@ -485,7 +435,7 @@ struct Capture {
     /// The file side, made at the first write (idle streams hold none); lent
     /// to the blocking pool during a write.
     sink: Option<Box<Sink>>,
-    requests: Arc<Mailbox>,
+    requests: Arc<Mailbox<StreamRequest>>,
     followers: Vec<Follower>,
     /// Kept only while the stream is busy; idle streams hold no buffer.
     buf: Vec<u8>,
@@ -1088,7 +1038,7 @@ mod tests {
                 stats: Arc::default(),
             }),
             sink: None,
-            requests: Arc::default(),
+            requests: Arc::new(Mailbox::new(REQUEST_QUEUE)),
             followers: Vec::new(),
             buf: Vec::new(),
             stream: Stream::Stdout,

@@ -13,6 +13,7 @@ use super::state::{Effect, Event, Health, Machine, NotifyMessage, Outcome, Retir
 use crate::config::{ProcessSpec, ProgramConfig};
 use crate::health::{ProbeResult, Prober};
 use crate::logs::{LogRequest, LogStats, ProcessLogs};
+use crate::mailbox::{Mailbox, SendError};
 use crate::notify::NotifyRoutes;
 use crate::process::{self, ExitReceiver, Output, ProcessEnd, Reaper, SpawnRequest};
 use crate::sockets::ListenSet;
@@ -122,7 +123,7 @@ pub struct ProcessHandle {
     pub name: String,
     /// Program name.
     pub program: String,
-    commands: Arc<Mailbox>,
+    commands: Arc<Mailbox<Command>>,
     status: watch::Receiver<ProcessStatus>,
 }
 
@@ -140,8 +141,8 @@ impl ProcessHandle {
     /// Queues a command; fails when the actor is gone or its queue is full.
     pub fn send(&self, command: Command) -> Result<(), String> {
         self.commands.send(command).map_err(|e| match e {
-            MailboxError::Full => format!("{}: busy, try again", self.name),
-            MailboxError::Closed => format!("{}: no longer supervised", self.name),
+            SendError::Full(_) => format!("{}: busy, try again", self.name),
+            SendError::Closed(_) => format!("{}: no longer supervised", self.name),
         })
     }
 
@@ -166,61 +167,6 @@ impl ProcessHandle {
     pub async fn ended(&self) {
         let mut rx = self.status.clone();
         while rx.changed().await.is_ok() {}
-    }
-}
-
-/// A process's command queue. Lighter than a tokio mpsc channel (which
-/// allocates a block of 32 slots up front): there is one per process, and
-/// commands are rare.
-#[derive(Debug, Default)]
-pub struct Mailbox {
-    queue: std::sync::Mutex<VecDeque<Command>>,
-    ready: tokio::sync::Notify,
-    closed: std::sync::atomic::AtomicBool,
-}
-
-/// Why a command could not be queued.
-enum MailboxError {
-    Full,
-    Closed,
-}
-
-impl Mailbox {
-    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Command>> {
-        // A poisoned queue is still a queue.
-        self.queue.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn send(&self, command: Command) -> Result<(), MailboxError> {
-        if self.closed.load(std::sync::atomic::Ordering::Acquire) {
-            return Err(MailboxError::Closed);
-        }
-        let mut queue = self.lock();
-        if queue.len() >= COMMAND_QUEUE {
-            return Err(MailboxError::Full);
-        }
-        queue.push_back(command);
-        drop(queue);
-        // Stores a permit if the actor is not waiting yet: no wake-up is lost.
-        self.ready.notify_one();
-        Ok(())
-    }
-
-    async fn recv(&self) -> Command {
-        loop {
-            if let Some(command) = self.lock().pop_front() {
-                return command;
-            }
-            self.ready.notified().await;
-        }
-    }
-
-    /// The actor ended: refuse new commands and drop queued ones, whose
-    /// requesters then hear "no longer supervised".
-    fn close(&self) {
-        self.closed
-            .store(true, std::sync::atomic::Ordering::Release);
-        self.lock().clear();
     }
 }
 
@@ -256,7 +202,7 @@ pub struct ProcessActor {
     exit: Option<ExitReceiver>,
     /// The current child's exec report, read once it has exited.
     report: Option<process::PendingReport>,
-    commands: Arc<Mailbox>,
+    commands: Arc<Mailbox<Command>>,
     status: watch::Sender<ProcessStatus>,
     waiters: Vec<(Wait, oneshot::Sender<Outcome>)>,
     stop_epoch: u64,
@@ -285,7 +231,7 @@ impl ProcessActor {
         context: Arc<Context>,
         machine: Machine,
     ) -> ProcessHandle {
-        let mailbox = Arc::new(Mailbox::default());
+        let mailbox = Arc::new(Mailbox::new(COMMAND_QUEUE));
         let mut logs = ProcessLogs::new(&spec, &cfg.logs);
         // Made now, among the other long-lived allocations of the process,
         // rather than amid a spawn's temporaries where they would pin memory
@@ -371,7 +317,11 @@ impl ProcessActor {
                 (a, b) => a.or(b),
             };
             tokio::select! {
-                command = self.commands.recv() => self.on_command(command),
+                command = self.commands.recv() => match command {
+                    Some(command) => self.on_command(command),
+                    // Only this actor closes its mailbox, after this loop.
+                    None => break,
+                },
                 end = wait_exit(&mut self.exit) => {
                     self.exit = None;
                     // A child that could not exec reported why before exiting.
@@ -414,7 +364,9 @@ impl ProcessActor {
                 }
             }
         }
+        // Queued requests are dropped: their requesters hear "no longer supervised".
         self.commands.close();
+        self.commands.clear();
     }
 
     fn on_command(&mut self, command: Command) {
