@@ -174,3 +174,38 @@ fn reexec_into_another_binary_and_refuse_a_changed_config() {
     assert_eq!(out.code, 1, "{out:?}");
     assert!(out.stderr.contains("ctl reload"), "{out:?}");
 }
+
+#[test]
+fn no_output_line_is_lost_or_doubled_across_reexec() {
+    let d = Daemon::start(&program("ticker", &["--tick", "2"], "start_secs = \"0s\""));
+    d.wait_state("ticker", "running");
+    let pid = d.proc("ticker").pid;
+    let log = d.path("logs/ticker.stdout.log");
+    wait_file_until(&log, "the first ticks", |t| t.lines().count() >= 20);
+    for round in 0..3 {
+        let out = d.ctl(&["reexec"]);
+        assert_eq!(out.code, 0, "reexec {round}: {out:?}");
+        // Output keeps flowing into the same file between re-executions.
+        let before = std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .count();
+        wait_file_until(&log, "ticks after the reexec", |t| {
+            t.lines().count() >= before + 20
+        });
+    }
+    assert_eq!(d.proc("ticker").pid, pid, "the same child throughout");
+    d.ctl_ok(&["stop", "ticker"]);
+    let text = std::fs::read_to_string(&log).expect("the log file");
+    let ticks: Vec<u64> = text
+        .lines()
+        .map(|l| {
+            l.strip_prefix("tick ")
+                .and_then(|n| n.parse().ok())
+                .unwrap_or_else(|| panic!("unexpected line {l:?}"))
+        })
+        .collect();
+    let expected: Vec<u64> = (1..=ticks.len() as u64).collect();
+    assert_eq!(ticks, expected, "every tick exactly once, in order");
+    assert!(ticks.len() > 100, "{} ticks", ticks.len());
+}
