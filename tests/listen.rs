@@ -279,3 +279,63 @@ fn status_shows_both_processes_during_the_overlap() {
     });
     assert!(wait_pid_gone(old, WAIT));
 }
+
+#[test]
+fn a_reload_that_changes_a_listening_program_rolls_without_failing_a_request() {
+    let port = free_port();
+    let body = |tag: &str| {
+        program(
+            "web",
+            &[
+                "--serve-inherited",
+                "--notify-ready-after",
+                "50",
+                "--tag",
+                tag,
+                "--record",
+                "@TMP@/web.rec",
+            ],
+            &format!("listen = [\"tcp://127.0.0.1:{port}\"]\nnotify = true\nstop_timeout = \"5s\""),
+        )
+    };
+    let d = Daemon::start(&body("v1"));
+    d.wait_state("web", "running");
+    let old = d.proc("web").pid;
+    let load = Load::start(port, 4);
+    d.write_config(&body("v2"));
+    let out = d.ctl(&["reload"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(out.stdout.contains("changed: web"), "{out:?}");
+    let after = d.wait_for("the v2 process to take over", WAIT, |ps| {
+        let rows: Vec<_> = ps.iter().filter(|p| p.name == "web").collect();
+        rows.len() == 1 && rows[0].state == "running" && rows[0].pid != old
+    });
+    let (served, failures) = load.finish();
+    assert!(
+        failures.is_empty(),
+        "{} requests failed: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(5)]
+    );
+    assert!(served > 10, "the load ran: {served}");
+    let new = get_row(&after, "web").pid.expect("running");
+    let cmdline = std::fs::read_to_string(format!("/proc/{new}/cmdline")).expect("cmdline");
+    assert!(cmdline.contains("v2"), "runs the new settings: {cmdline:?}");
+    assert!(
+        wait_pid_gone(old.expect("old pid"), WAIT),
+        "the old process is gone"
+    );
+    // Rolling: the new process started before the old one was told to stop.
+    let record = wait_record(&d.path("web.rec"), "stop", 1);
+    let starts = events_of(&record, "start");
+    let stop = &events_of(&record, "stop")[0];
+    assert_eq!(stop.pid, old.expect("old pid"));
+    assert!(
+        starts.iter().any(|s| s.pid == new && s.ns < stop.ns),
+        "the v2 process started before the v1 process was stopped: {record:?}"
+    );
+}
+
+fn get_row<'a>(ps: &'a [Proc], name: &str) -> &'a Proc {
+    common::get(ps, name)
+}

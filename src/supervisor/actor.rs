@@ -70,6 +70,14 @@ pub enum Command {
     Remove,
     /// SIGKILL the child's group now (shutdown ran out of time).
     Kill,
+    /// A reload changed the program: run with these settings from now on,
+    /// replacing a running process rolling (the old one keeps serving until
+    /// the new one is ready; if it never is, the old settings stay).
+    Reconfigure {
+        spec: ProcessSpec,
+        cfg: Arc<ProgramConfig>,
+        reply: Option<oneshot::Sender<Outcome>>,
+    },
     /// Send a signal to the child's process group.
     Signal {
         signal: Signal,
@@ -200,6 +208,8 @@ pub struct ProcessActor {
     /// The exit of the retiring process of a rolling restart.
     retired_exit: Option<ExitReceiver>,
     exit: Option<ExitReceiver>,
+    /// Settings before a reconfiguration whose rollout is still in progress.
+    previous: Option<(ProcessSpec, Arc<ProgramConfig>)>,
     /// The current child's exec report, read once it has exited.
     report: Option<process::PendingReport>,
     commands: Arc<Mailbox<Command>>,
@@ -267,6 +277,7 @@ impl ProcessActor {
             listen,
             retired_exit: None,
             exit: None,
+            previous: None,
             report: None,
             commands: mailbox,
             status: status_tx,
@@ -386,6 +397,18 @@ impl ProcessActor {
                 self.add_waiter(Wait::Start, reply);
                 self.feed(Event::Start);
             }
+            Command::Reconfigure { spec, cfg, reply } => {
+                let old_spec = std::mem::replace(&mut self.spec, spec);
+                let old_cfg = std::mem::replace(&mut self.cfg, cfg);
+                if matches!(self.machine.state, State::Running { .. }) {
+                    self.previous = Some((old_spec, old_cfg));
+                    self.add_waiter(Wait::Start, reply);
+                    self.feed(Event::Restart);
+                } else if let Some(reply) = reply {
+                    // Not running: the new settings apply at its next start.
+                    let _ = reply.send(Outcome::Done);
+                }
+            }
             Command::Restart { reply } => {
                 self.add_waiter(Wait::Start, reply);
                 self.feed(Event::Restart);
@@ -480,11 +503,22 @@ impl ProcessActor {
                     }
                     Effect::RolloutFailed(reason) => {
                         tracing::warn!(process = %self.spec.name, "{reason}");
+                        // A reconfiguration that never got ready: the old
+                        // process runs on, with the settings it was started with.
+                        if let Some((spec, cfg)) = self.previous.take() {
+                            self.spec = spec;
+                            self.cfg = cfg;
+                        }
                         self.exit = self.retired_exit.take();
                         self.fail_waiters(Wait::Start, &reason);
                     }
                 }
             }
+        }
+        // The replacement is ready (or the rollout is over): the previous
+        // settings are no longer needed for a rollback.
+        if self.previous.is_some() && self.machine.retiring.is_none_or(|r| r.stop_sent.is_some()) {
+            self.previous = None;
         }
         self.sync_probing();
         self.sync_notify_route();

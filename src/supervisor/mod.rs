@@ -589,11 +589,21 @@ impl Supervisor {
                 .push("log_format, log_file, log_files (restart minder to apply)".to_string());
         }
 
+        // Changed programs that serve on `listen` sockets and keep them (and
+        // their instances and logs) are reconfigured in place, rolling: each
+        // process is replaced only once its successor is ready.
+        let rolled: HashSet<&str> = diff
+            .changed
+            .iter()
+            .filter(|name| self.rolls_in_place(name, &new))
+            .map(String::as_str)
+            .collect();
         let replaced: HashSet<&str> = diff
             .removed
             .iter()
             .chain(&diff.changed)
             .map(String::as_str)
+            .filter(|name| !rolled.contains(name))
             .collect();
         let mut old_of_changed = Vec::new();
         let mut kept = Vec::new();
@@ -625,7 +635,44 @@ impl Supervisor {
             .iter()
             .chain(&diff.changed)
             .map(String::as_str)
+            .filter(|name| !rolled.contains(name))
             .collect();
+        let mut reconfigure = Vec::new();
+        for handle in &kept {
+            if let Some(program) = new
+                .program(&handle.program)
+                .filter(|_| rolled.contains(handle.program.as_str()))
+            {
+                let cfg = Arc::clone(
+                    new.programs
+                        .iter()
+                        .find(|p| p.name == program.name)
+                        .expect("a program of the new config"),
+                );
+                if let Some(spec) = program
+                    .processes()
+                    .into_iter()
+                    .find(|p| p.name == handle.name)
+                {
+                    reconfigure.push((handle.clone(), spec, cfg));
+                }
+            }
+        }
+        if !reconfigure.is_empty() {
+            tokio::spawn(async move {
+                // One process at a time, like a rolling `ctl restart`.
+                for (handle, spec, cfg) in reconfigure {
+                    let name = handle.name.clone();
+                    let outcome = handle
+                        .request(|reply| Command::Reconfigure { spec, cfg, reply }, true)
+                        .await;
+                    if let Outcome::Failed(why) = outcome {
+                        tracing::warn!(process = %name, "reload not applied: {why}");
+                        break;
+                    }
+                }
+            });
+        }
         let new_handles = self.spawn_actors(&new, |name| fresh.contains(name), &mut HashMap::new());
         // Keep config order: programs as listed in the new file.
         let mut processes = Vec::new();
@@ -678,6 +725,26 @@ impl Supervisor {
             unchanged: diff.unchanged,
             not_applied,
         })
+    }
+
+    /// Whether a reload can replace program `name` in place, rolling: it has
+    /// `listen` sockets before and after, keeps them, its instances and its
+    /// logs, and has a process up to keep serving meanwhile.
+    fn rolls_in_place(&self, name: &str, new: &Config) -> bool {
+        let (Some(old), Some(new)) = (self.config.program(name), new.program(name)) else {
+            return false;
+        };
+        let keeps_sockets = self.listen.get(name).is_some_and(|set| set.serves(new));
+        let up = self
+            .processes
+            .iter()
+            .any(|h| h.program == name && matches!(h.status().state, State::Running { .. }));
+        state::rolling(old)
+            && state::rolling(new)
+            && keeps_sockets
+            && old.instances == new.instances
+            && old.logs == new.logs
+            && up
     }
 
     /// Stops everything in reverse dependency order within `shutdown_timeout`,
