@@ -397,6 +397,29 @@ mod tests {
         assert!(check_binary_version("minder 2.0 (reexec state 2)").is_err());
     }
 
+    fn state_in_a_memfd(text: &str) -> String {
+        let fd = nix::sys::memfd::memfd_create("test-state", nix::sys::memfd::MFdFlags::empty())
+            .expect("memfd");
+        let mut file = std::fs::File::from(fd);
+        file.write_all(text.as_bytes()).expect("write");
+        file.rewind().expect("rewind");
+        let raw = file.as_raw_fd();
+        std::mem::forget(file); // read_state takes ownership of the fd
+        raw.to_string()
+    }
+
+    #[test]
+    fn unknown_state_versions_are_refused_with_a_clear_error() {
+        let err = read_state(&state_in_a_memfd(r#"{"version": 2}"#)).unwrap_err();
+        assert!(
+            err.contains("version Some(2)") && err.contains("reads version 1"),
+            "{err}"
+        );
+        let err = read_state(&state_in_a_memfd("garbage")).unwrap_err();
+        assert!(err.contains("not JSON"), "{err}");
+        assert!(read_state("nope").is_err());
+    }
+
     #[test]
     fn state_round_trips_through_json() {
         let state = SavedState {

@@ -339,3 +339,56 @@ fn a_reload_that_changes_a_listening_program_rolls_without_failing_a_request() {
 fn get_row<'a>(ps: &'a [Proc], name: &str) -> &'a Proc {
     common::get(ps, name)
 }
+
+#[test]
+fn instances_share_the_sockets_and_roll_one_at_a_time() {
+    let port = free_port();
+    let d = Daemon::start(&program(
+        "web",
+        &[
+            "--serve-inherited",
+            "--notify-ready-after",
+            "100",
+            "--request-ms",
+            "100",
+            "--record",
+            "@TMP@/{name}.rec",
+        ],
+        &format!("listen = [\"tcp://127.0.0.1:{port}\"]\nnotify = true\ninstances = 2"),
+    ));
+    d.wait_for("both instances running", WAIT, |ps| {
+        ps.iter()
+            .filter(|p| p.program == "web" && p.state == "running")
+            .count()
+            == 2
+    });
+    let before: Vec<i32> = d.status().iter().filter_map(|p| p.pid).collect();
+    // Both serve the one socket: while one is busy with a request, the other
+    // takes the next connection.
+    let clients: Vec<_> = (0..4).map(|_| thread::spawn(move || get(port))).collect();
+    let served_by: std::collections::HashSet<i32> = clients
+        .into_iter()
+        .map(|c| c.join().expect("client").expect("a request"))
+        .collect();
+    assert_eq!(
+        served_by.len(),
+        2,
+        "both instances accept on the shared socket"
+    );
+    d.ctl_ok(&["restart", "web"]);
+    let rec0 = wait_record(&d.path("web:0.rec"), "stop", 1);
+    let rec1 = wait_record(&d.path("web:1.rec"), "stop", 1);
+    let old0_stop = events_of(&rec0, "stop")[0].ns;
+    let new1_start = events_of(&rec1, "start")[1].ns;
+    assert!(
+        new1_start > old0_stop,
+        "web:1 is replaced only after web:0's rollout finished: {rec0:?} {rec1:?}"
+    );
+    // ctl restart returns once the new processes are ready; the old ones drain.
+    d.wait_for("only new processes left", WAIT, |ps| {
+        ps.len() == 2
+            && ps
+                .iter()
+                .all(|p| p.pid.is_some_and(|pid| !before.contains(&pid)))
+    });
+}
