@@ -637,24 +637,16 @@ impl Supervisor {
             .map(String::as_str)
             .filter(|name| !rolled.contains(name))
             .collect();
+        // The new settings of each rolled process, in config order.
         let mut reconfigure = Vec::new();
-        for handle in &kept {
-            if let Some(program) = new
-                .program(&handle.program)
-                .filter(|_| rolled.contains(handle.program.as_str()))
-            {
-                let cfg = Arc::clone(
-                    new.programs
-                        .iter()
-                        .find(|p| p.name == program.name)
-                        .expect("a program of the new config"),
-                );
-                if let Some(spec) = program
-                    .processes()
-                    .into_iter()
-                    .find(|p| p.name == handle.name)
-                {
-                    reconfigure.push((handle.clone(), spec, cfg));
+        for cfg in new
+            .programs
+            .iter()
+            .filter(|p| rolled.contains(p.name.as_str()))
+        {
+            for spec in cfg.processes() {
+                if let Some(handle) = kept.iter().find(|h| h.name == spec.name) {
+                    reconfigure.push((handle.clone(), spec, Arc::clone(cfg)));
                 }
             }
         }
