@@ -238,15 +238,12 @@ pub fn check_binary_version(output: &str) -> Result<(), String> {
 /// Checks that `binary` is there, runs, and reads this image's state format,
 /// by running `binary --version` (minder's own spawn: the reaper collects it).
 pub async fn check_binary(binary: &Path, reaper: &crate::process::Reaper) -> Result<(), String> {
-    use crate::process::{spawn, Output, SpawnRequest};
+    use crate::process::{run_captured, Capture, Output, RunError, SpawnRequest};
     if !binary.is_absolute() {
         return Err(format!("{}: give an absolute path", binary.display()));
     }
     nix::unistd::access(binary, nix::unistd::AccessFlags::X_OK)
         .map_err(|e| format!("{}: {}", binary.display(), e.desc()))?;
-    let (read, write) =
-        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK)
-            .map_err(|e| format!("pipe: {}", e.desc()))?;
     let request = SpawnRequest {
         argv: vec![binary.display().to_string(), "--version".to_string()],
         directory: PathBuf::from("/"),
@@ -254,32 +251,24 @@ pub async fn check_binary(binary: &Path, reaper: &crate::process::Reaper) -> Res
         environment: Vec::new(),
         user: None,
         group: None,
-        stdout: Output::Fd(write.as_raw_fd()),
+        stdout: Output::Null,
         stderr: Output::Null,
         pid_variables: Vec::new(),
         listen_fds: Vec::new(),
     };
-    let spawned =
-        spawn(&request, reaper).map_err(|e| format!("{} --version: {e}", binary.display()))?;
-    drop(write);
-    let end = match tokio::time::timeout(Duration::from_secs(10), spawned.exit).await {
-        Ok(Ok(end)) => end,
-        Ok(Err(_)) => return Err("lost track of the version check".to_string()),
-        Err(_) => {
-            let _ =
-                crate::process::send_signal(spawned.pid, nix::sys::signal::Signal::SIGKILL, true);
-            return Err(format!(
-                "{} --version did not finish within 10s",
-                binary.display()
-            ));
-        }
-    };
+    let timeout = Duration::from_secs(10);
+    let (end, stdout) = run_captured(request, Capture::Stdout, timeout, reaper)
+        .await
+        .map_err(|e| match e {
+            RunError::TimedOut => {
+                format!("{} --version did not finish within 10s", binary.display())
+            }
+            e => format!("{} --version: {e}", binary.display()),
+        })?;
     if end != ProcessEnd::Exited(0) {
         return Err(format!("{} --version {end}", binary.display()));
     }
-    let mut out = vec![0u8; 4096];
-    let n = nix::unistd::read(&read, &mut out).unwrap_or(0);
-    check_binary_version(&String::from_utf8_lossy(&out[..n]))
+    check_binary_version(&stdout)
 }
 
 /// Replaces this image with `binary`, keeping `keep` open. Returns only on

@@ -5,20 +5,12 @@
 //! decided by the process's state machine.
 
 use std::io;
-use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use nix::fcntl::OFlag;
-use nix::sys::signal::Signal;
-use nix::unistd::Pid;
-
 use crate::config::ProbeTarget;
-use crate::process::{self, Output, ProcessEnd, Reaper, SpawnRequest};
+use crate::process::{self, Capture, ProcessEnd, Reaper, RunError, SpawnRequest};
 use crate::supervisor::state::short_duration;
-
-/// How much of an exec probe's stderr is kept for its message.
-const STDERR_BOUND: usize = 4096;
 
 /// The outcome of one probe.
 #[derive(Debug, Clone, PartialEq)]
@@ -73,31 +65,16 @@ impl Prober {
         timeout: Duration,
         exec_like: &SpawnRequest,
     ) -> (bool, String) {
-        let (read, write) = match nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK) {
-            Ok(pair) => pair,
-            Err(e) => return (false, format!("exec probe: pipe: {}", e.desc())),
-        };
         let request = SpawnRequest {
             argv: argv.to_vec(),
-            stdout: Output::Null,
-            stderr: Output::Fd(write.as_raw_fd()),
             ..exec_like.clone()
         };
-        let spawned = match process::spawn(&request, &self.reaper) {
-            Ok(spawned) => spawned,
-            Err(e) => return (false, format!("exec probe: {e}")),
-        };
-        drop(write);
-        // Whatever happens below (timeout, or this probe being cancelled because
-        // the process stopped), the probe's whole group must not outlive it.
-        let guard = KillOnDrop(spawned.pid);
-        let end = match tokio::time::timeout(timeout, spawned.exit).await {
-            Err(_) => return (false, timed_out(timeout)),
-            Ok(Err(_)) => return (false, "exec probe: lost track of the process".to_string()),
-            Ok(Ok(end)) => end,
-        };
-        drop(guard);
-        let stderr = read_available(read);
+        let (end, stderr) =
+            match process::run_captured(request, Capture::Stderr, timeout, &self.reaper).await {
+                Ok(done) => done,
+                Err(RunError::TimedOut) => return (false, timed_out(timeout)),
+                Err(e) => return (false, format!("exec probe: {e}")),
+            };
         let first_line = stderr.lines().next().unwrap_or("").trim();
         match end {
             ProcessEnd::Exited(0) => (true, "exit 0".to_string()),
@@ -106,29 +83,6 @@ impl Prober {
             signaled => (false, signaled.to_string()),
         }
     }
-}
-
-/// SIGKILLs an exec probe's process group unless disarmed (dropped after exit).
-struct KillOnDrop(Pid);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        // After a normal exit the group is usually empty: ESRCH is fine.
-        let _ = process::send_signal(self.0, Signal::SIGKILL, true);
-    }
-}
-
-/// Reads what the (non-blocking) pipe holds, up to [`STDERR_BOUND`].
-fn read_available(fd: std::os::fd::OwnedFd) -> String {
-    let mut buf = vec![0u8; STDERR_BOUND];
-    let mut got = 0;
-    while got < buf.len() {
-        match nix::unistd::read(&fd, &mut buf[got..]) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => got += n,
-        }
-    }
-    String::from_utf8_lossy(&buf[..got]).into_owned()
 }
 
 /// `GET url`: healthy iff the status is 200..=399 within `timeout`.

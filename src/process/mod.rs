@@ -2,9 +2,11 @@
 //! they ended (one reaper), and how it signals them.
 
 mod reaper;
+mod run;
 mod spawn;
 
 pub use reaper::{ExitReceiver, Reaper};
+pub use run::{run_captured, Capture, RunError};
 pub use spawn::{
     set_child_fd_limit, spawn, spawn_unconfirmed, Output, PendingReport, SpawnError, SpawnRequest,
     SpawnStage, Spawned,
