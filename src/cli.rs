@@ -9,8 +9,8 @@ use clap::{Args, Parser, Subcommand};
 use crate::config::{self, Config, Defaults};
 use crate::control::client::{self, ClientError};
 use crate::control::protocol::{
-    ActionReply, ErrorKind, PidReply, ProcessInfo, ReloadReply, Reply, Request, StatusReply,
-    TailChunk,
+    ActionReply, ErrorKind, PidReply, ProcessInfo, ReloadReply, Reply, Request, StateEvent,
+    StatusReply, TailChunk,
 };
 
 /// minder: a process supervisor with health checks, backoff and zero-downtime restarts.
@@ -111,6 +111,11 @@ pub enum CtlCommand {
         stderr: bool,
         /// One process (`web` or `web:0`).
         name: String,
+    },
+    /// Print state changes as they happen, one line each, until interrupted.
+    Events {
+        /// Processes or programs to follow (all when none).
+        names: Vec<String>,
     },
     /// Reopen every captured log file (same as SIGUSR1 to the daemon).
     ReopenLogs,
@@ -219,6 +224,9 @@ pub fn ctl(args: CtlArgs) -> ExitCode {
         };
         return tail(&socket, &request, args.json);
     }
+    if let CtlCommand::Events { names } = &args.command {
+        return events(&socket, names, args.json);
+    }
     let request = match &args.command {
         CtlCommand::Status { names } => Request::Status {
             names: names.clone(),
@@ -243,8 +251,8 @@ pub fn ctl(args: CtlArgs) -> ExitCode {
         CtlCommand::Reload => Request::Reload,
         CtlCommand::Shutdown => Request::Shutdown,
         CtlCommand::ReopenLogs => Request::ReopenLogs,
-        // Handled above: its reply is a stream.
-        CtlCommand::Tail { .. } => return ExitCode::from(2),
+        // Handled above: their replies are streams.
+        CtlCommand::Tail { .. } | CtlCommand::Events { .. } => return ExitCode::from(2),
         CtlCommand::Reexec { binary } => Request::Reexec {
             binary: binary.as_ref().map(|b| {
                 std::path::absolute(b)
@@ -366,7 +374,9 @@ fn render(args: &CtlArgs, payload: &str) -> Result<ExitCode, serde_json::Error> 
             }
             Ok(ExitCode::SUCCESS)
         }
-        CtlCommand::Shutdown | CtlCommand::Tail { .. } => Ok(ExitCode::SUCCESS),
+        CtlCommand::Shutdown | CtlCommand::Tail { .. } | CtlCommand::Events { .. } => {
+            Ok(ExitCode::SUCCESS)
+        }
         CtlCommand::Reexec { .. } => {
             let reply: PidReply = serde_json::from_str(payload)?;
             if human {
@@ -437,6 +447,63 @@ fn tail(socket: &Path, request: &Request, json: bool) -> ExitCode {
             print_line(&mut out, chunk, &partial);
         }
     }
+    stream_exit(result, failure)
+}
+
+/// `ctl events`: one line per state change (with `--json` one object per
+/// line), until interrupted or the daemon exits.
+fn events(socket: &Path, names: &[String], json: bool) -> ExitCode {
+    let request = Request::Events {
+        names: names.to_vec(),
+    };
+    let mut out = std::io::stdout().lock();
+    let mut failure: Option<(ErrorKind, String)> = None;
+    let mut acknowledged = false;
+    let result = client::stream(socket, &request, |reply| {
+        let payload = match reply {
+            Reply::Ok(payload) => payload,
+            Reply::Error(error) => {
+                if json {
+                    println!("{}", serde_json::json!({ "error": error }));
+                }
+                failure = Some((error.kind, error.message));
+                return false;
+            }
+        };
+        // The first reply only says the stream has begun.
+        if !acknowledged {
+            acknowledged = true;
+            return true;
+        }
+        let event: StateEvent = match serde_json::from_str(payload.get()) {
+            Ok(event) => event,
+            Err(e) => {
+                failure = Some((
+                    ErrorKind::Failed,
+                    format!("unexpected reply from the daemon: {e}"),
+                ));
+                return false;
+            }
+        };
+        if event.skipped_events > 0 {
+            eprintln!(
+                "minder: ... {} events skipped (changes faster than this reader) ...",
+                event.skipped_events
+            );
+        }
+        let line = if json {
+            payload.get().to_string()
+        } else {
+            event.to_string()
+        };
+        // A closed stdout (`| head`) ends it.
+        writeln!(out, "{line}").and_then(|()| out.flush()).is_ok()
+    });
+    stream_exit(result, failure)
+}
+
+/// The exit code of a streamed request (`tail`, `events`).
+fn stream_exit(result: Result<(), ClientError>, failure: Option<(ErrorKind, String)>) -> ExitCode {
     match (result, failure) {
         (Err(e @ ClientError::Unreachable { .. }), _) => {
             eprintln!("minder: {e}");

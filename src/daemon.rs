@@ -29,6 +29,9 @@ pub enum DaemonError {
     /// Runtime or signal setup failed.
     #[error("{0}: {1}")]
     Setup(&'static str, std::io::Error),
+    /// The `metrics` address cannot be bound.
+    #[error("metrics {0}: {1}")]
+    Metrics(std::net::SocketAddr, std::io::Error),
 }
 
 /// How `minder daemon` was asked to run, beyond its config.
@@ -37,6 +40,10 @@ pub struct Options {
     /// `--insecure-config`: as root, accept config files others could change.
     pub insecure_config: bool,
 }
+
+/// State changes kept for slow `ctl events` readers and hooks before the
+/// oldest are dropped (and counted as skipped).
+const EVENT_QUEUE: usize = 1024;
 
 /// Runs the supervisor until shutdown; returns once every child is stopped.
 pub fn run(config: Config, options: Options) -> Result<(), DaemonError> {
@@ -90,12 +97,20 @@ async fn serve(config: Config, options: Options) -> Result<(), DaemonError> {
         notify_routes,
         notify_socket: notify_socket.clone(),
         state_changes: Arc::new(tokio::sync::Notify::new()),
+        events: tokio::sync::broadcast::channel(EVENT_QUEUE).0,
+        counters: Arc::default(),
         handover_fds: (socket.listener.as_raw_fd(), notify_fd),
         // Resolved now: after an upgrade on disk, /proc/self/exe names a deleted file.
         self_exe: std::env::current_exe()
             .map(|p| PathBuf::from(p.to_string_lossy().trim_end_matches(" (deleted)")))
             .unwrap_or_else(|_| PathBuf::from("/usr/bin/minder")),
     });
+    let metrics = match config.supervisor.metrics {
+        Some(address) => {
+            Some(crate::metrics::bind(address).map_err(|e| DaemonError::Metrics(address, e))?)
+        }
+        None => None,
+    };
     let socket_path = socket.path.clone();
     let (inputs_tx, inputs_rx) = mpsc::channel(INPUT_QUEUE);
     spawn_signal_handlers(inputs_tx.clone())?;
@@ -111,6 +126,7 @@ async fn serve(config: Config, options: Options) -> Result<(), DaemonError> {
 
     let systemd = Systemd::from_env(Arc::clone(&context.state_changes));
     Supervisor::new(config, context, inputs_tx_for_supervisor, saved)
+        .with_metrics(metrics)
         .with_systemd(systemd)
         .with_insecure_config(options.insecure_config)
         .run(inputs_rx)

@@ -251,6 +251,7 @@ pub async fn check_binary(binary: &Path, reaper: &crate::process::Reaper) -> Res
         environment: Vec::new(),
         user: None,
         group: None,
+        stdin: None,
         stdout: Output::Null,
         stderr: Output::Null,
         pid_variables: Vec::new(),

@@ -134,12 +134,14 @@ fn load_main(
 
     let mut supervisor: Option<SupervisorConfig> = None;
     let mut includes: Vec<(String, Span)> = Vec::new();
+    let mut hook_programs: Vec<(String, Span)> = Vec::new();
     if let Some(table) = parse_toml(&sources[0], &diags) {
         let mut root = TableReader::new(&sources[0], &diags, &table, "");
-        let (sup, inc) = match root.table("supervisor") {
+        let (sup, inc, refs) = match root.table("supervisor") {
             Some((r, _)) => schema::read_supervisor(r, defaults, &abs_dir),
-            None => (default_supervisor(defaults), Vec::new()),
+            None => (default_supervisor(defaults), Vec::new(), Vec::new()),
         };
+        hook_programs = refs;
         supervisor = Some(sup);
         includes = inc;
         read_programs(&mut root, &abs_path, 0, &mut drafts);
@@ -180,6 +182,15 @@ fn load_main(
     }
 
     check_programs(&sources, &diags, &drafts);
+    for (name, span) in &hook_programs {
+        if !drafts.iter().any(|d| &d.config.name == name) {
+            diags.error(
+                &sources[0],
+                span,
+                format!("\"programs\": unknown program \"{name}\""),
+            );
+        }
+    }
     if let Some(sup) = &supervisor {
         // Log names are relative to log_dir, known only once [supervisor] is read.
         for draft in &mut drafts {
@@ -212,6 +223,8 @@ fn default_supervisor(defaults: &Defaults) -> SupervisorConfig {
         log_format: super::LogFormat::Text,
         log_file: None,
         log_files: 7,
+        metrics: None,
+        hooks: Vec::new(),
     }
 }
 

@@ -70,7 +70,48 @@ pub struct SupervisorConfig {
     pub log_file: Option<PathBuf>,
     /// How many daily files of `log_file` to keep.
     pub log_files: usize,
+    /// Where to serve Prometheus metrics (`/metrics`, `/healthz`); off when `None`.
+    pub metrics: Option<std::net::SocketAddr>,
+    /// `[[supervisor.hooks]]`, in file order.
+    pub hooks: Vec<HookConfig>,
 }
+
+/// One `[[supervisor.hooks]]`: what to run when a process reaches a state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HookConfig {
+    /// Target states (`fatal`, `running`, ...) and health changes (`healthy`, `unhealthy`).
+    pub on: Vec<String>,
+    /// Programs it is for; empty means every program.
+    pub programs: Vec<String>,
+    /// What it does.
+    pub action: HookAction,
+    /// Bound for one run of the command, or one webhook attempt.
+    pub timeout: Duration,
+    /// Where the command runs: the main config file's directory.
+    pub directory: PathBuf,
+}
+
+/// What a hook does with an event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HookAction {
+    /// Runs this argv with the event on stdin and `MINDER_EVENT_*` variables.
+    Command(Vec<String>),
+    /// POSTs the event as JSON to this `http://` URL.
+    Webhook(String),
+}
+
+/// What `on` of a hook may name: the states of SPEC §3 and the two health changes.
+pub const HOOK_EVENTS: &[&str] = &[
+    "stopped",
+    "starting",
+    "running",
+    "backoff",
+    "stopping",
+    "exited",
+    "fatal",
+    "healthy",
+    "unhealthy",
+];
 
 /// Format of minder's own log (`[supervisor] log_format`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -14,6 +14,7 @@ use super::{
     placeholder, BackoffConfig, HealthConfig, ListenAddress, LogFormat, LogTarget, LogsConfig,
     OnUnhealthy, ProbeTarget, ProgramConfig, RestartPolicy, SupervisorConfig,
 };
+use super::{HookAction, HookConfig};
 
 /// Upper bound for `instances`: far above any sane use, low enough that a
 /// typo cannot make minder try to start millions of processes.
@@ -33,13 +34,23 @@ pub(crate) struct ProgramDraft {
     pub(crate) depends_on: Vec<(String, Span)>,
 }
 
+/// Names with where they are written.
+pub(crate) type SpannedNames = Vec<(String, Span)>;
+
 /// `[supervisor]` of the main file; `dir` is that file's (absolute) directory.
-/// Returns the settings and the `include` patterns with their spans.
+/// Returns the settings, the `include` patterns, and the program names hooks
+/// refer to (checked once every program is known), with their spans.
 pub(crate) fn read_supervisor(
     mut r: TableReader<'_, '_>,
     defaults: &Defaults,
     dir: &Path,
-) -> (SupervisorConfig, Vec<(String, Span)>) {
+) -> (SupervisorConfig, SpannedNames, SpannedNames) {
+    let metrics = r.get("metrics", socket_address);
+    let mut hook_programs = Vec::new();
+    let hooks = match r.raw("hooks") {
+        Some((_, value)) => read_hooks(&r, value, dir, &mut hook_programs),
+        None => Vec::new(),
+    };
     let sup = SupervisorConfig {
         socket: r
             .get("socket", conv::text)
@@ -67,10 +78,142 @@ pub(crate) fn read_supervisor(
         log_files: r
             .get("log_files", conv::int_in::<usize>(1, 10_000))
             .unwrap_or(7),
+        metrics,
+        hooks,
     };
     let include = r.get("include", include_list).unwrap_or_default();
     r.finish();
-    (sup, include)
+    (sup, include, hook_programs)
+}
+
+/// `metrics`: an `IP:PORT` to listen on.
+fn socket_address(v: &Value<'_>) -> Result<std::net::SocketAddr, ValueError> {
+    let text = conv::text(v)?;
+    text.parse().map_err(|_| {
+        ValueError::invalid(
+            format!("{text:?} is not IP:PORT (e.g. \"127.0.0.1:9101\" or \"[::1]:9101\")"),
+            v,
+        )
+    })
+}
+
+/// Default bound of one hook run or webhook attempt.
+const HOOK_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// `[[supervisor.hooks]]`: an array of tables. The `programs` entries are
+/// added to `refs` with their spans, to be checked once every program is known.
+fn read_hooks(
+    parent: &TableReader<'_, '_>,
+    value: &Value<'_>,
+    dir: &Path,
+    refs: &mut Vec<(String, Span)>,
+) -> Vec<HookConfig> {
+    let DeValue::Array(items) = value.get_ref() else {
+        parent.error(
+            &value.span(),
+            format!(
+                "\"hooks\": expected an array of tables ([[supervisor.hooks]]), found {}",
+                value.get_ref().type_str()
+            ),
+        );
+        return Vec::new();
+    };
+    let mut hooks = Vec::new();
+    for item in items {
+        let DeValue::Table(table) = item.get_ref() else {
+            parent.error(
+                &item.span(),
+                format!(
+                    "\"hooks\": expected a table ([[supervisor.hooks]]), found {}",
+                    item.get_ref().type_str()
+                ),
+            );
+            continue;
+        };
+        let mut r = TableReader::new(parent.src(), parent.diags(), table, "[[supervisor.hooks]]");
+        let on = r.get_spanned("on", conv::text_list);
+        let programs = r.get("programs", conv::text_list).unwrap_or_default();
+        let command = r.get_spanned("command", command);
+        let webhook = r.get_spanned("webhook", conv::text);
+        let timeout = r.get("timeout", positive_duration).unwrap_or(HOOK_TIMEOUT);
+        let on = match on {
+            Some((list, _)) if !list.is_empty() => {
+                for (name, span) in &list {
+                    if !crate::config::HOOK_EVENTS.contains(&name.as_str()) {
+                        r.error(
+                            span,
+                            format!(
+                                "\"on\": unknown event \"{name}\" (expected one of {})",
+                                crate::config::HOOK_EVENTS.join(", ")
+                            ),
+                        );
+                    }
+                }
+                list.into_iter().map(|(n, _)| n).collect()
+            }
+            Some((_, span)) => {
+                r.error(
+                    &span,
+                    "\"on\": is empty: name the states that run this hook",
+                );
+                Vec::new()
+            }
+            None => {
+                r.error(
+                    &item.span(),
+                    "[[supervisor.hooks]] needs \"on\" (e.g. on = [\"fatal\"])",
+                );
+                Vec::new()
+            }
+        };
+        let action = match (command, webhook) {
+            (Some((argv, _)), None) => Some(HookAction::Command(
+                argv.into_iter().map(|(a, _)| a).collect(),
+            )),
+            (None, Some((url, span))) => {
+                if url.starts_with("https://") {
+                    r.error(
+                        &span,
+                        "\"webhook\": https is not supported: post to a local relay over http, or use a \"command\" hook (e.g. curl) for https",
+                    );
+                } else if let Err(why) = crate::http::check_url(&url) {
+                    r.error(
+                        &span,
+                        format!(
+                            "\"webhook\": {url:?}: {why} (e.g. \"http://127.0.0.1:9000/hook\")"
+                        ),
+                    );
+                }
+                Some(HookAction::Webhook(url))
+            }
+            (None, None) => {
+                r.error(
+                    &item.span(),
+                    "[[supervisor.hooks]] needs one of \"command\" or \"webhook\"",
+                );
+                None
+            }
+            (Some(_), Some((_, span))) => {
+                r.error(
+                    &span,
+                    "[[supervisor.hooks]] takes one of \"command\" or \"webhook\", not both",
+                );
+                None
+            }
+        };
+        r.finish();
+        refs.extend(programs.iter().cloned());
+        if let Some(action) = action {
+            hooks.push(HookConfig {
+                on,
+                programs: programs.into_iter().map(|(p, _)| p).collect(),
+                action,
+                timeout,
+                directory: dir.to_path_buf(),
+            });
+        }
+    }
+    hooks
 }
 
 const LOG_LEVELS: &[&str] = &["error", "warn", "info", "debug", "trace"];

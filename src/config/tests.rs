@@ -564,14 +564,74 @@ fn placeholder_errors_at_the_value() {
 }
 
 #[test]
-fn future_keys_are_rejected_like_any_unknown_key() {
+fn metrics_address_and_hooks_are_read() {
+    let config = parse(
+        "[supervisor]\nmetrics = \"127.0.0.1:9101\"\n\n[[supervisor.hooks]]\non = [\"fatal\", \"unhealthy\"]\nprograms = [\"a\"]\ncommand = \"/bin/page-me --now\"\n\n[[supervisor.hooks]]\non = [\"running\"]\nwebhook = \"http://127.0.0.1:9000/hook\"\ntimeout = \"2s\"\n\n[program.a]\ncommand = \"x\"\n",
+    );
+    let sup = &config.supervisor;
+    assert_eq!(sup.metrics, Some("127.0.0.1:9101".parse().unwrap()));
+    assert_eq!(
+        sup.hooks,
+        vec![
+            HookConfig {
+                on: vec!["fatal".into(), "unhealthy".into()],
+                programs: vec!["a".into()],
+                action: HookAction::Command(vec!["/bin/page-me".into(), "--now".into()]),
+                timeout: Duration::from_secs(10),
+                directory: PathBuf::from("/cfg"),
+            },
+            HookConfig {
+                on: vec!["running".into()],
+                programs: vec![],
+                action: HookAction::Webhook("http://127.0.0.1:9000/hook".into()),
+                timeout: Duration::from_secs(2),
+                directory: PathBuf::from("/cfg"),
+            },
+        ]
+    );
+    assert_eq!(
+        parse("[program.a]\ncommand = \"x\"\n").supervisor.metrics,
+        None
+    );
+}
+
+#[test]
+fn metrics_and_hook_errors_name_the_cause() {
     assert_error(
-        "[supervisor]\nmetrics = \"127.0.0.1:9101\"\n",
-        "2:1: unknown key \"metrics\" in [supervisor]",
+        "[supervisor]\nmetrics = \"localhost\"\n",
+        "2:11: \"metrics\": \"localhost\" is not IP:PORT (e.g. \"127.0.0.1:9101\" or \"[::1]:9101\")",
+    );
+    assert_error(
+        "[[supervisor.hooks]]\non = [\"crashed\"]\ncommand = \"x\"\n",
+        "2:7: \"on\": unknown event \"crashed\" (expected one of stopped, starting, running, backoff, stopping, exited, fatal, healthy, unhealthy)",
+    );
+    assert_error(
+        "[[supervisor.hooks]]\non = []\ncommand = \"x\"\n",
+        "2:6: \"on\": is empty: name the states that run this hook",
     );
     assert_error(
         "[[supervisor.hooks]]\non = [\"fatal\"]\n",
-        "1:14: unknown key \"hooks\" in [supervisor]",
+        "1:1: [[supervisor.hooks]] needs one of \"command\" or \"webhook\"",
+    );
+    assert_error(
+        "[[supervisor.hooks]]\non = [\"fatal\"]\ncommand = \"x\"\nwebhook = \"http://h/\"\n",
+        "4:11: [[supervisor.hooks]] takes one of \"command\" or \"webhook\", not both",
+    );
+    assert_error(
+        "[[supervisor.hooks]]\non = [\"fatal\"]\nwebhook = \"https://pager.example/x\"\n",
+        "3:11: \"webhook\": https is not supported: post to a local relay over http, or use a \"command\" hook (e.g. curl) for https",
+    );
+    assert_error(
+        "[[supervisor.hooks]]\non = [\"fatal\"]\ncommand = \"x\"\nprograms = [\"ghost\"]\n",
+        "4:13: \"programs\": unknown program \"ghost\"",
+    );
+    assert_error(
+        "[[supervisor.hooks]]\non = [\"fatal\"]\ncommand = \"x\"\nretries = 3\n",
+        "4:1: unknown key \"retries\" in [[supervisor.hooks]]",
+    );
+    assert_error(
+        "[supervisor]\nhooks = 1\n",
+        "2:9: \"hooks\": expected an array of tables ([[supervisor.hooks]]), found integer",
     );
 }
 

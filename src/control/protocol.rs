@@ -58,6 +58,13 @@ pub enum Request {
     },
     /// Reopen every captured log file (after an external logrotate).
     ReopenLogs,
+    /// Stream state changes of the named processes or programs (all when
+    /// empty) until the connection closes: an acknowledgement, then one
+    /// [`StateEvent`] per change.
+    Events {
+        #[serde(default)]
+        names: Vec<String>,
+    },
     /// Stop everything and exit.
     Shutdown,
     /// Re-execute the daemon's binary (or `binary`), keeping every child.
@@ -227,6 +234,53 @@ pub struct TailChunk {
     /// Output left out before this chunk because the reader was too slow.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub skipped_bytes: u64,
+}
+
+/// A change of a process's state or health, as `ctl events` and hooks see it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StateEvent {
+    /// When it happened, RFC 3339 (UTC, milliseconds).
+    pub time: String,
+    /// The process (`web` or `web:0`).
+    pub name: String,
+    /// Its program.
+    pub program: String,
+    /// The state before (or the health before, for a health change).
+    pub from: String,
+    /// The state after (`running`, `fatal`, ...), or `healthy`/`unhealthy`.
+    pub to: String,
+    /// Why, in words: an exit status or signal, a probe's message, the
+    /// request that caused it (`ctl stop`, `reload`, `autostart`, `shutdown`).
+    pub reason: String,
+    /// The process's PID when it has a live one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<i32>,
+    /// Events left out before this one because the reader was too slow.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub skipped_events: u64,
+}
+
+impl std::fmt::Display for StateEvent {
+    /// One line of `ctl events`: `TIME NAME FROM -> TO (REASON)`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} {} {} -> {}",
+            self.time, self.name, self.from, self.to
+        )?;
+        if !self.reason.is_empty() {
+            write!(f, " ({})", self.reason)?;
+        }
+        Ok(())
+    }
+}
+
+/// The first line of an `events` stream: the names being followed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EventsStart {
+    /// The processes selected now (programs added later by a reload are
+    /// followed too when their program was named, or when nothing was).
+    pub following: Vec<String>,
 }
 
 /// Parses one request line, checking the version.

@@ -9,10 +9,13 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, oneshot};
 
-use super::protocol::{parse_request, ErrorKind, Reply, Request, TailChunk, MAX_REQUEST};
+use super::protocol::{
+    parse_request, ErrorKind, Reply, Request, StateEvent, TailChunk, MAX_REQUEST,
+};
 use crate::config::SupervisorConfig;
 use crate::logs::TailEvent;
-use crate::supervisor::{Input, TailStart};
+use crate::supervisor::{EventsSubscription, Input, TailStart};
+use tokio::sync::broadcast;
 
 /// Why the control socket could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -278,6 +281,29 @@ async fn connection(
                     Err(reply) => reply,
                 }
             }
+            Ok(Request::Events { names }) => {
+                let (tx, rx) = oneshot::channel();
+                let start = match inputs.try_send(Input::Events(names, tx)) {
+                    Ok(()) => rx.await.unwrap_or_else(|_| {
+                        Err(Reply::error(
+                            ErrorKind::ShuttingDown,
+                            "minder is shutting down",
+                        ))
+                    }),
+                    Err(mpsc::error::TrySendError::Full(_)) => {
+                        Err(Reply::error(ErrorKind::Failed, "minder is busy, try again"))
+                    }
+                    Err(mpsc::error::TrySendError::Closed(_)) => Err(Reply::error(
+                        ErrorKind::ShuttingDown,
+                        "minder is shutting down",
+                    )),
+                };
+                match start {
+                    // The stream ends with the connection.
+                    Ok(subscription) => return events(&mut write, &mut reader, subscription).await,
+                    Err(reply) => reply,
+                }
+            }
             Ok(request) => {
                 let (tx, rx) = oneshot::channel();
                 match inputs.try_send(Input::Control(request, tx)) {
@@ -344,6 +370,42 @@ async fn tail(
                 }
                 Some(TailEvent::Skipped(n)) => chunk.skipped_bytes += n,
                 None => return Ok(()),
+            },
+            // Anything the client sends now is ignored; EOF means it is gone.
+            read = reader.read(&mut probe) => {
+                if matches!(read, Ok(0) | Err(_)) {
+                    return Ok(());
+                }
+            }
+        }
+    }
+}
+
+/// Sends an `events` stream: the acknowledgement, then each matching state
+/// change until the daemon exits or the client hangs up.
+async fn events(
+    write: &mut tokio::net::unix::OwnedWriteHalf,
+    reader: &mut BufReader<tokio::net::unix::OwnedReadHalf>,
+    mut subscription: EventsSubscription,
+) -> io::Result<()> {
+    send(write, &Reply::ok(&subscription.start)).await?;
+    let mut skipped = 0;
+    let mut probe = [0u8; 512];
+    loop {
+        tokio::select! {
+            event = subscription.events.recv() => match event {
+                Ok(event) if subscription.wants(&event) => {
+                    if skipped == 0 {
+                        send(write, &Reply::ok(&*event)).await?;
+                    } else {
+                        let event = StateEvent { skipped_events: skipped, ..(*event).clone() };
+                        send(write, &Reply::ok(&event)).await?;
+                        skipped = 0;
+                    }
+                }
+                Ok(_) => {}
+                Err(broadcast::error::RecvError::Lagged(n)) => skipped += n,
+                Err(broadcast::error::RecvError::Closed) => return Ok(()),
             },
             // Anything the client sends now is ignored; EOF means it is gone.
             read = reader.read(&mut probe) => {

@@ -49,7 +49,10 @@ const WARN_EVERY: Duration = Duration::from_secs(10);
 /// Counters of one process's capture, read by `status`.
 #[derive(Debug, Default)]
 pub struct LogStats {
-    dropped_bytes: AtomicU64,
+    /// Bytes written to the log files, by stream (stdout, stderr).
+    written: [AtomicU64; 2],
+    /// Bytes lost because the log file could not be written, by stream.
+    dropped: [AtomicU64; 2],
     /// `[read, write]` of the stdout and stderr pipes once made (stable for
     /// the process's life), for handing them over on `reexec`.
     fds: std::sync::OnceLock<[Option<[RawFd; 2]>; 2]>,
@@ -68,7 +71,16 @@ impl LogStats {
 
     /// Output bytes lost because the log file could not be written.
     pub fn dropped_bytes(&self) -> u64 {
-        self.dropped_bytes.load(Ordering::Relaxed)
+        self.dropped.iter().map(|d| d.load(Ordering::Relaxed)).sum()
+    }
+
+    /// Bytes of `stream` written to its log file and bytes dropped.
+    pub fn bytes(&self, stream: Stream) -> (u64, u64) {
+        let i = stream as usize;
+        (
+            self.written[i].load(Ordering::Relaxed),
+            self.dropped[i].load(Ordering::Relaxed),
+        )
     }
 }
 
@@ -76,9 +88,9 @@ impl LogStats {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stream {
     /// fd 1.
-    Stdout,
+    Stdout = 0,
     /// fd 2.
-    Stderr,
+    Stderr = 1,
 }
 
 impl Stream {
@@ -571,7 +583,7 @@ impl Capture {
             let common = &self.common;
             Box::new(Sink {
                 name: Arc::clone(&common.name),
-                stream: self.stream.name(),
+                stream: self.stream,
                 file: RotatingFile::new(self.path.to_path_buf(), common.rotation),
                 stamper: common.timestamps.then(Stamper::default),
                 stats: Arc::clone(&common.stats),
@@ -872,7 +884,7 @@ struct Common {
 /// The file side of one stream; runs on the blocking pool.
 struct Sink {
     name: Arc<str>,
-    stream: &'static str,
+    stream: Stream,
     file: RotatingFile,
     stamper: Option<Stamper>,
     stats: Arc<LogStats>,
@@ -943,7 +955,10 @@ impl Sink {
                     complete = false;
                     break;
                 }
-                Ok(n) => rest = &rest[n..],
+                Ok(n) => {
+                    self.stats.written[self.stream as usize].fetch_add(n as u64, Ordering::Relaxed);
+                    rest = &rest[n..];
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
                     self.dropped(rest.len(), &e);
@@ -973,14 +988,14 @@ impl Sink {
 
     fn dropped(&mut self, bytes: usize, error: &io::Error) {
         let bytes = bytes as u64;
-        self.stats.dropped_bytes.fetch_add(bytes, Ordering::Relaxed);
+        self.stats.dropped[self.stream as usize].fetch_add(bytes, Ordering::Relaxed);
         let now = Instant::now();
         match &mut self.failing {
             None => {
                 tracing::warn!(
                     process = %self.name,
                     "dropping {} output: cannot write {}: {error}",
-                    self.stream,
+                    self.stream.name(),
                     self.file.path().display()
                 );
                 self.failing = Some(Failing {
@@ -997,7 +1012,7 @@ impl Sink {
                         process = %self.name,
                         "dropped {} more bytes of {} output: {}: {error}",
                         f.since_warning,
-                        self.stream,
+                        self.stream.name(),
                         self.file.path().display()
                     );
                     f.since_warning = 0;
@@ -1011,7 +1026,7 @@ impl Sink {
 impl Drop for Sink {
     fn drop(&mut self) {
         if let Some(f) = &self.failing {
-            tracing::info!(process = %self.name, "{} bytes of {} output were dropped in all", f.total, self.stream);
+            tracing::info!(process = %self.name, "{} bytes of {} output were dropped in all", f.total, self.stream.name());
         }
     }
 }

@@ -3,8 +3,11 @@
 //! the command's whole process group killed if it overruns or the caller
 //! gives up waiting.
 
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::AsRawFd;
+
 use std::time::Duration;
+use tokio::io::AsyncReadExt;
+use tokio::net::unix::pipe;
 
 use nix::fcntl::OFlag;
 use nix::sys::signal::Signal;
@@ -12,7 +15,8 @@ use nix::unistd::Pid;
 
 use super::{send_signal, spawn, Output, ProcessEnd, Reaper, SpawnError, SpawnRequest};
 
-/// How much of the captured stream is kept.
+/// How much of the captured output is kept; the rest is read and discarded,
+/// so a chatty command never blocks on a full pipe.
 const CAPTURE_BOUND: usize = 4096;
 
 /// Which stream to capture (the other goes to /dev/null).
@@ -22,6 +26,8 @@ pub enum Capture {
     Stdout,
     /// stderr.
     Stderr,
+    /// stdout and stderr together, as the command interleaves them.
+    Both,
 }
 
 /// Why a command did not run to completion.
@@ -39,7 +45,7 @@ pub enum RunError {
 }
 
 /// Runs `request` (its stdout/stderr replaced) and returns how it ended and
-/// the first [`CAPTURE_BOUND`] bytes of the captured stream.
+/// the first [`CAPTURE_BOUND`] bytes of the captured output.
 pub async fn run_captured(
     mut request: SpawnRequest,
     capture: Capture,
@@ -56,19 +62,63 @@ pub async fn run_captured(
     (request.stdout, request.stderr) = match capture {
         Capture::Stdout => (captured, discarded),
         Capture::Stderr => (discarded, captured),
+        Capture::Both => (captured, captured),
     };
     let spawned = spawn(&request, reaper)?;
     drop(write);
     // Whatever happens below (a timeout, or the caller dropping this future),
     // the command's whole group must not outlive it.
     let guard = KillOnDrop(spawned.pid);
-    let end = match tokio::time::timeout(timeout, spawned.exit).await {
+    let mut pipe = pipe::Receiver::from_owned_fd(read).ok();
+    let mut kept = Vec::new();
+    let mut chunk = vec![0u8; 16 * 1024];
+    let exit = spawned.exit;
+    tokio::pin!(exit);
+    let waited = tokio::time::timeout(timeout, async {
+        loop {
+            tokio::select! {
+                end = &mut exit => return end,
+                read = read_some(pipe.as_mut(), &mut chunk) => match read {
+                    Some(n) => keep(&mut kept, &chunk[..n]),
+                    // EOF or an error: only the exit is left to wait for.
+                    None => pipe = None,
+                },
+            }
+        }
+    })
+    .await;
+    let end = match waited {
         Err(_) => return Err(RunError::TimedOut),
         Ok(Err(_)) => return Err(RunError::Lost),
         Ok(Ok(end)) => end,
     };
     drop(guard);
-    Ok((end, read_available(read)))
+    // What it wrote just before exiting; a grandchild that keeps the pipe
+    // open is not waited for.
+    while let Some(p) = &pipe {
+        match p.try_read(&mut chunk) {
+            Ok(n) if n > 0 => keep(&mut kept, &chunk[..n]),
+            _ => break,
+        }
+    }
+    Ok((end, String::from_utf8_lossy(&kept).into_owned()))
+}
+
+/// Reads a chunk from the pipe; `None` at EOF or on error, pending forever without a pipe.
+async fn read_some(pipe: Option<&mut pipe::Receiver>, chunk: &mut [u8]) -> Option<usize> {
+    match pipe {
+        Some(p) => match p.read(chunk).await {
+            Ok(0) | Err(_) => None,
+            Ok(n) => Some(n),
+        },
+        None => std::future::pending().await,
+    }
+}
+
+/// Appends to `kept` up to [`CAPTURE_BOUND`] bytes in all.
+fn keep(kept: &mut Vec<u8>, data: &[u8]) {
+    let room = CAPTURE_BOUND.saturating_sub(kept.len());
+    kept.extend_from_slice(&data[..data.len().min(room)]);
 }
 
 /// SIGKILLs a process group when dropped.
@@ -79,17 +129,4 @@ impl Drop for KillOnDrop {
         // After a normal exit the group is usually empty: ESRCH is fine.
         let _ = send_signal(self.0, Signal::SIGKILL, true);
     }
-}
-
-/// Reads what the (non-blocking) pipe holds, up to [`CAPTURE_BOUND`].
-fn read_available(fd: OwnedFd) -> String {
-    let mut buf = vec![0u8; CAPTURE_BOUND];
-    let mut got = 0;
-    while got < buf.len() {
-        match nix::unistd::read(&fd, &mut buf[got..]) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => got += n,
-        }
-    }
-    String::from_utf8_lossy(&buf[..got]).into_owned()
 }

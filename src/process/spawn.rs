@@ -62,6 +62,9 @@ pub struct SpawnRequest {
     pub user: Option<String>,
     /// Group to run as (name or numeric id); defaults to the user's primary group.
     pub group: Option<String>,
+    /// The child's stdin: this fd of minder's (kept open by the caller until
+    /// `spawn` returns), or /dev/null.
+    pub stdin: Option<RawFd>,
     /// Where the child's stdout goes.
     pub stdout: Output,
     /// Where the child's stderr goes.
@@ -277,7 +280,7 @@ pub fn spawn_unconfirmed(
                 directory: &prepared.directory,
                 identity: prepared.identity.as_ref(),
                 groups: &group_list,
-                stdin: devnull.as_raw_fd(),
+                stdin: req.stdin.unwrap_or(devnull.as_raw_fd()),
                 stdout: output_fd(req.stdout, devnull.as_raw_fd()),
                 stderr: output_fd(req.stderr, devnull.as_raw_fd()),
                 report: err_write.as_raw_fd(),

@@ -6,14 +6,16 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use nix::sys::signal::Signal;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio::time::sleep_until;
 
 use super::state::{Effect, Event, Health, Machine, NotifyMessage, Outcome, Retiring, State};
 use crate::config::{ProcessSpec, ProgramConfig};
+use crate::control::protocol::StateEvent;
 use crate::health::{ProbeResult, Prober};
 use crate::logs::{LogRequest, LogStats, ProcessLogs};
 use crate::mailbox::{Mailbox, SendError};
+use crate::metrics::ProbeStats;
 use crate::notify::NotifyRoutes;
 use crate::process::{self, ExitReceiver, Output, ProcessEnd, Reaper, SpawnRequest};
 use crate::sockets::ListenSet;
@@ -43,6 +45,36 @@ pub struct Context {
     pub self_exe: PathBuf,
     /// Woken when a process changes state or health (for systemd's `STATUS=`/`READY=1`).
     pub state_changes: Arc<tokio::sync::Notify>,
+    /// Every state and health change, for `ctl events` and hooks. Sending
+    /// never waits: a reader that falls behind loses the oldest events.
+    pub events: broadcast::Sender<Arc<StateEvent>>,
+    /// minder's own counters for `/metrics`.
+    pub counters: Arc<crate::metrics::Counters>,
+}
+
+/// Who asked for a start or stop: the reason a state change gives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cause {
+    /// `autostart` when the daemon starts.
+    Autostart,
+    /// A `minder ctl` request.
+    Request,
+    /// A config reload.
+    Reload,
+    /// The daemon shutting down.
+    Shutdown,
+}
+
+impl Cause {
+    /// The reason given for a change caused by `command` (`start`, `stop`, ...).
+    fn reason(self, command: &str) -> String {
+        match self {
+            Cause::Autostart => "autostart".to_string(),
+            Cause::Request => format!("ctl {command}"),
+            Cause::Reload => "reload".to_string(),
+            Cause::Shutdown => "shutdown".to_string(),
+        }
+    }
 }
 
 /// Commands queued per process; a full queue is reported as busy.
@@ -56,13 +88,15 @@ pub enum Command {
     /// later `ctl stop`).
     Start {
         unless_stopped_since: Option<u64>,
+        cause: Cause,
         reply: Option<oneshot::Sender<Outcome>>,
     },
     /// Stop, replying once no child is left.
     Stop {
+        cause: Cause,
         reply: Option<oneshot::Sender<Outcome>>,
     },
-    /// Stop (if running) then start.
+    /// Stop (if running) then start (`ctl restart`).
     Restart {
         reply: Option<oneshot::Sender<Outcome>>,
     },
@@ -118,6 +152,8 @@ pub struct ProcessStatus {
     pub notify_status: Option<String>,
     /// The old process of a rolling restart, shown beside the new one.
     pub retiring: Option<Retiring>,
+    /// Probe counters for metrics (programs with a health check only).
+    pub probes: Option<Arc<ProbeStats>>,
     /// Consecutive failed starts (kept across `reexec`).
     pub failures: u32,
     /// Position in the backoff sequence (kept across `reexec`).
@@ -218,6 +254,10 @@ pub struct ProcessActor {
     stop_epoch: u64,
     removed: bool,
     logs: ProcessLogs,
+    /// Probe counters for metrics (programs with a health check only).
+    probes: Option<Arc<ProbeStats>>,
+    /// The reason for changes made while a command is being handled.
+    cause: Option<String>,
 }
 
 impl ProcessActor {
@@ -247,8 +287,15 @@ impl ProcessActor {
         // rather than amid a spawn's temporaries where they would pin memory
         // the allocator could otherwise give back. A failure is retried at spawn.
         let _ = logs.outputs();
-        let (status_tx, status_rx) =
-            watch::channel(snapshot(&spec, &machine, 0, None, logs.stats()));
+        let probes = spec.probe.as_ref().map(|_| Arc::new(ProbeStats::default()));
+        let (status_tx, status_rx) = watch::channel(snapshot(
+            &spec,
+            &machine,
+            0,
+            None,
+            logs.stats(),
+            probes.clone(),
+        ));
         // Only programs that use the notify socket pay for a channel.
         let (notify_tx, notify) = if uses_notify(&cfg) {
             let (tx, rx) = mpsc::channel(NOTIFY_QUEUE);
@@ -285,6 +332,8 @@ impl ProcessActor {
             stop_epoch: 0,
             removed: false,
             logs,
+            probes,
+            cause: None,
         };
         let mut actor = actor;
         if let Some(pid) = actor.machine.state.pid() {
@@ -384,6 +433,7 @@ impl ProcessActor {
         match command {
             Command::Start {
                 unless_stopped_since,
+                cause,
                 reply,
             } => {
                 if unless_stopped_since.is_some_and(|epoch| epoch != self.stop_epoch) {
@@ -395,7 +445,7 @@ impl ProcessActor {
                     return;
                 }
                 self.add_waiter(Wait::Start, reply);
-                self.feed(Event::Start);
+                self.feed_because(cause.reason("start"), Event::Start);
             }
             Command::Reconfigure { spec, cfg, reply } => {
                 let old_spec = std::mem::replace(&mut self.spec, spec);
@@ -403,7 +453,7 @@ impl ProcessActor {
                 if matches!(self.machine.state, State::Running { .. }) {
                     self.previous = Some((old_spec, old_cfg));
                     self.add_waiter(Wait::Start, reply);
-                    self.feed(Event::Restart);
+                    self.feed_because(Cause::Reload.reason("restart"), Event::Restart);
                 } else if let Some(reply) = reply {
                     // Not running: the new settings apply at its next start.
                     let _ = reply.send(Outcome::Done);
@@ -411,16 +461,16 @@ impl ProcessActor {
             }
             Command::Restart { reply } => {
                 self.add_waiter(Wait::Start, reply);
-                self.feed(Event::Restart);
+                self.feed_because(Cause::Request.reason("restart"), Event::Restart);
             }
-            Command::Stop { reply } => {
+            Command::Stop { cause, reply } => {
                 self.stop_epoch += 1;
                 self.add_waiter(Wait::Stop, reply);
-                self.feed(Event::Stop);
+                self.feed_because(cause.reason("stop"), Event::Stop);
             }
             Command::Remove => {
                 self.stop_epoch += 1;
-                self.feed(Event::Remove);
+                self.feed_because(Cause::Reload.reason("remove"), Event::Remove);
             }
             Command::Kill => {
                 let retiring = self.machine.retiring.map(|r| r.pid);
@@ -463,6 +513,13 @@ impl ProcessActor {
         }
     }
 
+    /// Feeds an event caused by a request: the changes it makes give `reason`.
+    fn feed_because(&mut self, reason: String, event: Event) {
+        self.cause = Some(reason);
+        self.feed(event);
+        self.cause = None;
+    }
+
     /// Feeds an event and carries out the effects, which may produce more events.
     fn feed(&mut self, event: Event) {
         let mut events = VecDeque::from([event]);
@@ -471,6 +528,7 @@ impl ProcessActor {
             let now = tokio::time::Instant::now().into_std();
             let sample = fastrand::f64() * 2.0 - 1.0;
             let from = self.machine.state.name();
+            let health = self.machine.health;
             let effects = self.machine.step(&self.cfg, event, now, sample);
             let to = self.machine.state.name();
             if from != to {
@@ -479,6 +537,12 @@ impl ProcessActor {
                     "{from} -> {to}{}",
                     describe(&self.machine.description)
                 );
+                self.announce(from, to);
+            }
+            if health != self.machine.health
+                && matches!(self.machine.health, Health::Healthy | Health::Unhealthy)
+            {
+                self.announce(health.name(), self.machine.health.name());
             }
             for effect in effects {
                 match effect {
@@ -523,6 +587,29 @@ impl ProcessActor {
         self.sync_probing();
         self.sync_notify_route();
         self.publish();
+    }
+
+    /// Tells `ctl events` readers and hooks about a change that just happened.
+    fn announce(&self, from: &str, to: &str) {
+        // Nobody listening (no `ctl events`, no hooks): skip building it.
+        if self.context.events.receiver_count() == 0 {
+            return;
+        }
+        let reason = match &self.cause {
+            Some(cause) => cause.clone(),
+            None => self.machine.description.clone(),
+        };
+        let event = StateEvent {
+            time: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
+            name: self.spec.name.clone(),
+            program: self.spec.program.clone(),
+            from: from.to_string(),
+            to: to.to_string(),
+            reason,
+            pid: self.machine.state.pid().map(|p| p.as_raw()),
+            skipped_events: 0,
+        };
+        let _ = self.context.events.send(Arc::new(event));
     }
 
     /// `MAINPID=`: the program forked; follow the new main process. Returns an
@@ -595,6 +682,9 @@ impl ProcessActor {
 
     fn on_probe_result(&mut self, pid: Pid, result: ProbeResult) {
         tracing::debug!(process = %self.spec.name, ok = result.ok, "probe: {}", result.message);
+        if let Some(probes) = &self.probes {
+            probes.record(&result);
+        }
         let event = Event::Probe {
             pid,
             ok: result.ok,
@@ -649,6 +739,7 @@ impl ProcessActor {
             environment,
             user: self.cfg.user.clone(),
             group: self.cfg.group.clone(),
+            stdin: None,
             stdout: Output::MinderStderr,
             stderr: Output::MinderStderr,
             pid_variables,
@@ -723,6 +814,7 @@ impl ProcessActor {
             self.stop_epoch,
             self.last_probe.clone(),
             self.logs.stats(),
+            self.probes.clone(),
         ));
         if crate::systemd::affects_summary(&previous, &self.status.borrow()) {
             self.context.state_changes.notify_one();
@@ -758,6 +850,7 @@ fn snapshot(
     stop_epoch: u64,
     last_probe: Option<ProbeResult>,
     logs: Arc<LogStats>,
+    probes: Option<Arc<ProbeStats>>,
 ) -> ProcessStatus {
     ProcessStatus {
         name: spec.name.clone(),
@@ -774,6 +867,7 @@ fn snapshot(
         last_probe,
         notify_status: machine.notify_status.clone(),
         retiring: machine.retiring,
+        probes,
         failures: machine.failures,
         backoff_step: machine.backoff_step,
     }

@@ -7,20 +7,22 @@ pub mod backoff;
 mod order;
 pub mod state;
 
-pub use actor::{Command, Context, ProcessActor, ProcessHandle, ProcessStatus};
+pub use actor::{Cause, Command, Context, ProcessActor, ProcessHandle, ProcessStatus};
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::config::{self, Config, Defaults};
 use crate::control::protocol::{
-    ActionReply, ActionResult, ErrorKind, LastProbe, PidReply, ProcessInfo, ReloadReply, Reply,
-    Request, StatusReply,
+    ActionReply, ActionResult, ErrorKind, EventsStart, LastProbe, PidReply, ProcessInfo,
+    ReloadReply, Reply, Request, StateEvent, StatusReply,
 };
+use crate::hooks::{HookContext, Hooks};
 use crate::logs::{LogRequest, Stream, TailReply};
+use crate::metrics::Scrape;
 use crate::reexec::{self, SavedListen, SavedState};
 use crate::sockets::ListenSet;
 use crate::systemd::Systemd;
@@ -44,6 +46,37 @@ pub enum Input {
     Tail(Request, oneshot::Sender<Result<TailStart, Reply>>),
     /// SIGUSR1: reopen every captured log file.
     ReopenLogs,
+    /// An `events` request for these names (all when empty).
+    Events(
+        Vec<String>,
+        oneshot::Sender<Result<EventsSubscription, Reply>>,
+    ),
+    /// A `/metrics` scrape.
+    Scrape(oneshot::Sender<Scrape>),
+    /// `/healthz`: answered as soon as the loop gets to it.
+    Ping(oneshot::Sender<()>),
+}
+
+/// An accepted `events` request: the stream and what to pick from it.
+#[derive(Debug)]
+pub struct EventsSubscription {
+    /// The acknowledgement sent first.
+    pub start: EventsStart,
+    /// Every state change from the moment of the request.
+    pub events: broadcast::Receiver<Arc<StateEvent>>,
+    /// Process or program names to keep; empty keeps everything.
+    names: Vec<String>,
+}
+
+impl EventsSubscription {
+    /// Whether the reader asked for this event.
+    pub fn wants(&self, event: &StateEvent) -> bool {
+        self.names.is_empty()
+            || self
+                .names
+                .iter()
+                .any(|n| *n == event.name || *n == event.program)
+    }
 }
 
 /// The answer to a `tail` request.
@@ -76,6 +109,10 @@ pub struct Supervisor {
     systemd: Systemd,
     /// `--insecure-config`: accept config files others than root could change.
     insecure_config: bool,
+    /// The `/metrics` server and the address it serves, when configured.
+    metrics: Option<(std::net::SocketAddr, tokio::task::JoinHandle<()>)>,
+    /// The config's hooks.
+    hooks: Hooks,
 }
 
 impl Supervisor {
@@ -97,7 +134,10 @@ impl Supervisor {
             inputs,
             resumed: saved.is_some(),
             insecure_config: false,
+            metrics: None,
+            hooks: Hooks::none(),
         };
+        supervisor.hooks = supervisor.start_hooks(&config);
         let mut machines = HashMap::new();
         if let Some(saved) = saved {
             crate::logs::offer_saved_pipes(saved.logs.clone());
@@ -124,6 +164,26 @@ impl Supervisor {
     pub fn with_systemd(mut self, systemd: Systemd) -> Supervisor {
         self.systemd = systemd;
         self
+    }
+
+    /// Serves `/metrics` on `listener`, bound to the configured `metrics` address.
+    pub fn with_metrics(mut self, listener: Option<tokio::net::TcpListener>) -> Supervisor {
+        if let (Some(listener), Some(address)) = (listener, self.config.supervisor.metrics) {
+            let task = tokio::spawn(crate::metrics::serve(listener, self.inputs.clone()));
+            self.metrics = Some((address, task));
+        }
+        self
+    }
+
+    fn start_hooks(&self, config: &Config) -> Hooks {
+        Hooks::start(
+            &config.supervisor.hooks,
+            &self.context.events,
+            HookContext {
+                reaper: Arc::clone(&self.context.reaper),
+                counters: Arc::clone(&self.context.counters),
+            },
+        )
     }
 
     /// Accepts (on reload too) config files that others than root could change.
@@ -176,8 +236,8 @@ impl Supervisor {
         handles
     }
 
-    fn topology(&self) -> Topology {
-        Topology::new(&self.config, &self.processes)
+    fn topology(&self, cause: Cause) -> Topology {
+        Topology::new(&self.config, &self.processes, cause)
     }
 
     /// Runs until shutdown: starts autostart programs, then serves inputs.
@@ -191,7 +251,7 @@ impl Supervisor {
             })
             .cloned()
             .collect();
-        let topology = self.topology();
+        let topology = self.topology(Cause::Autostart);
         let autostart_done = self.systemd.autostart_tracker();
         tokio::spawn(async move {
             topology.start(autostart).await;
@@ -228,6 +288,15 @@ impl Supervisor {
                     tokio::spawn(reopen_logs(self.processes.clone()));
                 }
                 Input::Reexec(binary, reply) => self.reexec(binary, reply),
+                Input::Events(names, reply) => {
+                    let _ = reply.send(self.subscribe(names));
+                }
+                Input::Scrape(reply) => {
+                    let _ = reply.send(self.scrape());
+                }
+                Input::Ping(reply) => {
+                    let _ = reply.send(());
+                }
             }
         }
         self.systemd.stopping();
@@ -244,14 +313,14 @@ impl Supervisor {
                 .map(|handles| Reply::ok(status_reply(&handles))),
             Request::Start { names, wait } => match self.select(&names, false) {
                 Ok(handles) => {
-                    let topology = self.topology();
+                    let topology = self.topology(Cause::Request);
                     return spawn_reply(reply, wait, topology.start(handles));
                 }
                 Err(e) => Err(e),
             },
             Request::Stop { names, wait } => match self.select(&names, false) {
                 Ok(handles) => {
-                    let topology = self.topology();
+                    let topology = self.topology(Cause::Request);
                     return spawn_reply(reply, wait, topology.stop(handles));
                 }
                 Err(e) => Err(e),
@@ -301,9 +370,9 @@ impl Supervisor {
             Request::ReopenLogs => {
                 return spawn_reply(reply, true, reopen_logs(self.processes.clone()));
             }
-            Request::Tail { .. } => Err(Reply::error(
+            Request::Tail { .. } | Request::Events { .. } => Err(Reply::error(
                 ErrorKind::BadRequest,
-                "tail is answered on its own path",
+                "tail and events are answered on their own path",
             )),
             // The loop takes `Shutdown` before it gets here.
             Request::Reexec { binary } => {
@@ -400,6 +469,32 @@ impl Supervisor {
             };
             let _ = reply.send(answer);
         });
+    }
+
+    /// What `/metrics` shows now.
+    fn scrape(&self) -> Scrape {
+        Scrape {
+            processes: self.processes.iter().map(ProcessHandle::status).collect(),
+            counters: Arc::clone(&self.context.counters),
+            hooks: self.config.supervisor.hooks.len(),
+        }
+    }
+
+    /// Starts an `events` stream after checking the names.
+    fn subscribe(&self, names: Vec<String>) -> Result<EventsSubscription, Reply> {
+        let selected = self.select(&names, true)?;
+        let names = if names.iter().any(|n| n == "all") {
+            Vec::new()
+        } else {
+            names
+        };
+        Ok(EventsSubscription {
+            start: EventsStart {
+                following: selected.iter().map(|h| h.name.clone()).collect(),
+            },
+            events: self.context.events.subscribe(),
+            names,
+        })
     }
 
     /// Resolves names (process, program, or `all`) to handles, in config order.
@@ -549,6 +644,7 @@ impl Supervisor {
             Reply::Error(e) => Some(e.message.as_str()),
             Reply::Ok(_) => None,
         };
+        self.context.counters.reloaded(error.is_none());
         self.systemd.reloaded(&self.processes, error);
         reply
     }
@@ -569,6 +665,34 @@ impl Supervisor {
             if let Err(e) = config::check_trusted(&new) {
                 return Reply::error(ErrorKind::Failed, format!("config not reloaded: {e}"));
             }
+        }
+        // Bound before anything changes: an address in use rejects the reload.
+        let metrics = match new.supervisor.metrics {
+            Some(address) if new.supervisor.metrics != self.config.supervisor.metrics => {
+                match crate::metrics::bind(address) {
+                    Ok(listener) => Some(Some((address, listener))),
+                    Err(e) => {
+                        return Reply::error(
+                            ErrorKind::Failed,
+                            format!("config not reloaded: metrics {address}: {e}"),
+                        )
+                    }
+                }
+            }
+            Some(_) => None,
+            None => Some(None),
+        };
+        if let Some(metrics) = metrics {
+            if let Some((_, old)) = self.metrics.take() {
+                old.abort();
+            }
+            if let Some((address, listener)) = metrics {
+                let task = tokio::spawn(crate::metrics::serve(listener, self.inputs.clone()));
+                self.metrics = Some((address, task));
+            }
+        }
+        if new.supervisor.hooks != self.config.supervisor.hooks {
+            self.hooks = self.start_hooks(&new);
         }
         let diff = config::diff(&self.config, &new);
         let mut not_applied = Vec::new();
@@ -693,7 +817,7 @@ impl Supervisor {
                 to_start.push(handle.clone());
             }
         }
-        let topology = self.topology();
+        let topology = self.topology(Cause::Reload);
         let old: Vec<ProcessHandle> = old_of_changed.into_iter().map(|(h, _)| h).collect();
         tokio::spawn(async move {
             for handle in &old {
@@ -749,7 +873,7 @@ impl Supervisor {
             .chain(&self.draining)
             .cloned()
             .collect();
-        let stop = self.topology().stop(self.processes.clone());
+        let stop = self.topology(Cause::Shutdown).stop(self.processes.clone());
         tokio::pin!(stop);
         let deadline = tokio::time::sleep(self.config.supervisor.shutdown_timeout);
         tokio::pin!(deadline);
@@ -780,6 +904,15 @@ impl Supervisor {
                     }
                     Some(Input::Reexec(_, reply)) => {
                         let _ = reply.send(Reply::error(ErrorKind::ShuttingDown, "minder is shutting down"));
+                    }
+                    Some(Input::Events(_, reply)) => {
+                        let _ = reply.send(Err(Reply::error(ErrorKind::ShuttingDown, "minder is shutting down")));
+                    }
+                    Some(Input::Scrape(reply)) => {
+                        let _ = reply.send(self.scrape());
+                    }
+                    Some(Input::Ping(reply)) => {
+                        let _ = reply.send(());
                     }
                     Some(Input::Reload | Input::ReopenLogs) | None => {}
                 },

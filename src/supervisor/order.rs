@@ -6,7 +6,7 @@ use std::collections::{HashMap, HashSet};
 use tokio::sync::watch;
 
 use super::action_result;
-use super::actor::{Command, ProcessHandle};
+use super::actor::{Cause, Command, ProcessHandle};
 use super::state::{Outcome, State};
 use crate::config::Config;
 use crate::control::protocol::ActionResult;
@@ -23,11 +23,13 @@ pub struct Topology {
     depends_on: HashMap<String, Vec<String>>,
     /// Program -> its processes, in instance order.
     processes: HashMap<String, Vec<ProcessHandle>>,
+    /// Who asked: the reason the state changes give.
+    cause: Cause,
 }
 
 impl Topology {
     /// Captures the dependencies of `config` and the current handles.
-    pub fn new(config: &Config, handles: &[ProcessHandle]) -> Topology {
+    pub fn new(config: &Config, handles: &[ProcessHandle], cause: Cause) -> Topology {
         let depends_on = config
             .programs
             .iter()
@@ -43,6 +45,7 @@ impl Topology {
         Topology {
             depends_on,
             processes,
+            cause,
         }
     }
 
@@ -96,7 +99,9 @@ impl Topology {
             let done = senders
                 .remove(program)
                 .expect("a sender per needed program");
-            tasks.push(tokio::spawn(start_program(selected, deps, done)));
+            tasks.push(tokio::spawn(start_program(
+                selected, deps, done, self.cause,
+            )));
         }
         let mut by_name = results_by_name(tasks).await;
         targets
@@ -122,6 +127,7 @@ impl Topology {
                 .collect()
         };
         let (mut senders, receivers) = done_channels(&programs);
+        let cause = self.cause;
         let mut tasks = Vec::new();
         for program in &programs {
             let dependants: Vec<Done> = programs
@@ -140,7 +146,8 @@ impl Topology {
                     // Whatever their outcome: they have been dealt with.
                     let _ = rx.wait_for(Option::is_some).await;
                 }
-                let results = request_all(selected, |_, reply| Command::Stop { reply }).await;
+                let results =
+                    request_all(selected, |_, reply| Command::Stop { cause, reply }).await;
                 let _ = done.send(Some(Ok(())));
                 results
             }));
@@ -183,6 +190,7 @@ async fn start_program(
     selected: Vec<ProcessHandle>,
     deps: Vec<(String, Done, Vec<ProcessHandle>)>,
     done: DoneSender,
+    cause: Cause,
 ) -> Vec<ActionResult> {
     // Taken now, so a `ctl stop` while we wait for dependencies cancels this start.
     let epochs: HashMap<String, u64> = selected
@@ -201,6 +209,7 @@ async fn start_program(
     }
     let results = request_all(selected, |h, reply| Command::Start {
         unless_stopped_since: epochs.get(&h.name).copied(),
+        cause,
         reply,
     })
     .await;

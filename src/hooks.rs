@@ -1,0 +1,328 @@
+//! `[[supervisor.hooks]]`: a command or a webhook run when a process reaches
+//! one of the hook's states.
+//!
+//! Hooks never hold up supervision: actors publish events on a broadcast
+//! channel without waiting, one dispatcher task hands each event to the hooks
+//! it matches, and each hook runs its events one at a time, in order, from a
+//! bounded queue of its own. A hook that is too slow loses events (logged and
+//! counted), a failed run is logged and counted, and neither is ever fatal.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{broadcast, mpsc};
+use tokio::task::JoinHandle;
+
+use crate::config::{HookAction, HookConfig};
+use crate::control::protocol::StateEvent;
+use crate::metrics::Counters;
+use crate::process::{self, Capture, Output, ProcessEnd, Reaper, RunError, SpawnRequest};
+
+/// Events queued per hook while it is busy; more are dropped and counted.
+const HOOK_QUEUE: usize = 64;
+
+/// Webhook attempts per event (the first and its retries).
+const WEBHOOK_ATTEMPTS: u32 = 4;
+
+/// Pause before the first webhook retry; doubled before each next one.
+const WEBHOOK_BACKOFF: Duration = Duration::from_millis(500);
+
+/// What hooks need from the daemon.
+#[derive(Clone)]
+pub struct HookContext {
+    /// Reaps hook commands.
+    pub reaper: Arc<Reaper>,
+    /// Counts failures for `/metrics`.
+    pub counters: Arc<Counters>,
+}
+
+/// The running hooks of one config; replaced as a whole on reload.
+pub struct Hooks {
+    dispatcher: Option<JoinHandle<()>>,
+}
+
+impl Hooks {
+    /// No hooks.
+    pub fn none() -> Hooks {
+        Hooks { dispatcher: None }
+    }
+
+    /// Starts the hooks of `configs`, seeing every event sent on `events` from now on.
+    pub fn start(
+        configs: &[HookConfig],
+        events: &broadcast::Sender<Arc<StateEvent>>,
+        context: HookContext,
+    ) -> Hooks {
+        if configs.is_empty() {
+            return Hooks::none();
+        }
+        let workers: Vec<(HookConfig, mpsc::Sender<Arc<StateEvent>>)> = configs
+            .iter()
+            .enumerate()
+            .map(|(index, hook)| {
+                let (tx, rx) = mpsc::channel(HOOK_QUEUE);
+                tokio::spawn(worker(index, hook.clone(), rx, context.clone()));
+                (hook.clone(), tx)
+            })
+            .collect();
+        // Subscribed here, not in the task: no event sent after `start`
+        // returns can be missed.
+        let rx = events.subscribe();
+        Hooks {
+            dispatcher: Some(tokio::spawn(dispatch(rx, workers, context.counters))),
+        }
+    }
+}
+
+impl Drop for Hooks {
+    /// Stops dispatching; runs in progress finish, queued events are dropped.
+    fn drop(&mut self) {
+        if let Some(task) = self.dispatcher.take() {
+            task.abort();
+        }
+    }
+}
+
+/// Whether `hook` wants `event`.
+fn matches(hook: &HookConfig, event: &StateEvent) -> bool {
+    hook.on.contains(&event.to)
+        && (hook.programs.is_empty() || hook.programs.contains(&event.program))
+}
+
+async fn dispatch(
+    mut events: broadcast::Receiver<Arc<StateEvent>>,
+    workers: Vec<(HookConfig, mpsc::Sender<Arc<StateEvent>>)>,
+    counters: Arc<Counters>,
+) {
+    loop {
+        let event = match events.recv().await {
+            Ok(event) => event,
+            Err(broadcast::error::RecvError::Lagged(n)) => {
+                tracing::warn!("hooks missed {n} state changes: too many at once");
+                continue;
+            }
+            Err(broadcast::error::RecvError::Closed) => return,
+        };
+        for (index, (hook, queue)) in workers.iter().enumerate() {
+            if !matches(hook, &event) {
+                continue;
+            }
+            if queue.try_send(Arc::clone(&event)).is_err() {
+                counters.hook_failed(index);
+                tracing::warn!(
+                    "hook {index} ({}): busy, dropping the event {} {} -> {}",
+                    describe(&hook.action),
+                    event.name,
+                    event.from,
+                    event.to
+                );
+            }
+        }
+    }
+}
+
+async fn worker(
+    index: usize,
+    hook: HookConfig,
+    mut queue: mpsc::Receiver<Arc<StateEvent>>,
+    context: HookContext,
+) {
+    while let Some(event) = queue.recv().await {
+        let result = match &hook.action {
+            HookAction::Command(argv) => run_command(&hook, argv, &event, &context.reaper).await,
+            HookAction::Webhook(url) => post(url, &event, hook.timeout).await,
+        };
+        let action = describe(&hook.action);
+        match result {
+            Ok(()) => tracing::debug!(
+                "hook {index} ({action}) ran for {} {} -> {}",
+                event.name,
+                event.from,
+                event.to
+            ),
+            Err(why) => {
+                context.counters.hook_failed(index);
+                tracing::warn!(
+                    "hook {index} ({action}) failed for {} {} -> {}: {why}",
+                    event.name,
+                    event.from,
+                    event.to
+                );
+            }
+        }
+    }
+}
+
+/// How a hook is named in minder's log.
+fn describe(action: &HookAction) -> String {
+    match action {
+        HookAction::Command(argv) => argv.first().cloned().unwrap_or_default(),
+        HookAction::Webhook(url) => url.clone(),
+    }
+}
+
+/// The `MINDER_EVENT_*` variables of a command hook.
+fn variables(event: &StateEvent) -> Vec<(String, String)> {
+    let mut vars = vec![
+        ("MINDER_EVENT_TIME", event.time.clone()),
+        ("MINDER_EVENT_NAME", event.name.clone()),
+        ("MINDER_EVENT_PROGRAM", event.program.clone()),
+        ("MINDER_EVENT_FROM", event.from.clone()),
+        ("MINDER_EVENT_TO", event.to.clone()),
+        ("MINDER_EVENT_REASON", event.reason.clone()),
+    ];
+    if let Some(pid) = event.pid {
+        vars.push(("MINDER_EVENT_PID", pid.to_string()));
+    }
+    vars.into_iter().map(|(k, v)| (k.to_string(), v)).collect()
+}
+
+/// Runs a command hook: the event as JSON on stdin, `MINDER_EVENT_*` in the
+/// environment, its output logged, its group killed at `timeout`.
+async fn run_command(
+    hook: &HookConfig,
+    argv: &[String],
+    event: &StateEvent,
+    reaper: &Reaper,
+) -> Result<(), String> {
+    let timeout = hook.timeout;
+    let stdin = event_on_a_pipe(event)?;
+    let request = SpawnRequest {
+        argv: argv.to_vec(),
+        directory: hook.directory.clone(),
+        clear_env: false,
+        environment: variables(event),
+        user: None,
+        group: None,
+        stdin: Some(std::os::fd::AsRawFd::as_raw_fd(&stdin)),
+        stdout: Output::Null,
+        stderr: Output::Null,
+        pid_variables: Vec::new(),
+        listen_fds: Vec::new(),
+    };
+    let (end, output) = match process::run_captured(request, Capture::Both, timeout, reaper).await {
+        Ok(done) => done,
+        Err(RunError::TimedOut) => {
+            return Err(format!(
+                "killed after {}",
+                crate::supervisor::state::short_duration(timeout)
+            ))
+        }
+        Err(e) => return Err(e.to_string()),
+    };
+    drop(stdin);
+    let program = argv.first().map(String::as_str).unwrap_or_default();
+    for line in output.lines().filter(|l| !l.trim().is_empty()) {
+        tracing::info!("hook {program}: {line}");
+    }
+    match end {
+        ProcessEnd::Exited(0) => Ok(()),
+        other => Err(other.to_string()),
+    }
+}
+
+/// A pipe's read end holding the event as one JSON line (written whole:
+/// an event is far smaller than a pipe's buffer).
+fn event_on_a_pipe(event: &StateEvent) -> Result<std::os::fd::OwnedFd, String> {
+    use nix::fcntl::OFlag;
+    let mut json = serde_json::to_vec(event).map_err(|e| e.to_string())?;
+    json.push(b'\n');
+    let (read, write) = nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK)
+        .map_err(|e| format!("pipe: {}", e.desc()))?;
+    let mut rest = json.as_slice();
+    while !rest.is_empty() {
+        match nix::unistd::write(&write, rest) {
+            Ok(n) => rest = &rest[n..],
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => {
+                return Err(format!(
+                    "writing the event to the hook's stdin: {}",
+                    e.desc()
+                ))
+            }
+        }
+    }
+    Ok(read)
+}
+
+/// POSTs the event, retrying a failed attempt with a growing pause.
+async fn post(url: &str, event: &StateEvent, timeout: Duration) -> Result<(), String> {
+    let body = serde_json::to_vec(event).map_err(|e| e.to_string())?;
+    let mut pause = WEBHOOK_BACKOFF;
+    let mut last = String::new();
+    for attempt in 1..=WEBHOOK_ATTEMPTS {
+        let sent = tokio::time::timeout(
+            timeout,
+            crate::http::request("POST", url, Some(("application/json", &body))),
+        )
+        .await;
+        last = match sent {
+            Ok(Ok(status)) if (200..300).contains(&status) => return Ok(()),
+            Ok(Ok(status)) => format!("POST {url}: {status}"),
+            Ok(Err(why)) => format!("POST {url}: {why}"),
+            Err(_) => format!(
+                "POST {url}: timed out after {}",
+                crate::supervisor::state::short_duration(timeout)
+            ),
+        };
+        if attempt < WEBHOOK_ATTEMPTS {
+            tracing::debug!("webhook attempt {attempt} failed: {last}; retrying");
+            tokio::time::sleep(pause).await;
+            pause *= 2;
+        }
+    }
+    Err(format!("{last} (after {WEBHOOK_ATTEMPTS} attempts)"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(program: &str, to: &str) -> StateEvent {
+        StateEvent {
+            time: "2026-01-01T00:00:00.000Z".into(),
+            name: format!("{program}:0"),
+            program: program.into(),
+            from: "running".into(),
+            to: to.into(),
+            reason: "exited with status 1".into(),
+            pid: None,
+            skipped_events: 0,
+        }
+    }
+
+    #[test]
+    fn hooks_match_by_target_state_and_program() {
+        let hook = HookConfig {
+            on: vec!["fatal".into(), "unhealthy".into()],
+            programs: vec!["web".into()],
+            action: HookAction::Command(vec!["x".into()]),
+            timeout: Duration::from_secs(1),
+            directory: "/".into(),
+        };
+        assert!(matches(&hook, &event("web", "fatal")));
+        assert!(matches(&hook, &event("web", "unhealthy")));
+        assert!(!matches(&hook, &event("web", "backoff")));
+        assert!(!matches(&hook, &event("db", "fatal")));
+        let any = HookConfig {
+            programs: vec![],
+            ..hook
+        };
+        assert!(matches(&any, &event("db", "fatal")));
+    }
+
+    #[test]
+    fn variables_carry_the_event() {
+        let mut e = event("web", "fatal");
+        e.pid = Some(42);
+        let vars = variables(&e);
+        let get = |k: &str| vars.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+        assert_eq!(get("MINDER_EVENT_NAME"), Some("web:0"));
+        assert_eq!(get("MINDER_EVENT_PROGRAM"), Some("web"));
+        assert_eq!(get("MINDER_EVENT_FROM"), Some("running"));
+        assert_eq!(get("MINDER_EVENT_TO"), Some("fatal"));
+        assert_eq!(get("MINDER_EVENT_REASON"), Some("exited with status 1"));
+        assert_eq!(get("MINDER_EVENT_PID"), Some("42"));
+        assert_eq!(get("MINDER_EVENT_TIME"), Some("2026-01-01T00:00:00.000Z"));
+    }
+}

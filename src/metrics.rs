@@ -1,0 +1,425 @@
+//! Prometheus metrics (`[supervisor] metrics`): `/metrics` in the OpenMetrics
+//! text format, encoded by the `prometheus-client` crate, and `/healthz`.
+//!
+//! Process series are made at each scrape from the processes' published
+//! status, so a program removed by a reload has no series left to forget.
+//! Only what a status cannot tell is kept between scrapes: probe timings and
+//! failures per process ([`ProbeStats`]), and minder's own [`Counters`].
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::health::ProbeResult;
+use crate::logs::Stream;
+use crate::supervisor::state::State;
+use crate::supervisor::{Input, ProcessStatus};
+
+/// Probe timings and failures of one process.
+#[derive(Debug)]
+pub struct ProbeStats {
+    duration: Histogram,
+    failures: Counter,
+}
+
+impl Default for ProbeStats {
+    fn default() -> ProbeStats {
+        ProbeStats {
+            // 1 ms .. ~8 s: local probes take milliseconds, timeouts seconds.
+            duration: Histogram::new(exponential_buckets(0.001, 2.0, 14)),
+            failures: Counter::default(),
+        }
+    }
+}
+
+impl ProbeStats {
+    /// Counts one finished probe.
+    pub fn record(&self, result: &ProbeResult) {
+        self.duration.observe(result.duration.as_secs_f64());
+        if !result.ok {
+            self.failures.inc();
+        }
+    }
+}
+
+/// minder's own counters, kept for the daemon's life.
+#[derive(Debug, Default)]
+pub struct Counters {
+    reloads: AtomicU64,
+    last_reload_failed: AtomicBool,
+    /// Failed runs per hook, by its position in the config.
+    hook_failures: Mutex<Vec<u64>>,
+}
+
+impl Counters {
+    /// Counts a reload (`ok`: applied; otherwise rejected).
+    pub fn reloaded(&self, ok: bool) {
+        self.reloads.fetch_add(1, Ordering::Relaxed);
+        self.last_reload_failed.store(!ok, Ordering::Relaxed);
+    }
+
+    /// Counts a failed run of hook number `hook`.
+    pub fn hook_failed(&self, hook: usize) {
+        let mut failures = self.hook_failures.lock().unwrap_or_else(|e| e.into_inner());
+        if failures.len() <= hook {
+            failures.resize(hook + 1, 0);
+        }
+        failures[hook] += 1;
+    }
+
+    /// Failed runs of hook number `hook` so far.
+    pub fn hook_failures(&self, hook: usize) -> u64 {
+        let failures = self.hook_failures.lock().unwrap_or_else(|e| e.into_inner());
+        failures.get(hook).copied().unwrap_or(0)
+    }
+}
+
+/// What one scrape shows: the processes' status and minder's counters.
+#[derive(Debug)]
+struct Snapshot {
+    processes: Vec<ProcessStatus>,
+    counters: std::sync::Arc<Counters>,
+    /// Number of configured hooks (each gets a failure series, 0 included).
+    hooks: usize,
+    now: Instant,
+    wall: SystemTime,
+}
+
+/// Every state name, for `minder_process_state`.
+const STATES: [&str; 7] = [
+    "stopped", "starting", "running", "backoff", "stopping", "exited", "fatal",
+];
+
+impl Collector for Snapshot {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let labels = |s: &ProcessStatus| [("name", s.name.clone()), ("program", s.program.clone())];
+        let gauge = |v: i64| ConstGauge::new(v);
+
+        let mut family = encoder.encode_descriptor(
+            "minder_process_up",
+            "1 when the process is running, 0 otherwise.",
+            None,
+            MetricType::Gauge,
+        )?;
+        for s in &self.processes {
+            let up = matches!(s.state, State::Running { .. });
+            gauge(i64::from(up)).encode(family.encode_family(&labels(s))?)?;
+        }
+
+        let mut family = encoder.encode_descriptor(
+            "minder_process_state",
+            "1 for the state the process is in, 0 for the others.",
+            None,
+            MetricType::Gauge,
+        )?;
+        for s in &self.processes {
+            let [name, program] = labels(s);
+            for state in STATES {
+                let set = [name.clone(), program.clone(), ("state", state.to_string())];
+                gauge(i64::from(s.state.name() == state)).encode(family.encode_family(&set)?)?;
+            }
+        }
+
+        let mut family = encoder.encode_descriptor(
+            "minder_process_restarts",
+            "Automatic restarts of the process.",
+            None,
+            MetricType::Counter,
+        )?;
+        for s in &self.processes {
+            ConstCounter::new(u64::from(s.restarts)).encode(family.encode_family(&labels(s))?)?;
+        }
+
+        let mut family = encoder.encode_descriptor(
+            "minder_process_start_time_seconds",
+            "Start time of the live process, seconds since the Unix epoch.",
+            None,
+            MetricType::Gauge,
+        )?;
+        for s in &self.processes {
+            if let Some(started) = s.state.started() {
+                let age = self.now.saturating_duration_since(started);
+                let at = self.wall.checked_sub(age).unwrap_or(self.wall);
+                let secs = at.duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO);
+                ConstGauge::new(secs.as_secs_f64()).encode(family.encode_family(&labels(s))?)?;
+            }
+        }
+
+        let mut family = encoder.encode_descriptor(
+            "minder_process_last_exit_code",
+            "Exit code of the last run; 128 + the signal number when a signal ended it.",
+            None,
+            MetricType::Gauge,
+        )?;
+        for s in &self.processes {
+            if let Some(end) = s.last_end {
+                let code = match end {
+                    crate::process::ProcessEnd::Exited(code) => i64::from(code),
+                    crate::process::ProcessEnd::Signaled(sig) => 128 + i64::from(sig),
+                };
+                gauge(code).encode(family.encode_family(&labels(s))?)?;
+            }
+        }
+
+        let mut family = encoder.encode_descriptor(
+            "minder_process_health",
+            "1 when the health check passes, 0 otherwise (programs with a health check).",
+            None,
+            MetricType::Gauge,
+        )?;
+        for s in self.processes.iter().filter(|s| s.probes.is_some()) {
+            let healthy = s.health == crate::supervisor::state::Health::Healthy;
+            gauge(i64::from(healthy)).encode(family.encode_family(&labels(s))?)?;
+        }
+
+        let mut family = encoder.encode_descriptor(
+            "minder_health_probe_duration_seconds",
+            "How long health probes took.",
+            None,
+            MetricType::Histogram,
+        )?;
+        for s in &self.processes {
+            if let Some(probes) = &s.probes {
+                probes.duration.encode(family.encode_family(&labels(s))?)?;
+            }
+        }
+
+        let mut family = encoder.encode_descriptor(
+            "minder_health_probe_failures",
+            "Failed health probes.",
+            None,
+            MetricType::Counter,
+        )?;
+        for s in &self.processes {
+            if let Some(probes) = &s.probes {
+                probes.failures.encode(family.encode_family(&labels(s))?)?;
+            }
+        }
+
+        for (metric, help, pick) in [
+            (
+                "minder_log_bytes",
+                "Captured output written to the log files.",
+                0,
+            ),
+            (
+                "minder_log_dropped_bytes",
+                "Captured output lost because the log file could not be written.",
+                1,
+            ),
+        ] {
+            let mut family = encoder.encode_descriptor(metric, help, None, MetricType::Counter)?;
+            for s in &self.processes {
+                let [name, program] = labels(s);
+                for stream in [Stream::Stdout, Stream::Stderr] {
+                    let (written, dropped) = s.logs.bytes(stream);
+                    let value = if pick == 0 { written } else { dropped };
+                    let set = [
+                        name.clone(),
+                        program.clone(),
+                        ("stream", stream.name().to_string()),
+                    ];
+                    ConstCounter::new(value).encode(family.encode_family(&set)?)?;
+                }
+            }
+        }
+
+        let mut family = encoder.encode_descriptor(
+            "minder_hook_failures",
+            "Hook runs that failed (non-zero exit, timeout, webhook error), by the hook's position in the config.",
+            None,
+            MetricType::Counter,
+        )?;
+        for hook in 0..self.hooks {
+            let set = [("hook", hook.to_string())];
+            ConstCounter::new(self.counters.hook_failures(hook))
+                .encode(family.encode_family(&set)?)?;
+        }
+
+        let family = encoder.encode_descriptor(
+            "minder_reloads",
+            "Config reloads, applied or rejected.",
+            None,
+            MetricType::Counter,
+        )?;
+        ConstCounter::new(self.counters.reloads.load(Ordering::Relaxed)).encode(family)?;
+
+        let family = encoder.encode_descriptor(
+            "minder_config_last_reload_successful",
+            "0 when the last reload was rejected, 1 otherwise.",
+            None,
+            MetricType::Gauge,
+        )?;
+        let failed = self.counters.last_reload_failed.load(Ordering::Relaxed);
+        gauge(i64::from(!failed)).encode(family)?;
+
+        let mut family = encoder.encode_descriptor(
+            "minder_build_info",
+            "minder's version, as a label; always 1.",
+            None,
+            MetricType::Gauge,
+        )?;
+        let set = [("version", env!("CARGO_PKG_VERSION"))];
+        gauge(1).encode(family.encode_family(&set)?)?;
+        Ok(())
+    }
+}
+
+/// The `/metrics` document for these processes.
+pub fn encode(
+    processes: Vec<ProcessStatus>,
+    counters: std::sync::Arc<Counters>,
+    hooks: usize,
+) -> String {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(Snapshot {
+        processes,
+        counters,
+        hooks,
+        now: Instant::now(),
+        wall: SystemTime::now(),
+    }));
+    let mut text = String::with_capacity(64 * 1024);
+    // Writing into a String cannot fail.
+    let _ = prometheus_client::encoding::text::encode(&mut text, &registry);
+    text
+}
+
+/// The content type of [`encode`]'s output.
+const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// How long `/healthz` waits for the supervisor loop to answer.
+const LOOP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long a client may take to send its request.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Binds the metrics address (before the daemon commits to it).
+pub fn bind(address: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let listener = std::net::TcpListener::bind(address)?;
+    listener.set_nonblocking(true)?;
+    tokio::net::TcpListener::from_std(listener)
+}
+
+/// Serves `/metrics` and `/healthz` on `listener`, asking the supervisor
+/// loop through `inputs` for each answer.
+pub async fn serve(listener: tokio::net::TcpListener, inputs: mpsc::Sender<Input>) {
+    loop {
+        match listener.accept().await {
+            Ok((mut stream, _)) => {
+                let inputs = inputs.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = answer(&mut stream, &inputs).await {
+                        tracing::debug!("metrics connection: {e}");
+                    }
+                });
+            }
+            Err(e) => {
+                tracing::warn!("accepting a metrics connection: {e}");
+                // EMFILE and friends: do not spin.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+async fn answer(
+    stream: &mut tokio::net::TcpStream,
+    inputs: &mpsc::Sender<Input>,
+) -> std::io::Result<()> {
+    use crate::http::{read_request_head, respond};
+    let (method, path) = tokio::time::timeout(REQUEST_TIMEOUT, read_request_head(stream))
+        .await
+        .map_err(|_| {
+            std::io::Error::new(std::io::ErrorKind::TimedOut, "request not sent in time")
+        })??;
+    let head_only = method == "HEAD";
+    if method != "GET" && !head_only {
+        return respond(
+            stream,
+            "405 Method Not Allowed",
+            "text/plain",
+            b"GET or HEAD only\n",
+            false,
+        )
+        .await;
+    }
+    match path.as_str() {
+        "/metrics" => {
+            let (tx, rx) = oneshot::channel();
+            let scrape = match inputs.try_send(Input::Scrape(tx)) {
+                Ok(()) => tokio::time::timeout(LOOP_TIMEOUT, rx)
+                    .await
+                    .ok()
+                    .and_then(Result::ok),
+                Err(_) => None,
+            };
+            match scrape {
+                Some(scrape) => {
+                    let text = encode(scrape.processes, scrape.counters, scrape.hooks);
+                    respond(stream, "200 OK", CONTENT_TYPE, text.as_bytes(), head_only).await
+                }
+                None => {
+                    respond(
+                        stream,
+                        "503 Service Unavailable",
+                        "text/plain",
+                        b"minder is busy or shutting down\n",
+                        head_only,
+                    )
+                    .await
+                }
+            }
+        }
+        "/healthz" => {
+            let (tx, rx) = oneshot::channel();
+            let alive = match inputs.try_send(Input::Ping(tx)) {
+                Ok(()) => matches!(tokio::time::timeout(LOOP_TIMEOUT, rx).await, Ok(Ok(()))),
+                Err(_) => false,
+            };
+            if alive {
+                respond(stream, "200 OK", "text/plain", b"ok\n", head_only).await
+            } else {
+                respond(
+                    stream,
+                    "503 Service Unavailable",
+                    "text/plain",
+                    b"the supervisor loop does not answer\n",
+                    head_only,
+                )
+                .await
+            }
+        }
+        _ => {
+            respond(
+                stream,
+                "404 Not Found",
+                "text/plain",
+                b"try /metrics or /healthz\n",
+                head_only,
+            )
+            .await
+        }
+    }
+}
+
+/// What the supervisor loop hands a scrape.
+#[derive(Debug)]
+pub struct Scrape {
+    /// Every supervised process, in config order.
+    pub processes: Vec<ProcessStatus>,
+    /// minder's own counters.
+    pub counters: std::sync::Arc<Counters>,
+    /// Number of configured hooks.
+    pub hooks: usize,
+}
