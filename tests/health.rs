@@ -7,14 +7,6 @@ use std::fs;
 
 use common::*;
 
-/// A loopback port that was free a moment ago.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("binding an ephemeral loopback port")
-}
-
 fn http_program(name: &str, port: u16, on_unhealthy: &str) -> String {
     program(
         name,

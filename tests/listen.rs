@@ -12,13 +12,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("binding an ephemeral loopback port")
-}
-
 /// One GET; the body is the serving PID.
 fn get(port: u16) -> Result<i32, String> {
     let mut conn =

@@ -531,19 +531,22 @@ impl ProcessActor {
             let health = self.machine.health;
             let effects = self.machine.step(&self.cfg, event, now, sample);
             let to = self.machine.state.name();
+            let mut changes = Vec::new();
             if from != to {
                 tracing::info!(
                     process = %self.spec.name,
                     "{from} -> {to}{}",
                     describe(&self.machine.description)
                 );
-                self.announce(from, to);
+                changes.push((from, to));
             }
             if health != self.machine.health
                 && matches!(self.machine.health, Health::Healthy | Health::Unhealthy)
             {
-                self.announce(health.name(), self.machine.health.name());
+                changes.push((health.name(), self.machine.health.name()));
             }
+            // A start is announced with the PID its spawn effect gives.
+            let mut new_pid = None;
             for effect in effects {
                 match effect {
                     // A second spawn in one go means the first failed and the
@@ -552,7 +555,11 @@ impl ProcessActor {
                     Effect::Spawn if spawned => self.spawn_deferred = true,
                     Effect::Spawn => {
                         spawned = true;
-                        events.push_back(self.spawn_child());
+                        let event = self.spawn_child();
+                        if let Event::Spawned(pid) = event {
+                            new_pid = Some(pid);
+                        }
+                        events.push_back(event);
                     }
                     Effect::Signal { pid, signal, group } => self.signal(pid, signal, group),
                     Effect::Removed => self.removed = true,
@@ -578,6 +585,10 @@ impl ProcessActor {
                     }
                 }
             }
+            let pid = self.machine.state.pid().or(new_pid);
+            for (from, to) in changes {
+                self.announce(from, to, pid);
+            }
         }
         // The replacement is ready (or the rollout is over): the previous
         // settings are no longer needed for a rollback.
@@ -590,7 +601,7 @@ impl ProcessActor {
     }
 
     /// Tells `ctl events` readers and hooks about a change that just happened.
-    fn announce(&self, from: &str, to: &str) {
+    fn announce(&self, from: &str, to: &str, pid: Option<Pid>) {
         // Nobody listening (no `ctl events`, no hooks): skip building it.
         if self.context.events.receiver_count() == 0 {
             return;
@@ -606,7 +617,7 @@ impl ProcessActor {
             from: from.to_string(),
             to: to.to_string(),
             reason,
-            pid: self.machine.state.pid().map(|p| p.as_raw()),
+            pid: pid.map(|p| p.as_raw()),
             skipped_events: 0,
         };
         let _ = self.context.events.send(Arc::new(event));

@@ -640,6 +640,14 @@ fn list_dir(dir: &Path, out: &mut Vec<(PathBuf, u64)>, depth: usize) {
     }
 }
 
+/// A loopback port that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("binding an ephemeral loopback port")
+}
+
 /// (ppid, state) of `pid`, from /proc/PID/stat.
 pub fn proc_stat(pid: i32) -> Option<(i32, char)> {
     let text = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;

@@ -1,0 +1,604 @@
+//! Observability: `/metrics` (parsed as the exposition format), `/healthz`,
+//! the `events` stream, and hooks (command and webhook), driven through the
+//! real daemon on loopback only.
+
+mod common;
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::net::UnixStream;
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::Value;
+
+/// One sample of the exposition: metric name, labels, value.
+#[derive(Debug, Clone, PartialEq)]
+struct Sample {
+    name: String,
+    labels: HashMap<String, String>,
+    value: f64,
+}
+
+/// Parses the OpenMetrics text format: `# ` lines are metadata, every other
+/// line is `name{label="value",...} number`; the document ends with `# EOF`.
+fn parse_exposition(text: &str) -> Vec<Sample> {
+    assert!(
+        text.trim_end().ends_with("# EOF"),
+        "an OpenMetrics document ends with # EOF: {text}"
+    );
+    let mut samples = Vec::new();
+    for line in text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+    {
+        let (series, value) = line
+            .rsplit_once(' ')
+            .unwrap_or_else(|| panic!("no value in {line:?}"));
+        let value: f64 = value
+            .parse()
+            .unwrap_or_else(|_| panic!("bad value in {line:?}"));
+        let (name, labels) = match series.split_once('{') {
+            None => (series.to_string(), HashMap::new()),
+            Some((name, rest)) => {
+                let body = rest
+                    .strip_suffix('}')
+                    .unwrap_or_else(|| panic!("unclosed labels in {line:?}"));
+                let mut labels = HashMap::new();
+                for pair in body.split("\",").filter(|p| !p.is_empty()) {
+                    let (k, v) = pair
+                        .split_once("=\"")
+                        .unwrap_or_else(|| panic!("bad label {pair:?} in {line:?}"));
+                    labels.insert(k.to_string(), v.trim_end_matches('"').to_string());
+                }
+                (name.to_string(), labels)
+            }
+        };
+        assert!(
+            name.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b':'),
+            "bad metric name in {line:?}"
+        );
+        samples.push(Sample {
+            name,
+            labels,
+            value,
+        });
+    }
+    samples
+}
+
+/// The value of `name` whose labels include every `(key, value)` of `want`.
+fn value(samples: &[Sample], name: &str, want: &[(&str, &str)]) -> Option<f64> {
+    samples
+        .iter()
+        .find(|s| {
+            s.name == name
+                && want
+                    .iter()
+                    .all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
+        })
+        .map(|s| s.value)
+}
+
+/// `GET path` on 127.0.0.1:port: (status code, body).
+fn http_get(port: u16, path: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connecting to /metrics");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream
+        .read_to_string(&mut response)
+        .expect("reading the response");
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("no head/body split in {response:?}"));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("bad status line in {head:?}"));
+    (status, body.to_string())
+}
+
+fn scrape(port: u16) -> Vec<Sample> {
+    let (status, body) = http_get(port, "/metrics");
+    assert_eq!(status, 200, "{body}");
+    parse_exposition(&body)
+}
+
+/// A program that exits with code 3 shortly after starting, restarted
+/// quickly, until `max_retries` (when given) make it fatal.
+fn crasher(name: &str, max_retries: Option<u32>, extra: &str) -> String {
+    let retries = max_retries
+        .map(|n| format!("max_retries = {n}\n"))
+        .unwrap_or_default();
+    program(
+        name,
+        &["--exit-after", "300", "--exit-code", "3"],
+        &format!("{extra}\n[program.{name}.backoff]\ninitial = \"50ms\"\njitter = 0.0\n{retries}"),
+    )
+}
+
+#[test]
+fn metrics_after_a_crash_loop_match_status_and_drop_removed_programs() {
+    let port = free_port();
+    let health_port = free_port();
+    let body = format!(
+        "{}{}{}",
+        crasher("crash", Some(2), "start_secs = \"1s\""),
+        program("steady", &["--print", "hello"], ""),
+        program(
+            "probed",
+            &["--tcp", &health_port.to_string()],
+            &format!("[program.probed.health]\ntcp = \"127.0.0.1:{health_port}\"\ninterval = \"100ms\"\n"),
+        ),
+    );
+    let d = Daemon::start_with(&format!("metrics = \"127.0.0.1:{port}\""), &body);
+    d.wait_for("crash fatal, steady running, probed healthy", WAIT, |ps| {
+        get(ps, "crash").state == "fatal"
+            && get(ps, "steady").state == "running"
+            && get(ps, "probed").health == "healthy"
+    });
+    let status = d.status();
+    let m = scrape(port);
+    let crash = [("name", "crash"), ("program", "crash")];
+    let steady = [("name", "steady"), ("program", "steady")];
+    assert_eq!(value(&m, "minder_process_up", &crash), Some(0.0));
+    assert_eq!(value(&m, "minder_process_up", &steady), Some(1.0));
+    for state in [
+        "stopped", "starting", "running", "backoff", "stopping", "exited", "fatal",
+    ] {
+        let want = if state == "fatal" { 1.0 } else { 0.0 };
+        let labels = [("name", "crash"), ("state", state)];
+        assert_eq!(
+            value(&m, "minder_process_state", &labels),
+            Some(want),
+            "{state}"
+        );
+    }
+    assert_eq!(
+        value(&m, "minder_process_restarts_total", &crash),
+        Some(get(&status, "crash").restarts as f64)
+    );
+    assert!(get(&status, "crash").restarts >= 2);
+    assert_eq!(
+        value(&m, "minder_process_last_exit_code", &crash),
+        Some(3.0)
+    );
+    assert_eq!(value(&m, "minder_process_last_exit_code", &steady), None);
+    let started = value(&m, "minder_process_start_time_seconds", &steady)
+        .expect("a running process has a start time");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert!(
+        started <= now && now - started < 120.0,
+        "start time {started} vs now {now}"
+    );
+    assert_eq!(value(&m, "minder_process_start_time_seconds", &crash), None);
+    let probed = [("name", "probed")];
+    assert_eq!(value(&m, "minder_process_health", &probed), Some(1.0));
+    assert_eq!(value(&m, "minder_process_health", &steady), None);
+    assert!(value(&m, "minder_health_probe_duration_seconds_count", &probed).unwrap() >= 1.0);
+    assert_eq!(
+        value(&m, "minder_health_probe_failures_total", &probed),
+        Some(0.0)
+    );
+    assert!(
+        value(
+            &m,
+            "minder_log_bytes_total",
+            &[("name", "steady"), ("stream", "stdout")]
+        )
+        .unwrap()
+            >= "hello\n".len() as f64
+    );
+    assert_eq!(
+        value(
+            &m,
+            "minder_log_dropped_bytes_total",
+            &[("name", "steady"), ("stream", "stdout")]
+        ),
+        Some(0.0)
+    );
+    assert_eq!(
+        value(
+            &m,
+            "minder_build_info",
+            &[("version", env!("CARGO_PKG_VERSION"))]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(value(&m, "minder_reloads_total", &[]), Some(0.0));
+    assert_eq!(
+        value(&m, "minder_config_last_reload_successful", &[]),
+        Some(1.0)
+    );
+
+    // A reload that removes `crash`: its series are gone.
+    d.write_config(&format!(
+        "{}{}",
+        program("steady", &["--print", "hello"], ""),
+        program(
+            "probed",
+            &["--tcp", &health_port.to_string()],
+            &format!("[program.probed.health]\ntcp = \"127.0.0.1:{health_port}\"\ninterval = \"100ms\"\n"),
+        ),
+    ));
+    d.ctl_ok(&["reload"]);
+    let m = scrape(port);
+    assert!(
+        !m.iter()
+            .any(|s| s.labels.get("name").map(String::as_str) == Some("crash")),
+        "series of a removed program remain: {m:?}"
+    );
+    assert_eq!(value(&m, "minder_process_up", &steady), Some(1.0));
+    assert_eq!(value(&m, "minder_reloads_total", &[]), Some(1.0));
+
+    // A rejected reload is counted and flagged.
+    std::fs::write(&d.config_path, "[program.x]\ncommand = 1\n").unwrap();
+    assert_eq!(d.ctl(&["reload"]).code, 1);
+    let m = scrape(port);
+    assert_eq!(value(&m, "minder_reloads_total", &[]), Some(2.0));
+    assert_eq!(
+        value(&m, "minder_config_last_reload_successful", &[]),
+        Some(0.0)
+    );
+
+    assert_eq!(http_get(port, "/healthz"), (200, "ok\n".to_string()));
+    assert_eq!(http_get(port, "/nope").0, 404);
+}
+
+#[test]
+fn a_metrics_address_in_use_is_a_clear_error() {
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let mut d = Daemon::prepare(&format!("metrics = \"127.0.0.1:{port}\""), "");
+    d.spawn();
+    let status = d.wait_exit(WAIT);
+    assert_eq!(status.code(), Some(1));
+    let log = std::fs::read_to_string(&d.log_path).unwrap_or_default();
+    assert!(
+        log.contains(&format!("metrics 127.0.0.1:{port}")) && log.contains("in use"),
+        "{log}"
+    );
+}
+
+/// Reads JSON lines from a Unix socket connection until `pred` holds for one.
+fn read_until(
+    reader: &mut BufReader<UnixStream>,
+    mut pred: impl FnMut(&Value) -> bool,
+) -> Vec<Value> {
+    let deadline = Instant::now() + WAIT;
+    let mut seen = Vec::new();
+    while Instant::now() < deadline {
+        let mut line = String::new();
+        match reader.read_line(&mut line) {
+            Ok(0) => panic!("stream closed; seen {seen:#?}"),
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(e) => panic!("reading the stream: {e}; seen {seen:#?}"),
+        }
+        let reply: Value = serde_json::from_str(&line).expect("a JSON line");
+        let event = reply["ok"].clone();
+        seen.push(event.clone());
+        if pred(&event) {
+            return seen;
+        }
+    }
+    panic!("not seen within {WAIT:?}; seen {seen:#?}");
+}
+
+#[test]
+fn events_stream_shows_start_running_and_the_exit_code() {
+    let d = Daemon::start(&format!(
+        "{}{}",
+        crasher("crash", None, "autostart = false"),
+        program("quiet", &[], "")
+    ));
+    d.wait_state("quiet", "running");
+    let stream = UnixStream::connect(&d.sock).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let mut writer = stream.try_clone().unwrap();
+    writer
+        .write_all(b"{\"v\":1,\"cmd\":\"events\",\"names\":[\"crash\"]}\n")
+        .unwrap();
+    let mut reader = BufReader::new(stream);
+    let ack = read_until(&mut reader, |_| true);
+    assert_eq!(ack[0]["following"], serde_json::json!(["crash"]));
+
+    d.ctl_ok(&["start", "crash"]);
+    let seen = read_until(&mut reader, |e| e["to"] == "backoff");
+    let transitions: Vec<(String, String)> = seen
+        .iter()
+        .map(|e| {
+            (
+                e["from"].as_str().unwrap().to_string(),
+                e["to"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        transitions,
+        [
+            ("stopped".to_string(), "starting".to_string()),
+            ("starting".to_string(), "running".to_string()),
+            ("running".to_string(), "backoff".to_string()),
+        ],
+        "{seen:#?}"
+    );
+    assert_eq!(seen[0]["reason"], "ctl start");
+    assert!(seen[0]["pid"].is_i64(), "{seen:#?}");
+    let reason = seen[2]["reason"].as_str().unwrap();
+    assert!(reason.contains("code 3"), "{reason}");
+    for e in &seen {
+        assert_eq!(e["name"], "crash");
+        assert_eq!(e["program"], "crash");
+        assert!(e["time"].as_str().unwrap().ends_with('Z'), "{e}");
+    }
+    // Only the named process: `quiet` stopping is not sent.
+    d.ctl_ok(&["stop", "quiet"]);
+    d.ctl_ok(&["stop", "crash"]);
+    let rest = read_until(&mut reader, |e| e["to"] == "stopped");
+    assert!(rest.iter().all(|e| e["name"] == "crash"), "{rest:#?}");
+
+    // An unknown name is refused with the cause.
+    let out = d.ctl(&["events", "ghost"]);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(out.stderr.contains("ghost"), "{out:?}");
+}
+
+#[test]
+fn ctl_events_prints_one_line_per_change() {
+    let d = Daemon::start(&crasher("crash", None, ""));
+    let sock = d.sock.display().to_string();
+    let mut child = Command::new(MINDER)
+        .args(["ctl", "-s", &sock, "events", "--json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    // The loop goes on by itself: a backoff with the exit code comes soon.
+    let deadline = Instant::now() + WAIT;
+    let mut lines = Vec::new();
+    let found = loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) => {
+                let event: Value = serde_json::from_str(&line).expect("one JSON object per line");
+                lines.push(line);
+                if event["to"] == "backoff" {
+                    break Some(event);
+                }
+            }
+            Err(_) => break None,
+        }
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    let event = found.unwrap_or_else(|| panic!("no backoff event; lines {lines:#?}"));
+    assert_eq!(event["name"], "crash");
+    assert!(
+        event["reason"].as_str().unwrap().contains("code 3"),
+        "{event}"
+    );
+}
+
+/// A `[[supervisor.hooks]]` table.
+fn hook(on: &[&str], programs: &[&str], action: &str, timeout: &str) -> String {
+    let programs = if programs.is_empty() {
+        String::new()
+    } else {
+        format!("programs = {}\n", toml_array(programs))
+    };
+    format!(
+        "[[supervisor.hooks]]\non = {}\n{programs}{action}\ntimeout = \"{timeout}\"\n\n",
+        toml_array(on)
+    )
+}
+
+#[test]
+fn a_command_hook_gets_the_event_as_json_and_variables() {
+    let script = "cat > \"$MINDER_EVENT_NAME.json\"; env | grep ^MINDER_EVENT_ > \"$MINDER_EVENT_NAME.env\"; echo hook-ran-for-$MINDER_EVENT_NAME";
+    let body = format!(
+        "{}{}{}",
+        hook(
+            &["fatal"],
+            &["crash"],
+            &format!("command = {}", toml_array(&["sh", "-c", script])),
+            "10s"
+        ),
+        crasher("crash", Some(1), "start_secs = \"1s\""),
+        crasher("other", Some(1), "start_secs = \"1s\""),
+    );
+    let d = Daemon::start(&body);
+    d.wait_for("both fatal", WAIT, |ps| {
+        get(ps, "crash").state == "fatal" && get(ps, "other").state == "fatal"
+    });
+    // The hook runs in the config's directory.
+    let json = wait_file_until(&d.path("crash.env"), "the variables", |t| {
+        t.contains("MINDER_EVENT_TO")
+    });
+    let event: Value =
+        serde_json::from_str(&std::fs::read_to_string(d.path("crash.json")).unwrap()).unwrap();
+    assert_eq!(event["name"], "crash");
+    assert_eq!(event["program"], "crash");
+    assert_eq!(event["to"], "fatal");
+    assert!(
+        event["reason"].as_str().unwrap().contains("code 3"),
+        "{event}"
+    );
+    assert!(json.contains("MINDER_EVENT_TO=fatal"), "{json}");
+    assert!(json.contains("MINDER_EVENT_NAME=crash"), "{json}");
+    assert!(json.contains("MINDER_EVENT_FROM="), "{json}");
+    // Its output goes to minder's log.
+    wait_file_until(&d.log_path, "the hook's output", |t| {
+        t.contains("hook-ran-for-crash")
+    });
+    // `other` is not in the hook's programs: no run for it.
+    assert!(!d.path("other.json").exists());
+}
+
+/// A loopback HTTP server answering each request with the next status of
+/// `statuses`; sends every request (head and body) it got.
+fn webhook_server(statuses: Vec<u16>) -> (u16, mpsc::Receiver<String>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        for status in statuses {
+            let Ok((mut stream, _)) = listener.accept() else {
+                return;
+            };
+            stream
+                .set_read_timeout(Some(Duration::from_secs(10)))
+                .unwrap();
+            let mut request = Vec::new();
+            let mut buf = [0u8; 4096];
+            // Head, then as much body as Content-Length says.
+            loop {
+                let n = stream.read(&mut buf).unwrap_or(0);
+                if n == 0 {
+                    break;
+                }
+                request.extend_from_slice(&buf[..n]);
+                let text = String::from_utf8_lossy(&request);
+                if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                    let length = head
+                        .lines()
+                        .find_map(|l| {
+                            l.to_ascii_lowercase()
+                                .strip_prefix("content-length:")
+                                .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+                        })
+                        .unwrap_or(0);
+                    if body.len() >= length {
+                        break;
+                    }
+                }
+            }
+            let _ = write!(
+                stream,
+                "HTTP/1.1 {status} X\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            );
+            if tx
+                .send(String::from_utf8_lossy(&request).into_owned())
+                .is_err()
+            {
+                return;
+            }
+        }
+    });
+    (port, rx)
+}
+
+#[test]
+fn a_webhook_posts_the_event_and_retries_a_failure() {
+    let (port, requests) = webhook_server(vec![500, 200]);
+    let body = format!(
+        "{}{}",
+        hook(
+            &["running"],
+            &[],
+            &format!("webhook = \"http://127.0.0.1:{port}/hook\""),
+            "5s"
+        ),
+        program("web", &[], ""),
+    );
+    let _d = Daemon::start(&body);
+    let first = requests.recv_timeout(WAIT).expect("a first POST");
+    let second = requests.recv_timeout(WAIT).expect("a retry after the 500");
+    for request in [&first, &second] {
+        let (head, body) = request.split_once("\r\n\r\n").unwrap();
+        assert!(head.starts_with("POST /hook HTTP/1.1\r\n"), "{head}");
+        assert!(
+            head.to_ascii_lowercase()
+                .contains("content-type: application/json"),
+            "{head}"
+        );
+        let event: Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body:?}"));
+        assert_eq!(event["name"], "web");
+        assert_eq!(event["from"], "starting");
+        assert_eq!(event["to"], "running");
+    }
+}
+
+#[test]
+fn a_hanging_hook_is_killed_at_its_timeout_and_supervision_goes_on() {
+    let port = free_port();
+    let script = "echo $$ > hook.pid; exec sleep 1000";
+    let body = format!(
+        "{}{}{}",
+        hook(
+            &["running"],
+            &["slow"],
+            &format!("command = {}", toml_array(&["sh", "-c", script])),
+            "1s"
+        ),
+        program("slow", &[], ""),
+        program("other", &[], "autostart = false"),
+    );
+    let d = Daemon::start_with(&format!("metrics = \"127.0.0.1:{port}\""), &body);
+    let pid_text = wait_file_until(&d.path("hook.pid"), "the hook's pid", |t| t.ends_with('\n'));
+    let hook_pid: i32 = pid_text.trim().parse().unwrap();
+    // While the hook hangs, minder supervises as ever.
+    d.ctl_ok(&["start", "other"]);
+    d.ctl_ok(&["stop", "other"]);
+    assert_pid_gone(hook_pid, "the hook past its timeout");
+    wait_file_until(&d.log_path, "the hook's failure", |t| {
+        t.contains("killed after 1s")
+    });
+    let m = scrape(port);
+    assert_eq!(
+        value(&m, "minder_hook_failures_total", &[("hook", "0")]),
+        Some(1.0)
+    );
+    assert_eq!(d.proc("slow").state, "running");
+}
+
+#[test]
+fn hook_and_metrics_config_errors_are_reported_by_check() {
+    let d = Daemon::prepare(
+        "metrics = \"nowhere\"",
+        &format!(
+            "{}{}",
+            hook(&["exploded"], &["ghost"], "command = \"true\"", "1s"),
+            program("a", &[], "")
+        ),
+    );
+    let out = run_minder(&["check", "-c", &d.config_path.display().to_string()]);
+    assert_eq!(out.code, 1, "{out:?}");
+    for needle in [
+        "\"metrics\": \"nowhere\" is not IP:PORT",
+        "\"on\": unknown event \"exploded\"",
+        "\"programs\": unknown program \"ghost\"",
+    ] {
+        assert!(
+            out.stdout.contains(needle) || out.stderr.contains(needle),
+            "{needle}: {out:?}"
+        );
+    }
+}
