@@ -253,23 +253,10 @@ async fn connection(
             Err(reply) => reply,
             Ok(request @ Request::Tail { .. }) => {
                 let follow = matches!(request, Request::Tail { follow: true, .. });
-                let (tx, rx) = oneshot::channel();
-                let start = match inputs.try_send(Input::Tail(request, tx)) {
-                    Ok(()) => rx.await.unwrap_or_else(|_| {
-                        Err(Reply::error(
-                            ErrorKind::ShuttingDown,
-                            "minder is shutting down",
-                        ))
-                    }),
-                    Err(mpsc::error::TrySendError::Full(_)) => {
-                        Err(Reply::error(ErrorKind::Failed, "minder is busy, try again"))
-                    }
-                    Err(mpsc::error::TrySendError::Closed(_)) => Err(Reply::error(
-                        ErrorKind::ShuttingDown,
-                        "minder is shutting down",
-                    )),
-                };
-                match start {
+                match ask(&inputs, |tx| Input::Tail(request, tx))
+                    .await
+                    .and_then(|r| r)
+                {
                     Ok(start) => {
                         tail(&mut write, &mut reader, start).await?;
                         // A followed tail ends with the connection.
@@ -282,44 +269,37 @@ async fn connection(
                 }
             }
             Ok(Request::Events { names }) => {
-                let (tx, rx) = oneshot::channel();
-                let start = match inputs.try_send(Input::Events(names, tx)) {
-                    Ok(()) => rx.await.unwrap_or_else(|_| {
-                        Err(Reply::error(
-                            ErrorKind::ShuttingDown,
-                            "minder is shutting down",
-                        ))
-                    }),
-                    Err(mpsc::error::TrySendError::Full(_)) => {
-                        Err(Reply::error(ErrorKind::Failed, "minder is busy, try again"))
-                    }
-                    Err(mpsc::error::TrySendError::Closed(_)) => Err(Reply::error(
-                        ErrorKind::ShuttingDown,
-                        "minder is shutting down",
-                    )),
-                };
-                match start {
+                match ask(&inputs, |tx| Input::Events(names, tx))
+                    .await
+                    .and_then(|r| r)
+                {
                     // The stream ends with the connection.
                     Ok(subscription) => return events(&mut write, &mut reader, subscription).await,
                     Err(reply) => reply,
                 }
             }
-            Ok(request) => {
-                let (tx, rx) = oneshot::channel();
-                match inputs.try_send(Input::Control(request, tx)) {
-                    Ok(()) => rx.await.unwrap_or_else(|_| {
-                        Reply::error(ErrorKind::ShuttingDown, "minder is shutting down")
-                    }),
-                    Err(mpsc::error::TrySendError::Full(_)) => {
-                        Reply::error(ErrorKind::Failed, "minder is busy, try again")
-                    }
-                    Err(mpsc::error::TrySendError::Closed(_)) => {
-                        Reply::error(ErrorKind::ShuttingDown, "minder is shutting down")
-                    }
-                }
-            }
+            Ok(request) => ask(&inputs, |tx| Input::Control(request, tx))
+                .await
+                .unwrap_or_else(|e| e),
         };
         send(&mut write, &reply).await?;
+    }
+}
+
+/// Hands a request to the supervisor loop and waits for its answer; a full
+/// queue is "busy", a loop that is gone is "shutting down".
+async fn ask<T>(
+    inputs: &mpsc::Sender<Input>,
+    make: impl FnOnce(oneshot::Sender<T>) -> Input,
+) -> Result<T, Reply> {
+    let shutting_down = || Reply::error(ErrorKind::ShuttingDown, "minder is shutting down");
+    let (tx, rx) = oneshot::channel();
+    match inputs.try_send(make(tx)) {
+        Ok(()) => rx.await.map_err(|_| shutting_down()),
+        Err(mpsc::error::TrySendError::Full(_)) => {
+            Err(Reply::error(ErrorKind::Failed, "minder is busy, try again"))
+        }
+        Err(mpsc::error::TrySendError::Closed(_)) => Err(shutting_down()),
     }
 }
 
