@@ -283,15 +283,17 @@ fn read_until(
 ) -> Vec<Value> {
     let deadline = Instant::now() + WAIT;
     let mut seen = Vec::new();
+    // Kept across read timeouts: a line may arrive in pieces.
+    let mut line = String::new();
     while Instant::now() < deadline {
-        let mut line = String::new();
         match reader.read_line(&mut line) {
             Ok(0) => panic!("stream closed; seen {seen:#?}"),
-            Ok(_) => {}
+            Ok(_) if line.ends_with('\n') => {}
+            Ok(_) => continue,
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
             Err(e) => panic!("reading the stream: {e}; seen {seen:#?}"),
         }
-        let reply: Value = serde_json::from_str(&line).expect("a JSON line");
+        let reply: Value = serde_json::from_str(&std::mem::take(&mut line)).expect("a JSON line");
         let event = reply["ok"].clone();
         seen.push(event.clone());
         if pred(&event) {
