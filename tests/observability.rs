@@ -311,17 +311,7 @@ fn events_stream_shows_start_running_and_the_exit_code() {
         program("quiet", &[], "")
     ));
     d.wait_state("quiet", "running");
-    let stream = UnixStream::connect(&d.sock).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_millis(200)))
-        .unwrap();
-    let mut writer = stream.try_clone().unwrap();
-    writer
-        .write_all(b"{\"v\":1,\"cmd\":\"events\",\"names\":[\"crash\"]}\n")
-        .unwrap();
-    let mut reader = BufReader::new(stream);
-    let ack = read_until(&mut reader, |_| true);
-    assert_eq!(ack[0]["following"], serde_json::json!(["crash"]));
+    let mut reader = subscribe(&d, &["crash"]);
 
     d.ctl_ok(&["start", "crash"]);
     let seen = read_until(&mut reader, |e| e["to"] == "backoff");
@@ -362,6 +352,57 @@ fn events_stream_shows_start_running_and_the_exit_code() {
     let out = d.ctl(&["events", "ghost"]);
     assert_eq!(out.code, 1, "{out:?}");
     assert!(out.stderr.contains("ghost"), "{out:?}");
+}
+
+/// Opens an `events` stream for `names` (single-instance programs) on the
+/// daemon's socket, past its acknowledgement.
+fn subscribe(d: &Daemon, names: &[&str]) -> BufReader<UnixStream> {
+    let stream = UnixStream::connect(&d.sock).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let mut writer = stream.try_clone().unwrap();
+    let request = serde_json::json!({"v": 1, "cmd": "events", "names": names});
+    writeln!(writer, "{request}").unwrap();
+    let mut reader = BufReader::new(stream);
+    let ack = read_until(&mut reader, |_| true);
+    // Single-instance programs: the processes followed have the programs' names.
+    assert_eq!(ack[0]["following"], serde_json::json!(names));
+    reader
+}
+
+#[test]
+fn events_give_the_probe_message_and_the_reload_as_reasons() {
+    let port = free_port();
+    let web = |extra: &str| {
+        program(
+            "web",
+            &["--http", &port.to_string(), "--unhealthy-if", "@TMP@/sick"],
+            &format!(
+                "{extra}\n[program.web.health]\nhttp = \"http://127.0.0.1:{port}/health\"\ninterval = \"100ms\"\nfailure_threshold = 1\non_unhealthy = \"none\"\n"
+            ),
+        )
+    };
+    let d = Daemon::start(&web(""));
+    d.wait_for("web healthy", WAIT, |ps| get(ps, "web").health == "healthy");
+    let mut reader = subscribe(&d, &["web"]);
+    std::fs::write(d.path("sick"), "").unwrap();
+    let seen = read_until(&mut reader, |e| e["to"] == "unhealthy");
+    let sick = seen.last().unwrap();
+    assert_eq!(sick["from"], "healthy", "{seen:#?}");
+    let reason = sick["reason"].as_str().unwrap();
+    assert!(
+        reason.contains(&format!("GET http://127.0.0.1:{port}/health")) && reason.contains("500"),
+        "{reason}"
+    );
+    std::fs::remove_file(d.path("sick")).unwrap();
+    read_until(&mut reader, |e| e["to"] == "healthy");
+
+    // A reload that changes the program restarts it, for the reason "reload".
+    d.write_config(&web("environment = { CHANGED = \"1\" }"));
+    d.ctl_ok(&["reload"]);
+    let seen = read_until(&mut reader, |e| e["to"] == "stopping");
+    assert_eq!(seen.last().unwrap()["reason"], "reload", "{seen:#?}");
 }
 
 #[test]
