@@ -256,8 +256,9 @@ pub struct ProcessActor {
     logs: ProcessLogs,
     /// Probe counters for metrics (programs with a health check only).
     probes: Option<Arc<ProbeStats>>,
-    /// The reason for changes made while a command is being handled.
-    cause: Option<String>,
+    /// Who asked for the command being handled, and what it is (`start`, ...):
+    /// the reason the changes it makes give.
+    cause: Option<(Cause, &'static str)>,
 }
 
 impl ProcessActor {
@@ -445,7 +446,7 @@ impl ProcessActor {
                     return;
                 }
                 self.add_waiter(Wait::Start, reply);
-                self.feed_because(cause.reason("start"), Event::Start);
+                self.feed_because((cause, "start"), Event::Start);
             }
             Command::Reconfigure { spec, cfg, reply } => {
                 let old_spec = std::mem::replace(&mut self.spec, spec);
@@ -453,7 +454,7 @@ impl ProcessActor {
                 if matches!(self.machine.state, State::Running { .. }) {
                     self.previous = Some((old_spec, old_cfg));
                     self.add_waiter(Wait::Start, reply);
-                    self.feed_because(Cause::Reload.reason("restart"), Event::Restart);
+                    self.feed_because((Cause::Reload, "restart"), Event::Restart);
                 } else if let Some(reply) = reply {
                     // Not running: the new settings apply at its next start.
                     let _ = reply.send(Outcome::Done);
@@ -461,16 +462,16 @@ impl ProcessActor {
             }
             Command::Restart { reply } => {
                 self.add_waiter(Wait::Start, reply);
-                self.feed_because(Cause::Request.reason("restart"), Event::Restart);
+                self.feed_because((Cause::Request, "restart"), Event::Restart);
             }
             Command::Stop { cause, reply } => {
                 self.stop_epoch += 1;
                 self.add_waiter(Wait::Stop, reply);
-                self.feed_because(cause.reason("stop"), Event::Stop);
+                self.feed_because((cause, "stop"), Event::Stop);
             }
             Command::Remove => {
                 self.stop_epoch += 1;
-                self.feed_because(Cause::Reload.reason("remove"), Event::Remove);
+                self.feed_because((Cause::Reload, "remove"), Event::Remove);
             }
             Command::Kill => {
                 let retiring = self.machine.retiring.map(|r| r.pid);
@@ -513,9 +514,9 @@ impl ProcessActor {
         }
     }
 
-    /// Feeds an event caused by a request: the changes it makes give `reason`.
-    fn feed_because(&mut self, reason: String, event: Event) {
-        self.cause = Some(reason);
+    /// Feeds an event caused by a request: the changes it makes give it as their reason.
+    fn feed_because(&mut self, cause: (Cause, &'static str), event: Event) {
+        self.cause = Some(cause);
         self.feed(event);
         self.cause = None;
     }
@@ -606,8 +607,8 @@ impl ProcessActor {
         if self.context.events.receiver_count() == 0 {
             return;
         }
-        let reason = match &self.cause {
-            Some(cause) => cause.clone(),
+        let reason = match self.cause {
+            Some((cause, command)) => cause.reason(command),
             None => self.machine.description.clone(),
         };
         let event = StateEvent {
