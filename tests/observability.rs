@@ -645,3 +645,32 @@ fn hook_and_metrics_config_errors_are_reported_by_check() {
         );
     }
 }
+
+#[test]
+fn reload_moves_the_metrics_endpoint_or_changes_nothing() {
+    let (first, second) = (free_port(), free_port());
+    let body = program("web", &[], "");
+    let mut d = Daemon::start_with(&format!("metrics = \"127.0.0.1:{first}\""), &body);
+    assert_eq!(http_get(first, "/healthz").0, 200);
+
+    // An address in use: the reload is rejected and the endpoint stays.
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken_port = taken.local_addr().unwrap().port();
+    d.set_supervisor_extra(&format!("metrics = \"127.0.0.1:{taken_port}\""));
+    d.write_config(&body);
+    let out = d.ctl(&["reload"]);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(
+        out.stderr
+            .contains(&format!("metrics 127.0.0.1:{taken_port}")),
+        "{out:?}"
+    );
+    assert_eq!(http_get(first, "/healthz").0, 200);
+
+    // A free one: served there, no longer at the first.
+    d.set_supervisor_extra(&format!("metrics = \"127.0.0.1:{second}\""));
+    d.write_config(&body);
+    d.ctl_ok(&["reload"]);
+    assert_eq!(http_get(second, "/healthz").0, 200);
+    assert!(TcpStream::connect(("127.0.0.1", first)).is_err());
+}

@@ -175,6 +175,26 @@ impl Supervisor {
         self
     }
 
+    /// Serves `/metrics` on `address` from now on (nowhere when `None`). The
+    /// new address is bound first: if that fails, nothing changes.
+    fn move_metrics(&mut self, address: Option<std::net::SocketAddr>) -> Result<(), String> {
+        if self.metrics.as_ref().map(|(a, _)| *a) == address {
+            return Ok(());
+        }
+        let listener = match address {
+            Some(a) => Some(crate::metrics::bind(a).map_err(|e| format!("metrics {a}: {e}"))?),
+            None => None,
+        };
+        if let Some((_, old)) = self.metrics.take() {
+            old.abort();
+        }
+        self.metrics = listener.zip(address).map(|(listener, address)| {
+            let task = tokio::spawn(crate::metrics::serve(listener, self.inputs.clone()));
+            (address, task)
+        });
+        Ok(())
+    }
+
     fn start_hooks(&self, config: &Config) -> Hooks {
         Hooks::start(
             &config.supervisor.hooks,
@@ -666,30 +686,9 @@ impl Supervisor {
                 return Reply::error(ErrorKind::Failed, format!("config not reloaded: {e}"));
             }
         }
-        // Bound before anything changes: an address in use rejects the reload.
-        let metrics = match new.supervisor.metrics {
-            Some(address) if new.supervisor.metrics != self.config.supervisor.metrics => {
-                match crate::metrics::bind(address) {
-                    Ok(listener) => Some(Some((address, listener))),
-                    Err(e) => {
-                        return Reply::error(
-                            ErrorKind::Failed,
-                            format!("config not reloaded: metrics {address}: {e}"),
-                        )
-                    }
-                }
-            }
-            Some(_) => None,
-            None => Some(None),
-        };
-        if let Some(metrics) = metrics {
-            if let Some((_, old)) = self.metrics.take() {
-                old.abort();
-            }
-            if let Some((address, listener)) = metrics {
-                let task = tokio::spawn(crate::metrics::serve(listener, self.inputs.clone()));
-                self.metrics = Some((address, task));
-            }
+        // Before anything else changes: an address in use rejects the reload.
+        if let Err(e) = self.move_metrics(new.supervisor.metrics) {
+            return Reply::error(ErrorKind::Failed, format!("config not reloaded: {e}"));
         }
         if new.supervisor.hooks != self.config.supervisor.hooks {
             self.hooks = self.start_hooks(&new);

@@ -298,6 +298,11 @@ impl Daemon {
         self.dir.path().join(rel)
     }
 
+    /// Replaces the extra `[supervisor]` keys used by later [`Daemon::write_config`] calls.
+    pub fn set_supervisor_extra(&mut self, extra: &str) {
+        extra.clone_into(&mut self.supervisor_extra);
+    }
+
     /// (Re)writes minder.toml: the `[supervisor]` table, then `body` with markers expanded.
     pub fn write_config(&self, body: &str) {
         let text = self.config_text(body);
