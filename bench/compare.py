@@ -909,7 +909,7 @@ class Report:
               "One program, `minder-testchild --exit-after 0 --exit-code 1 --record FILE`, which "
               "appends `start <CLOCK_MONOTONIC ns> <pid>` when it starts and `exit <ns> <pid>` right "
               "before it exits. Latency = a start minus the exit before it, both taken by the "
-              "child itself, so the supervisor's reaping, restart decision, fork and exec, and the "
+              "child itself, so the supervisor's reaping, restart decision, clone and exec, and the "
               "child's own start-up until its first line of `main`, are all inside it.", "",
               "- minder: `start_secs = \"0s\"`, `[program.x.backoff] initial = \"0s\"`, "
               "`jitter = 0.0` (restart policy `always` by default).",

@@ -1,20 +1,31 @@
-//! The one way minder starts a process: its own fork/exec.
+//! The one way minder starts a process: its own clone/exec.
 //!
 //! Everything that can allocate or fail in a complex way (argv, envp, PATH
-//! lookup, user and group lookups) is prepared before `fork`. Between `fork`
-//! and `execve` the child only makes async-signal-safe system calls, and
-//! reports a failure as (stage, errno) over a close-on-exec pipe, so the
-//! parent can tell "exec failed: No such file or directory" from a program
-//! that started and exited.
+//! lookup, user and group lookups) is prepared before the child exists. The
+//! child is made with `clone(CLONE_VM)`: it runs in minder's memory, on a
+//! stack of its own, until `execve` replaces it. No page tables are copied
+//! (fork's main cost with a thousand children and their pipes) and minder
+//! takes no copy-on-write faults afterwards; unlike `vfork`, minder does not
+//! wait for the exec, so starting many programs does not queue minder behind
+//! each child's turn on a CPU. The kernel tells when the child is done with
+//! minder's memory (`CLONE_CHILD_CLEARTID`); until then what it reads is kept.
+//! Between clone and exec the child only makes raw system calls, and reports
+//! a failed step as (stage, errno) in memory minder reads once the child has
+//! exited, so minder can tell "exec failed: No such file or directory" from a
+//! program that started and exited.
 
 use std::ffi::{CString, OsStr};
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
 use nix::fcntl::OFlag;
-use nix::unistd::{ForkResult, Gid, Group, Pid, Uid, User};
+use nix::unistd::{Gid, Group, Pid, Uid, User};
 use tokio::sync::oneshot;
 
 use super::{ExitReceiver, Reaper};
@@ -70,7 +81,7 @@ pub struct SpawnRequest {
     /// Where the child's stderr goes.
     pub stderr: Output,
     /// Variables whose value is the child's own PID (`WATCHDOG_PID`,
-    /// `LISTEN_PID`), only known after fork.
+    /// `LISTEN_PID`), only known in the child.
     pub pid_variables: Vec<&'static str>,
     /// Sockets the child gets as fds 3, 4, ... (the caller keeps them open).
     pub listen_fds: Vec<RawFd>,
@@ -97,7 +108,7 @@ pub enum SpawnStage {
     Lookup,
     /// Resolving `user`/`group`, or refusing them without root.
     Credentials,
-    /// `fork` itself.
+    /// Making the child (`clone`, or mapping its stack).
     Fork,
     /// `setsid` in the child.
     Session,
@@ -162,14 +173,14 @@ pub struct Spawned {
     pub exit: ExitReceiver,
 }
 
-/// Credentials resolved before fork.
+/// Credentials resolved before clone.
 struct Identity {
     uid: Uid,
     gid: Gid,
     groups: Vec<Gid>,
 }
 
-/// Everything the child needs, as raw C data, so nothing allocates after fork.
+/// Everything the child needs, as raw C data, so nothing allocates in the child.
 struct Prepared {
     path: CString,
     argv: Vec<CString>,
@@ -186,13 +197,18 @@ const PID_DIGITS: usize = 12;
 /// Starts a process in a new session, registered with `reaper` before it can
 /// exit, and waits until it has exec'd (or reported why it could not).
 pub fn spawn(req: &SpawnRequest, reaper: &Reaper) -> Result<Spawned, SpawnError> {
-    let (spawned, report) = spawn_unconfirmed(req, reaper)?;
-    // Blocking: the read ends at exec (close-on-exec) or with the report.
-    let _ = nix::fcntl::fcntl(&report.fd, nix::fcntl::FcntlArg::F_SETFL(OFlag::empty()));
-    let program = req.argv.first().map(String::as_str).unwrap_or_default();
-    match report.failure(program, &req.directory) {
+    let (spawned, launch) = start(req, reaper)?;
+    // Until the exec, or the exit of a child that failed before it. This
+    // launch is not in `IN_FLIGHT`: nobody else frees it meanwhile.
+    launch.wait_released(None);
+    let failure = launch.failure();
+    launch.finish();
+    match failure {
         None => Ok(spawned),
-        Some(e) => Err(e),
+        Some((stage, errno)) => {
+            let program = req.argv.first().map(String::as_str).unwrap_or_default();
+            Err(failure_error(stage, errno, program, &req.directory))
+        }
     }
 }
 
@@ -201,108 +217,616 @@ pub fn spawn(req: &SpawnRequest, reaper: &Reaper) -> Result<Spawned, SpawnError>
 /// Waiting for each exec one after the other costs a supervisor starting a
 /// thousand programs most of a second; instead the caller keeps this and
 /// asks [`PendingReport::failure`] once the child has exited. The child
-/// reports (stage, errno) before it `_exit`s, so by then the answer is there.
+/// reports (stage, errno) before it exits, so by then the answer is there.
+///
+/// It holds only the launch's serial number: a small allocation per
+/// process, kept for the process's life amid a spawn's temporaries, would
+/// pin pages of them (with a thousand processes, about a MiB).
 #[derive(Debug)]
 pub struct PendingReport {
-    fd: OwnedFd,
+    serial: u64,
 }
 
 impl PendingReport {
     /// The child's report of a failed exec (or earlier stage), if it made
-    /// one; `program` and `directory` name what failed.
+    /// one; `program` and `directory` name what failed. Only meaningful once
+    /// the child has exited.
     pub fn failure(&self, program: &str, directory: &Path) -> Option<SpawnError> {
-        let (stage, errno) = read_report(&self.fd)?;
-        let what = match stage {
-            SpawnStage::Exec => format!("exec {program:?}"),
-            SpawnStage::Chdir => format!("chdir {directory:?}"),
-            SpawnStage::Identity => "setting user/group".to_string(),
-            SpawnStage::Session => "setsid".to_string(),
-            _ => "setting up stdio".to_string(),
-        };
-        Some(SpawnError::os(stage, errno, what))
+        // A child that has exited is done with its launch: this moves its
+        // report (if any) to `FAILURES`.
+        sweep();
+        let mut failures = failures();
+        let found = failures.iter().position(|f| f.serial == self.serial)?;
+        let failed = failures.swap_remove(found);
+        Some(failure_error(
+            failed.stage,
+            failed.errno,
+            program,
+            directory,
+        ))
     }
 }
 
-/// Like [`spawn`], without waiting for the exec: failures after fork come
+impl Drop for PendingReport {
+    fn drop(&mut self) {
+        // Nobody will ask: a report of this launch is not to be kept.
+        let mut list = in_flight();
+        if let Some(launch) = list.iter_mut().find(|l| l.serial == self.serial) {
+            launch.abandoned = true;
+            return;
+        }
+        drop(list);
+        failures().retain(|f| f.serial != self.serial);
+    }
+}
+
+fn failure_error(stage: u32, errno: i32, program: &str, directory: &Path) -> SpawnError {
+    let stage = SpawnStage::from_code(stage);
+    let what = match stage {
+        SpawnStage::Exec => format!("exec {program:?}"),
+        SpawnStage::Chdir => format!("chdir {directory:?}"),
+        SpawnStage::Identity => "setting user/group".to_string(),
+        SpawnStage::Session => "setsid".to_string(),
+        _ => "setting up stdio".to_string(),
+    };
+    SpawnError::os(stage, Errno::from_raw(errno), what)
+}
+
+/// A failed step of a child whose launch is gone, until its report is read.
+struct Failed {
+    serial: u64,
+    stage: u32,
+    errno: i32,
+}
+
+/// Reports of failed children (rare), until their [`PendingReport`] asks or
+/// is dropped.
+static FAILURES: Mutex<Vec<Failed>> = Mutex::new(Vec::new());
+
+fn failures() -> MutexGuard<'static, Vec<Failed>> {
+    // A poisoned lock only means a panic elsewhere while holding it; the list is still sound.
+    FAILURES.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// What the child and minder share, in the launch's mapping: the word the
+/// kernel clears once the child no longer uses minder's memory, and the
+/// child's report of a failed step.
+struct Shared {
+    /// Non-zero until the child has exec'd or exited: `CLONE_CHILD_CLEARTID`
+    /// makes the kernel write 0 here then, and wake futex waiters.
+    in_use: AtomicU32,
+    /// The stage code of a failed step (0: none); written after `errno`.
+    stage: AtomicU32,
+    /// The errno of the failed step.
+    errno: AtomicU32,
+}
+
+/// Like [`spawn`], without waiting for the exec: failures after clone come
 /// from the returned report once the child has exited.
 pub fn spawn_unconfirmed(
     req: &SpawnRequest,
     reaper: &Reaper,
 ) -> Result<(Spawned, PendingReport), SpawnError> {
-    let mut prepared = prepare(req)?;
-    let argv_ptrs = null_terminated(&prepared.argv);
-    let slots: Vec<(*mut u8, usize)> = prepared
-        .pid_slots
-        .iter_mut()
-        .map(|slot| {
-            let prefix = slot.len() - PID_DIGITS;
-            (slot.as_mut_ptr(), prefix)
-        })
-        .collect();
-    let mut envp_ptrs: Vec<*const libc::c_char> =
-        prepared.envp.iter().map(|s| s.as_ptr()).collect();
-    envp_ptrs.extend(
-        slots
-            .iter()
-            .map(|(ptr, _)| ptr.cast_const().cast::<libc::c_char>()),
-    );
-    envp_ptrs.push(std::ptr::null());
-    let group_list: Vec<libc::gid_t> = prepared
-        .identity
-        .as_ref()
-        .map(|id| id.groups.iter().map(|g| g.as_raw()).collect())
-        .unwrap_or_default();
+    let (spawned, launch) = start(req, reaper)?;
+    let report = PendingReport {
+        serial: launch.serial,
+    };
+    in_flight().push(launch);
+    ensure_sweeper();
+    Ok((spawned, report))
+}
 
-    let (err_read, err_write) = nix::unistd::pipe2(OFlag::O_CLOEXEC)
-        .map_err(|e| SpawnError::os(SpawnStage::Fork, e, "pipe"))?;
-    // Only the read end: a report is read when the child is known to be gone.
-    nix::fcntl::fcntl(&err_read, nix::fcntl::FcntlArg::F_SETFL(OFlag::O_NONBLOCK))
-        .map_err(|e| SpawnError::os(SpawnStage::Fork, e, "pipe"))?;
+/// Serial numbers of launches.
+static SERIAL: AtomicU64 = AtomicU64::new(1);
+
+/// Clones the child; the launch must be kept until the child is done with it.
+fn start(req: &SpawnRequest, reaper: &Reaper) -> Result<(Spawned, Launch), SpawnError> {
+    let prepared = prepare(req)?;
     let devnull = nix::fcntl::open(
         "/dev/null",
         OFlag::O_RDWR | OFlag::O_CLOEXEC,
         nix::sys::stat::Mode::empty(),
     )
     .map_err(|e| SpawnError::os(SpawnStage::Stdio, e, "open /dev/null"))?;
+    let stdio = [
+        req.stdin.unwrap_or(devnull.as_raw_fd()),
+        output_fd(req.stdout, devnull.as_raw_fd()),
+        output_fd(req.stderr, devnull.as_raw_fd()),
+    ];
+    make_room();
+    let mut launch = Launch::new(&prepared, stdio, &req.listen_fds)
+        .map_err(|e| SpawnError::os(SpawnStage::Fork, e, "mmap"))?;
+    // Everything the child reads is in the launch's own mapping now.
+    drop(prepared);
 
-    // Copied before fork: the child rewrites it in place while moving fds.
-    let mut listen_scratch: Vec<libc::c_int> = req.listen_fds.clone();
     let (exit_tx, exit_rx) = oneshot::channel();
     let mut owners = reaper.lock();
-    // SAFETY: the child branch below only calls async-signal-safe functions on
-    // data prepared before the fork, and ends in execve or _exit.
-    match unsafe { nix::unistd::fork() } {
-        Ok(ForkResult::Child) => unsafe {
-            child(ChildArgs {
-                path: &prepared.path,
-                argv: &argv_ptrs,
-                envp: &envp_ptrs,
-                directory: &prepared.directory,
-                identity: prepared.identity.as_ref(),
-                groups: &group_list,
-                stdin: req.stdin.unwrap_or(devnull.as_raw_fd()),
-                stdout: output_fd(req.stdout, devnull.as_raw_fd()),
-                stderr: output_fd(req.stderr, devnull.as_raw_fd()),
-                report: err_write.as_raw_fd(),
-                nofile: CHILD_NOFILE.get(),
-                pid_slots: &slots,
-                listen: &mut listen_scratch,
-            })
+    // Every signal is blocked around clone, so the child starts with all of
+    // them blocked: none can run one of minder's handlers in the child (on
+    // minder's memory) before the child has reset every disposition.
+    // SAFETY: plain sigset operations on sets owned here.
+    let mut all: libc::sigset_t = unsafe { std::mem::zeroed() };
+    let mut previous: libc::sigset_t = unsafe { std::mem::zeroed() };
+    unsafe {
+        libc::sigfillset(&mut all);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut previous);
+    }
+    // SAFETY: the launch's mapping (the child's stack and all it reads or
+    // writes) stays mapped and unchanged until the kernel has cleared
+    // `in_use` in it, i.e. until the child has exec'd or exited: `spawn`
+    // waits for that, `sweep` checks it. `child_main` keeps to the rules
+    // stated there.
+    let pid = unsafe {
+        libc::clone(
+            child_main,
+            launch.region.stack_top(),
+            CLONE_FLAGS,
+            launch.args.cast_mut().cast(),
+            std::ptr::null_mut::<libc::pid_t>(),
+            std::ptr::null_mut::<libc::c_void>(),
+            (*launch.shared).in_use.as_ptr().cast::<libc::pid_t>(),
+        )
+    };
+    let clone_errno = Errno::last();
+    // SAFETY: restores the mask saved above.
+    unsafe {
+        libc::pthread_sigmask(libc::SIG_SETMASK, &previous, std::ptr::null_mut());
+    }
+    if pid < 0 {
+        // No child: nothing uses the launch.
+        drop(owners);
+        launch.finish();
+        return Err(SpawnError::os(SpawnStage::Fork, clone_errno, "clone"));
+    }
+    owners.insert(pid, exit_tx);
+    drop(owners);
+    // The child has its own copy of the fd table (made by clone), so minder's
+    // fds may close now, whatever the child has got to.
+    drop(devnull);
+    launch.serial = SERIAL.fetch_add(1, Ordering::Relaxed);
+    Ok((
+        Spawned {
+            pid: Pid::from_raw(pid),
+            exit: exit_rx,
         },
-        Ok(ForkResult::Parent { child }) => {
-            owners.insert(child.as_raw(), exit_tx);
-            drop(owners);
-            drop(err_write);
-            drop(devnull);
-            Ok((
-                Spawned {
-                    pid: child,
-                    exit: exit_rx,
+        launch,
+    ))
+}
+
+/// `CLONE_VM`: the child shares minder's memory (no copy); no `CLONE_FILES`,
+/// `CLONE_FS`, `CLONE_SIGHAND` or `CLONE_THREAD`, so its fd table, cwd,
+/// signal handlers and credentials are its own. `SIGCHLD` on exit, like a
+/// forked child, so the reaper collects it. Where the child cannot make
+/// system calls without glibc (see [`sys`]), `CLONE_VFORK` suspends minder's
+/// thread until the exec, so the child may share that thread's errno.
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+const CLONE_FLAGS: libc::c_int = libc::CLONE_VM | libc::CLONE_CHILD_CLEARTID | libc::SIGCHLD;
+#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+const CLONE_FLAGS: libc::c_int =
+    libc::CLONE_VM | libc::CLONE_VFORK | libc::CLONE_CHILD_CLEARTID | libc::SIGCHLD;
+
+/// One child being started: a mapping holding its stack, all it reads until
+/// its exec and what it shares with minder. Kept until the kernel says the
+/// child is done with it. Nothing of it is on minder's heap, so launches
+/// freed in any order leave no holes there.
+struct Launch {
+    region: Region,
+    /// The child's arguments, inside `region`.
+    args: *const ChildArgs,
+    /// The shared words, inside `region`.
+    shared: *const Shared,
+    /// Names the launch for its [`PendingReport`].
+    serial: u64,
+    /// The report was dropped: a failure need not be kept.
+    abandoned: bool,
+}
+
+// SAFETY: the mapping is owned by the launch; until the child is done with
+// it minder only reads `shared`, atomically.
+unsafe impl Send for Launch {}
+
+impl Launch {
+    /// Lays out the child's arguments in a mapping of their own.
+    fn new(prepared: &Prepared, stdio: [RawFd; 3], listen: &[RawFd]) -> Result<Launch, Errno> {
+        let strings = |list: &[CString]| {
+            list.iter()
+                .map(|s| s.as_bytes_with_nul().len())
+                .sum::<usize>()
+        };
+        let groups = prepared.identity.as_ref().map_or(0, |id| id.groups.len());
+        let slots_len: usize = prepared.pid_slots.iter().map(Vec::len).sum();
+        // Generous: every item may need up to 8 bytes of alignment padding.
+        let items = 8 + prepared.argv.len() + prepared.envp.len() + 2 * prepared.pid_slots.len();
+        let size = std::mem::size_of::<ChildArgs>()
+            + std::mem::size_of::<Shared>()
+            + prepared.path.as_bytes_with_nul().len()
+            + prepared.directory.as_bytes_with_nul().len()
+            + strings(&prepared.argv)
+            + strings(&prepared.envp)
+            + slots_len
+            + (prepared.argv.len() + prepared.envp.len() + prepared.pid_slots.len() + 2)
+                * std::mem::size_of::<*const libc::c_char>()
+            + prepared.pid_slots.len() * std::mem::size_of::<(*mut u8, usize)>()
+            + groups * std::mem::size_of::<libc::gid_t>()
+            + std::mem::size_of_val(listen)
+            + items * 8;
+        let region = Region::take(size)?;
+        // SAFETY: the data area of a mapping this launch owns and no child
+        // uses yet, large enough for everything written (`size`).
+        let (args, shared) = unsafe {
+            let mut w = Writer::new(region.data(), size);
+            let shared = w.array::<Shared>(1);
+            shared.write(Shared {
+                in_use: AtomicU32::new(1),
+                stage: AtomicU32::new(0),
+                errno: AtomicU32::new(0),
+            });
+            let path = w.c_string(&prepared.path);
+            let directory = w.c_string(&prepared.directory);
+            let argv = w.array::<*const libc::c_char>(prepared.argv.len() + 1);
+            for (i, arg) in prepared.argv.iter().enumerate() {
+                *argv.add(i) = w.c_string(arg);
+            }
+            *argv.add(prepared.argv.len()) = std::ptr::null();
+            // `NAME=` and room for the PID: the child writes the digits.
+            let slots = w.array::<(*mut u8, usize)>(prepared.pid_slots.len());
+            for (i, slot) in prepared.pid_slots.iter().enumerate() {
+                let at = w.bytes(slot);
+                *slots.add(i) = (at, slot.len() - PID_DIGITS);
+            }
+            let n_env = prepared.envp.len() + prepared.pid_slots.len();
+            let envp = w.array::<*const libc::c_char>(n_env + 1);
+            for (i, var) in prepared.envp.iter().enumerate() {
+                *envp.add(i) = w.c_string(var);
+            }
+            for i in 0..prepared.pid_slots.len() {
+                *envp.add(prepared.envp.len() + i) = (*slots.add(i)).0.cast_const().cast();
+            }
+            *envp.add(n_env) = std::ptr::null();
+            let (uid, gid, group_list, n_groups) = match &prepared.identity {
+                Some(id) => {
+                    let list = w.array::<libc::gid_t>(id.groups.len());
+                    for (i, g) in id.groups.iter().enumerate() {
+                        *list.add(i) = g.as_raw();
+                    }
+                    (
+                        Some(id.uid.as_raw()),
+                        id.gid.as_raw(),
+                        list,
+                        id.groups.len(),
+                    )
+                }
+                None => (None, 0, std::ptr::null_mut(), 0),
+            };
+            // The child rewrites this in place while moving fds.
+            let scratch = w.array::<libc::c_int>(listen.len());
+            for (i, fd) in listen.iter().enumerate() {
+                *scratch.add(i) = *fd;
+            }
+            let args = w.array::<ChildArgs>(1);
+            args.write(ChildArgs {
+                path,
+                argv,
+                envp,
+                directory,
+                uid,
+                gid,
+                groups: group_list,
+                n_groups,
+                stdio,
+                // `rlim_t` is 32 bits wide on some targets.
+                #[allow(clippy::unnecessary_cast)]
+                nofile: CHILD_NOFILE.get().map(|l| Rlimit64 {
+                    cur: l.rlim_cur as u64,
+                    max: l.rlim_max as u64,
+                }),
+                pid_slots: slots,
+                n_slots: prepared.pid_slots.len(),
+                listen: scratch,
+                n_listen: listen.len(),
+                shared,
+            });
+            (args.cast_const(), shared.cast_const())
+        };
+        Ok(Launch {
+            region,
+            args,
+            shared,
+            serial: 0,
+            abandoned: false,
+        })
+    }
+
+    fn shared(&self) -> &Shared {
+        // SAFETY: inside the launch's mapping, alive as long as the launch.
+        unsafe { &*self.shared }
+    }
+
+    fn released(&self) -> bool {
+        self.shared().in_use.load(Ordering::Acquire) == 0
+    }
+
+    /// Waits until the child is done with the launch, at most `timeout` if
+    /// given; true if it is.
+    fn wait_released(&self, timeout: Option<Duration>) -> bool {
+        let word = &self.shared().in_use;
+        let deadline = timeout.map(|t| Instant::now() + t);
+        loop {
+            let value = word.load(Ordering::Acquire);
+            if value == 0 {
+                return true;
+            }
+            let left = match deadline {
+                None => None,
+                Some(at) => match at.checked_duration_since(Instant::now()) {
+                    Some(left) if !left.is_zero() => Some(libc::timespec {
+                        tv_sec: left.as_secs() as libc::time_t,
+                        tv_nsec: left.subsec_nanos() as libc::c_long,
+                    }),
+                    _ => return false,
                 },
-                PendingReport { fd: err_read },
-            ))
+            };
+            let left_ptr = left
+                .as_ref()
+                .map_or(std::ptr::null(), |t| t as *const libc::timespec);
+            // SAFETY: FUTEX_WAIT only reads the word, in the launch's mapping.
+            // Not FUTEX_PRIVATE_FLAG: the kernel's wake when it clears the
+            // word is a shared-futex wake. EINTR, EAGAIN (the word changed)
+            // and ETIMEDOUT all lead back to the check above.
+            unsafe {
+                libc::syscall(
+                    libc::SYS_futex,
+                    word.as_ptr(),
+                    libc::FUTEX_WAIT,
+                    value,
+                    left_ptr,
+                );
+            }
         }
-        Err(e) => Err(SpawnError::os(SpawnStage::Fork, e, "fork")),
+    }
+
+    /// The child's report of a failed step, once it is done with the launch.
+    fn failure(&self) -> Option<(u32, i32)> {
+        let shared = self.shared();
+        let stage = shared.stage.load(Ordering::Acquire);
+        (stage != 0).then(|| (stage, shared.errno.load(Ordering::Relaxed) as i32))
+    }
+
+    /// Frees the launch of a child that is done with it (or never existed),
+    /// keeping its mapping for the next one.
+    fn finish(self) {
+        self.region.give_back();
+    }
+}
+
+/// Places values one after the other in a launch's data area.
+struct Writer {
+    at: usize,
+    end: usize,
+}
+
+impl Writer {
+    fn new(data: *mut u8, size: usize) -> Writer {
+        Writer {
+            at: data as usize,
+            end: data as usize + size,
+        }
+    }
+
+    /// Room for `count` values of `T`, aligned.
+    ///
+    /// # Safety
+    /// The area must be writable and hold what is asked (see `Launch::new`).
+    unsafe fn array<T>(&mut self, count: usize) -> *mut T {
+        let align = std::mem::align_of::<T>();
+        let start = (self.at + align - 1) & !(align - 1);
+        self.at = start + count * std::mem::size_of::<T>();
+        debug_assert!(self.at <= self.end, "launch data larger than computed");
+        start as *mut T
+    }
+
+    /// A copy of `bytes`.
+    unsafe fn bytes(&mut self, bytes: &[u8]) -> *mut u8 {
+        let at = self.array::<u8>(bytes.len());
+        std::ptr::copy_nonoverlapping(bytes.as_ptr(), at, bytes.len());
+        at
+    }
+
+    /// A copy of `s` with its NUL.
+    unsafe fn c_string(&mut self, s: &CString) -> *const libc::c_char {
+        self.bytes(s.as_bytes_with_nul()).cast_const().cast()
+    }
+}
+
+/// Launches of children that may still use them, oldest first.
+static IN_FLIGHT: Mutex<Vec<Launch>> = Mutex::new(Vec::new());
+
+/// At most this many children in flight: beyond it a spawn first waits
+/// (briefly) for the oldest, so children that get no CPU cannot make
+/// minder hold launches without bound.
+const MAX_IN_FLIGHT: usize = 64;
+
+/// How long a spawn waits for the oldest child in flight when there are
+/// [`MAX_IN_FLIGHT`]; a child stopped before its exec must not stop minder.
+const ROOM_WAIT: Duration = Duration::from_millis(20);
+
+/// How often finished launches are freed while some are in flight.
+const SWEEP_EVERY: Duration = Duration::from_millis(5);
+
+/// Whether a sweeper task is running.
+static SWEEPER: AtomicBool = AtomicBool::new(false);
+
+fn in_flight() -> MutexGuard<'static, Vec<Launch>> {
+    // A poisoned lock only means a panic elsewhere while holding it; the list is still sound.
+    IN_FLIGHT.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Frees the launches whose children are done with them, keeping their
+/// reports of failure; true if some remain.
+fn sweep() -> bool {
+    let mut list = in_flight();
+    let mut i = 0;
+    while i < list.len() {
+        if !list[i].released() {
+            i += 1;
+            continue;
+        }
+        let launch = list.remove(i);
+        if let (Some((stage, errno)), false) = (launch.failure(), launch.abandoned) {
+            failures().push(Failed {
+                serial: launch.serial,
+                stage,
+                errno,
+            });
+        }
+        launch.finish();
+    }
+    !list.is_empty()
+}
+
+/// Frees what it can, and waits for the oldest child if too many are in flight.
+fn make_room() {
+    if !sweep() {
+        return;
+    }
+    let list = in_flight();
+    if list.len() >= MAX_IN_FLIGHT {
+        // Waited for with the list locked: nobody frees the launch meanwhile.
+        if let Some(oldest) = list.first() {
+            oldest.wait_released(Some(ROOM_WAIT));
+        }
+        drop(list);
+        sweep();
+    }
+}
+
+/// Frees finished launches soon after a burst of spawns: a task that sweeps
+/// every [`SWEEP_EVERY`] while any are in flight (outside a runtime, the next
+/// spawn sweeps).
+fn ensure_sweeper() {
+    if std::env::var_os("NOSWEEP").is_some() {
+        return;
+    }
+    if SWEEPER.swap(true, Ordering::AcqRel) {
+        return;
+    }
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        SWEEPER.store(false, Ordering::Release);
+        return;
+    };
+    runtime.spawn(async {
+        let _running = SweeperRunning;
+        while sweep() {
+            tokio::time::sleep(SWEEP_EVERY).await;
+        }
+    });
+}
+
+/// Marks the sweeper stopped when its task ends (or its runtime does).
+struct SweeperRunning;
+
+impl Drop for SweeperRunning {
+    fn drop(&mut self) {
+        SWEEPER.store(false, Ordering::Release);
+    }
+}
+
+/// Size of a child's stack; `child` needs well under 4 KiB.
+const STACK_SIZE: usize = 16 * 1024;
+
+/// Smallest data area of a launch's mapping: room for minder's environment
+/// and a command line of common size, so one mapping serves most launches.
+const MIN_DATA: usize = 16 * 1024;
+
+/// Mappings of finished launches kept for the next ones.
+const SPARE_REGIONS: usize = 2;
+
+static SPARES: Mutex<Vec<Region>> = Mutex::new(Vec::new());
+
+/// A launch's mapping: a guard page (so a stack overflow faults instead of
+/// writing into whatever lies below), the child's stack, then its data.
+struct Region {
+    base: NonNull<libc::c_void>,
+    len: usize,
+    page: usize,
+}
+
+// SAFETY: a mapping owned by whoever holds the value.
+unsafe impl Send for Region {}
+
+impl Region {
+    /// A mapping with at least `data` bytes of data area.
+    fn take(data: usize) -> Result<Region, Errno> {
+        let spare = {
+            let mut spares = SPARES.lock().unwrap_or_else(|e| e.into_inner());
+            let fits = spares.iter().position(|r| r.data_len() >= data);
+            fits.map(|i| spares.swap_remove(i))
+        };
+        match spare {
+            Some(region) => Ok(region),
+            None => Region::map(data.max(MIN_DATA)),
+        }
+    }
+
+    fn map(data: usize) -> Result<Region, Errno> {
+        let page = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
+            .ok()
+            .flatten()
+            .unwrap_or(4096) as usize;
+        let len = (page + STACK_SIZE + data).div_ceil(page) * page;
+        // SAFETY: a fresh anonymous mapping, owned by the returned value.
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_STACK,
+                -1,
+                0,
+            )
+        };
+        if base == libc::MAP_FAILED {
+            return Err(Errno::last());
+        }
+        let base = NonNull::new(base).ok_or(Errno::ENOMEM)?;
+        let region = Region { base, len, page };
+        // SAFETY: the lowest page of the mapping just made.
+        if unsafe { libc::mprotect(base.as_ptr(), page, libc::PROT_NONE) } < 0 {
+            return Err(Errno::last());
+        }
+        Ok(region)
+    }
+
+    /// The child's initial stack pointer (stacks grow down on every Linux
+    /// target minder builds for), 16-byte aligned.
+    fn stack_top(&self) -> *mut libc::c_void {
+        let top = self.base.as_ptr() as usize + self.page + STACK_SIZE;
+        (top & !15) as *mut libc::c_void
+    }
+
+    /// The start of the data area (above the stack).
+    fn data(&self) -> *mut u8 {
+        (self.base.as_ptr() as usize + self.page + STACK_SIZE) as *mut u8
+    }
+
+    fn data_len(&self) -> usize {
+        self.len - self.page - STACK_SIZE
+    }
+
+    fn give_back(self) {
+        let mut spares = SPARES.lock().unwrap_or_else(|e| e.into_inner());
+        if spares.len() < SPARE_REGIONS {
+            spares.push(self);
+        }
+    }
+}
+
+impl Drop for Region {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `map`, no longer used by any child.
+        unsafe {
+            libc::munmap(self.base.as_ptr(), self.len);
+        }
     }
 }
 
@@ -312,27 +836,6 @@ fn output_fd(output: Output, devnull: RawFd) -> RawFd {
         Output::Null => devnull,
         Output::Fd(fd) => fd,
     }
-}
-
-/// Reads the child's (stage, errno) report; `None` means the pipe closed on
-/// exec (success) or, non-blocking, that nothing is there.
-fn read_report(fd: &OwnedFd) -> Option<(SpawnStage, Errno)> {
-    let mut buf = [0u8; 8];
-    let mut got = 0;
-    while got < buf.len() {
-        match nix::unistd::read(fd, &mut buf[got..]) {
-            Ok(0) => break,
-            Ok(n) => got += n,
-            Err(Errno::EINTR) => continue,
-            Err(_) => break,
-        }
-    }
-    if got < buf.len() {
-        return None;
-    }
-    let stage = u32::from_ne_bytes([buf[0], buf[1], buf[2], buf[3]]);
-    let errno = i32::from_ne_bytes([buf[4], buf[5], buf[6], buf[7]]);
-    Some((SpawnStage::from_code(stage), Errno::from_raw(errno)))
 }
 
 fn prepare(req: &SpawnRequest) -> Result<Prepared, SpawnError> {
@@ -491,126 +994,274 @@ fn resolve_identity(
     Ok(Some(Identity { uid, gid, groups }))
 }
 
-fn null_terminated(strings: &[CString]) -> Vec<*const libc::c_char> {
-    strings
-        .iter()
-        .map(|s| s.as_ptr())
-        .chain(std::iter::once(std::ptr::null()))
-        .collect()
+/// `struct rlimit64` of the `prlimit64` system call.
+#[derive(Debug, Clone, Copy)]
+#[repr(C)]
+struct Rlimit64 {
+    cur: u64,
+    max: u64,
 }
 
-struct ChildArgs<'a> {
-    path: &'a CString,
-    argv: &'a [*const libc::c_char],
-    envp: &'a [*const libc::c_char],
-    directory: &'a CString,
-    identity: Option<&'a Identity>,
-    groups: &'a [libc::gid_t],
-    stdin: libc::c_int,
-    stdout: libc::c_int,
-    stderr: libc::c_int,
-    report: libc::c_int,
-    nofile: Option<&'a libc::rlimit>,
-    pid_slots: &'a [(*mut u8, usize)],
-    listen: &'a mut [libc::c_int],
+/// What the child reads, as raw C data prepared before clone.
+struct ChildArgs {
+    path: *const libc::c_char,
+    argv: *const *const libc::c_char,
+    envp: *const *const libc::c_char,
+    directory: *const libc::c_char,
+    /// `Some` when the identity changes: then `gid` and `groups` apply too.
+    uid: Option<libc::uid_t>,
+    gid: libc::gid_t,
+    groups: *const libc::gid_t,
+    n_groups: usize,
+    /// Sources of fds 0, 1 and 2.
+    stdio: [libc::c_int; 3],
+    nofile: Option<Rlimit64>,
+    pid_slots: *const (*mut u8, usize),
+    n_slots: usize,
+    /// Sources of fds 3..; rewritten by the child.
+    listen: *mut libc::c_int,
+    n_listen: usize,
+    /// Where a failed step is reported.
+    shared: *const Shared,
 }
 
-/// Runs in the forked child: async-signal-safe calls only, then exec.
+/// A system call that leaves errno alone (the child shares the TLS of the
+/// minder thread that made it, which runs on): the result, or `-errno`.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn sys(n: libc::c_long, a: [usize; 4]) -> isize {
+    let ret: isize;
+    std::arch::asm!(
+        "syscall",
+        inlateout("rax") n as isize => ret,
+        in("rdi") a[0],
+        in("rsi") a[1],
+        in("rdx") a[2],
+        in("r10") a[3],
+        lateout("rcx") _,
+        lateout("r11") _,
+        options(nostack),
+    );
+    ret
+}
+
+/// A system call that leaves errno alone (see the x86_64 version).
+#[cfg(target_arch = "aarch64")]
+#[inline(always)]
+unsafe fn sys(n: libc::c_long, a: [usize; 4]) -> isize {
+    let ret: isize;
+    std::arch::asm!(
+        "svc 0",
+        in("x8") n,
+        inlateout("x0") a[0] as isize => ret,
+        in("x1") a[1],
+        in("x2") a[2],
+        in("x3") a[3],
+        options(nostack),
+    );
+    ret
+}
+
+/// A system call through glibc, which sets errno: only safe because on
+/// these targets the child runs under `CLONE_VFORK` (see [`CLONE_FLAGS`]).
+#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+unsafe fn sys(n: libc::c_long, a: [usize; 4]) -> isize {
+    let ret = libc::syscall(n, a[0], a[1], a[2], a[3]);
+    if ret == -1 {
+        -(*libc::__errno_location() as isize)
+    } else {
+        ret as isize
+    }
+}
+
+/// Identity system calls, made directly: glibc's `setuid` and friends in a
+/// process with threads signal every thread to change too, and the cloned
+/// child would do that to minder's threads (it shares their memory, so
+/// glibc believes it is one of them). The 32-bit x86 and arm targets have
+/// 16-bit versions under these names, hence the `32` calls there.
+#[cfg(not(any(target_arch = "x86", target_arch = "arm")))]
+mod ids {
+    pub const SETGROUPS: libc::c_long = libc::SYS_setgroups;
+    pub const SETGID: libc::c_long = libc::SYS_setgid;
+    pub const SETUID: libc::c_long = libc::SYS_setuid;
+}
+#[cfg(any(target_arch = "x86", target_arch = "arm"))]
+mod ids {
+    pub const SETGROUPS: libc::c_long = libc::SYS_setgroups32;
+    pub const SETGID: libc::c_long = libc::SYS_setgid32;
+    pub const SETUID: libc::c_long = libc::SYS_setuid32;
+}
+
+/// The highest signal number (`_NSIG - 1` on the Linux targets minder builds for).
+const LAST_SIGNAL: libc::c_int = 64;
+
+/// Entry point of the cloned child.
+///
+/// It runs on its own stack but in minder's memory (`CLONE_VM`) and on the
+/// TLS of the minder thread that called clone, which goes on running
+/// (as do minder's other threads). Hence the rules it keeps until `execve`:
+/// - only raw system calls ([`sys`]): no allocation, no lock, no errno, no
+///   thread-local, no panic, nothing of Rust's runtime or glibc's;
+/// - it reads only its launch, which minder keeps unchanged until the kernel
+///   has cleared `in_use` (at the exec, or at the child's exit), and writes
+///   only what minder set aside for it there: the PID slots, the listen fd
+///   scratch and the failure report;
+/// - no handler of minder's may run in it: every signal is blocked when it
+///   starts and it resets every disposition before unblocking them. Its
+///   signal handlers, fd table, cwd, session, rlimits and credentials are
+///   its own copies (see [`CLONE_FLAGS`]), so changing them changes nothing
+///   of minder's;
+/// - it ends in `execve` or `exit_group` (which ends only the child: it is a
+///   thread group of its own).
+extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
+    // SAFETY: `arg` is the `ChildArgs` of a launch kept alive for the child.
+    unsafe { child(&*arg.cast::<ChildArgs>()) }
+}
+
+/// The child's steps; see [`child_main`] for the rules.
 ///
 /// # Safety
-/// Must only be called in the child right after fork, with pointers that stay
-/// valid (they point into the parent's copy-on-write memory).
-unsafe fn child(args: ChildArgs<'_>) -> ! {
-    // Signal handlers of minder are reset by exec, but ignored signals (Rust
-    // ignores SIGPIPE) and the blocked mask would be inherited.
-    let mut empty: libc::sigset_t = std::mem::zeroed();
-    libc::sigemptyset(&mut empty);
-    libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
-    for sig in 1..libc::SIGRTMIN() {
+/// Only in the cloned child, with `args` valid until it execs or exits.
+unsafe fn child(args: &ChildArgs) -> ! {
+    // Signal dispositions: handlers are minder's code and would run on
+    // minder's memory; ignored signals (Rust ignores SIGPIPE) would be
+    // inherited through exec. An all-zero kernel `sigaction` is SIG_DFL, no
+    // flags, empty mask, whatever the architecture's layout; the raw call
+    // also reaches the signals glibc keeps for itself.
+    let default = [0u64; 4];
+    for sig in 1..=LAST_SIGNAL {
         if sig != libc::SIGKILL && sig != libc::SIGSTOP {
-            libc::signal(sig, libc::SIG_DFL);
+            sys(
+                libc::SYS_rt_sigaction,
+                [sig as usize, default.as_ptr() as usize, 0, 8],
+            );
         }
     }
-    if libc::setsid() < 0 {
-        fail(args.report, 4);
-    }
-    let pid = libc::getpid();
-    for &(slot, prefix) in args.pid_slots {
+    // Then nothing blocked, as a freshly started program expects.
+    let empty = 0u64;
+    sys(
+        libc::SYS_rt_sigprocmask,
+        [
+            libc::SIG_SETMASK as usize,
+            &empty as *const u64 as usize,
+            0,
+            8,
+        ],
+    );
+    check(args, 4, sys(libc::SYS_setsid, [0; 4]));
+    let pid = sys(libc::SYS_getpid, [0; 4]) as libc::pid_t;
+    for i in 0..args.n_slots {
+        let (slot, prefix) = *args.pid_slots.add(i);
         write_decimal(slot.add(prefix), pid);
     }
     // Targets: 0, 1, 2 for stdio, then 3.. for the listen sockets. First move
     // every source above the last target (close-on-exec copies), so placing
     // one cannot clobber another that is still to be placed.
-    let first_free = 3 + args.listen.len() as libc::c_int;
-    let mut stdio = [args.stdin, args.stdout, args.stderr];
-    for fd in stdio.iter_mut().chain(args.listen.iter_mut()) {
-        *fd = libc::fcntl(*fd, libc::F_DUPFD_CLOEXEC, first_free);
-        if *fd < 0 {
-            fail(args.report, 5);
-        }
+    let listen = std::slice::from_raw_parts_mut(args.listen, args.n_listen);
+    let first_free = 3 + args.n_listen;
+    let mut stdio = args.stdio;
+    for fd in stdio.iter_mut().chain(listen.iter_mut()) {
+        let moved = sys(
+            libc::SYS_fcntl,
+            [*fd as usize, libc::F_DUPFD_CLOEXEC as usize, first_free, 0],
+        );
+        check(args, 5, moved);
+        *fd = moved as libc::c_int;
     }
-    // dup2 clears close-on-exec on the target.
-    for (target, source) in stdio
-        .into_iter()
-        .chain(args.listen.iter().copied())
-        .enumerate()
-    {
-        if libc::dup2(source, target as libc::c_int) < 0 {
-            fail(args.report, 5);
-        }
+    // dup3 (dup2 is missing on some architectures) clears close-on-exec on
+    // the target; source and target always differ here.
+    for (target, source) in stdio.into_iter().chain(listen.iter().copied()).enumerate() {
+        check(
+            args,
+            5,
+            sys(libc::SYS_dup3, [source as usize, target, 0, 0]),
+        );
     }
-    // Nothing else survives exec, whatever minder itself inherited.
-    libc::syscall(
+    // Nothing else survives exec, whatever minder itself inherited. Marked
+    // rather than closed: the exec closes them.
+    sys(
         libc::SYS_close_range,
-        first_free as u32,
-        u32::MAX,
-        libc::CLOSE_RANGE_CLOEXEC,
+        [
+            first_free,
+            u32::MAX as usize,
+            libc::CLOSE_RANGE_CLOEXEC as usize,
+            0,
+        ],
     );
-    if let Some(limit) = args.nofile {
+    if let Some(limit) = &args.nofile {
         // Lowering can only fail for an invalid value; the child then keeps minder's.
-        libc::setrlimit(libc::RLIMIT_NOFILE, limit);
+        sys(
+            libc::SYS_prlimit64,
+            [
+                0,
+                libc::RLIMIT_NOFILE as usize,
+                limit as *const Rlimit64 as usize,
+                0,
+            ],
+        );
     }
-    if let Some(id) = args.identity {
-        if libc::setgroups(args.groups.len(), args.groups.as_ptr()) < 0
-            || libc::setgid(id.gid.as_raw()) < 0
-            || libc::setuid(id.uid.as_raw()) < 0
-        {
-            fail(args.report, 6);
-        }
+    if let Some(uid) = args.uid {
+        check(
+            args,
+            6,
+            sys(ids::SETGROUPS, [args.n_groups, args.groups as usize, 0, 0]),
+        );
+        check(args, 6, sys(ids::SETGID, [args.gid as usize, 0, 0, 0]));
+        check(args, 6, sys(ids::SETUID, [uid as usize, 0, 0, 0]));
     }
-    if libc::chdir(args.directory.as_ptr()) < 0 {
-        fail(args.report, 7);
-    }
-    libc::execve(args.path.as_ptr(), args.argv.as_ptr(), args.envp.as_ptr());
-    fail(args.report, 8)
+    check(
+        args,
+        7,
+        sys(libc::SYS_chdir, [args.directory as usize, 0, 0, 0]),
+    );
+    let result = sys(
+        libc::SYS_execve,
+        [
+            args.path as usize,
+            args.argv as usize,
+            args.envp as usize,
+            0,
+        ],
+    );
+    fail(args, 8, result)
 }
 
 /// Writes `n` in decimal followed by a NUL at `at` (room: [`PID_DIGITS`] bytes);
-/// no allocation, so it may run between fork and exec.
+/// no allocation, so it may run between clone and exec.
 unsafe fn write_decimal(at: *mut u8, n: libc::pid_t) {
     let mut digits = [0u8; PID_DIGITS];
     let mut len = 0;
     let mut rest = n.unsigned_abs();
-    loop {
-        digits[len] = b'0' + (rest % 10) as u8;
+    for digit in digits.iter_mut().take(PID_DIGITS - 1) {
+        *digit = b'0' + (rest % 10) as u8;
         len += 1;
         rest /= 10;
-        if rest == 0 || len == PID_DIGITS - 1 {
+        if rest == 0 {
             break;
         }
     }
-    for i in 0..len {
-        *at.add(i) = digits[len - 1 - i];
+    for (i, digit) in digits.iter().take(len).rev().enumerate() {
+        *at.add(i) = *digit;
     }
     *at.add(len) = 0;
 }
 
-/// Reports (stage, errno) to the parent and exits without running any destructor.
-unsafe fn fail(report: libc::c_int, stage: u32) -> ! {
-    let errno = *libc::__errno_location();
-    let mut buf = [0u8; 8];
-    buf[..4].copy_from_slice(&stage.to_ne_bytes());
-    buf[4..].copy_from_slice(&errno.to_ne_bytes());
-    libc::write(report, buf.as_ptr().cast(), buf.len());
-    libc::_exit(127)
+/// Fails the step `stage` if a system call returned `-errno`.
+unsafe fn check(args: &ChildArgs, stage: u32, result: isize) {
+    if result < 0 {
+        fail(args, stage, result);
+    }
+}
+
+/// Reports (stage, errno) to minder and exits without running any destructor.
+unsafe fn fail(args: &ChildArgs, stage: u32, result: isize) -> ! {
+    let shared = &*args.shared;
+    shared
+        .errno
+        .store(result.unsigned_abs() as u32, Ordering::Relaxed);
+    // Release: minder reads `errno` after seeing the stage.
+    shared.stage.store(stage, Ordering::Release);
+    loop {
+        sys(libc::SYS_exit_group, [127, 0, 0, 0]);
+    }
 }
