@@ -61,7 +61,7 @@ impl<T> Mailbox<T> {
     /// The next item; `None` once closed and empty.
     pub async fn recv(&self) -> Option<T> {
         loop {
-            if let Some(item) = self.lock().pop_front() {
+            if let Some(item) = self.pop() {
                 return Some(item);
             }
             if self.closed.load(Ordering::Acquire) {
@@ -69,6 +69,17 @@ impl<T> Mailbox<T> {
             }
             self.ready.notified().await;
         }
+    }
+
+    fn pop(&self) -> Option<T> {
+        let mut queue = self.lock();
+        let item = queue.pop_front();
+        if item.is_some() && queue.is_empty() {
+            // Idle mailboxes hold no buffer: items are rare, and a thousand
+            // buffers of a few items each add up.
+            *queue = VecDeque::new();
+        }
+        item
     }
 
     /// An item is queued, or the mailbox was closed.

@@ -206,7 +206,13 @@ fn load_main(
         Some(supervisor) if diags.count() == 0 => Ok(Config {
             path: abs_path,
             supervisor,
-            programs: drafts.into_iter().map(|d| Arc::new(d.config)).collect(),
+            // Into a Vec of its own size: collected in place, the pointers
+            // would keep the drafts' allocation (all of it, for the config's life).
+            programs: {
+                let mut programs = Vec::with_capacity(drafts.len());
+                programs.extend(drafts.into_iter().map(|d| Arc::new(d.config)));
+                programs
+            },
         }),
         _ => Err(diags.into_sorted()),
     }

@@ -15,6 +15,7 @@
 //! program that started and exited.
 
 use std::ffi::{CString, OsStr};
+use std::num::NonZeroU64;
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
@@ -224,7 +225,7 @@ pub fn spawn(req: &SpawnRequest, reaper: &Reaper) -> Result<Spawned, SpawnError>
 /// pin pages of them (with a thousand processes, about a MiB).
 #[derive(Debug)]
 pub struct PendingReport {
-    serial: u64,
+    serial: NonZeroU64,
 }
 
 impl PendingReport {
@@ -236,7 +237,9 @@ impl PendingReport {
         // report (if any) to `FAILURES`.
         sweep();
         let mut failures = failures();
-        let found = failures.iter().position(|f| f.serial == self.serial)?;
+        let found = failures
+            .iter()
+            .position(|f| f.serial == self.serial.get())?;
         let failed = failures.swap_remove(found);
         Some(failure_error(
             failed.stage,
@@ -251,12 +254,12 @@ impl Drop for PendingReport {
     fn drop(&mut self) {
         // Nobody will ask: a report of this launch is not to be kept.
         let mut list = in_flight();
-        if let Some(launch) = list.iter_mut().find(|l| l.serial == self.serial) {
+        if let Some(launch) = list.iter_mut().find(|l| l.serial == self.serial.get()) {
             launch.abandoned = true;
             return;
         }
         drop(list);
-        failures().retain(|f| f.serial != self.serial);
+        failures().retain(|f| f.serial != self.serial.get());
     }
 }
 
@@ -309,7 +312,8 @@ pub fn spawn_unconfirmed(
 ) -> Result<(Spawned, PendingReport), SpawnError> {
     let (spawned, launch) = start(req, reaper)?;
     let report = PendingReport {
-        serial: launch.serial,
+        // Serials start at 1.
+        serial: NonZeroU64::new(launch.serial).unwrap_or(NonZeroU64::MIN),
     };
     in_flight().push(launch);
     ensure_sweeper();
