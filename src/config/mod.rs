@@ -356,8 +356,10 @@ pub struct ProcessSpec {
     pub instance: u32,
     /// argv with placeholders expanded.
     pub argv: Vec<String>,
-    /// Environment additions with placeholders expanded, plus `MINDER_PROCESS`,
-    /// `MINDER_PROGRAM` and `MINDER_INSTANCE`.
+    /// Environment additions with placeholders expanded, sorted, plus
+    /// `MINDER_PROCESS`, `MINDER_PROGRAM` and `MINDER_INSTANCE` (not in a spec
+    /// from [`ProgramConfig::processes_to_run`]: see
+    /// [`ProcessSpec::full_environment`]).
     pub environment: Vec<(String, String)>,
     /// Where stdout goes.
     pub stdout_log: LogDest,
@@ -385,6 +387,18 @@ impl Config {
 impl ProgramConfig {
     /// The processes of this program with placeholders expanded ({name}, {program}, {instance}, {port}); environment gets MINDER_PROCESS, MINDER_PROGRAM, MINDER_INSTANCE added. Name is `web` when instances == 1, else `web:0`..`web:N-1`.
     pub fn processes(&self) -> Vec<ProcessSpec> {
+        self.specs(true)
+    }
+
+    /// Like [`ProgramConfig::processes`], without the variables minder sets
+    /// itself: what a process actor keeps (a thousand processes need not
+    /// hold six more strings each), adding them back with
+    /// [`ProcessSpec::full_environment`] when it spawns.
+    pub fn processes_to_run(&self) -> Vec<ProcessSpec> {
+        self.specs(false)
+    }
+
+    fn specs(&self, minder_variables: bool) -> Vec<ProcessSpec> {
         (0..self.instances.max(1))
             .map(|instance| {
                 let name = if self.instances <= 1 {
@@ -409,11 +423,9 @@ impl ProgramConfig {
                     .filter(|(k, _)| !is_reserved(k))
                     .map(|(k, v)| (k.clone(), placeholder::expand(v, &vars)))
                     .collect();
-                environment.extend([
-                    ("MINDER_INSTANCE".to_string(), instance.to_string()),
-                    ("MINDER_PROCESS".to_string(), name.clone()),
-                    ("MINDER_PROGRAM".to_string(), self.name.clone()),
-                ]);
+                if minder_variables {
+                    environment.extend(reserved_variables(&name, &self.name, instance));
+                }
                 environment.sort();
                 // In file names `:` is written as `.` (web:0 -> web.0.stdout.log):
                 // colons confuse tools that read `host:path`.
@@ -442,6 +454,28 @@ impl ProgramConfig {
             })
             .collect()
     }
+}
+
+impl ProcessSpec {
+    /// The environment additions of a spec from
+    /// [`ProgramConfig::processes_to_run`] with minder's own variables, in
+    /// the order [`ProgramConfig::processes`] gives.
+    pub fn full_environment(&self) -> Vec<(String, String)> {
+        let mut environment = Vec::with_capacity(self.environment.len() + 3);
+        environment.extend(self.environment.iter().cloned());
+        environment.extend(reserved_variables(&self.name, &self.program, self.instance));
+        environment.sort();
+        environment
+    }
+}
+
+/// `MINDER_INSTANCE`, `MINDER_PROCESS` and `MINDER_PROGRAM`.
+fn reserved_variables(name: &str, program: &str, instance: u32) -> [(String, String); 3] {
+    [
+        ("MINDER_INSTANCE".to_string(), instance.to_string()),
+        ("MINDER_PROCESS".to_string(), name.to_string()),
+        ("MINDER_PROGRAM".to_string(), program.to_string()),
+    ]
 }
 
 fn log_dest(target: &LogTarget, vars: &placeholder::Vars<'_>) -> LogDest {

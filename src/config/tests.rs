@@ -728,6 +728,23 @@ fn instances_expand_names_ports_and_environment() {
     );
 }
 
+#[test]
+fn the_specs_actors_keep_get_minders_variables_back_at_spawn() {
+    let c = parse(
+        "[program.web]\ncommand = \"web\"\ninstances = 2\nport = 8080\nenvironment = { PORT = \"{port}\", A = \"i{instance}\", Z = \"{name}\" }\n",
+    );
+    let web = c.program("web").expect("web");
+    let lean = web.processes_to_run();
+    for (full, lean) in web.processes().iter().zip(&lean) {
+        assert!(lean
+            .environment
+            .iter()
+            .all(|(k, _)| !k.starts_with("MINDER_")));
+        assert_eq!(lean.full_environment(), full.environment);
+        assert_eq!((&lean.name, &lean.argv), (&full.name, &full.argv));
+    }
+}
+
 // ---------------------------------------------------------------- order and diff
 
 #[test]

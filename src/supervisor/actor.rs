@@ -6,10 +6,11 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use nix::sys::signal::Signal;
-use tokio::sync::{broadcast, mpsc, oneshot, watch};
+use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::time::sleep_until;
 
 use super::state::{Effect, Event, Health, Machine, NotifyMessage, Outcome, Retiring, State};
+use super::watch;
 use crate::config::{ProcessSpec, ProgramConfig};
 use crate::control::protocol::StateEvent;
 use crate::health::{ProbeResult, Prober};
@@ -729,7 +730,7 @@ impl ProcessActor {
 
     /// How this process is spawned (exec probes run the same way, with their own argv).
     fn spawn_request(&self) -> SpawnRequest {
-        let mut environment = self.spec.environment.clone();
+        let mut environment = self.spec.full_environment();
         let mut pid_variables = Vec::new();
         if uses_notify(&self.cfg) {
             environment.push((

@@ -6,6 +6,7 @@ mod actor;
 pub mod backoff;
 mod order;
 pub mod state;
+mod watch;
 
 pub use actor::{Cause, Command, Context, ProcessActor, ProcessHandle, ProcessStatus};
 
@@ -227,7 +228,7 @@ impl Supervisor {
                 Some(set) if set.serves(program) => Some(Arc::clone(set)),
                 _ => ListenSet::for_program(program),
             };
-            for spec in program.processes() {
+            for spec in program.processes_to_run() {
                 let handle = match machines.remove(&spec.name) {
                     Some(machine) => ProcessActor::spawn_with(
                         spec,
@@ -767,7 +768,7 @@ impl Supervisor {
             .iter()
             .filter(|p| rolled.contains(p.name.as_str()))
         {
-            for spec in cfg.processes() {
+            for spec in cfg.processes_to_run() {
                 if let Some(handle) = kept.iter().find(|h| h.name == spec.name) {
                     reconfigure.push((handle.clone(), spec, Arc::clone(cfg)));
                 }
