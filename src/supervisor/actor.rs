@@ -245,8 +245,9 @@ pub struct ProcessActor {
     /// The exit of the retiring process of a rolling restart.
     retired_exit: Option<ExitReceiver>,
     exit: Option<ExitReceiver>,
-    /// Settings before a reconfiguration whose rollout is still in progress.
-    previous: Option<(ProcessSpec, Arc<ProgramConfig>)>,
+    /// Settings before a reconfiguration whose rollout is still in progress
+    /// (boxed: rarely there, and large for every process's actor).
+    previous: Option<Box<(ProcessSpec, Arc<ProgramConfig>)>>,
     /// The current child's exec report, read once it has exited.
     report: Option<process::PendingReport>,
     commands: Arc<Mailbox<Command>>,
@@ -453,7 +454,7 @@ impl ProcessActor {
                 let old_spec = std::mem::replace(&mut self.spec, spec);
                 let old_cfg = std::mem::replace(&mut self.cfg, cfg);
                 if matches!(self.machine.state, State::Running { .. }) {
-                    self.previous = Some((old_spec, old_cfg));
+                    self.previous = Some(Box::new((old_spec, old_cfg)));
                     self.add_waiter(Wait::Start, reply);
                     self.feed_because((Cause::Reload, "restart"), Event::Restart);
                 } else if let Some(reply) = reply {
@@ -578,7 +579,7 @@ impl ProcessActor {
                         tracing::warn!(process = %self.spec.name, "{reason}");
                         // A reconfiguration that never got ready: the old
                         // process runs on, with the settings it was started with.
-                        if let Some((spec, cfg)) = self.previous.take() {
+                        if let Some((spec, cfg)) = self.previous.take().map(|p| *p) {
                             self.spec = spec;
                             self.cfg = cfg;
                         }
@@ -845,6 +846,10 @@ impl ProcessActor {
                 // The requester may have stopped waiting (`--no-wait`, Ctrl-C).
                 let _ = reply.send(outcome);
             }
+        }
+        if self.waiters.is_empty() {
+            // Requests are rare: no buffer kept per process in between.
+            self.waiters = Vec::new();
         }
     }
 }
