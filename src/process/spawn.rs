@@ -625,7 +625,8 @@ impl Writer {
         let align = std::mem::align_of::<T>();
         let start = (self.at + align - 1) & !(align - 1);
         self.at = start + count * std::mem::size_of::<T>();
-        debug_assert!(self.at <= self.end, "launch data larger than computed");
+        // Never past the mapping: `Launch::new` computes a generous size.
+        assert!(self.at <= self.end, "launch data larger than computed");
         start as *mut T
     }
 
