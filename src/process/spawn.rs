@@ -709,9 +709,6 @@ fn make_room() {
 /// every [`SWEEP_EVERY`] while any are in flight (outside a runtime, the next
 /// spawn sweeps).
 fn ensure_sweeper() {
-    if std::env::var_os("NOSWEEP").is_some() {
-        return;
-    }
     if SWEEPER.swap(true, Ordering::AcqRel) {
         return;
     }
