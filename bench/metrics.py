@@ -151,9 +151,9 @@ byte (`Connection: close`), one after the other, as Prometheus scrapes. The
 reference is a `status` request for the same processes on the control socket
 in the same run (the same data as JSON, without the OpenMetrics encoding).
 "minder CPU per scrape" is minder's utime+stime over the scrapes, divided by
-their number. Every process has about 20 series (7 for `minder_process_state`,
-4 for log bytes by stream); a health check adds its probe histogram (16
-series) and failure counter.
+their number. A running process has 14 series (7 of them
+`minder_process_state`, 4 the log bytes by stream); a health check adds 19
+(the probe histogram's 17, health, failures).
 """
     docsection.replace_section(path, "metrics", section, "bench/metrics.py")
 
