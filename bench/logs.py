@@ -16,7 +16,10 @@ Then minder's RSS with 1000 programs that never write, and with 1000 that
 print a line at start. supervisord is installed with pip into bench/.venv on
 first use. Writes the `logs` section of docs/benchmarks.md.
 
-    python3 bench/logs.py [--size BYTES] [--runs N] [--skip-supervisord] [--skip-memory] [--no-doc]
+    python3 bench/logs.py [--size BYTES] [--runs N] [--cpus LIST] [--skip-supervisord] [--skip-memory] [--no-doc]
+
+--cpus pins the benchmark and everything it starts to those CPUs: `--cpus 1`
+puts the generator and its reader on one CPU, as a busy machine often does.
 """
 
 import argparse
@@ -83,7 +86,14 @@ def lines_in(directory, name):
 
 
 def wait_bytes(directory, name, size, proc):
-    """Polls the log files until `size` bytes are there (or nothing moves for 10 s)."""
+    """Polls the log files until `size` bytes are there (or nothing moves for 10 s).
+
+    Every 1 ms once 95 % are there, every 20 ms before: polling every 2 ms
+    throughout woke this Python process 150+ times a run, and on a busy
+    2-CPU machine it then shared a CPU with the writer and the capture,
+    costing the capture up to 50 % more CPU in some runs (the cat and file
+    methods, timed by waiting for their exit, pay no such poller).
+    """
     start = time.monotonic()
     last, last_change = -1, start
     while time.monotonic() - start < DEADLINE:
@@ -95,7 +105,7 @@ def wait_bytes(directory, name, size, proc):
             last, last_change = got, now
         elif now - last_change > 10 or proc.poll() is not None and now - last_change > 2:
             return now  # stalled: bytes are missing, the caller reports them
-        time.sleep(0.002)
+        time.sleep(0.001 if got >= size * 0.95 else 0.02)
     return time.monotonic()
 
 
@@ -233,24 +243,48 @@ minder and supervisord rotate at 100 MiB with 20 backups (nothing is pruned).
 """
 
 HOW_TEXT = """
-How minder gets there (`src/logs/`): the pipe is enlarged to 1 MiB once the
-child fills it; a burst on tokio's blocking pool alternates `read` and
-`write` of 124 KiB like `cat` (staying in the CPU cache), with the pipe
-unregistered from the runtime meanwhile so the child's writes do not wake the
-runtime thread, and waits 2 ms for more before handing the pipe back; no
-per-line work without timestamps. Not done: `splice(2)` from the pipe into
-the file (it refuses `O_APPEND` files, and rotation at a newline and
-`tail -f` need to see the bytes). A stream without output for 10 s gives its
-task up and waits in one epoll set shared by all idle streams.
+How minder gets there (`src/logs/`): the pipe is enlarged to 256 KiB once
+the child fills it. Without timestamps and `tail -f` followers, a burst on
+tokio's blocking pool moves the output with `splice(2)`, never through
+userspace: from the child's pipe into a private relay pipe of the thread
+(page references move, and the child's pipe is locked only for that), then
+into the file, in 128 KiB steps that end on 128 KiB file offsets (whole,
+aligned page-cache folios). `O_APPEND` is cleared while splicing (splice
+refuses it) and each step writes at the end `fstat` reports. The last
+256 KiB before `max_size` are read and written, to rotate at a newline; with
+timestamps or followers a burst alternates `read` and `write` of 124 KiB
+like `cat`. The pipe is unregistered from the runtime during a burst, which
+waits 2 ms for more before handing the pipe back. A stream without output
+for 10 s gives its task up and waits in one epoll set shared by all idle
+streams.
+
+Where `cat` stands: when the machine is busy the scheduler often puts the
+generator and its reader on one CPU, and there `cat` is at its best (its 64
+KiB pipe keeps every byte in the CPU cache); on two free CPUs it waits for a
+cross-CPU wake-up every 64 KiB. The copy into the page cache dominates both
+minder and `cat`, and splicing saves only the copy into `cat`'s buffer, so
+on one CPU the two are level and minder's lead is on two. Minder before this
+design (`read`/`write` of 124 KiB, 1 MiB pipe) and now, same VM, 1 GiB,
+medians of 5 to 12 rounds: generator and capture on one CPU 86 % of `cat`,
+now 99 to 100 % (`--cpus 1`, which runs this benchmark on one CPU: 3156
+against 3189 MiB/s; with `taskset`: 3198 against 3183); on two CPUs 171 to
+224 %, now 182 to 244 % depending on the hour (`cat` 735 to 967 MiB/s).
+Choices measured on the way: splicing straight from the child's pipe holds
+its lock while the file is written (two CPUs, 256 KiB steps: 2050 MiB/s
+against 2820 with the relay); steps ending off the 128 KiB grid (after a
+rotation cut) cost a tenth more CPU; 256 KiB steps were 3 % faster at best
+but, in spells of minutes, 3x slower (the copy into 256 KiB page-cache
+folios; 128 KiB ones were not hit); a 1 MiB pipe was 5 to 10 % slower than
+256 KiB on one CPU.
 
 Figures vary a lot between sessions on this shared machine (the same `cat`
-pipeline has taken 0.4 s and 1.2 s for 1 GiB on different hours): compare the
-rows of one run, not runs. In a session on a quieter host (2026-11-25, the
-same data path) the run gave: file 3465 MiB/s, `cat` 2581 (0.31 CPU s),
-minder 2190 (0.33 CPU s: 85 % of `cat`), minder with timestamps 1358 (53 %),
-supervisord 455 (1.05 CPU s). Before log capture existed (children's output
-to minder's stderr) the 1000 `sleep` programs took 8.9 MiB. Reference figures
-from another 2-core machine of this kind (issue 4): generator to file
+pipeline has taken 0.35 s and 1.2 s for 1 GiB on different hours): compare
+the rows of one run, not runs. The capture is timed by polling the log
+files every 20 ms, then every 1 ms for the last 5 %: polling every 2 ms
+throughout (as before 2026-11-25) made minder's capture cost up to 50 % more
+CPU in some runs on a busy machine. Before log capture existed (children's
+output to minder's stderr) the 1000 `sleep` programs took 8.9 MiB. Reference
+figures from another 2-core machine of this kind (issue 4): generator to file
 2205 MiB/s, through `cat` 1339, horust 779, supervisord 626, s6-log 133.
 """
 
@@ -266,7 +300,9 @@ def write_doc(args, rows, memory, load):
         f" {a}" for a in sys.argv[1:] if a != "--no-doc"
     )
     lines += [f"- date: {when}", f"- command: `{cmd}`",
-              f"- {os.cpu_count()} CPUs; load average {load[0]} before, {load[1]} after",
+              f"- {os.cpu_count()} CPUs"
+              + (f" (everything pinned to CPU {args.cpus})" if args.cpus else "")
+              + f"; load average {load[0]} before, {load[1]} after",
               f"- {args.size / MIB:.0f} MiB through each method, median of {args.runs} rounds"]
     lines += ["", "### Throughput", "", STATIC_TEXT.strip(), "",
               "| method | MiB/s | CPU s | lost bytes |", "|---|---:|---:|---:|"]
@@ -301,8 +337,11 @@ def main():
     ap.add_argument("--runs", type=int, default=3, help="runs per method; the median is shown")
     ap.add_argument("--skip-supervisord", action="store_true")
     ap.add_argument("--skip-memory", action="store_true", help="no RSS measurement")
+    ap.add_argument("--cpus", help="comma-separated CPU numbers to run everything on")
     ap.add_argument("--no-doc", action="store_true", help="do not write docs/benchmarks.md")
     args = ap.parse_args()
+    if args.cpus:
+        os.sched_setaffinity(0, {int(c) for c in args.cpus.split(",")})
     load_before = f"{os.getloadavg()[0]:.1f}"
     build()
     methods = [

@@ -104,6 +104,10 @@ fn default_names_merge_and_none() {
     assert_eq!(out.stdout, "out 200\nerr 200\n");
 }
 
+/// Both capture paths, at every rotation: each 1 MB file is filled by
+/// splice(2) up to 256 KiB short of max_size, then by read and write, which
+/// cut at a newline; the lines (64 KiB writes of 15-byte lines) sit at every
+/// offset in the pipe's pages.
 #[test]
 fn rotation_keeps_every_line_once_and_in_order() {
     const LINES: u64 = 350_000; // 15 bytes each: 5.25 MB
@@ -136,6 +140,39 @@ fn rotation_keeps_every_line_once_and_in_order() {
         let bytes = fs::read(name).unwrap();
         assert_eq!(bytes.last(), Some(&b'\n'), "{name} is cut at a line end");
     }
+    assert_eq!(dropped_bytes(&d, "chatty"), 0);
+}
+
+/// Without max_size the file is spliced whole, after the first chunk.
+#[test]
+fn an_unbounded_file_keeps_every_line_once_and_in_order() {
+    const LINES: u64 = 350_000;
+    let d = Daemon::start(&program(
+        "chatty",
+        &["--write-lines", &LINES.to_string(), "--exit-after", "0"],
+        "restart = \"never\"\nstart_secs = \"0s\"\n[program.chatty.logs]\nmax_size = \"0\"",
+    ));
+    d.wait_state("chatty", "exited");
+    let path = d.path("logs/chatty.stdout.log");
+    let total = (LINES * 15) as usize;
+    let deadline = Instant::now() + WAIT;
+    let bytes = loop {
+        let bytes = fs::read(&path).unwrap_or_default();
+        if bytes.len() >= total || Instant::now() >= deadline {
+            break bytes;
+        }
+        std::thread::sleep(POLL);
+    };
+    assert_eq!(bytes.len(), total, "bytes in the file");
+    for (i, line) in bytes
+        .split(|&b| b == b'\n')
+        .take(LINES as usize)
+        .enumerate()
+    {
+        let want = format!("line {:09}", i + 1);
+        assert_eq!(line, want.as_bytes(), "line {}", i + 1);
+    }
+    assert!(!Path::new(&format!("{}.1", path.display())).exists());
     assert_eq!(dropped_bytes(&d, "chatty"), 0);
 }
 

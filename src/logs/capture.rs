@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use nix::fcntl::{fcntl, FcntlArg, OFlag};
+use nix::fcntl::{fcntl, splice, FcntlArg, OFlag, SpliceFFlags};
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 use tokio::sync::{mpsc, oneshot};
@@ -31,10 +31,18 @@ const SMALL_READ: usize = 16 * 1024;
 /// reused heap memory, not a fresh mapping to fault in.
 const BIG_READ: usize = 124 * 1024;
 
+/// Most bytes one splice step moves, and the grid its file writes end on
+/// (see [`Job::splice`]). Measured (bench/logs.py, docs/benchmarks.md):
+/// 256 KiB steps were 3 % faster at best, but in long spells 3x slower
+/// (copying into 256 KiB page-cache folios; 128 KiB ones were not hit).
+const SPLICE_CHUNK: usize = 128 * 1024;
+
 /// Pipe size asked for (F_SETPIPE_SZ) once a stream fills the default 64 KiB:
-/// room for a burst while the previous chunk is being written. The default
+/// room for the next chunk while one is being written, small enough that
+/// what the child wrote is still in the CPU cache when minder moves it (with
+/// child and minder on one CPU, 1 MiB was 5-10 % slower). The default
 /// `/proc/sys/fs/pipe-max-size` allows it without privileges.
-const BUSY_PIPE_SIZE: i32 = 1 << 20;
+const BUSY_PIPE_SIZE: i32 = 2 * SPLICE_CHUNK as i32;
 
 /// Chunks queued per `tail -f` follower; a slower follower skips output
 /// (and is told how much) rather than slowing the capture down.
@@ -615,6 +623,7 @@ impl Capture {
             enlarged: self.enlarged,
             stream: self.stream,
             moved: 0,
+            spliced: 0,
         };
         let guard = handover::burst_started();
         let result = tokio::task::spawn_blocking(move || {
@@ -632,6 +641,12 @@ impl Capture {
             // The blocking pool is gone: the runtime is shutting down.
             return BurstEnd::Eof;
         };
+        tracing::trace!(
+            stream = self.stream.name(),
+            moved = job.moved,
+            spliced = job.spliced,
+            "burst"
+        );
         // Registering again reports data that came meanwhile (epoll checks
         // readiness on registration), so no wake-up is lost.
         match register(job.fd) {
@@ -751,6 +766,52 @@ async fn timer(deadline: Option<Instant>) {
     }
 }
 
+/// How one splice step of a burst went.
+enum Spliced {
+    /// This many bytes are in the file.
+    Moved(usize),
+    /// The burst ends: the pipe is empty or closed.
+    End(BurstEnd),
+    /// The file cannot take output by splicing now (see
+    /// [`RotatingFile::splice_room`]): read and write this chunk.
+    NotNow,
+    /// Splicing failed (the read path takes over for the burst); this many
+    /// bytes were moved anyway, through `write`.
+    Failed(usize),
+}
+
+/// A private pipe of a blocking-pool thread, between a child's pipe and a
+/// log file when splicing. Empty between splice steps, so any capture that
+/// runs on the thread can use it; closed when the thread ends.
+struct Relay {
+    read: OwnedFd,
+    write: OwnedFd,
+}
+
+impl Relay {
+    fn new() -> io::Result<Relay> {
+        let (read, write) = nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK)?;
+        // Room for a whole chunk (the default 64 KiB holds half of one);
+        // best effort, like the capture pipes.
+        let _ = fcntl(&write, FcntlArg::F_SETPIPE_SZ(SPLICE_CHUNK as i32));
+        Ok(Relay { read, write })
+    }
+}
+
+thread_local! {
+    static RELAY: std::cell::RefCell<Option<Relay>> = const { std::cell::RefCell::new(None) };
+}
+
+/// How the relay was emptied into the file.
+enum Emptied {
+    /// All spliced into the file.
+    Spliced,
+    /// Splicing failed; the rest went through `write`.
+    Written,
+    /// Bytes could not be read back out of it (never seen).
+    Stuck,
+}
+
 /// What a burst on the blocking pool works with, lent by the capture task.
 struct Job {
     fd: OwnedFd,
@@ -759,20 +820,47 @@ struct Job {
     followers: Vec<Follower>,
     enlarged: bool,
     stream: Stream,
-    /// Bytes read in this burst.
+    /// Bytes moved in this burst.
     moved: usize,
+    /// Of which spliced (the rest read and written).
+    spliced: usize,
 }
 
 impl Job {
-    /// Reads and writes until the pipe is empty, closed, or the budget is used.
+    /// Moves output into the file until the pipe is empty, closed, or the
+    /// budget is used: spliced when nothing needs to see the bytes, else (and
+    /// near the rotation bound) read and written.
     fn run(&mut self) -> BurstEnd {
         let started = Instant::now();
+        // Timestamps and `tail -f` followers need the bytes in userspace.
+        let mut splicing = self.sink.stamper.is_none() && self.followers.is_empty();
         loop {
-            let (n, end) = self.read();
-            if n > 0 {
-                self.sink.write(&self.buf[..n], &mut self.followers);
-                self.moved += n;
-            }
+            let step = if splicing {
+                self.splice()
+            } else {
+                Spliced::NotNow
+            };
+            let (n, end) = match step {
+                Spliced::Moved(n) => {
+                    self.spliced += n;
+                    (n, None)
+                }
+                Spliced::End(end) => (0, Some(end)),
+                Spliced::Failed(n) => {
+                    // The read path takes over for this burst (and drops and
+                    // counts what the file refuses).
+                    splicing = false;
+                    (n, None)
+                }
+                Spliced::NotNow => {
+                    let (n, end) = self.read();
+                    if n > 0 {
+                        self.sink.write(&self.buf[..n], &mut self.followers);
+                    }
+                    (n, end)
+                }
+            };
+            self.moved += n;
             if let Some(end) = end {
                 return end;
             }
@@ -780,6 +868,123 @@ impl Job {
                 return BurstEnd::More;
             }
         }
+    }
+
+    /// Moves up to [`SPLICE_CHUNK`] bytes from the pipe into the file without
+    /// copying them through userspace: spliced into this thread's relay pipe
+    /// (page references move, the child's pipe is locked only for that), then
+    /// from the relay into the file. Splicing straight from the child's pipe
+    /// would hold the pipe's lock during the file write, so the child could
+    /// not write meanwhile.
+    fn splice(&mut self) -> Spliced {
+        let room = match self.sink.file.splice_room() {
+            Ok(Some(room)) => room,
+            Ok(None) => return Spliced::NotNow,
+            Err(_) => return Spliced::Failed(0),
+        };
+        // Up to the next multiple of SPLICE_CHUNK in the file: the page
+        // cache then gets whole, aligned folios of that size (splicing off
+        // that grid, e.g. after a rotation, cost a tenth more CPU).
+        let to_grid = SPLICE_CHUNK - (self.sink.file.size() % SPLICE_CHUNK as u64) as usize;
+        let len = usize::try_from(room).map_or(to_grid, |room| room.min(to_grid));
+        RELAY.with_borrow_mut(|slot| {
+            if slot.is_none() {
+                *slot = Relay::new()
+                    .inspect_err(|e| tracing::debug!("creating a relay pipe: {e}"))
+                    .ok();
+            }
+            let Some(relay) = slot.as_ref() else {
+                return Spliced::Failed(0);
+            };
+            let n = match self.fill_relay(relay, len) {
+                Ok(n) => n,
+                Err(end) => return end,
+            };
+            if n >= SMALL_READ && !self.enlarged {
+                self.enlarged = true;
+                enlarge_pipe(&self.fd);
+            }
+            match self.empty_relay(relay, n) {
+                Emptied::Spliced => Spliced::Moved(n),
+                Emptied::Written => Spliced::Failed(n),
+                Emptied::Stuck => {
+                    // Never reused: its leftovers must not reach another log.
+                    *slot = None;
+                    Spliced::Failed(n)
+                }
+            }
+        })
+    }
+
+    /// Moves up to `len` bytes from the pipe into the (empty) relay.
+    fn fill_relay(&mut self, relay: &Relay, len: usize) -> Result<usize, Spliced> {
+        use nix::errno::Errno;
+        let flags = SpliceFFlags::SPLICE_F_MOVE | SpliceFFlags::SPLICE_F_NONBLOCK;
+        loop {
+            match splice(&self.fd, None, &relay.write, None, len, flags) {
+                Ok(0) => return Err(Spliced::End(BurstEnd::Eof)),
+                Ok(n) => return Ok(n),
+                Err(Errno::EINTR) => {}
+                // As in `read`: a busy stream usually has more on its way.
+                Err(Errno::EAGAIN) if self.moved >= BIG_READ => {
+                    if !self.wait_briefly() {
+                        return Err(Spliced::End(BurstEnd::Empty));
+                    }
+                }
+                Err(Errno::EAGAIN) => return Err(Spliced::End(BurstEnd::Empty)),
+                Err(e) => {
+                    tracing::debug!(stream = self.stream.name(), "splicing a log pipe: {e}");
+                    return Err(Spliced::Failed(0));
+                }
+            }
+        }
+    }
+
+    /// Splices the `n` bytes in the relay into the file. If the file fails,
+    /// what is left goes through `write` (which drops and counts what the
+    /// file refuses), so the relay is empty again in any case.
+    fn empty_relay(&mut self, relay: &Relay, n: usize) -> Emptied {
+        let mut left = n;
+        let mut failed = false;
+        while left > 0 {
+            match self.sink.file.splice_from(relay.read.as_fd(), left) {
+                Ok(0) => {
+                    failed = true;
+                    break;
+                }
+                Ok(k) => left -= k,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    tracing::debug!(stream = self.stream.name(), "splicing into the log: {e}");
+                    failed = true;
+                    break;
+                }
+            }
+        }
+        if !failed {
+            self.sink.wrote();
+            return Emptied::Spliced;
+        }
+        if self.buf.len() < BIG_READ {
+            self.buf.resize(BIG_READ, 0);
+        }
+        while left > 0 {
+            let want = left.min(self.buf.len());
+            match nix::unistd::read(&relay.read, &mut self.buf[..want]) {
+                Ok(k) if k > 0 => {
+                    self.sink.write(&self.buf[..k], &mut self.followers);
+                    left -= k;
+                }
+                Err(nix::errno::Errno::EINTR) => {}
+                _ => {
+                    // Cannot happen with a pipe holding `left` bytes; if it
+                    // does, those bytes are lost.
+                    self.sink.lost(left);
+                    return Emptied::Stuck;
+                }
+            }
+        }
+        Emptied::Written
     }
 
     /// Fills the buffer from the pipe; the end, if reading stopped for a
@@ -968,20 +1173,30 @@ impl Sink {
             }
         }
         if complete {
-            if let Some(f) = self.failing.take() {
-                tracing::info!(
-                    process = %self.name,
-                    "writing {} again, after dropping {} bytes",
-                    self.file.path().display(),
-                    f.total
-                );
-            }
+            self.wrote();
         }
         if let Some(e) = self.file.take_rotation_error() {
             tracing::warn!(
                 process = %self.name,
                 "cannot rotate {}: {e}; it grows past max_size until a rotation succeeds",
                 self.file.path().display()
+            );
+        }
+    }
+
+    /// Output lost on its way to the file.
+    fn lost(&mut self, bytes: usize) {
+        self.dropped(bytes, &io::Error::other("lost in the relay pipe"));
+    }
+
+    /// Output reached the file: ends a failing spell.
+    fn wrote(&mut self) {
+        if let Some(f) = self.failing.take() {
+            tracing::info!(
+                process = %self.name,
+                "writing {} again, after dropping {} bytes",
+                self.file.path().display(),
+                f.total
             );
         }
     }
@@ -1033,7 +1248,104 @@ impl Drop for Sink {
 
 #[cfg(test)]
 mod tests {
+    use super::super::rotating::{numbered, SPLICE_MARGIN};
     use super::*;
+    use std::fs;
+
+    /// A burst job on `fd` writing to `path`, as the capture task lends it.
+    fn job(fd: OwnedFd, path: &std::path::Path, rotation: Rotation, timestamps: bool) -> Job {
+        Job {
+            fd,
+            sink: Box::new(Sink {
+                name: Arc::from("x"),
+                stream: "stdout",
+                file: RotatingFile::new(path, rotation),
+                stamper: timestamps.then(Stamper::default),
+                stats: Arc::default(),
+                failing: None,
+                scratch: Vec::new(),
+            }),
+            buf: Vec::new(),
+            followers: Vec::new(),
+            enlarged: false,
+            stream: Stream::Stdout,
+            moved: 0,
+            spliced: 0,
+        }
+    }
+
+    /// Runs bursts until the pipe's end, waiting for data in between.
+    fn run_to_end(job: &mut Job) {
+        use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+        loop {
+            job.moved = 0;
+            match job.run() {
+                BurstEnd::Eof => return,
+                BurstEnd::More => {}
+                BurstEnd::Empty => {
+                    let mut fds = [PollFd::new(job.fd.as_fd(), PollFlags::POLLIN)];
+                    poll(&mut fds, PollTimeout::NONE).unwrap();
+                }
+            }
+        }
+    }
+
+    /// Both paths of a burst around each rotation: splice up to short of the
+    /// bound, read and write to the newline where the file is cut; lines of
+    /// uneven length, so the pipe's pages and the file's chunks never line up.
+    #[test]
+    fn a_burst_splices_and_writes_every_byte_in_order_across_rotations() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("a.log");
+        let data: Vec<u8> = (0..170_000)
+            .flat_map(|i: usize| format!("{i:06} {}\n", "x".repeat(i * 7919 % 53)).into_bytes())
+            .collect();
+        let (read, write) = nix::unistd::pipe2(OFlag::O_CLOEXEC).unwrap();
+        fcntl(&read, FcntlArg::F_SETFL(OFlag::O_NONBLOCK)).unwrap();
+        let writer = {
+            let data = data.clone();
+            std::thread::spawn(move || {
+                let mut out = std::fs::File::from(write);
+                for piece in data.chunks(SPLICE_CHUNK) {
+                    out.write_all(piece).unwrap();
+                }
+            })
+        };
+        let max = 4 * SPLICE_MARGIN + 4000;
+        let rotation = Rotation {
+            max_size: max,
+            backups: 50,
+        };
+        let mut job = job(read, &path, rotation, false);
+        run_to_end(&mut job);
+        writer.join().unwrap();
+        let mut all = Vec::new();
+        let mut files = Vec::new();
+        for i in (1..=50).rev() {
+            if let Ok(b) = fs::read(numbered(&path, i)) {
+                files.push(b);
+            }
+        }
+        files.push(fs::read(&path).unwrap());
+        for f in &files {
+            all.extend_from_slice(f);
+        }
+        assert!(all == data, "every byte once, in order");
+        assert!(files.len() >= 5, "{} files", files.len());
+        for f in &files[..files.len() - 1] {
+            assert!(f.len() as u64 <= max, "over max_size: {}", f.len());
+            assert_eq!(f.last(), Some(&b'\n'), "a line was split");
+            assert!(f.len() as u64 > max - 100, "rotated early: {}", f.len());
+        }
+        assert_eq!(job.sink.stats.dropped_bytes(), 0);
+        // Each file's last SPLICE_MARGIN bytes or so are written, the rest spliced.
+        let written = data.len() - job.spliced;
+        assert!(job.spliced > data.len() / 2, "spliced {}", job.spliced);
+        assert!(
+            written >= (files.len() - 1) * SPLICE_MARGIN as usize,
+            "written {written}"
+        );
+    }
 
     /// Regression guard for idle memory: thousands of idle capture tasks must
     /// stay small (1000 programs are 2000 of them).

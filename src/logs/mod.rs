@@ -14,11 +14,14 @@
 //! in one epoll set shared by all such streams (`dormant`): an idle program
 //! costs no task. Then the stream gets its own task: on readability it lends
 //! the read end (unregistered from the runtime) and its `RotatingFile` to
-//! tokio's blocking pool, which alternates `read` and `write` of up to 128 KiB
-//! like `cat` until the pipe is empty (waiting 2 ms for more first) or 50 ms /
-//! 64 MiB have passed, so the runtime thread never waits for the disk and is
-//! not woken by each write of a busy child. The pipe is enlarged to 1 MiB
-//! (F_SETPIPE_SZ) the first time the child fills it. One task per pipe means
+//! tokio's blocking pool, which moves output until the pipe is empty (waiting
+//! 2 ms for more first) or 50 ms / 64 MiB have passed, so the runtime thread
+//! never waits for the disk and is not woken by each write of a busy child.
+//! Into a regular file without timestamps and `tail -f` followers it splices
+//! (splice(2), through a relay pipe of the thread, 128 KiB steps); near the
+//! rotation bound, and otherwise, it alternates `read` and `write` of up to
+//! 124 KiB like `cat`. The pipe is enlarged to 256 KiB (F_SETPIPE_SZ) the
+//! first time the child fills it. One task per pipe means
 //! one writer per file, in order. A file that cannot be written drops output
 //! (counted in `dropped_bytes`, warned about at most every 10 s) and never
 //! blocks the child; writing resumes as soon as the file takes bytes again.

@@ -4,12 +4,22 @@
 //! to `FILE.1`, then creates a fresh `FILE`. Nothing is ever truncated or
 //! copied, so every byte written is in exactly one file, in order: reading
 //! `FILE.N` .. `FILE.1` then `FILE` gives the stream back.
+//!
+//! Besides `write`, [`RotatingFile::splice_from`] moves bytes from a pipe
+//! straight into the file (splice(2), no copy through userspace) while the
+//! file has ample room before `max_size` ([`RotatingFile::splice_room`]);
+//! the last [`SPLICE_MARGIN`] bytes before the bound go through `write`,
+//! which sees them and rotates at a newline.
 
 use std::fs::{DirBuilder, File, OpenOptions};
 use std::io::{self, Write};
+use std::os::fd::BorrowedFd;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::fcntl::{fcntl, splice, FcntlArg, OFlag, SpliceFFlags};
 
 /// When to rotate and how many rotated files to keep.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,6 +36,12 @@ const OPEN_RETRY: Duration = Duration::from_secs(1);
 
 /// Mode of created log files: the program's output may be private.
 const FILE_MODE: u32 = 0o640;
+
+/// Splicing stops this far before `max_size`: the rest of the file is
+/// written by `write`, which sees the bytes and cuts at a newline. Twice the
+/// capture's read chunk, so the chunk that crosses the bound is one `write`
+/// sees whole.
+pub const SPLICE_MARGIN: u64 = 256 * 1024;
 
 /// An append-only log file that rotates itself by size (see the module doc).
 ///
@@ -47,6 +63,11 @@ pub struct RotatingFile {
     open_failure: Option<(Instant, io::ErrorKind, String)>,
     /// A rotation that failed since the caller last asked (the file then grows on).
     rotation_error: Option<io::Error>,
+    /// The open file has O_APPEND set (cleared while splicing into it).
+    append: bool,
+    /// splice(2) into this file was refused as unsupported (EINVAL): the
+    /// file system has no splice, so `write` only, until another file is opened.
+    no_splice: bool,
 }
 
 impl RotatingFile {
@@ -60,6 +81,8 @@ impl RotatingFile {
             rotatable: false,
             open_failure: None,
             rotation_error: None,
+            append: true,
+            no_splice: false,
         }
     }
 
@@ -88,6 +111,69 @@ impl RotatingFile {
         self.rotation_error.take()
     }
 
+    /// How many bytes [`RotatingFile::splice_from`] may move into the file
+    /// now; `None` when splicing is not the way: the file is not open yet
+    /// (the first `write` opens it, so no file is created for nothing), not a
+    /// regular file (a device, a FIFO), splice unsupported there, or within
+    /// [`SPLICE_MARGIN`] of `max_size` (the caller then reads and `write`s,
+    /// which rotates at a newline). Learns the file's size from `fstat`: a
+    /// file truncated (or grown) by someone else is continued at its end, as
+    /// O_APPEND would.
+    pub fn splice_room(&mut self) -> io::Result<Option<u64>> {
+        let max = self.rotation.max_size;
+        let near_bound = |size: u64| max > 0 && max.saturating_sub(size) <= SPLICE_MARGIN;
+        // A known size near the bound needs no fstat: `write` refreshes it.
+        if !self.rotatable || self.no_splice || near_bound(self.size) {
+            return Ok(None);
+        }
+        let Some(file) = self.file.as_ref() else {
+            return Ok(None);
+        };
+        self.size = u64::try_from(nix::sys::stat::fstat(file)?.st_size).unwrap_or(0);
+        Ok(match max {
+            0 => Some(u64::MAX),
+            _ if near_bound(self.size) => None,
+            _ => Some(max - self.size - SPLICE_MARGIN),
+        })
+    }
+
+    /// Moves up to `len` bytes from `pipe` to the end of the file with
+    /// splice(2), never copied through userspace; call
+    /// [`RotatingFile::splice_room`] first, and stay within what it allows.
+    /// Returns 0 only at the pipe's end; an empty pipe is `WouldBlock`
+    /// unless `pipe` blocks. On an error the bytes stay in the pipe; an
+    /// `Unsupported` error means the file system cannot splice
+    /// (`splice_room` says so from then on).
+    ///
+    /// splice(2) refuses O_APPEND files, so O_APPEND is cleared here (and
+    /// set again by the next `write`), and the bytes go at the offset
+    /// `splice_room` found, advanced by each splice.
+    pub fn splice_from(&mut self, pipe: BorrowedFd<'_>, len: usize) -> io::Result<usize> {
+        let Some(file) = self.file.as_ref() else {
+            return Err(io::Error::other("the log file is not open"));
+        };
+        if self.append {
+            set_append(file, false)?;
+            self.append = false;
+        }
+        let mut offset = i64::try_from(self.size).map_err(io::Error::other)?;
+        let flags = SpliceFFlags::SPLICE_F_MOVE | SpliceFFlags::SPLICE_F_NONBLOCK;
+        match splice(pipe, None, file, Some(&mut offset), len, flags) {
+            Ok(n) => {
+                self.size += n as u64;
+                Ok(n)
+            }
+            Err(Errno::EINVAL) => {
+                self.no_splice = true;
+                Err(io::Error::new(
+                    io::ErrorKind::Unsupported,
+                    "splice(2) into this file is not supported",
+                ))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
     fn open_now(&mut self) -> io::Result<&mut File> {
         match open_append(&self.path) {
             Ok(file) => {
@@ -95,6 +181,8 @@ impl RotatingFile {
                 self.size = meta.len();
                 self.rotatable = meta.file_type().is_file();
                 self.open_failure = None;
+                self.append = true;
+                self.no_splice = false;
                 Ok(self.file.insert(file))
             }
             Err(e) => {
@@ -181,6 +269,10 @@ impl Write for RotatingFile {
             // Rotation renamed the file but could not create the next one.
             return self.ensure_open().map(|_| 0);
         };
+        if !self.append {
+            set_append(file, true)?;
+            self.append = true;
+        }
         let written = file.write(&buf[..n])?;
         self.size += written as u64;
         Ok(written)
@@ -197,6 +289,18 @@ pub fn numbered(path: &Path, n: u32) -> PathBuf {
     let mut s = path.as_os_str().to_owned();
     s.push(format!(".{n}"));
     PathBuf::from(s)
+}
+
+/// Sets or clears O_APPEND on an open file.
+fn set_append(file: &File, on: bool) -> io::Result<()> {
+    let flags = OFlag::from_bits_retain(fcntl(file, FcntlArg::F_GETFL)?);
+    fcntl(
+        file,
+        FcntlArg::F_SETFL(
+            flags.difference(OFlag::O_APPEND) | if on { OFlag::O_APPEND } else { OFlag::empty() },
+        ),
+    )?;
+    Ok(())
 }
 
 fn last_newline(buf: &[u8]) -> Option<usize> {
@@ -226,7 +330,9 @@ fn open_append(path: &Path) -> io::Result<File> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
     use std::fs;
+    use std::os::fd::{AsFd, OwnedFd};
 
     fn rot(max_size: u64, backups: u32) -> Rotation {
         Rotation { max_size, backups }
@@ -396,6 +502,179 @@ mod tests {
         assert_eq!(fs::read_to_string(&moved).unwrap(), "old\nstill old\n");
         assert_eq!(fs::read_to_string(&path).unwrap(), "new\n");
         assert_eq!(f.size(), 4);
+    }
+
+    /// Moves everything `pipe` carries into `f` as the capture does: spliced
+    /// while `splice_room` allows, read and written (in `read_chunk` pieces)
+    /// near the bound. Returns the bytes (spliced, written).
+    fn drain_pipe(f: &mut RotatingFile, pipe: &OwnedFd, read_chunk: usize) -> (usize, usize) {
+        let (mut spliced, mut written) = (0, 0);
+        let mut buf = vec![0; read_chunk];
+        loop {
+            let room = f.splice_room().expect("splice_room");
+            if let Some(room) = room {
+                let len = usize::try_from(room).unwrap_or(usize::MAX).min(100_000);
+                match f.splice_from(pipe.as_fd(), len) {
+                    Ok(0) => return (spliced, written),
+                    Ok(n) => spliced += n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        let mut fds = [PollFd::new(pipe.as_fd(), PollFlags::POLLIN)];
+                        poll(&mut fds, PollTimeout::NONE).expect("poll");
+                    }
+                    Err(e) => panic!("splice_from: {e}"),
+                }
+                continue;
+            }
+            let n = nix::unistd::read(pipe, &mut buf).expect("read");
+            if n == 0 {
+                return (spliced, written);
+            }
+            write_all(f, &buf[..n]);
+            written += n;
+        }
+    }
+
+    /// Lines of uneven length, numbered, so a lost, doubled or moved byte shows.
+    fn uneven_lines(n: usize) -> Vec<u8> {
+        (0..n)
+            .flat_map(|i| format!("{i:07} {}\n", "x".repeat(i * 7919 % 97)).into_bytes())
+            .collect()
+    }
+
+    /// Writes `data` into a new pipe from a thread (in uneven pieces); returns
+    /// the read end and the thread.
+    fn feed(data: Vec<u8>) -> (OwnedFd, std::thread::JoinHandle<()>) {
+        let (read, write) = nix::unistd::pipe2(OFlag::O_CLOEXEC).unwrap();
+        let writer = std::thread::spawn(move || {
+            let mut out = File::from(write);
+            for piece in data.chunks(12_345) {
+                out.write_all(piece).unwrap();
+            }
+        });
+        (read, writer)
+    }
+
+    #[test]
+    fn splice_and_write_keep_every_byte_in_order_across_rotations() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("a.log");
+        const MAX: u64 = 700_000;
+        let mut f = RotatingFile::new(&path, rot(MAX, 50));
+        let data = uneven_lines(60_000); // about 3.4 MB
+        let (pipe, writer) = feed(data.clone());
+        let (spliced, written) = drain_pipe(&mut f, &pipe, 37_000);
+        writer.join().unwrap();
+        assert_eq!(spliced + written, data.len());
+        assert!(spliced > data.len() / 2, "mostly spliced: {spliced}");
+        assert!(written > 0, "near the bound, written");
+        let (all, files) = read_chain(&path, 50);
+        assert!(all == data, "every byte once, in order");
+        assert!(
+            files.len() as u64 > data.len() as u64 / MAX,
+            "{} files",
+            files.len()
+        );
+        for file in &files {
+            assert!(
+                file.len() as u64 <= MAX,
+                "a file exceeds max_size: {}",
+                file.len()
+            );
+        }
+        for file in &files[..files.len() - 1] {
+            assert_eq!(file.last(), Some(&b'\n'), "rotated files end at a line end");
+            assert!(
+                file.len() as u64 > MAX - 40_000,
+                "rotated early: {}",
+                file.len()
+            );
+        }
+    }
+
+    #[test]
+    fn without_max_size_everything_is_spliced() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("a.log");
+        let mut f = RotatingFile::new(&path, rot(0, 3));
+        write_all(&mut f, b"written first\n");
+        let data = uneven_lines(20_000);
+        let (pipe, writer) = feed(data.clone());
+        let (spliced, written) = drain_pipe(&mut f, &pipe, 4096);
+        writer.join().unwrap();
+        assert_eq!((spliced, written), (data.len(), 0));
+        write_all(&mut f, b"written last\n");
+        let mut want = b"written first\n".to_vec();
+        want.extend_from_slice(&data);
+        want.extend_from_slice(b"written last\n");
+        assert!(
+            fs::read(&path).unwrap() == want,
+            "spliced between the writes"
+        );
+        assert_eq!(f.size(), want.len() as u64);
+    }
+
+    #[test]
+    fn splicing_goes_on_at_the_end_of_a_truncated_or_moved_file() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("a.log");
+        let mut f = RotatingFile::new(&path, rot(10_000_000, 1));
+        let splice_all = |f: &mut RotatingFile, data: &[u8]| {
+            let (pipe, writer) = feed(data.to_vec());
+            let (spliced, _) = drain_pipe(f, &pipe, 4096);
+            writer.join().unwrap();
+            assert_eq!(spliced, data.len(), "all spliced");
+        };
+        assert_eq!(
+            f.splice_room().unwrap(),
+            None,
+            "the first write opens the file"
+        );
+        write_all(&mut f, b"one\n");
+        splice_all(&mut f, b"two\n");
+        assert_eq!(fs::read_to_string(&path).unwrap(), "one\ntwo\n");
+        // logrotate's copytruncate: no hole of zeros, the file goes on at 0.
+        OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(0)
+            .unwrap();
+        splice_all(&mut f, b"three\n");
+        assert_eq!(fs::read_to_string(&path).unwrap(), "three\n");
+        // A write after splicing appends (O_APPEND is back), even after a
+        // truncation it was not told of.
+        OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(2)
+            .unwrap();
+        write_all(&mut f, b"four\n");
+        assert_eq!(fs::read_to_string(&path).unwrap(), "thfour\n");
+        // Moved away and reopened: splicing goes to the new file.
+        let moved = tmp.path().join("a.log.moved");
+        fs::rename(&path, &moved).unwrap();
+        splice_all(&mut f, b"five\n");
+        f.reopen().unwrap();
+        splice_all(&mut f, b"six\n");
+        assert_eq!(fs::read_to_string(&moved).unwrap(), "thfour\nfive\n");
+        assert_eq!(fs::read_to_string(&path).unwrap(), "six\n");
+    }
+
+    #[test]
+    fn splicing_stops_short_of_the_bound() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("a.log");
+        let mut f = RotatingFile::new(&path, rot(SPLICE_MARGIN + 1000, 1));
+        write_all(&mut f, b"\n");
+        assert_eq!(f.splice_room().unwrap(), Some(999));
+        write_all(&mut f, &[b'x'; 998]);
+        assert_eq!(f.splice_room().unwrap(), Some(1));
+        write_all(&mut f, b"\n");
+        assert_eq!(f.splice_room().unwrap(), None, "the rest is for write");
+        let mut null = RotatingFile::new("/dev/null", rot(0, 0));
+        write_all(&mut null, b"x\n");
+        assert_eq!(null.splice_room().unwrap(), None, "devices are written");
     }
 
     #[test]
