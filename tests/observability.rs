@@ -674,3 +674,37 @@ fn reload_moves_the_metrics_endpoint_or_changes_nothing() {
     assert_eq!(http_get(second, "/healthz").0, 200);
     assert!(TcpStream::connect(("127.0.0.1", first)).is_err());
 }
+
+/// Output large enough to be spliced into its file counts like written output.
+#[test]
+fn log_bytes_count_everything_in_the_file() {
+    const LINES: u64 = 200_000;
+    let port = free_port();
+    let d = Daemon::start_with(
+        &format!("metrics = \"127.0.0.1:{port}\""),
+        &program(
+            "chatty",
+            &["--write-lines", &LINES.to_string(), "--exit-after", "0"],
+            "restart = \"never\"\nstart_secs = \"0s\"\n[program.chatty.logs]\nmax_size = \"0\"",
+        ),
+    );
+    d.wait_state("chatty", "exited");
+    // Each line is `line NNNNNNNNN\n`.
+    let total = LINES * 15;
+    let path = d.path("logs/chatty.stdout.log");
+    let deadline = Instant::now() + WAIT;
+    while std::fs::metadata(&path).map_or(0, |m| m.len()) < total && Instant::now() < deadline {
+        thread::sleep(POLL);
+    }
+    assert_eq!(std::fs::metadata(&path).unwrap().len(), total);
+    let m = scrape(port);
+    let stdout = [("name", "chatty"), ("stream", "stdout")];
+    assert_eq!(
+        value(&m, "minder_log_bytes_total", &stdout),
+        Some(total as f64)
+    );
+    assert_eq!(
+        value(&m, "minder_log_dropped_bytes_total", &stdout),
+        Some(0.0)
+    );
+}

@@ -952,7 +952,10 @@ impl Job {
                     failed = true;
                     break;
                 }
-                Ok(k) => left -= k,
+                Ok(k) => {
+                    self.sink.count_written(k);
+                    left -= k;
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
                     tracing::debug!(stream = self.stream.name(), "splicing into the log: {e}");
@@ -1161,7 +1164,7 @@ impl Sink {
                     break;
                 }
                 Ok(n) => {
-                    self.stats.written[self.stream as usize].fetch_add(n as u64, Ordering::Relaxed);
+                    self.count_written(n);
                     rest = &rest[n..];
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -1187,6 +1190,11 @@ impl Sink {
     /// Output lost on its way to the file.
     fn lost(&mut self, bytes: usize) {
         self.dropped(bytes, &io::Error::other("lost in the relay pipe"));
+    }
+
+    /// Counts bytes that reached the file (`minder_log_bytes_total`).
+    fn count_written(&self, bytes: usize) {
+        self.stats.written[self.stream as usize].fetch_add(bytes as u64, Ordering::Relaxed);
     }
 
     /// Output reached the file: ends a failing spell.
@@ -1258,7 +1266,7 @@ mod tests {
             fd,
             sink: Box::new(Sink {
                 name: Arc::from("x"),
-                stream: "stdout",
+                stream: Stream::Stdout,
                 file: RotatingFile::new(path, rotation),
                 stamper: timestamps.then(Stamper::default),
                 stats: Arc::default(),
