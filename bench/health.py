@@ -199,6 +199,20 @@ def bench_detection(binary, child, rounds):
     }
 
 
+def release_binaries(target_dir):
+    """The release minder and minder-testchild; also raises RLIMIT_NOFILE to
+    its hard limit, for the daemon (and its 1000 programs) started from here."""
+    binary = os.path.join(target_dir, "release", "minder")
+    child = os.path.join(target_dir, "release", "minder-testchild")
+    for b in (binary, child):
+        if not os.access(b, os.X_OK):
+            raise SystemExit(f"{b} not found: run `cargo build --release --bins` first")
+    import resource
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return binary, child
+
+
 def write_section(cpu, det, command):
     path = os.path.join(ROOT, "docs", "benchmarks.md")
     cpu_ok = "yes" if cpu["minder_cpu_pct"] < 5.0 else "**no**"
@@ -239,14 +253,7 @@ def main():
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--no-write", action="store_true", help="print only; leave docs/benchmarks.md alone")
     args = ap.parse_args()
-    binary = os.path.join(args.target_dir, "release", "minder")
-    child = os.path.join(args.target_dir, "release", "minder-testchild")
-    for b in (binary, child):
-        if not os.access(b, os.X_OK):
-            raise SystemExit(f"{b} not found: run `cargo build --release --bins` first")
-    import resource
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    binary, child = release_binaries(args.target_dir)
 
     cpu = bench_cpu(binary, child, args.programs, args.window)
     print(json.dumps(cpu, indent=2))

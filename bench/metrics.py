@@ -28,7 +28,7 @@ import tempfile
 import time
 
 import docsection
-from health import Minder, cpu_seconds, free_port, rss_mib
+from health import Minder, cpu_seconds, free_port, release_binaries, rss_mib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -165,14 +165,7 @@ def main():
     ap.add_argument("--scrapes", type=int, default=50)
     ap.add_argument("--no-write", action="store_true", help="print only; leave docs/benchmarks.md alone")
     args = ap.parse_args()
-    binary = os.path.join(args.target_dir, "release", "minder")
-    child = os.path.join(args.target_dir, "release", "minder-testchild")
-    for b in (binary, child):
-        if not os.access(b, os.X_OK):
-            raise SystemExit(f"{b} not found: run `cargo build --release --bins` first")
-    import resource
-    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    binary, child = release_binaries(args.target_dir)
 
     rows = [scenario(binary, child, args.programs, args.scrapes, probed) for probed in (False, True)]
     print(json.dumps(rows, indent=2))
