@@ -4,11 +4,14 @@
 set -eu
 cd "$(dirname "$0")/.."
 
-if [ ! -x bench/.venv/bin/python3 ]; then
+# A venv made elsewhere (a moved checkout) has scripts whose interpreter is
+# gone: check that it runs, not only that it exists.
+if ! bench/.venv/bin/python3 -c '' 2>/dev/null; then
+    rm -rf bench/.venv
     python3 -m venv bench/.venv
 fi
-if [ ! -x bench/.venv/bin/supervisord ]; then
-    bench/.venv/bin/pip install --quiet supervisor
+if ! bench/.venv/bin/supervisord --version >/dev/null 2>&1; then
+    bench/.venv/bin/python3 -m pip install --quiet --force-reinstall supervisor
 fi
 
 : "${CARGO_TARGET_DIR:=$PWD/target}"

@@ -501,10 +501,13 @@ fn append_line(file: &Path, line: &str) -> io::Result<()> {
     Ok(())
 }
 
-/// Writes FILE.tmp then renames it to FILE.
+/// Writes FILE.tmp.PID then renames it to FILE.
 fn write_atomic(file: &Path, text: &str) -> io::Result<()> {
+    // Named after this process: during a rolling restart two instances write
+    // the same file at once, and a shared temp name would let one rename the
+    // other's away (ENOENT).
     let mut tmp = file.as_os_str().to_owned();
-    tmp.push(".tmp");
+    tmp.push(format!(".tmp.{}", process::id()));
     fs::write(&tmp, text)?;
     fs::rename(&tmp, file)?;
     Ok(())
