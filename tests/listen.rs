@@ -14,16 +14,13 @@ use common::*;
 
 /// One GET; the body is the serving PID.
 fn get(port: u16) -> Result<i32, String> {
-    let mut conn =
-        std::net::TcpStream::connect(("127.0.0.1", port)).map_err(|e| format!("connect: {e}"))?;
-    conn.set_read_timeout(Some(Duration::from_secs(10)))
-        .map_err(|e| e.to_string())?;
-    conn.write_all(b"GET / HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
-        .map_err(|e| format!("write: {e}"))?;
-    let mut response = String::new();
-    conn.read_to_string(&mut response)
-        .map_err(|e| format!("read: {e}"))?;
-    parse_response(&response)
+    match http_get(port, "/")? {
+        (200, body) => body
+            .trim()
+            .parse()
+            .map_err(|_| format!("no pid in {body:?}")),
+        (status, body) => Err(format!("status {status}: {body:?}")),
+    }
 }
 
 fn get_unix(path: &std::path::Path) -> Result<i32, String> {

@@ -85,34 +85,13 @@ fn value(samples: &[Sample], name: &str, want: &[(&str, &str)]) -> Option<f64> {
         .map(|s| s.value)
 }
 
-/// `GET path` on 127.0.0.1:port: (status code, body).
-fn http_get(port: u16, path: &str) -> (u16, String) {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connecting to /metrics");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut response = String::new();
-    stream
-        .read_to_string(&mut response)
-        .expect("reading the response");
-    let (head, body) = response
-        .split_once("\r\n\r\n")
-        .unwrap_or_else(|| panic!("no head/body split in {response:?}"));
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or_else(|| panic!("bad status line in {head:?}"));
-    (status, body.to_string())
+/// `GET path` on 127.0.0.1:port, which must answer: (status code, body).
+fn fetch(port: u16, path: &str) -> (u16, String) {
+    http_get(port, path).unwrap_or_else(|e| panic!("GET {path} on port {port}: {e}"))
 }
 
 fn scrape(port: u16) -> Vec<Sample> {
-    let (status, body) = http_get(port, "/metrics");
+    let (status, body) = fetch(port, "/metrics");
     assert_eq!(status, 200, "{body}");
     parse_exposition(&body)
 }
@@ -257,8 +236,8 @@ fn metrics_after_a_crash_loop_match_status_and_drop_removed_programs() {
         Some(0.0)
     );
 
-    assert_eq!(http_get(port, "/healthz"), (200, "ok\n".to_string()));
-    assert_eq!(http_get(port, "/nope").0, 404);
+    assert_eq!(fetch(port, "/healthz"), (200, "ok\n".to_string()));
+    assert_eq!(fetch(port, "/nope").0, 404);
 }
 
 #[test]
@@ -651,7 +630,7 @@ fn reload_moves_the_metrics_endpoint_or_changes_nothing() {
     let (first, second) = (free_port(), free_port());
     let body = program("web", &[], "");
     let mut d = Daemon::start_with(&format!("metrics = \"127.0.0.1:{first}\""), &body);
-    assert_eq!(http_get(first, "/healthz").0, 200);
+    assert_eq!(fetch(first, "/healthz").0, 200);
 
     // An address in use: the reload is rejected and the endpoint stays.
     let taken = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -665,13 +644,13 @@ fn reload_moves_the_metrics_endpoint_or_changes_nothing() {
             .contains(&format!("metrics 127.0.0.1:{taken_port}")),
         "{out:?}"
     );
-    assert_eq!(http_get(first, "/healthz").0, 200);
+    assert_eq!(fetch(first, "/healthz").0, 200);
 
     // A free one: served there, no longer at the first.
     d.set_supervisor_extra(&format!("metrics = \"127.0.0.1:{second}\""));
     d.write_config(&body);
     d.ctl_ok(&["reload"]);
-    assert_eq!(http_get(second, "/healthz").0, 200);
+    assert_eq!(fetch(second, "/healthz").0, 200);
     assert!(TcpStream::connect(("127.0.0.1", first)).is_err());
 }
 

@@ -3,7 +3,6 @@
 
 mod common;
 
-use std::io::{Read, Write};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -11,20 +10,11 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-fn http_get(port: u16) -> Result<(), String> {
-    let mut conn =
-        std::net::TcpStream::connect(("127.0.0.1", port)).map_err(|e| format!("connect: {e}"))?;
-    conn.set_read_timeout(Some(Duration::from_secs(10)))
-        .map_err(|e| e.to_string())?;
-    conn.write_all(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
-        .map_err(|e| format!("write: {e}"))?;
-    let mut response = String::new();
-    conn.read_to_string(&mut response)
-        .map_err(|e| format!("read: {e}"))?;
-    if response.starts_with("HTTP/1.1 200") {
-        Ok(())
-    } else {
-        Err(format!("bad response {response:?}"))
+/// One GET answered 200.
+fn get_ok(port: u16) -> Result<(), String> {
+    match http_get(port, "/")? {
+        (200, _) => Ok(()),
+        (status, body) => Err(format!("status {status}: {body:?}")),
     }
 }
 
@@ -74,7 +64,7 @@ fn reexec_three_times_keeps_pids_sockets_and_counters_under_load() {
                     if stop.load(Ordering::SeqCst) || Instant::now() > until {
                         break;
                     }
-                    match http_get(port) {
+                    match get_ok(port) {
                         Ok(()) => {
                             served.fetch_add(1, Ordering::SeqCst);
                         }

@@ -727,15 +727,7 @@ impl Machine {
                         "watchdog timeout: no WATCHDOG=1 within {}",
                         short_duration(cfg.watchdog)
                     );
-                    self.begin_stop(
-                        cfg,
-                        pid,
-                        started,
-                        now,
-                        AfterStop::Retry {
-                            failed_start: false,
-                        },
-                    )
+                    self.stop_to_restart(cfg, pid, started, now)
                 }
                 _ => Vec::new(),
             },
@@ -859,15 +851,7 @@ impl Machine {
                         self.restarts += 1;
                         self.begin_rollout(pid, started)
                     }
-                    OnUnhealthy::Restart => self.begin_stop(
-                        cfg,
-                        pid,
-                        started,
-                        now,
-                        AfterStop::Retry {
-                            failed_start: false,
-                        },
-                    ),
+                    OnUnhealthy::Restart => self.stop_to_restart(cfg, pid, started, now),
                 }
             }
             _ => Vec::new(),
@@ -903,15 +887,7 @@ impl Machine {
         }
         if message.watchdog_trigger && running {
             self.description = "watchdog triggered by the program (WATCHDOG=trigger)".to_string();
-            effects.extend(self.begin_stop(
-                cfg,
-                pid,
-                started,
-                now,
-                AfterStop::Retry {
-                    failed_start: false,
-                },
-            ));
+            effects.extend(self.stop_to_restart(cfg, pid, started, now));
         } else if message.ready
             && matches!(self.state, State::Starting { .. })
             && Readiness::of(cfg) == Readiness::Notify
@@ -943,6 +919,26 @@ impl Machine {
             _ => String::new(),
         };
         effects
+    }
+
+    /// Stops a live process that is to be started again (unhealthy, watchdog):
+    /// an automatic restart, not a failed start.
+    fn stop_to_restart(
+        &mut self,
+        cfg: &ProgramConfig,
+        pid: Pid,
+        started: Instant,
+        now: Instant,
+    ) -> Vec<Effect> {
+        self.begin_stop(
+            cfg,
+            pid,
+            started,
+            now,
+            AfterStop::Retry {
+                failed_start: false,
+            },
+        )
     }
 
     fn begin_stop(

@@ -645,6 +645,33 @@ fn list_dir(dir: &Path, out: &mut Vec<(PathBuf, u64)>, depth: usize) {
     }
 }
 
+/// `GET path` on 127.0.0.1:`port` on a fresh connection (`Connection:
+/// close`): the status code and the body, or what went wrong.
+pub fn http_get(port: u16, path: &str) -> Result<(u16, String), String> {
+    use std::io::Write;
+    let mut conn =
+        std::net::TcpStream::connect(("127.0.0.1", port)).map_err(|e| format!("connect: {e}"))?;
+    conn.set_read_timeout(Some(Duration::from_secs(10)))
+        .map_err(|e| e.to_string())?;
+    write!(
+        conn,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    .map_err(|e| format!("write: {e}"))?;
+    let mut response = String::new();
+    conn.read_to_string(&mut response)
+        .map_err(|e| format!("read: {e}"))?;
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| format!("no end of head in {response:?}"))?;
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| format!("bad status line in {response:?}"))?;
+    Ok((status, body.to_string()))
+}
+
 /// A loopback port that was free a moment ago.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

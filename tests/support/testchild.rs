@@ -513,21 +513,26 @@ fn write_atomic(file: &Path, text: &str) -> io::Result<()> {
     Ok(())
 }
 
+/// Reads an HTTP request's head (bounded, up to its blank line); its content
+/// does not matter to the test servers.
+fn skip_request_head(conn: &mut std::net::TcpStream) {
+    use std::io::Read;
+    let mut head = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 16 * 1024 {
+        match conn.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => head.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
 /// Answers every HTTP request with 200, or 500 while `unhealthy_if` exists.
 fn serve_http(listener: std::net::TcpListener, unhealthy_if: Option<PathBuf>) {
-    use std::io::Read;
     for conn in listener.incoming() {
         let Ok(mut conn) = conn else { continue };
         let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
-        // Read the request head (bounded); its content does not matter.
-        let mut head = Vec::new();
-        let mut buf = [0u8; 1024];
-        while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 16 * 1024 {
-            match conn.read(&mut buf) {
-                Ok(0) | Err(_) => break,
-                Ok(n) => head.extend_from_slice(&buf[..n]),
-            }
-        }
+        skip_request_head(&mut conn);
         let sick = unhealthy_if.as_ref().is_some_and(|f| f.exists());
         let (status, body) = if sick {
             ("500 Internal Server Error", "sick\n")
@@ -665,17 +670,9 @@ fn accept_loop(
 }
 
 fn serve_one(mut conn: std::net::TcpStream, request_ms: u64) {
-    use std::io::Read;
     let _ = conn.set_nonblocking(false);
     let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
-    let mut head = Vec::new();
-    let mut buf = [0u8; 1024];
-    while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 16 * 1024 {
-        match conn.read(&mut buf) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => head.extend_from_slice(&buf[..n]),
-        }
-    }
+    skip_request_head(&mut conn);
     if request_ms > 0 {
         std::thread::sleep(Duration::from_millis(request_ms));
     }
