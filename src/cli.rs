@@ -326,11 +326,7 @@ fn render(args: &CtlArgs, payload: &str) -> Result<ExitCode, serde_json::Error> 
             if human {
                 let _ = out.write_all(status_table(&status.processes).as_bytes());
             }
-            let all_up = status
-                .processes
-                .iter()
-                .all(|p| p.state == "running" && p.health != "unhealthy");
-            Ok(if all_up {
+            Ok(if all_up(&status.processes) {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::from(exit::NOT_RUNNING)
@@ -389,6 +385,15 @@ fn render(args: &CtlArgs, payload: &str) -> Result<ExitCode, serde_json::Error> 
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// Whether `status` exits 0: every selected process is `running` and not
+/// `unhealthy`. A draining predecessor is part of its successor's entry, not
+/// a process of its own: its stopping does not count.
+fn all_up(processes: &[ProcessInfo]) -> bool {
+    processes
+        .iter()
+        .all(|p| p.state == "running" && p.health != "unhealthy")
 }
 
 /// `ctl tail`: prints the text as it comes; with `--json` one object per line
@@ -572,8 +577,13 @@ fn reload_summary(reply: &ReloadReply) -> String {
     s
 }
 
-/// The `status` table: NAME STATE PID UPTIME HEALTH RESTARTS DESCRIPTION.
+/// The `status` table: NAME STATE PID UPTIME HEALTH RESTARTS DESCRIPTION,
+/// with an indented line under a process for each predecessor still draining
+/// after a rolling restart (part of that process, not a row of its own).
 pub fn status_table(processes: &[ProcessInfo]) -> String {
+    let uptime = |secs: f64| {
+        crate::supervisor::state::short_duration(std::time::Duration::from_secs_f64(secs))
+    };
     let rows: Vec<[String; 7]> = processes
         .iter()
         .map(|p| {
@@ -581,9 +591,7 @@ pub fn status_table(processes: &[ProcessInfo]) -> String {
                 p.name.clone(),
                 p.state.clone(),
                 p.pid.map_or("-".to_string(), |pid| pid.to_string()),
-                p.uptime_secs.map_or("-".to_string(), |s| {
-                    crate::supervisor::state::short_duration(std::time::Duration::from_secs_f64(s))
-                }),
+                p.uptime_secs.map_or("-".to_string(), uptime),
                 p.health.clone(),
                 p.restarts.to_string(),
                 p.description.clone(),
@@ -606,8 +614,7 @@ pub fn status_table(processes: &[ProcessInfo]) -> String {
             *w = (*w).max(cell.len());
         }
     }
-    let mut out = String::new();
-    for row in std::iter::once(&header).chain(&rows) {
+    let line = |row: &[String; 7]| {
         let mut line = String::new();
         for (i, cell) in row.iter().enumerate() {
             if i + 1 == row.len() {
@@ -616,8 +623,84 @@ pub fn status_table(processes: &[ProcessInfo]) -> String {
                 line.push_str(&format!("{cell:<width$}  ", width = widths[i]));
             }
         }
-        out.push_str(line.trim_end());
-        out.push('\n');
+        let mut line = line.trim_end().to_string();
+        line.push('\n');
+        line
+    };
+    let mut out = line(&header);
+    for (p, row) in processes.iter().zip(&rows) {
+        out.push_str(&line(row));
+        for old in &p.draining {
+            out.push_str(&format!(
+                "  draining: pid {}, up {}, {}\n",
+                old.pid,
+                uptime(old.uptime_secs),
+                old.description
+            ));
+        }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::control::protocol::DrainingProcess;
+
+    fn entry(name: &str, state: &str, pid: Option<i32>) -> ProcessInfo {
+        ProcessInfo {
+            name: name.into(),
+            program: name.into(),
+            instance: 0,
+            state: state.into(),
+            pid,
+            uptime_secs: pid.map(|_| 2.0),
+            health: "none".into(),
+            restarts: 0,
+            last_exit_code: None,
+            last_exit_signal: None,
+            description: String::new(),
+            next_start_secs: None,
+            draining: Vec::new(),
+            dropped_bytes: 0,
+            last_probe: None,
+        }
+    }
+
+    #[test]
+    fn a_draining_predecessor_is_an_indented_line_under_its_successor() {
+        let mut web = entry("web", "running", Some(4242));
+        web.draining.push(DrainingProcess {
+            pid: 4241,
+            uptime_secs: 90.1,
+            description: "stop signal sent 3s ago; its replacement is ready".into(),
+        });
+        let table = status_table(&[web, entry("db", "stopped", None)]);
+        let lines: Vec<&str> = table.lines().collect();
+        assert_eq!(lines.len(), 4, "{table}");
+        assert!(lines[0].starts_with("NAME "), "{table}");
+        assert!(
+            lines[1].starts_with("web ") && lines[1].contains("4242"),
+            "{table}"
+        );
+        assert_eq!(
+            lines[2],
+            "  draining: pid 4241, up 1m, stop signal sent 3s ago; its replacement is ready"
+        );
+        assert!(lines[3].starts_with("db "), "{table}");
+        // The columns are those of the processes alone.
+        assert_eq!(lines[1].find("running"), lines[0].find("STATE"), "{table}");
+    }
+
+    #[test]
+    fn a_draining_predecessor_does_not_make_status_exit_3() {
+        let mut web = entry("web", "running", Some(4242));
+        web.draining.push(DrainingProcess {
+            pid: 4241,
+            uptime_secs: 90.1,
+            description: "SIGKILL sent; its replacement is ready".into(),
+        });
+        assert!(all_up(std::slice::from_ref(&web)));
+        assert!(!all_up(&[web, entry("db", "backoff", None)]));
+    }
 }

@@ -226,48 +226,134 @@ fn a_replacement_that_never_gets_ready_leaves_the_old_process_serving() {
     assert_eq!(get(port), Ok(old), "the old process still serves");
 }
 
+/// The one `web` entry of a status, checking there is exactly one.
+fn only_web(ps: &[Proc]) -> &Proc {
+    let rows: Vec<&Proc> = ps.iter().filter(|p| p.name == "web").collect();
+    assert_eq!(rows.len(), 1, "one entry per name: {ps:#?}");
+    rows[0]
+}
+
+/// The `draining` list of an entry: (pid, uptime_secs, description) each.
+fn draining(p: &Proc) -> Vec<(i32, f64, String)> {
+    let list = p.raw["draining"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no draining list in {}", p.raw));
+    list.iter()
+        .map(|d| {
+            (
+                d["pid"].as_i64().expect("draining pid") as i32,
+                d["uptime_secs"].as_f64().expect("draining uptime_secs"),
+                d["description"]
+                    .as_str()
+                    .expect("draining description")
+                    .to_string(),
+            )
+        })
+        .collect()
+}
+
 #[test]
-fn status_shows_both_processes_during_the_overlap() {
+fn rolling_restart_lists_each_name_once() {
     let port = free_port();
-    // The replacement takes a while to become ready.
-    let d = Daemon::start(&program(
-        "web",
-        &[
-            "--serve-inherited",
-            "--notify-ready-after",
-            "1500",
-            "--pidfile",
-            "@TMP@/web.pid",
-        ],
-        &format!("listen = [\"tcp://127.0.0.1:{port}\"]\nnotify = true"),
-    ));
-    d.wait_state("web", "running");
+    // The successor takes a while to become ready (the overlap shows), and
+    // every process ignores SIGTERM with a long stop_timeout: the predecessor
+    // drains until this test kills it (and shutdown kills the successor).
+    let d = Daemon::start_with(
+        "shutdown_timeout = \"1s\"",
+        &program(
+            "web",
+            &[
+                "--serve-inherited",
+                "--notify-ready-after",
+                "1500",
+                "--ignore-term",
+                "--pidfile",
+                "@TMP@/web.pid",
+            ],
+            &format!(
+                "listen = [\"tcp://127.0.0.1:{port}\"]\nnotify = true\nstop_timeout = \"60s\""
+            ),
+        ),
+    );
+    let first = d.wait_state("web", "running");
+    assert_eq!(draining(&first), vec![], "no predecessor yet");
     let old = read_pid(&d.path("web.pid"));
     d.ctl_ok(&["restart", "--no-wait", "web"]);
-    let both = d.wait_for("two rows for web", WAIT, |ps| {
-        ps.iter().filter(|p| p.name == "web").count() == 2
+
+    // Overlap: the successor starts, the old process serves, inside its entry.
+    let overlap = d.wait_for("the successor to be starting", WAIT, |ps| {
+        only_web(ps).state == "starting"
     });
-    let rows: Vec<_> = both.iter().filter(|p| p.name == "web").collect();
-    assert!(
-        rows.iter()
-            .any(|p| p.pid == Some(old) && p.state == "running"),
-        "{rows:?}"
-    );
-    assert!(
-        rows.iter()
-            .any(|p| p.pid != Some(old) && p.state == "starting"),
-        "{rows:?}"
+    let web = only_web(&overlap);
+    assert_ne!(web.pid, Some(old), "the entry is the successor's: {web:?}");
+    let listed = draining(web);
+    assert_eq!(listed.len(), 1, "{web:?}");
+    assert_eq!(listed[0].0, old, "{web:?}");
+    assert!(listed[0].1 > 0.0, "{web:?}");
+    assert_eq!(
+        listed[0].2, "serving until its replacement is ready",
+        "{web:?}"
     );
     assert_eq!(
         get(port),
         Ok(old),
         "the old one serves until the new one is ready"
     );
-    d.wait_for("the rollout to finish", WAIT, |ps| {
-        let rows: Vec<_> = ps.iter().filter(|p| p.name == "web").collect();
-        rows.len() == 1 && rows[0].state == "running" && rows[0].pid != Some(old)
+
+    // Drain: the successor is ready, the old process ignores its stop signal.
+    let drain = d.wait_for("the successor to be ready", WAIT, |ps| {
+        only_web(ps).state == "running"
     });
+    let web = only_web(&drain);
+    let new = web.pid.expect("the successor runs");
+    assert_ne!(new, old);
+    assert_eq!(read_pid(&d.path("web.pid")), new);
+    let listed = draining(web);
+    assert_eq!(listed.len(), 1, "the old one is still draining: {web:?}");
+    assert_eq!(listed[0].0, old, "{web:?}");
+    assert!(
+        listed[0].1 >= web.uptime_secs.expect("uptime"),
+        "the old one has run longer: {web:?}"
+    );
+    assert!(
+        listed[0].2.starts_with("stop signal sent ")
+            && listed[0].2.ends_with("; its replacement is ready"),
+        "{web:?}"
+    );
+    assert!(pid_alive(old), "the old one ignores SIGTERM");
+    // A draining predecessor is no process of its own: `status` exits 0.
+    let out = d.ctl(&["status"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    let row = lines
+        .iter()
+        .position(|l| l.starts_with("web "))
+        .unwrap_or_else(|| panic!("no web row: {out:?}"));
+    assert!(
+        lines[row].contains(&new.to_string()),
+        "the row is the successor's: {out:?}"
+    );
+    assert!(
+        lines
+            .get(row + 1)
+            .is_some_and(|l| l.starts_with(&format!("  draining: pid {old}, up "))
+                && l.contains("stop signal sent")),
+        "an indented line under the successor's row: {out:?}"
+    );
+    assert_eq!(lines.len(), 3, "header, row, draining line: {out:?}");
+    assert_eq!(d.ctl(&["status", "--json", "web"]).code, 0);
+
+    // SAFETY: old is the predecessor the daemon spawned, alive as checked above.
+    unsafe { libc::kill(old, libc::SIGKILL) };
+    let after = d.wait_for("the predecessor to be gone", WAIT, |ps| {
+        draining(only_web(ps)).is_empty()
+    });
+    let web = only_web(&after);
+    assert_eq!((web.state.as_str(), web.pid), ("running", Some(new)));
     assert!(wait_pid_gone(old, WAIT));
+    let out = d.ctl(&["status"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(!out.stdout.contains("draining"), "{out:?}");
 }
 
 #[test]
@@ -379,6 +465,6 @@ fn instances_share_the_sockets_and_roll_one_at_a_time() {
         ps.len() == 2
             && ps
                 .iter()
-                .all(|p| p.pid.is_some_and(|pid| !before.contains(&pid)))
+                .all(|p| p.pid.is_some_and(|pid| !before.contains(&pid)) && draining(p).is_empty())
     });
 }

@@ -160,12 +160,29 @@ pub struct ProcessInfo {
     pub last_exit_code: Option<i32>,
     pub last_exit_signal: Option<String>,
     pub description: String,
+    /// In `backoff`: seconds until the next attempt; else `null` (SPEC §5.1).
+    #[serde(default)]
+    pub next_start_secs: Option<f64>,
+    /// Predecessors still serving or stopping after a rolling restart: part
+    /// of this process, never entries of their own (SPEC §5.1). Empty when none.
+    #[serde(default)]
+    pub draining: Vec<DrainingProcess>,
     /// Captured output lost because its log file could not be written.
     #[serde(default)]
     pub dropped_bytes: u64,
     /// The latest health probe (absent without a health check).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_probe: Option<LastProbe>,
+}
+
+/// The previous process of a rolling restart, listed inside its successor's
+/// `status` entry until it has exited.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DrainingProcess {
+    pub pid: i32,
+    pub uptime_secs: f64,
+    /// Where it is in its retirement (`serving until its replacement is ready`, ...).
+    pub description: String,
 }
 
 /// The latest health probe of a process.

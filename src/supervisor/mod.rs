@@ -18,8 +18,8 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::config::{self, Config, Defaults};
 use crate::control::protocol::{
-    ActionReply, ActionResult, ErrorKind, EventsStart, LastProbe, PidReply, ProcessInfo,
-    ReloadReply, Reply, Request, StateEvent, StatusReply,
+    ActionReply, ActionResult, DrainingProcess, ErrorKind, EventsStart, LastProbe, PidReply,
+    ProcessInfo, ReloadReply, Reply, Request, StateEvent, StatusReply,
 };
 use crate::hooks::{HookContext, Hooks};
 use crate::logs::{LogRequest, Stream, TailReply};
@@ -1084,49 +1084,47 @@ pub(crate) fn action_result(name: &str, outcome: Outcome) -> ActionResult {
 
 fn status_reply(handles: &[ProcessHandle]) -> StatusReply {
     let now = tokio::time::Instant::now().into_std();
-    let mut processes = Vec::with_capacity(handles.len());
-    for h in handles {
-        let status = h.status();
-        processes.push(process_info(&status, now));
-        if let Some(old) = status.retiring {
-            processes.push(retiring_info(&status, &old, now));
-        }
-    }
-    StatusReply { processes }
-}
-
-/// The extra `status` row of the old process during a rolling restart.
-fn retiring_info(status: &ProcessStatus, old: &state::Retiring, now: Instant) -> ProcessInfo {
-    let stopping = old.stop_sent.is_some();
-    ProcessInfo {
-        name: status.name.clone(),
-        program: status.program.clone(),
-        instance: status.instance,
-        state: if stopping { "stopping" } else { "running" }.to_string(),
-        pid: Some(old.pid.as_raw()),
-        uptime_secs: Some(now.saturating_duration_since(old.started).as_secs_f64()),
-        health: "none".to_string(),
-        restarts: status.restarts,
-        last_exit_code: None,
-        last_exit_signal: None,
-        description: if stopping {
-            "previous process, stopping: its replacement is ready".to_string()
-        } else {
-            "previous process, serving until its replacement is ready".to_string()
-        },
-        last_probe: None,
-        dropped_bytes: status.logs.dropped_bytes(),
+    StatusReply {
+        processes: handles
+            .iter()
+            .map(|h| process_info(&h.status(), now))
+            .collect(),
     }
 }
 
-/// The `status` row of one process.
-pub fn process_info(status: &ProcessStatus, now: Instant) -> ProcessInfo {
-    let description = match status.state {
-        State::Backoff { until } => format!(
-            "{}; restarting in {}",
-            status.description,
-            short_duration(until.saturating_duration_since(now))
+/// The old process of a rolling restart, as its successor's entry lists it.
+fn draining_info(old: &state::Retiring, now: Instant) -> DrainingProcess {
+    let description = match old.stop_sent {
+        None => "serving until its replacement is ready".to_string(),
+        Some(_) if old.killed => "SIGKILL sent; its replacement is ready".to_string(),
+        Some(sent) => format!(
+            "stop signal sent {} ago; its replacement is ready",
+            short_duration(now.saturating_duration_since(sent))
         ),
+    };
+    DrainingProcess {
+        pid: old.pid.as_raw(),
+        uptime_secs: now.saturating_duration_since(old.started).as_secs_f64(),
+        description,
+    }
+}
+
+/// The `status` entry of one process (with its draining predecessor, if any).
+pub fn process_info(status: &ProcessStatus, now: Instant) -> ProcessInfo {
+    let next_start = status.state.next_start_in(now);
+    let description = match status.state {
+        State::Backoff { .. } => {
+            let mut text = status.description.clone();
+            if !text.is_empty() {
+                text.push_str(&format!(
+                    " {} ago; ",
+                    short_duration(now.saturating_duration_since(status.changed))
+                ));
+            }
+            text.push_str("next try in ");
+            text.push_str(&short_duration(next_start.unwrap_or_default()));
+            text
+        }
         State::Exited | State::Fatal | State::Stopped if !status.description.is_empty() => format!(
             "{} {} ago",
             status.description,
@@ -1152,6 +1150,12 @@ pub fn process_info(status: &ProcessStatus, now: Instant) -> ProcessInfo {
         last_exit_code: status.last_end.and_then(|e| e.code()),
         last_exit_signal: status.last_end.and_then(|e| e.signal_name()),
         description,
+        next_start_secs: next_start.map(|d| d.as_secs_f64()),
+        draining: status
+            .retiring
+            .iter()
+            .map(|old| draining_info(old, now))
+            .collect(),
         dropped_bytes: status.logs.dropped_bytes(),
         last_probe: status.last_probe.as_ref().map(|p| LastProbe {
             time: humantime::format_rfc3339_millis(p.at).to_string(),
@@ -1159,5 +1163,117 @@ pub fn process_info(status: &ProcessStatus, now: Instant) -> ProcessInfo {
             message: p.message.clone(),
             duration_ms: p.duration.as_secs_f64() * 1000.0,
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::logs::LogStats;
+    use crate::process::ProcessEnd;
+    use nix::unistd::Pid;
+    use state::{Health, Retiring};
+
+    fn status(state: State, t0: Instant) -> ProcessStatus {
+        ProcessStatus {
+            name: "web".into(),
+            program: "web".into(),
+            instance: 0,
+            state,
+            restarts: 0,
+            last_end: None,
+            description: String::new(),
+            changed: t0,
+            stop_epoch: 0,
+            logs: Arc::new(LogStats::default()),
+            health: Health::None,
+            last_probe: None,
+            notify_status: None,
+            retiring: None,
+            probes: None,
+            failures: 0,
+            backoff_step: 0,
+        }
+    }
+
+    #[test]
+    fn backoff_shows_the_time_to_the_next_attempt() {
+        let t0 = Instant::now();
+        let now = t0 + Duration::from_secs(2);
+        let mut s = status(
+            State::Backoff {
+                until: t0 + Duration::from_millis(5200),
+            },
+            t0,
+        );
+        s.description = "exited with code 1".into();
+        s.last_end = Some(ProcessEnd::Exited(1));
+        let info = process_info(&s, now);
+        assert_eq!(info.next_start_secs, Some(3.2));
+        assert_eq!(
+            info.description,
+            "exited with code 1 2s ago; next try in 3.2s"
+        );
+        let json = serde_json::to_value(&info).unwrap();
+        assert_eq!(json["next_start_secs"], serde_json::json!(3.2));
+        assert_eq!(json["draining"], serde_json::json!([]));
+
+        // Due but not yet made: zero, never negative.
+        let late = process_info(&s, t0 + Duration::from_secs(9));
+        assert_eq!(late.next_start_secs, Some(0.0));
+
+        let running = State::Running {
+            pid: Pid::from_raw(4242),
+            started: t0,
+        };
+        let info = process_info(&status(running, t0), now);
+        assert_eq!(info.next_start_secs, None);
+        let json = serde_json::to_value(&info).unwrap();
+        assert!(json["next_start_secs"].is_null(), "present, null: {json}");
+    }
+
+    #[test]
+    fn a_retiring_process_is_listed_inside_its_successor() {
+        let t0 = Instant::now();
+        let mut s = status(
+            State::Running {
+                pid: Pid::from_raw(4242),
+                started: t0 + Duration::from_secs(88),
+            },
+            t0,
+        );
+        s.retiring = Some(Retiring {
+            pid: Pid::from_raw(4241),
+            started: t0,
+            stop_sent: None,
+            killed: false,
+        });
+        let now = t0 + Duration::from_millis(90_100);
+        let serving = process_info(&s, now);
+        assert_eq!(serving.pid, Some(4242));
+        assert_eq!(
+            serving.draining,
+            vec![DrainingProcess {
+                pid: 4241,
+                uptime_secs: 90.1,
+                description: "serving until its replacement is ready".into(),
+            }]
+        );
+        s.retiring = Some(Retiring {
+            stop_sent: Some(t0 + Duration::from_millis(87_100)),
+            ..s.retiring.unwrap()
+        });
+        assert_eq!(
+            process_info(&s, now).draining[0].description,
+            "stop signal sent 3s ago; its replacement is ready"
+        );
+        s.retiring = Some(Retiring {
+            killed: true,
+            ..s.retiring.unwrap()
+        });
+        assert_eq!(
+            process_info(&s, now).draining[0].description,
+            "SIGKILL sent; its replacement is ready"
+        );
     }
 }

@@ -329,6 +329,15 @@ impl State {
     pub fn started(&self) -> Option<Instant> {
         self.live().map(|(_, started)| started)
     }
+
+    /// In `backoff`: how long from `now` until the next attempt (zero once
+    /// it is due but not yet made).
+    pub fn next_start_in(&self, now: Instant) -> Option<Duration> {
+        match *self {
+            State::Backoff { until } => Some(until.saturating_duration_since(now)),
+            _ => None,
+        }
+    }
 }
 
 /// Whether the restart policy brings a process back after `end`.
