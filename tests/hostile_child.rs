@@ -187,6 +187,31 @@ fn mainpid_of_a_forked_descendant_is_followed() {
     assert!(d.try_wait().is_none());
 }
 
+#[test]
+fn stop_finishes_when_the_adopted_process_is_not_minders_child() {
+    // The forked process stays the child of the first one, which lives on
+    // and never collects it: minder cannot wait for it.
+    let d = hostile_daemon(
+        &[
+            "--grandchild",
+            "@TMP@/out/forked",
+            "--notify",
+            "MAINPID=%grandchild%\nREADY=1",
+        ],
+        "",
+    );
+    let forked = read_pid(&d.path("out/forked"));
+    d.wait_for("the forked process to be the main one", WAIT, |ps| {
+        find(ps, "hostile").is_some_and(|p| p.state == "running" && p.pid == Some(forked))
+    });
+    assert_ne!(proc_stat(forked).map(|(ppid, _)| ppid), Some(d.pid()));
+
+    d.ctl_ok(&["stop", "hostile"]);
+    let p = d.proc("hostile");
+    assert_eq!(p.state, "stopped", "{p:#?}");
+    assert_pid_gone(forked, "the forked main process");
+}
+
 /// What a program sends: ESC sequences (clear screen, set the window title),
 /// a carriage return to overwrite the line, BEL, a tab and a backslash.
 const HOSTILE: &str = "ok\x1b[2J\x1b]0;owned\x07\roverwritten\tx\\y";

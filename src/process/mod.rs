@@ -104,10 +104,14 @@ const MAX_MAIN_PID_DEPTH: usize = 64;
 /// being as untrusted as its `user` allows.
 ///
 /// The answer holds when it is given: the candidate could exit and its PID
-/// be reused before minder signals it. The caller adopts at once after
-/// asking; what remains is the window between this check and a later
-/// signal to a process that is not minder's child (nothing but a pidfd
-/// would close it).
+/// be reused by an unrelated process. The caller adopts at once after
+/// asking, in the same step, and the reaper then holds a pidfd on it, so its
+/// exit is noticed even when it is not minder's child and its PID is no
+/// longer signalled after that. What remains: the instant between this
+/// check and the pidfd being opened, and between the exit and minder acting
+/// on the pidfd; a PID is reused only once the PID space has wrapped
+/// around, so both are far shorter than reuse needs, yet not zero (signals
+/// go by PID, not through the pidfd).
 pub fn check_main_pid(candidate: Pid, main: Pid) -> Result<(), String> {
     let me = nix::unistd::getpid();
     if candidate == me {
