@@ -12,6 +12,7 @@ use crate::control::protocol::{
     ActionReply, ErrorKind, PidReply, ProcessInfo, ReloadReply, Reply, Request, StateEvent,
     StatusReply, TailChunk,
 };
+use crate::text::sanitize;
 
 /// minder: a process supervisor with health checks, backoff and zero-downtime restarts.
 #[derive(Debug, Parser)]
@@ -295,7 +296,7 @@ pub fn ctl(args: CtlArgs) -> ExitCode {
             if args.json {
                 println!("{}", serde_json::json!({ "error": error }));
             }
-            eprintln!("minder: {}", error.message);
+            eprintln!("minder: {}", sanitize(&error.message));
             // Refused by peer-credential check: as unreachable as a socket we may not open.
             return ExitCode::from(if error.kind == ErrorKind::PermissionDenied {
                 exit::UNREACHABLE
@@ -340,7 +341,7 @@ fn render(args: &CtlArgs, payload: &str) -> Result<ExitCode, serde_json::Error> 
             let reply: ActionReply = serde_json::from_str(payload)?;
             let failed: Vec<_> = reply.results.iter().filter(|r| !r.ok).collect();
             for r in &failed {
-                eprintln!("minder: {}: {}", r.name, r.message);
+                eprintln!("minder: {}: {}", r.name, sanitize(&r.message));
             }
             Ok(if failed.is_empty() {
                 ExitCode::SUCCESS
@@ -499,7 +500,7 @@ fn events(socket: &Path, names: &[String], json: bool) -> ExitCode {
         let line = if json {
             payload.get().to_string()
         } else {
-            event.to_string()
+            sanitize(&event.to_string()).into_owned()
         };
         // A closed stdout (`| head`) ends it.
         writeln!(out, "{line}").and_then(|()| out.flush()).is_ok()
@@ -519,7 +520,7 @@ fn stream_exit(result: Result<(), ClientError>, failure: Option<(ErrorKind, Stri
             ExitCode::from(exit::FAILED)
         }
         (Ok(()), Some((kind, message))) => {
-            eprintln!("minder: {message}");
+            eprintln!("minder: {}", sanitize(&message));
             ExitCode::from(if kind == ErrorKind::PermissionDenied {
                 exit::UNREACHABLE
             } else {
@@ -594,7 +595,7 @@ pub fn status_table(processes: &[ProcessInfo]) -> String {
                 p.uptime_secs.map_or("-".to_string(), uptime),
                 p.health.clone(),
                 p.restarts.to_string(),
-                p.description.clone(),
+                sanitize(&p.description).into_owned(),
             ]
         })
         .collect();

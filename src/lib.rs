@@ -18,3 +18,4 @@ pub mod reexec;
 pub mod sockets;
 pub mod supervisor;
 pub mod systemd;
+pub mod text;

@@ -421,7 +421,8 @@ impl ProcessActor {
                     }
                 }
                 message = recv_notify(&mut self.notify), if self.notify.is_some() => {
-                    if let Some((pid, message)) = message {
+                    if let Some((pid, mut message)) = message {
+                        self.vet_main_pid(pid, &mut message);
                         self.feed(Event::Notify { pid, message });
                     }
                 }
@@ -576,7 +577,11 @@ impl ProcessActor {
                         self.report = None;
                     }
                     Effect::RolloutFailed(reason) => {
-                        tracing::warn!(process = %self.spec.name, "{reason}");
+                        tracing::warn!(
+                            process = %self.spec.name,
+                            "{}",
+                            crate::text::sanitize(&reason)
+                        );
                         // A reconfiguration that never got ready: the old
                         // process runs on, with the settings it was started with.
                         if let Some((spec, cfg)) = self.previous.take().map(|p| *p) {
@@ -624,6 +629,29 @@ impl ProcessActor {
             skipped_events: 0,
         };
         let _ = self.context.events.send(Arc::new(event));
+    }
+
+    /// Drops the `MAINPID=` of `message` unless it names a process of this
+    /// program's own tree (see [`process::check_main_pid`]): minder signals
+    /// its main process as root, so a program must not be able to point it
+    /// at a stranger, or at minder itself. The rest of the message counts
+    /// as if the line had not been there.
+    fn vet_main_pid(&self, sender: Pid, message: &mut NotifyMessage) {
+        let Some(candidate) = message.main_pid.filter(|c| *c != sender) else {
+            return;
+        };
+        // Checked right before the adoption it allows, in the same step.
+        let verdict = match self.machine.state.pid() {
+            Some(main) => process::check_main_pid(candidate, main),
+            None => Err(format!("no main process ({})", self.machine.state.name())),
+        };
+        if let Err(why) = verdict {
+            tracing::warn!(
+                process = %self.spec.name,
+                "MAINPID={candidate} from pid {sender} refused: {why}"
+            );
+            message.main_pid = None;
+        }
     }
 
     /// `MAINPID=`: the program forked; follow the new main process. Returns an
@@ -695,7 +723,12 @@ impl ProcessActor {
     }
 
     fn on_probe_result(&mut self, pid: Pid, result: ProbeResult) {
-        tracing::debug!(process = %self.spec.name, ok = result.ok, "probe: {}", result.message);
+        tracing::debug!(
+            process = %self.spec.name,
+            ok = result.ok,
+            "probe: {}",
+            crate::text::sanitize(&result.message)
+        );
         if let Some(probes) = &self.probes {
             probes.record(&result);
         }
@@ -854,11 +887,14 @@ impl ProcessActor {
     }
 }
 
+/// The ` (description)` of a log line. A description may quote a program
+/// (its probe's output), so it is sanitized: one log line per change, and no
+/// terminal controls in the text log (the JSON log shows the same message).
 fn describe(description: &str) -> String {
     if description.is_empty() {
         String::new()
     } else {
-        format!(" ({description})")
+        format!(" ({})", crate::text::sanitize(description))
     }
 }
 

@@ -35,6 +35,9 @@
 //! - `--tcp PORT`          accept (and close) TCP connections on 127.0.0.1:PORT
 //! - `--notify-ready-after MS`  send `READY=1` to `$NOTIFY_SOCKET` after MS ms
 //! - `--notify-status TEXT`     send `STATUS=TEXT` to `$NOTIFY_SOCKET` at start
+//! - `--notify MESSAGE`  send MESSAGE as one datagram to `$NOTIFY_SOCKET` at start (after
+//!   `--notify-status`), `%grandchild%` replaced by the `--grandchild` PID and `%parent%` by
+//!   this process's parent PID (e.g. `MAINPID=%grandchild%\nREADY=1`)
 //! - `--watchdog-for MS`   send `WATCHDOG=1` every `$WATCHDOG_USEC`/4 for MS ms, then stop
 //! - `--unready-if FILE`   with `--notify-ready-after`: never send `READY=1` if FILE exists at start
 //! - `--serve-inherited`   serve HTTP on the sockets passed by socket activation
@@ -77,6 +80,7 @@ struct Opts {
     tcp: Option<u16>,
     notify_ready_after: Option<Duration>,
     notify_status: Option<String>,
+    notify: Option<String>,
     watchdog_for: Option<Duration>,
     unready_if: Option<PathBuf>,
     serve_inherited: bool,
@@ -143,6 +147,7 @@ fn parse(args: &[String]) -> Result<Opts, String> {
                 o.notify_ready_after = Some(Duration::from_millis(parse_num(&value()?, flag)?))
             }
             "--notify-status" => o.notify_status = Some(value()?),
+            "--notify" => o.notify = Some(value()?),
             "--unready-if" => o.unready_if = Some(value()?.into()),
             "--serve-inherited" => o.serve_inherited = true,
             "--request-ms" => o.request_ms = parse_num(&value()?, flag)?,
@@ -196,9 +201,11 @@ fn run(o: &Opts) -> io::Result<()> {
     if let Some(rec) = &o.record {
         record(rec, "start")?;
     }
+    let mut grandchild = None;
     if let Some(file) = &o.grandchild {
         let pid = fork_grandchild();
         write_atomic(file, &format!("{pid}\n"))?;
+        grandchild = Some(pid);
     }
     if let Some(file) = &o.write_env {
         let mut text = format!("cwd={}\n", std::env::current_dir()?.display());
@@ -275,6 +282,16 @@ fn run(o: &Opts) -> io::Result<()> {
     }
     if let Some(text) = &o.notify_status {
         sd_notify(&format!("STATUS={text}"))?;
+    }
+    if let Some(message) = &o.notify {
+        let grandchild = grandchild.map_or_else(String::new, |pid| pid.to_string());
+        // SAFETY: getppid has no preconditions.
+        let parent = unsafe { libc::getppid() }.to_string();
+        sd_notify(
+            &message
+                .replace("%grandchild%", &grandchild)
+                .replace("%parent%", &parent),
+        )?;
     }
     let unready = o.unready_if.as_ref().is_some_and(|f| f.exists());
     let server = if o.serve_inherited {

@@ -1,0 +1,98 @@
+//! Text that a supervised program supplies (its `STATUS=`, a probe's output)
+//! made safe to show on a terminal.
+
+use std::borrow::Cow;
+use std::fmt::Write as _;
+
+/// Renders `text` for a terminal: every control character becomes a visible
+/// escape, everything else is kept.
+///
+/// A program could otherwise move the cursor, recolour or clear the screen
+/// (ESC sequences, the 8-bit CSI U+009B), overwrite what is already on the
+/// line (CR, backspace), forge extra lines in a table or a log (LF), or
+/// reverse the order in which the rest of a line is displayed (bidirectional
+/// overrides). The escapes are the C ones, as systemd's `cescape` writes them
+/// for `systemctl status`: `\n`, `\r`, `\t`, `\\`, and `\xNN` for any other
+/// ASCII control (ESC is `\x1b`, BEL `\x07`); characters beyond ASCII are
+/// written `\u{NNNN}`. An escape is unambiguous (a backslash in the text
+/// itself is doubled), stays on one line, and shows what the program sent,
+/// where U+FFFD would hide which character it was.
+///
+/// Only what minder displays goes through here; `--json` output carries the
+/// exact text (JSON escapes it), and captured log files are left as written.
+pub fn sanitize(text: &str) -> Cow<'_, str> {
+    if !text.chars().any(needs_escape) {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            '\\' => out.push_str("\\\\"),
+            c if needs_escape(c) && c.is_ascii() => {
+                let _ = write!(out, "\\x{:02x}", c as u32);
+            }
+            c if needs_escape(c) => {
+                let _ = write!(out, "\\u{{{:04x}}}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    Cow::Owned(out)
+}
+
+/// Control characters (C0, DEL, C1), the backslash (so escapes stay
+/// unambiguous) and the bidirectional formatting characters.
+fn needs_escape(c: char) -> bool {
+    c.is_control()
+        || c == '\\'
+        || matches!(
+            c,
+            '\u{061c}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}'
+        )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::sanitize;
+    use std::borrow::Cow;
+
+    #[test]
+    fn plain_text_is_borrowed_unchanged() {
+        let text = "serving 12 clients: ok (über-fast, 速い)";
+        assert!(matches!(sanitize(text), Cow::Borrowed(t) if t == text));
+    }
+
+    #[test]
+    fn terminal_controls_become_visible_escapes() {
+        assert_eq!(
+            sanitize("a\x1b[2J\x1b]0;owned\x07b\rc\nd\te\x08f\x7fg\0"),
+            "a\\x1b[2J\\x1b]0;owned\\x07b\\rc\\nd\\te\\x08f\\x7fg\\x00"
+        );
+    }
+
+    #[test]
+    fn eight_bit_controls_and_bidi_overrides_are_escaped() {
+        assert_eq!(sanitize("x\u{9b}31my"), "x\\u{009b}31my");
+        assert_eq!(sanitize("\u{85}"), "\\u{0085}");
+        assert_eq!(sanitize("abc\u{202e}fed"), "abc\\u{202e}fed");
+        assert_eq!(sanitize("\u{2066}i\u{2069}"), "\\u{2066}i\\u{2069}");
+    }
+
+    #[test]
+    fn a_backslash_is_doubled_so_an_escape_cannot_be_forged() {
+        // A literal `\x1b` in the text must not read the same as a real ESC.
+        assert_eq!(sanitize("\\x1b"), "\\\\x1b");
+        assert_ne!(sanitize("\\x1b"), sanitize("\x1b"));
+    }
+
+    #[test]
+    fn the_result_has_no_control_character_left() {
+        let all: String = (0u32..0x250).filter_map(char::from_u32).collect();
+        let shown = sanitize(&all);
+        assert!(!shown.chars().any(|c| c.is_control()), "{shown:?}");
+        assert!(!shown.contains('\u{202e}'));
+    }
+}
