@@ -52,9 +52,10 @@ pub fn init(cfg: &SupervisorConfig) -> Result<Option<WorkerGuard>, String> {
             failed: None,
         };
         // Refused or failing now: minder does not start without the log it was told to keep.
+        let now = SystemTime::now();
         daily
-            .open(day(SystemTime::now()))
-            .map_err(|e| describe(&daily.dir, &daily.name(SystemTime::now()), &e))?;
+            .open(now)
+            .map_err(|e| describe(&daily.dir, &daily.name(now), &e))?;
         // A stalled disk must not stall the daemon: lines go through a bounded
         // queue to a writer thread (and are dropped, not waited for, when it is full).
         let (writer, g) = tracing_appender::non_blocking(daily);
@@ -102,7 +103,8 @@ struct DailyFile {
     keep: usize,
     /// The day of the open file, and the file.
     current: Option<(u64, File)>,
-    /// Since the last failure to open: when, and lines dropped since.
+    /// After a failure to open: when it was last tried, and the lines
+    /// dropped since the first failure.
     failed: Option<(Instant, u64)>,
 }
 
@@ -116,9 +118,9 @@ impl DailyFile {
         name
     }
 
-    /// Opens the file of `today` and removes the oldest beyond `keep`.
-    fn open(&mut self, today: u64) -> io::Result<()> {
-        let now = SystemTime::now();
+    /// Opens the file of the day of `now` and removes the oldest beyond `keep`.
+    fn open(&mut self, now: SystemTime) -> io::Result<()> {
+        let today = day(now);
         let dir = super::safe::LogDir::open(&self.dir, true)?;
         let file = dir.open_append(&self.name(now), 0o640)?;
         self.current = Some((today, file));
@@ -128,7 +130,13 @@ impl DailyFile {
 
     /// Removes dated files beyond the newest `keep` (by the date in the name).
     fn prune(&self, dir: &super::safe::LogDir) {
-        let Ok(names) = dir.names() else { return };
+        // Without /proc, by path: what is removed is still a name in `dir`.
+        let names = dir.names().or_else(|_| {
+            std::fs::read_dir(&self.dir)?
+                .map(|e| e.map(|e| e.file_name()))
+                .collect()
+        });
+        let Ok(names) = names else { return };
         let suffix = self
             .suffix
             .as_ref()
@@ -148,23 +156,6 @@ impl DailyFile {
         for name in &dated[..extra] {
             // A name, not what it may link to.
             let _ = dir.unlink(name);
-        }
-    }
-
-    /// Notes a line lost to a failing open; says so on stderr at most every
-    /// [`RETRY`] (the log itself cannot carry it).
-    fn dropped(&mut self, e: &io::Error) {
-        let now = Instant::now();
-        match &mut self.failed {
-            Some((_, lost)) => *lost += 1,
-            None => {
-                let name = self.name(SystemTime::now());
-                eprintln!(
-                    "minder: {}; dropping minder's own log lines for it",
-                    describe(&self.dir, &name, e)
-                );
-                self.failed = Some((now, 1));
-            }
         }
     }
 }
@@ -192,23 +183,30 @@ fn is_date(s: &str) -> bool {
 
 impl Write for DailyFile {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let today = day(SystemTime::now());
-        if self.current.as_ref().is_none_or(|(d, _)| *d != today) {
+        let now = SystemTime::now();
+        if self.current.as_ref().is_none_or(|(d, _)| *d != day(now)) {
             self.current = None;
-            let due = self.failed.is_none_or(|(at, _)| at.elapsed() >= RETRY);
-            if !due {
-                self.failed.as_mut().map(|(_, lost)| *lost += 1);
-                return Ok(buf.len());
+            if let Some((at, lost)) = &mut self.failed {
+                if at.elapsed() < RETRY {
+                    *lost += 1;
+                    return Ok(buf.len());
+                }
             }
-            if let Err(e) = self.open(today) {
-                self.failed = None;
-                self.dropped(&e);
+            if let Err(e) = self.open(now) {
+                // The log cannot carry news of its own failure: stderr does,
+                // once per attempt.
+                let lost = self.failed.map_or(0, |(_, lost)| lost) + 1;
+                eprintln!(
+                    "minder: {}; dropping minder's own log lines",
+                    describe(&self.dir, &self.name(now), &e)
+                );
+                self.failed = Some((Instant::now(), lost));
                 return Ok(buf.len());
             }
             if let Some((_, lost)) = self.failed.take() {
                 eprintln!(
                     "minder: writing {} again, after dropping {lost} lines",
-                    self.dir.join(self.name(SystemTime::now())).display()
+                    self.dir.join(self.name(now)).display()
                 );
             }
         }
@@ -267,7 +265,7 @@ mod tests {
         let mut f = daily(tmp.path(), 2);
         let name = f.name(SystemTime::now());
         std::os::unix::fs::symlink(&victim, tmp.path().join(&name)).unwrap();
-        let e = f.open(day(SystemTime::now())).unwrap_err();
+        let e = f.open(SystemTime::now()).unwrap_err();
         assert!(
             describe(tmp.path(), &name, &e).starts_with("refusing to write"),
             "{e}"

@@ -471,6 +471,34 @@ mod tests {
     }
 
     #[test]
+    fn rotation_moves_and_removes_planted_links_never_their_targets() {
+        let tmp = tempfile::tempdir().unwrap();
+        let victim = tmp.path().join("victim");
+        fs::write(&victim, "secret\n").unwrap();
+        let path = tmp.path().join("a.log");
+        std::os::unix::fs::symlink(&victim, numbered(&path, 1)).unwrap();
+        std::os::unix::fs::symlink(&victim, numbered(&path, 3)).unwrap();
+        let mut f = RotatingFile::new(&path, rot(10, 2));
+        write_all(&mut f, b"line 001\n");
+        // Rotates: a.log.1 (the link) -> a.log.2, a.log -> a.log.1, a.log.3 removed.
+        write_all(&mut f, b"line 002\n");
+        assert!(fs::symlink_metadata(numbered(&path, 2))
+            .unwrap()
+            .file_type()
+            .is_symlink());
+        assert!(fs::symlink_metadata(numbered(&path, 3)).is_err());
+        // A link in place of the file itself is not reopened.
+        std::os::unix::fs::symlink(&victim, tmp.path().join("x")).unwrap();
+        fs::rename(tmp.path().join("x"), &path).unwrap();
+        f.reopen().expect_err("a link is not reopened");
+        assert_eq!(fs::read_to_string(&victim).unwrap(), "secret\n");
+        assert_eq!(
+            fs::read_to_string(numbered(&path, 1)).unwrap(),
+            "line 001\n"
+        );
+    }
+
+    #[test]
     fn a_write_bigger_than_max_size() {
         let tmp = tempfile::tempdir().unwrap();
         // No newline at all: cut at max_size.
