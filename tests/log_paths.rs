@@ -213,3 +213,34 @@ fn own_log_file_that_is_a_symlink_is_refused() {
     );
     assert_eq!(fs::read_to_string(&victim).unwrap(), SECRET);
 }
+
+#[test]
+fn a_log_directory_swapped_for_a_symlink_is_not_followed() {
+    let body = program(
+        "web",
+        &["--print", "hello"],
+        "[program.web.logs]\nstdout = \"@TMP@/shared/web/web.stdout.log\"",
+    );
+    let mut d = Daemon::prepare("", &body);
+    // The program's log directory sits in a directory everyone can write,
+    // and was replaced by a link to a directory of root's.
+    let shared = d.path("shared");
+    fs::create_dir(&shared).unwrap();
+    fs::set_permissions(&shared, fs::Permissions::from_mode(0o777)).unwrap();
+    let root_only = d.path("root-only");
+    fs::create_dir(&root_only).unwrap();
+    let victim = root_only.join("web.stdout.log");
+    fs::write(&victim, SECRET).unwrap();
+    symlink(&root_only, shared.join("web")).unwrap();
+    d.spawn();
+    d.wait_ready();
+    wait_dropped(&d, "web");
+    assert_eq!(fs::read_to_string(&victim).unwrap(), SECRET);
+    let log = daemon_log(&d);
+    let want = format!(
+        "{} is a symbolic link, and {} is writable by everyone",
+        shared.join("web").display(),
+        shared.display()
+    );
+    assert!(log.contains(&want), "{want:?} not in the log:\n{log}");
+}
