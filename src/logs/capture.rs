@@ -702,11 +702,13 @@ impl Capture {
                 let mut sink = self.take_sink();
                 let result = tokio::task::spawn_blocking(move || {
                     let r = sink.file.reopen().map_err(|e| {
-                        format!(
-                            "{}: reopening {}: {e}",
-                            sink.name,
-                            sink.file.path().display()
-                        )
+                        let path = sink.file.path().display();
+                        match super::safe::refusal(&e) {
+                            Some(reason) => {
+                                format!("{}: refusing to write {path}: {reason}", sink.name)
+                            }
+                            None => format!("{}: reopening {path}: {e}", sink.name),
+                        }
                     });
                     (sink, r)
                 })
@@ -1215,12 +1217,20 @@ impl Sink {
         let now = Instant::now();
         match &mut self.failing {
             None => {
-                tracing::warn!(
-                    process = %self.name,
-                    "dropping {} output: cannot write {}: {error}",
-                    self.stream.name(),
-                    self.file.path().display()
-                );
+                match super::safe::refusal(error) {
+                    Some(reason) => tracing::warn!(
+                        process = %self.name,
+                        "refusing to write {}: {reason}; dropping {} output",
+                        self.file.path().display(),
+                        self.stream.name()
+                    ),
+                    None => tracing::warn!(
+                        process = %self.name,
+                        "dropping {} output: cannot write {}: {error}",
+                        self.stream.name(),
+                        self.file.path().display()
+                    ),
+                }
                 self.failing = Some(Failing {
                     since_warning: 0,
                     total: bytes,

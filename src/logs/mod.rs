@@ -5,6 +5,7 @@
 //! - `capture`: the pipes of a process and one task per pipe;
 //! - `dormant`: pipes that have had no output yet, waiting without a task;
 //! - `own`: minder's own log (stderr, JSON, daily file);
+//! - `safe`: opening log files so that nobody else can redirect the writes;
 //! - `stamp`: `timestamps = true`, the only per-line work;
 //! - `tail`: the last lines of a log from its files.
 //!
@@ -31,11 +32,13 @@ mod dormant;
 mod handover;
 pub mod own;
 mod rotating;
+mod safe;
 mod stamp;
 mod tail;
 
 pub use capture::{LogRequest, LogStats, ProcessLogs, Stream, TailEvent, TailReply};
 pub use handover::{offer as offer_saved_pipes, quiesce, SavedPipes};
 pub use rotating::{numbered, RotatingFile, Rotation};
+pub use safe::refusal;
 pub use stamp::Stamper;
 pub use tail::{last_lines, MAX_TAIL_BYTES, MAX_TAIL_LINES};

@@ -10,16 +10,22 @@
 //! file has ample room before `max_size` ([`RotatingFile::splice_room`]);
 //! the last [`SPLICE_MARGIN`] bytes before the bound go through `write`,
 //! which sees them and rotates at a newline.
+//!
+//! Every open, rename and removal goes through [`LogDir`]: relative to the
+//! directory resolved anew each time, never through a symbolic link, with
+//! stricter checks where others can write the directory (see `safe`).
 
-use std::fs::{DirBuilder, File, OpenOptions};
+use std::ffi::{OsStr, OsString};
+use std::fs::File;
 use std::io::{self, Write};
 use std::os::fd::BorrowedFd;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
 use nix::fcntl::{fcntl, splice, FcntlArg, OFlag, SpliceFFlags};
+
+use super::safe::{self, LogDir};
 
 /// When to rotate and how many rotated files to keep.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,7 +66,7 @@ pub struct RotatingFile {
     /// Only regular files rotate: `/dev/full` or a FIFO must never be renamed.
     rotatable: bool,
     /// After a failed open: no new attempt before this, the error meanwhile.
-    open_failure: Option<(Instant, io::ErrorKind, String)>,
+    open_failure: Option<OpenFailure>,
     /// A rotation that failed since the caller last asked (the file then grows on).
     rotation_error: Option<io::Error>,
     /// The open file has O_APPEND set (cleared while splicing into it).
@@ -68,6 +74,26 @@ pub struct RotatingFile {
     /// splice(2) into this file was refused as unsupported (EINVAL): the
     /// file system has no splice, so `write` only, until another file is opened.
     no_splice: bool,
+}
+
+/// A failed open, remembered until the next attempt.
+#[derive(Debug)]
+struct OpenFailure {
+    retry: Instant,
+    kind: io::ErrorKind,
+    message: String,
+    /// A refusal (see `safe`), not a failure of the disk.
+    refused: bool,
+}
+
+impl OpenFailure {
+    fn error(&self) -> io::Error {
+        if self.refused {
+            safe::refused_again(&self.message)
+        } else {
+            io::Error::new(self.kind, self.message.clone())
+        }
+    }
 }
 
 impl RotatingFile {
@@ -175,7 +201,16 @@ impl RotatingFile {
     }
 
     fn open_now(&mut self) -> io::Result<&mut File> {
-        match open_append(&self.path) {
+        let opened = split(&self.path).and_then(|(dir, name)| {
+            let dir = LogDir::open(dir, true)?;
+            dir.open_append(name, FILE_MODE)
+        });
+        self.opened(opened)
+    }
+
+    /// Keeps a freshly opened file, or remembers why there is none.
+    fn opened(&mut self, opened: io::Result<File>) -> io::Result<&mut File> {
+        match opened {
             Ok(file) => {
                 let meta = file.metadata()?;
                 self.size = meta.len();
@@ -186,8 +221,12 @@ impl RotatingFile {
                 Ok(self.file.insert(file))
             }
             Err(e) => {
-                let retry = Instant::now() + OPEN_RETRY;
-                self.open_failure = Some((retry, e.kind(), e.to_string()));
+                self.open_failure = Some(OpenFailure {
+                    retry: Instant::now() + OPEN_RETRY,
+                    kind: e.kind(),
+                    refused: safe::refusal(&e).is_some(),
+                    message: safe::refusal(&e).map_or_else(|| e.to_string(), str::to_string),
+                });
                 Err(e)
             }
         }
@@ -197,9 +236,9 @@ impl RotatingFile {
         if self.file.is_some() {
             return Ok(());
         }
-        if let Some((retry, kind, message)) = &self.open_failure {
-            if Instant::now() < *retry {
-                return Err(io::Error::new(*kind, message.clone()));
+        if let Some(failure) = &self.open_failure {
+            if Instant::now() < failure.retry {
+                return Err(failure.error());
             }
         }
         self.open_now().map(|_| ())
@@ -236,25 +275,29 @@ impl RotatingFile {
         last_newline(&buf[..room]).map_or(room, |i| i + 1)
     }
 
-    /// Renames the chain and starts a new file.
+    /// Renames the chain and starts a new file, all by names in the
+    /// directory as resolved now (renaming a planted link moves the link).
     fn rotate(&mut self) -> io::Result<()> {
         let backups = self.rotation.backups;
+        let (dir, name) = split(&self.path)?;
+        let dir = LogDir::open(dir, true)?;
         if backups == 0 {
-            std::fs::remove_file(&self.path)?;
+            dir.unlink(name)?;
         } else {
             for i in (1..backups).rev() {
-                match std::fs::rename(numbered(&self.path, i), numbered(&self.path, i + 1)) {
+                match dir.rename(&numbered_name(name, i), &numbered_name(name, i + 1)) {
                     Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
                     _ => {}
                 }
             }
-            std::fs::rename(&self.path, numbered(&self.path, 1))?;
+            dir.rename(name, &numbered_name(name, 1))?;
             // Left over from a larger `backups` before a reload.
-            let _ = std::fs::remove_file(numbered(&self.path, backups + 1));
+            let _ = dir.unlink(&numbered_name(name, backups + 1));
         }
         self.file = None;
         self.size = 0;
-        self.open_now().map(|_| ())
+        let opened = dir.open_append(name, FILE_MODE);
+        self.opened(opened).map(|_| ())
     }
 }
 
@@ -307,31 +350,23 @@ fn last_newline(buf: &[u8]) -> Option<usize> {
     memchr::memrchr(b'\n', buf)
 }
 
-/// Opens `path` for appending, creating it (0640) and its directories.
-fn open_append(path: &Path) -> io::Result<File> {
-    let open = || {
-        OpenOptions::new()
-            .append(true)
-            .create(true)
-            .mode(FILE_MODE)
-            .open(path)
-    };
-    match open() {
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            if let Some(dir) = path.parent() {
-                DirBuilder::new().recursive(true).mode(0o755).create(dir)?;
-            }
-            open()
-        }
-        other => other,
-    }
+/// `NAME.n`.
+fn numbered_name(name: &OsStr, n: u32) -> OsString {
+    let mut s = name.to_owned();
+    s.push(format!(".{n}"));
+    s
+}
+
+/// The directory and name of a log file's path.
+fn split(path: &Path) -> io::Result<(&Path, &OsStr)> {
+    safe::split(path)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-    use std::fs;
+    use std::fs::{self, OpenOptions};
     use std::os::fd::{AsFd, OwnedFd};
 
     fn rot(max_size: u64, backups: u32) -> Rotation {
@@ -433,6 +468,34 @@ mod tests {
         write_all(&mut f, &data);
         assert_eq!(fs::read(&path).unwrap(), data);
         assert!(!numbered(&path, 1).exists());
+    }
+
+    #[test]
+    fn rotation_moves_and_removes_planted_links_never_their_targets() {
+        let tmp = tempfile::tempdir().unwrap();
+        let victim = tmp.path().join("victim");
+        fs::write(&victim, "secret\n").unwrap();
+        let path = tmp.path().join("a.log");
+        std::os::unix::fs::symlink(&victim, numbered(&path, 1)).unwrap();
+        std::os::unix::fs::symlink(&victim, numbered(&path, 3)).unwrap();
+        let mut f = RotatingFile::new(&path, rot(10, 2));
+        write_all(&mut f, b"line 001\n");
+        // Rotates: a.log.1 (the link) -> a.log.2, a.log -> a.log.1, a.log.3 removed.
+        write_all(&mut f, b"line 002\n");
+        assert!(fs::symlink_metadata(numbered(&path, 2))
+            .unwrap()
+            .file_type()
+            .is_symlink());
+        assert!(fs::symlink_metadata(numbered(&path, 3)).is_err());
+        // A link in place of the file itself is not reopened.
+        std::os::unix::fs::symlink(&victim, tmp.path().join("x")).unwrap();
+        fs::rename(tmp.path().join("x"), &path).unwrap();
+        f.reopen().expect_err("a link is not reopened");
+        assert_eq!(fs::read_to_string(&victim).unwrap(), "secret\n");
+        assert_eq!(
+            fs::read_to_string(numbered(&path, 1)).unwrap(),
+            "line 001\n"
+        );
     }
 
     #[test]

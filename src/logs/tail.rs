@@ -1,11 +1,11 @@
 //! The end of a captured log, for `ctl tail`: read from the files on disk,
 //! reaching into `FILE.1` when the current file was just rotated.
 
-use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
 
 use super::rotating::numbered;
+use super::safe::{self, LogDir};
 
 /// Most lines `tail` returns.
 pub const MAX_TAIL_LINES: usize = 100_000;
@@ -55,7 +55,11 @@ fn line_start(buf: &[u8], n: usize) -> Option<usize> {
 /// Up to the last `max` bytes of `path`, and whether that is the whole file.
 /// A missing or unreadable file reads as empty and whole.
 fn read_end(path: &Path, max: usize) -> (Vec<u8>, bool) {
-    let Ok(mut file) = File::open(path) else {
+    // As the writer opens it: never through a link, never a FIFO (it would
+    // hang the read), nothing others could have linked in a shared directory.
+    let opened =
+        safe::split(path).and_then(|(dir, name)| LogDir::open(dir, false)?.open_read(name));
+    let Ok(mut file) = opened else {
         return (Vec::new(), true);
     };
     let len = file.metadata().map(|m| m.len()).unwrap_or(0);
@@ -98,6 +102,18 @@ mod tests {
         assert_eq!(last_lines(&path, 3, b""), b"2\n3\n4\n");
         fs::write(&path, "").unwrap();
         assert_eq!(last_lines(&path, 2, b""), b"2\n3\n");
+    }
+
+    #[test]
+    fn a_linked_file_or_a_fifo_reads_as_empty() {
+        let tmp = tempfile::tempdir().unwrap();
+        let secret = tmp.path().join("secret");
+        fs::write(&secret, "root only\n").unwrap();
+        std::os::unix::fs::symlink(&secret, tmp.path().join("a.log")).unwrap();
+        assert_eq!(last_lines(&tmp.path().join("a.log"), 3, b""), b"");
+        let fifo = tmp.path().join("p.log");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        assert_eq!(last_lines(&fifo, 3, b""), b"");
     }
 
     #[test]
