@@ -8,6 +8,7 @@
 //!
 //! - `load`: files, includes and checks across programs (duplicates, `depends_on`);
 //! - `schema`: the keys of each table; `reader`: typed, error-collecting key access;
+//! - `background`: reloads read off the event loop;
 //! - `placeholder`, `deps`, `diff`, `signal`, `diagnostic`, `trust`: one concern each.
 //!
 //! A file with TOML syntax errors reports those only: checking the keys of a
@@ -19,6 +20,7 @@ use std::time::Duration;
 
 use nix::sys::signal::Signal;
 
+mod background;
 mod deps;
 mod diagnostic;
 mod diff;
@@ -31,6 +33,7 @@ mod signal;
 mod tests;
 mod trust;
 
+pub use background::{LoadResult, Reloads};
 pub use diagnostic::Diagnostic;
 pub use diff::{diff, ConfigDiff};
 pub use load::{find_config, load, parse_str, Defaults};

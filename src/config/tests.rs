@@ -1292,3 +1292,148 @@ fn listen_errors() {
         "4:16: \"listen_names\": 2 names for 1 listen entries (one name per entry)",
     );
 }
+
+// ---------------------------------------------------------------- bounds on reading
+
+#[test]
+fn a_fifo_is_not_read() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let fifo = tmp.path().join("f.toml");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).expect("mkfifo");
+    // Opening it for reading would wait for a writer: this returns at once.
+    assert_eq!(
+        load_errors(&fifo),
+        vec![format!(
+            "{}:1:1: not a regular file (a FIFO)",
+            fifo.display()
+        )]
+    );
+}
+
+#[test]
+fn a_device_or_directory_is_not_read() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let main = write(
+        tmp.path(),
+        "m.toml",
+        "[supervisor]\ninclude = [\"/dev/zero\", \"d\"]\n",
+    );
+    std::fs::create_dir(tmp.path().join("d")).expect("mkdir");
+    assert_eq!(
+        load_errors(&main),
+        vec![
+            "/dev/zero:1:1: not a regular file (a character device)".to_string(),
+            format!(
+                "{}:1:1: not a regular file (a directory)",
+                tmp.path().join("d").display()
+            ),
+        ]
+    );
+}
+
+#[test]
+fn a_file_above_the_size_limit_is_not_read() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let big = tmp.path().join("big.toml");
+    let file = std::fs::File::create(&big).expect("create");
+    file.set_len(load::MAX_FILE_SIZE + 1).expect("set_len");
+    assert_eq!(
+        load_errors(&big),
+        vec![format!("{}:1:1: larger than 4 MiB", big.display())]
+    );
+    // At the limit it is read (and is not TOML: NUL bytes).
+    file.set_len(load::MAX_FILE_SIZE).expect("set_len");
+    let errs = load_errors(&big);
+    assert!(errs.iter().all(|e| e.contains("invalid TOML")), "{errs:?}");
+}
+
+#[test]
+fn double_star_is_refused_at_the_pattern() {
+    assert_error(
+        "[supervisor]\ninclude = [\"conf.d/**/*.toml\"]\n",
+        "2:12: include \"conf.d/**/*.toml\": \"**\" is not supported: name each directory level (e.g. \"conf.d/*.toml\")",
+    );
+}
+
+#[test]
+fn include_globs_are_bounded_in_entries_and_matches() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    for i in 0..5 {
+        write(tmp.path(), &format!("d{i}/p.toml"), "");
+    }
+    let limits = |entries, files| load::IncludeLimits { entries, files };
+    let found = load::expand_glob(tmp.path(), "*/*.toml", limits(10, 5)).expect("within bounds");
+    assert_eq!(found.len(), 5);
+    assert_eq!(found[0], tmp.path().join("d0/p.toml"));
+    // 5 directories, then 5 entries inside them: 10 entries looked at.
+    assert_eq!(
+        load::expand_glob(tmp.path(), "*/*.toml", limits(9, 5)),
+        Err("looks at more than 9 directory entries: name the directories more precisely".into())
+    );
+    assert_eq!(
+        load::expand_glob(tmp.path(), "*/*.toml", limits(10, 4)),
+        Err("matches more than 4 paths: name the files more precisely".into())
+    );
+}
+
+#[test]
+fn include_glob_semantics() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    write(tmp.path(), "a/x.toml", "");
+    write(tmp.path(), "a/.hidden.toml", "");
+    write(tmp.path(), "b/x.toml", "");
+    write(tmp.path(), "b/y.txt", "");
+    write(tmp.path(), "c", "a file, not a directory");
+    write(tmp.path(), "[lit]/z.toml", "");
+    let limits = load::IncludeLimits {
+        entries: 1000,
+        files: 1000,
+    };
+    let rel = |v: Vec<PathBuf>| -> Vec<String> {
+        v.iter()
+            .map(|p| {
+                p.strip_prefix(tmp.path())
+                    .expect("under tmp")
+                    .display()
+                    .to_string()
+            })
+            .collect()
+    };
+    let glob = |p: &str| rel(load::expand_glob(tmp.path(), p, limits).expect("valid"));
+    assert_eq!(glob("*/x.toml"), vec!["a/x.toml", "b/x.toml"]);
+    assert_eq!(glob("?/*"), vec!["a/x.toml", "b/x.toml", "b/y.txt"]);
+    assert_eq!(glob("a/.*.toml"), vec!["a/.hidden.toml"]);
+    assert_eq!(glob("[[]lit]/*.toml"), vec!["[lit]/z.toml"]);
+    assert!(glob("nothing/*.toml").is_empty());
+    let abs = tmp.path().join("b/*.txt").display().to_string();
+    assert_eq!(glob(&abs), vec!["b/y.txt"]);
+    assert_eq!(
+        load::expand_glob(tmp.path(), "a/[x", limits),
+        Err("invalid pattern: invalid range pattern".into())
+    );
+}
+
+#[test]
+fn reloads_during_a_load_get_a_load_of_their_own() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let main = write(tmp.path(), "m.toml", "[program.a]\ncommand = \"x\"\n");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let mut reloads = Reloads::default();
+        reloads.request(&main, 1);
+        reloads.request(&main, 2);
+        reloads.request(&main, 3);
+        let (first, waiters) = reloads.finished().await;
+        assert_eq!(waiters, vec![1]);
+        assert_eq!(first.expect("valid").programs.len(), 1);
+        // Not answered by the load in flight when they came: it may have
+        // read the file before they were made.
+        let (second, waiters) = reloads.finished().await;
+        assert_eq!(waiters, vec![2, 3]);
+        assert!(second.is_ok());
+        reloads.request(&main, 4);
+        assert_eq!(reloads.abandon(), vec![4]);
+    });
+}
