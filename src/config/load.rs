@@ -266,6 +266,7 @@ fn load_main(
                 }
             }
         }
+        check_log_paths(&sources, &diags, &drafts);
     }
 
     match supervisor {
@@ -317,6 +318,13 @@ fn read_programs(
     };
     for (key, value) in programs.take_rest() {
         let name = *key.get_ref();
+        if name == "." || name == ".." {
+            programs.error(
+                &key.span(),
+                format!("invalid program name \"{name}\": \".\" and \"..\" stand for directories in paths such as log file names"),
+            );
+            continue;
+        }
         if !schema::valid_program_name(name) {
             programs.error(
                 &key.span(),
@@ -491,6 +499,70 @@ pub(crate) fn expand_glob(
     }
     current.sort();
     Ok(current)
+}
+
+/// Longest file name Linux accepts (NAME_MAX).
+const NAME_MAX: usize = 255;
+/// Longest path Linux accepts (PATH_MAX, less its terminating NUL).
+const PATH_MAX: usize = 4095;
+
+/// Checks that every log file path can exist: with a name or path too long
+/// for the kernel, opening the file fails and the output is lost.
+fn check_log_paths(sources: &[SourceFile], diags: &Diagnostics, drafts: &[ProgramDraft]) {
+    for draft in drafts {
+        let Some(src) = sources.get(draft.source) else {
+            continue;
+        };
+        let program = &draft.config;
+        // Placeholders give no shorter text for a higher instance number
+        // ({name} web:9 -> web:10, {instance}, {port} = port + instance), so
+        // the last instance has the longest paths.
+        let spec = program.spec(program.instances.max(1) - 1, false);
+        for (stream, dest, span) in [
+            ("stdout", &spec.stdout_log, &draft.log_spans[0]),
+            ("stderr", &spec.stderr_log, &draft.log_spans[1]),
+        ] {
+            let super::LogDest::File(path) = dest else {
+                continue;
+            };
+            let Some(problem) = path_too_long(path) else {
+                continue;
+            };
+            match span {
+                Some(span) => diags.error(src, span, format!("\"{stream}\": {problem}")),
+                // The default name, from the program name: blame the table.
+                None => diags.error(
+                    src,
+                    &draft.header,
+                    format!(
+                        "{} log of program \"{}\": {problem}; use a shorter program name or set logs.{stream}",
+                        stream, program.name
+                    ),
+                ),
+            }
+        }
+    }
+}
+
+/// Why the kernel would refuse `path` as too long, if it would.
+fn path_too_long(path: &Path) -> Option<String> {
+    use std::os::unix::ffi::OsStrExt;
+    let len = path.as_os_str().as_bytes().len();
+    if len > PATH_MAX {
+        return Some(format!(
+            "the log file path is {len} bytes long, above the {PATH_MAX} bytes a path may have"
+        ));
+    }
+    path.components().find_map(|c| {
+        let name = c.as_os_str();
+        let len = name.as_bytes().len();
+        (len > NAME_MAX).then(|| {
+            format!(
+                "the file name \"{}\" is {len} bytes long, above the {NAME_MAX} bytes a file name may have",
+                name.to_string_lossy()
+            )
+        })
+    })
 }
 
 /// Checks across programs: names defined twice, and `depends_on` naming an

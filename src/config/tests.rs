@@ -201,7 +201,7 @@ include = []
 command = ["x"]
 restart = "never"
 stop_signal = 9
-user = 1000
+user = 0
 directory = "/abs/dir"
 [program.b]
 command = "y"
@@ -216,7 +216,7 @@ jitter = 0
     let a = c.program("a").expect("a");
     assert_eq!(a.restart, RestartPolicy::Never);
     assert_eq!(a.stop_signal, Signal::SIGKILL);
-    assert_eq!(a.user.as_deref(), Some("1000"));
+    assert_eq!(a.user.as_deref(), Some("0"));
     assert_eq!(a.directory, PathBuf::from("/abs/dir"));
     let b = c.program("b").expect("b");
     assert_eq!(b.stop_signal, Signal::SIGHUP);
@@ -1436,4 +1436,88 @@ fn reloads_during_a_load_get_a_load_of_their_own() {
         reloads.request(&main, 4);
         assert_eq!(reloads.abandon(), vec![4]);
     });
+}
+
+// ---------------------------------------------------------------- what would fail only at start
+
+#[test]
+fn unknown_user_and_group_are_reported_at_the_value() {
+    assert_error(
+        "[program.a]\ncommand = \"x\"\nuser = \"nosuchuser\"\n",
+        "3:8: \"user\": unknown user \"nosuchuser\"",
+    );
+    assert_error(
+        "[program.a]\ncommand = \"x\"\ngroup = \"nosuchgroup\"\n",
+        "3:9: \"group\": unknown group \"nosuchgroup\"",
+    );
+    assert_error(
+        "[program.a]\ncommand = \"x\"\nuser = 3999999\n",
+        "3:8: \"user\": no user has id 3999999 (the user database has no entry for it)",
+    );
+    assert_error(
+        "[program.a]\ncommand = \"x\"\ngroup = \"3999999\"\n",
+        "3:9: \"group\": no group has id 3999999 (the group database has no entry for it)",
+    );
+    assert_error(
+        "[supervisor]\nsocket_group = \"nosuchgroup\"\n",
+        "2:16: \"socket_group\": unknown group \"nosuchgroup\"",
+    );
+    // Names and ids that exist everywhere.
+    let c = parse("[program.a]\ncommand = \"x\"\nuser = \"root\"\ngroup = 0\n");
+    let a = c.program("a").expect("a");
+    assert_eq!(
+        (a.user.as_deref(), a.group.as_deref()),
+        (Some("root"), Some("0"))
+    );
+}
+
+#[test]
+fn dot_and_dot_dot_are_not_program_names() {
+    for name in [".", ".."] {
+        assert_error(
+            &format!("[program.\"{name}\"]\ncommand = \"x\"\n"),
+            &format!("1:10: invalid program name \"{name}\": \".\" and \"..\" stand for directories in paths such as log file names"),
+        );
+    }
+    // Dots elsewhere in a name are fine.
+    parse("[program.\"a.b\"]\ncommand = \"x\"\n[program.\"..a\"]\ncommand = \"x\"\n");
+}
+
+#[test]
+fn a_default_log_name_too_long_for_the_kernel_is_reported_at_the_table() {
+    // 243 + ".stdout.log" = 254 bytes: fits; with instances, "NAME.9.stdout.log" does not.
+    let name = "n".repeat(243);
+    parse(&format!("[program.{name}]\ncommand = \"x\"\n"));
+    let errs = errors(&format!(
+        "\n[program.{name}]\ncommand = \"x\"\ninstances = 10\n"
+    ));
+    assert_eq!(
+        errs,
+        vec![
+            format!("{MAIN}:2:1: stdout log of program \"{name}\": the file name \"{name}.9.stdout.log\" is 256 bytes long, above the 255 bytes a file name may have; use a shorter program name or set logs.stdout"),
+            format!("{MAIN}:2:1: stderr log of program \"{name}\": the file name \"{name}.9.stderr.log\" is 256 bytes long, above the 255 bytes a file name may have; use a shorter program name or set logs.stderr"),
+        ]
+    );
+}
+
+#[test]
+fn an_explicit_log_name_or_path_too_long_is_reported_at_the_value() {
+    let long = "x".repeat(252);
+    assert_error(
+        &format!("[program.a]\ncommand = \"x\"\nlogs.stdout = \"{long}{{port}}\"\nlogs.stderr = \"none\"\nport = 9000\n"),
+        &format!("3:15: \"stdout\": the file name \"{long}9000\" is 256 bytes long, above the 255 bytes a file name may have"),
+    );
+    let deep = "d/".repeat(2100) + "x.log";
+    assert_error(
+        &format!("[program.a]\ncommand = \"x\"\n[program.a.logs]\nstderr = \"{deep}\"\n"),
+        &format!(
+            "4:10: \"stderr\": the log file path is {} bytes long, above the 4095 bytes a path may have",
+            "/default/logs/".len() + deep.len()
+        ),
+    );
+    // The limit itself is fine.
+    parse(&format!(
+        "[program.a]\ncommand = \"x\"\nlogs.stdout = \"{}\"\n",
+        "y".repeat(255)
+    ));
 }
