@@ -156,7 +156,7 @@ fn read_bounded(path: &Path, limit: u64) -> Result<Vec<u8>, ReadError> {
         } else if kind.is_socket() {
             "a socket"
         } else {
-            "not a file"
+            "an unknown kind of file"
         }));
     }
     if meta.len() > limit {
