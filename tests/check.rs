@@ -303,3 +303,65 @@ fn check_include_merges_programs() {
         "include with a dependency across files rejected: {out:?}"
     );
 }
+
+/// `check` of `text` exits 1 with exactly the diagnostics `expected`
+/// (line, column, message) for the file.
+fn assert_check_fails(text: &str, expected: &[(usize, usize, &str)]) {
+    let dir = tmp();
+    let path = write(dir.path(), "minder.toml", text);
+    let out = check(&path);
+    assert_eq!(out.code, 1, "{out:?}");
+    let expected: Vec<(usize, usize, String)> = expected
+        .iter()
+        .map(|(l, c, m)| (*l, *c, m.to_string()))
+        .collect();
+    assert_eq!(diagnostics(&out, &path), expected, "{out:?}");
+}
+
+#[test]
+fn unknown_user_fails_check() {
+    assert_check_fails(
+        "[program.a]\ncommand = [\"/bin/true\"]\nuser = \"nosuchuser\"\n",
+        &[(3, 8, "\"user\": unknown user \"nosuchuser\"")],
+    );
+}
+
+#[test]
+fn unknown_group_fails_check() {
+    assert_check_fails(
+        "[supervisor]\nsocket_group = \"nosuchgroup\"\n[program.a]\ncommand = [\"/bin/true\"]\ngroup = \"nosuchgroup\"\n",
+        &[
+            (2, 16, "\"socket_group\": unknown group \"nosuchgroup\""),
+            (5, 9, "\"group\": unknown group \"nosuchgroup\""),
+        ],
+    );
+}
+
+#[test]
+fn overlong_log_name_fails_check() {
+    // Opening such a file fails with ENAMETOOLONG and the output is lost.
+    // Checked on the final name: "{name}.stdout.log" adds 11 bytes to a
+    // 250-byte program name, {port} expands to 4 digits.
+    let name = "w".repeat(250);
+    let long = "x".repeat(252);
+    let program = format!("[program.{name}]\ncommand = [\"/bin/true\"]\n");
+    assert_check_fails(
+        &format!("{program}[program.a]\ncommand = [\"/bin/true\"]\nport = 9000\nlogs.stderr = \"none\"\nlogs.stdout = \"{long}{{port}}\"\n"),
+        &[
+            (1, 1, &format!("stdout log of program \"{name}\": the file name \"{name}.stdout.log\" is 261 bytes long, above the 255 bytes a file name may have; use a shorter program name or set logs.stdout")),
+            (1, 1, &format!("stderr log of program \"{name}\": the file name \"{name}.stderr.log\" is 261 bytes long, above the 255 bytes a file name may have; use a shorter program name or set logs.stderr")),
+            (7, 15, &format!("\"stdout\": the file name \"{long}9000\" is 256 bytes long, above the 255 bytes a file name may have")),
+        ],
+    );
+}
+
+#[test]
+fn dot_names_fail_check() {
+    assert_check_fails(
+        "[program.\".\"]\ncommand = [\"/bin/true\"]\n[program.\"..\"]\ncommand = [\"/bin/true\"]\n",
+        &[
+            (1, 10, "invalid program name \".\": \".\" and \"..\" stand for directories in paths such as log file names"),
+            (3, 10, "invalid program name \"..\": \".\" and \"..\" stand for directories in paths such as log file names"),
+        ],
+    );
+}

@@ -87,14 +87,25 @@ fn absolute(path: &Path) -> PathBuf {
     std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
 }
 
+/// Largest config file minder reads: far above any real config, low enough
+/// that `include`-ing a huge file (or /dev/zero) cannot exhaust memory.
+pub(crate) const MAX_FILE_SIZE: u64 = 4 << 20;
+
 /// Reads one file; a failure is a diagnostic at 1:1 (or, for bad UTF-8, at
 /// the first bad byte).
 fn read_source(path: &Path, seq: usize) -> Result<SourceFile, Diagnostic> {
-    let bytes = std::fs::read(path).map_err(|e| Diagnostic {
+    let at_start = |message: String| Diagnostic {
         file: path.to_path_buf(),
         line: 1,
         col: 1,
-        message: format!("cannot read: {e}"),
+        message,
+    };
+    let bytes = read_bounded(path, MAX_FILE_SIZE).map_err(|e| {
+        at_start(match e {
+            ReadError::Io(e) => format!("cannot read: {e}"),
+            ReadError::NotRegular(kind) => format!("not a regular file ({kind})"),
+            ReadError::TooLarge => format!("larger than {} MiB", MAX_FILE_SIZE >> 20),
+        })
     })?;
     match String::from_utf8(bytes) {
         Ok(text) => Ok(SourceFile::new(path, seq, text)),
@@ -104,6 +115,61 @@ fn read_source(path: &Path, seq: usize) -> Result<SourceFile, Diagnostic> {
             Err(SourceFile::new(path, seq, prefix).diagnostic(&(valid..valid), "not valid UTF-8"))
         }
     }
+}
+
+/// Why [`read_bounded`] refused a file.
+#[derive(Debug)]
+enum ReadError {
+    Io(std::io::Error),
+    /// What it is instead: "a FIFO", "a directory", ...
+    NotRegular(&'static str),
+    TooLarge,
+}
+
+/// The contents of the regular file `path`, at most `limit` bytes.
+///
+/// Opened non-blocking: opening a FIFO for reading would otherwise wait for
+/// a writer, and a character device such as /dev/zero never ends. The type
+/// is checked on the open descriptor (not the path) so nothing can swap the
+/// file in between, and at most `limit + 1` bytes are read whatever the
+/// size claimed (a file may grow while it is read).
+fn read_bounded(path: &Path, limit: u64) -> Result<Vec<u8>, ReadError> {
+    use std::io::Read;
+    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC)
+        .open(path)
+        .map_err(ReadError::Io)?;
+    let meta = file.metadata().map_err(ReadError::Io)?;
+    let kind = meta.file_type();
+    if !kind.is_file() {
+        return Err(ReadError::NotRegular(if kind.is_dir() {
+            "a directory"
+        } else if kind.is_fifo() {
+            "a FIFO"
+        } else if kind.is_char_device() {
+            "a character device"
+        } else if kind.is_block_device() {
+            "a block device"
+        } else if kind.is_socket() {
+            "a socket"
+        } else {
+            "an unknown kind of file"
+        }));
+    }
+    if meta.len() > limit {
+        return Err(ReadError::TooLarge);
+    }
+    let mut bytes = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
+    file.take(limit + 1)
+        .read_to_end(&mut bytes)
+        .map_err(ReadError::Io)?;
+    if bytes.len() as u64 > limit {
+        return Err(ReadError::TooLarge);
+    }
+    Ok(bytes)
 }
 
 /// Parses `src` as TOML; syntax errors are recorded and yield `None`, since
@@ -200,6 +266,7 @@ fn load_main(
                 }
             }
         }
+        check_log_paths(&sources, &diags, &drafts);
     }
 
     match supervisor {
@@ -251,6 +318,13 @@ fn read_programs(
     };
     for (key, value) in programs.take_rest() {
         let name = *key.get_ref();
+        if name == "." || name == ".." {
+            programs.error(
+                &key.span(),
+                format!("invalid program name \"{name}\": \".\" and \"..\" stand for directories in paths such as log file names"),
+            );
+            continue;
+        }
         if !schema::valid_program_name(name) {
             programs.error(
                 &key.span(),
@@ -287,6 +361,21 @@ fn read_programs(
     }
 }
 
+/// Most directory entries one `include` pattern may look at, and most files
+/// it may match: a pattern such as "/*/*/*.toml" must fail, not scan the
+/// whole file system while minder waits.
+const INCLUDE_LIMITS: IncludeLimits = IncludeLimits {
+    entries: 100_000,
+    files: 1_000,
+};
+
+/// Bounds of one include pattern's expansion; see [`INCLUDE_LIMITS`].
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct IncludeLimits {
+    pub(crate) entries: usize,
+    pub(crate) files: usize,
+}
+
 /// Expands one `include` pattern (relative to the including file's
 /// directory, as the user named it) into files, sorted.
 fn expand_include(
@@ -309,59 +398,171 @@ fn expand_include(
         );
         return Vec::new();
     }
-    let full = if Path::new(pattern).is_absolute() || dir.as_os_str().is_empty() {
-        pattern.to_string()
-    } else {
-        let Some(d) = dir.to_str() else {
-            diags.error(
-                src,
-                span,
-                format!(
-                    "include \"{pattern}\": the directory {} is not valid UTF-8",
-                    dir.display()
-                ),
-            );
-            return Vec::new();
-        };
-        // The directory is literal text even if it contains '[' or '*'.
-        format!(
-            "{}/{pattern}",
-            glob::Pattern::escape(d.trim_end_matches('/'))
-        )
-    };
+    match expand_glob(dir, pattern, INCLUDE_LIMITS) {
+        Ok(files) => files,
+        Err(why) => {
+            diags.error(src, span, format!("include \"{pattern}\": {why}"));
+            Vec::new()
+        }
+    }
+}
+
+/// The paths matching `pattern` under `dir` (or from `/` when it is
+/// absolute), sorted, walking one directory level per component of the
+/// pattern. `**` is refused: it means "every directory below", which from
+/// a high enough directory is the whole file system. Hidden entries match
+/// only a component that starts with a literal `.`, since editors and tools
+/// leave such files around. Directories that cannot be listed are errors,
+/// except those that do not exist or are not directories.
+pub(crate) fn expand_glob(
+    dir: &Path,
+    pattern: &str,
+    limits: IncludeLimits,
+) -> Result<Vec<PathBuf>, String> {
+    if pattern.split('/').any(|c| c.contains("**")) {
+        return Err(
+            "\"**\" is not supported: name each directory level (e.g. \"conf.d/*.toml\")".into(),
+        );
+    }
     let options = glob::MatchOptions {
-        // Editors and tools leave hidden files around; "*.toml" should not pick them up.
         require_literal_leading_dot: true,
         ..glob::MatchOptions::new()
     };
-    let paths = match glob::glob_with(&full, options) {
-        Ok(paths) => paths,
-        Err(e) => {
-            diags.error(
-                src,
-                span,
-                format!("include \"{pattern}\": invalid pattern: {}", e.msg),
-            );
-            return Vec::new();
+    let mut current = vec![if pattern.starts_with('/') {
+        PathBuf::from("/")
+    } else {
+        dir.to_path_buf()
+    }];
+    let components: Vec<&str> = pattern.split('/').filter(|c| !c.is_empty()).collect();
+    let mut visited = 0usize;
+    for (i, component) in components.iter().enumerate() {
+        let last = i + 1 == components.len();
+        if !component.contains(['*', '?', '[']) {
+            current = current
+                .into_iter()
+                .map(|p| p.join(component))
+                .filter(|p| if last { p.exists() } else { p.is_dir() })
+                .collect();
+            continue;
         }
-    };
-    let mut files = Vec::new();
-    for entry in paths {
-        match entry {
-            Ok(p) => files.push(p),
-            Err(e) => diags.error(
-                src,
-                span,
-                format!(
-                    "include \"{pattern}\": cannot read {}: {}",
-                    e.path().display(),
-                    e.error()
-                ),
-            ),
+        let matcher =
+            glob::Pattern::new(component).map_err(|e| format!("invalid pattern: {}", e.msg))?;
+        let mut next = Vec::new();
+        for parent in &current {
+            let entries = match std::fs::read_dir(if parent.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                parent
+            }) {
+                Ok(entries) => entries,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
+                    ) =>
+                {
+                    continue
+                }
+                Err(e) => return Err(format!("cannot read {}: {e}", parent.display())),
+            };
+            for entry in entries {
+                let entry = entry.map_err(|e| format!("cannot read {}: {e}", parent.display()))?;
+                visited += 1;
+                if visited > limits.entries {
+                    return Err(format!(
+                        "looks at more than {} directory entries: name the directories more precisely",
+                        limits.entries
+                    ));
+                }
+                let name = entry.file_name();
+                // Names that are not UTF-8 cannot match a (UTF-8) pattern.
+                let Some(name) = name.to_str() else {
+                    continue;
+                };
+                if !matcher.matches_with(name, options) {
+                    continue;
+                }
+                let path = parent.join(name);
+                // Only directories lead further; the last level keeps anything.
+                if last || path.is_dir() {
+                    next.push(path);
+                }
+            }
+        }
+        current = next;
+        if current.len() > limits.files {
+            return Err(format!(
+                "matches more than {} paths: name the files more precisely",
+                limits.files
+            ));
         }
     }
-    files.sort();
-    files
+    current.sort();
+    Ok(current)
+}
+
+/// Longest file name Linux accepts (NAME_MAX).
+const NAME_MAX: usize = 255;
+/// Longest path Linux accepts (PATH_MAX, less its terminating NUL).
+const PATH_MAX: usize = 4095;
+
+/// Checks that every log file path can exist: with a name or path too long
+/// for the kernel, opening the file fails and the output is lost.
+fn check_log_paths(sources: &[SourceFile], diags: &Diagnostics, drafts: &[ProgramDraft]) {
+    for draft in drafts {
+        let Some(src) = sources.get(draft.source) else {
+            continue;
+        };
+        let program = &draft.config;
+        // Placeholders give no shorter text for a higher instance number
+        // ({name} web:9 -> web:10, {instance}, {port} = port + instance), so
+        // the last instance has the longest paths.
+        let spec = program.spec(program.instances.max(1) - 1, false);
+        for (stream, dest, span) in [
+            ("stdout", &spec.stdout_log, &draft.log_spans[0]),
+            ("stderr", &spec.stderr_log, &draft.log_spans[1]),
+        ] {
+            let super::LogDest::File(path) = dest else {
+                continue;
+            };
+            let Some(problem) = path_too_long(path) else {
+                continue;
+            };
+            match span {
+                Some(span) => diags.error(src, span, format!("\"{stream}\": {problem}")),
+                // The default name, from the program name: blame the table.
+                None => diags.error(
+                    src,
+                    &draft.header,
+                    format!(
+                        "{} log of program \"{}\": {problem}; use a shorter program name or set logs.{stream}",
+                        stream, program.name
+                    ),
+                ),
+            }
+        }
+    }
+}
+
+/// Why the kernel would refuse `path` as too long, if it would.
+fn path_too_long(path: &Path) -> Option<String> {
+    use std::os::unix::ffi::OsStrExt;
+    let len = path.as_os_str().as_bytes().len();
+    if len > PATH_MAX {
+        return Some(format!(
+            "the log file path is {len} bytes long, above the {PATH_MAX} bytes a path may have"
+        ));
+    }
+    path.components().find_map(|c| {
+        let name = c.as_os_str();
+        let len = name.as_bytes().len();
+        (len > NAME_MAX).then(|| {
+            format!(
+                "the file name \"{}\" is {len} bytes long, above the {NAME_MAX} bytes a file name may have",
+                name.to_string_lossy()
+            )
+        })
+    })
 }
 
 /// Checks across programs: names defined twice, and `depends_on` naming an

@@ -8,6 +8,7 @@
 //!
 //! - `load`: files, includes and checks across programs (duplicates, `depends_on`);
 //! - `schema`: the keys of each table; `reader`: typed, error-collecting key access;
+//! - `background`: reloads read off the event loop;
 //! - `placeholder`, `deps`, `diff`, `signal`, `diagnostic`, `trust`: one concern each.
 //!
 //! A file with TOML syntax errors reports those only: checking the keys of a
@@ -19,6 +20,7 @@ use std::time::Duration;
 
 use nix::sys::signal::Signal;
 
+mod background;
 mod deps;
 mod diagnostic;
 mod diff;
@@ -31,6 +33,7 @@ mod signal;
 mod tests;
 mod trust;
 
+pub use background::{LoadResult, Reloads};
 pub use diagnostic::Diagnostic;
 pub use diff::{diff, ConfigDiff};
 pub use load::{find_config, load, parse_str, Defaults};
@@ -400,59 +403,62 @@ impl ProgramConfig {
 
     fn specs(&self, minder_variables: bool) -> Vec<ProcessSpec> {
         (0..self.instances.max(1))
-            .map(|instance| {
-                let name = if self.instances <= 1 {
-                    self.name.clone()
-                } else {
-                    format!("{}:{instance}", self.name)
-                };
-                let vars = placeholder::Vars {
-                    name: &name,
-                    program: &self.name,
-                    instance,
-                    port: self.port.map(|p| u32::from(p) + instance),
-                };
-                let argv = self
-                    .command
-                    .iter()
-                    .map(|a| placeholder::expand(a, &vars))
-                    .collect();
-                let mut environment: Vec<(String, String)> = self
-                    .environment
-                    .iter()
-                    .filter(|(k, _)| !is_reserved(k))
-                    .map(|(k, v)| (k.clone(), placeholder::expand(v, &vars)))
-                    .collect();
-                if minder_variables {
-                    environment.extend(reserved_variables(&name, &self.name, instance));
-                }
-                environment.sort();
-                // In file names `:` is written as `.` (web:0 -> web.0.stdout.log):
-                // colons confuse tools that read `host:path`.
-                let file_name = name.replace(':', ".");
-                let file_vars = placeholder::Vars {
-                    name: &file_name,
-                    ..vars
-                };
-                let probe = self.health.as_ref().map(|h| match &h.probe {
-                    ProbeTarget::Http(url) => ProbeTarget::Http(placeholder::expand(url, &vars)),
-                    ProbeTarget::Tcp(addr) => ProbeTarget::Tcp(placeholder::expand(addr, &vars)),
-                    ProbeTarget::Exec(argv) => ProbeTarget::Exec(
-                        argv.iter().map(|a| placeholder::expand(a, &vars)).collect(),
-                    ),
-                });
-                ProcessSpec {
-                    stdout_log: log_dest(&self.logs.stdout, &file_vars),
-                    stderr_log: log_dest(&self.logs.stderr, &file_vars),
-                    name,
-                    program: self.name.clone(),
-                    instance,
-                    argv,
-                    environment,
-                    probe,
-                }
-            })
+            .map(|instance| self.spec(instance, minder_variables))
             .collect()
+    }
+
+    /// The process of instance `instance` (see [`ProgramConfig::processes`]).
+    pub(crate) fn spec(&self, instance: u32, minder_variables: bool) -> ProcessSpec {
+        let name = if self.instances <= 1 {
+            self.name.clone()
+        } else {
+            format!("{}:{instance}", self.name)
+        };
+        let vars = placeholder::Vars {
+            name: &name,
+            program: &self.name,
+            instance,
+            port: self.port.map(|p| u32::from(p) + instance),
+        };
+        let argv = self
+            .command
+            .iter()
+            .map(|a| placeholder::expand(a, &vars))
+            .collect();
+        let mut environment: Vec<(String, String)> = self
+            .environment
+            .iter()
+            .filter(|(k, _)| !is_reserved(k))
+            .map(|(k, v)| (k.clone(), placeholder::expand(v, &vars)))
+            .collect();
+        if minder_variables {
+            environment.extend(reserved_variables(&name, &self.name, instance));
+        }
+        environment.sort();
+        // In file names `:` is written as `.` (web:0 -> web.0.stdout.log):
+        // colons confuse tools that read `host:path`.
+        let file_name = name.replace(':', ".");
+        let file_vars = placeholder::Vars {
+            name: &file_name,
+            ..vars
+        };
+        let probe = self.health.as_ref().map(|h| match &h.probe {
+            ProbeTarget::Http(url) => ProbeTarget::Http(placeholder::expand(url, &vars)),
+            ProbeTarget::Tcp(addr) => ProbeTarget::Tcp(placeholder::expand(addr, &vars)),
+            ProbeTarget::Exec(argv) => {
+                ProbeTarget::Exec(argv.iter().map(|a| placeholder::expand(a, &vars)).collect())
+            }
+        });
+        ProcessSpec {
+            stdout_log: log_dest(&self.logs.stdout, &file_vars),
+            stderr_log: log_dest(&self.logs.stderr, &file_vars),
+            name,
+            program: self.name.clone(),
+            instance,
+            argv,
+            environment,
+            probe,
+        }
     }
 }
 

@@ -32,6 +32,8 @@ pub(crate) struct ProgramDraft {
     pub(crate) header: Span,
     /// `depends_on` entries with their spans, self-references removed.
     pub(crate) depends_on: Vec<(String, Span)>,
+    /// Where `logs.stdout` and `logs.stderr` are set, when they are.
+    pub(crate) log_spans: [Option<Span>; 2],
 }
 
 /// Names with where they are written.
@@ -57,7 +59,7 @@ pub(crate) fn read_supervisor(
             .map(|s| dir.join(s))
             .unwrap_or_else(|| defaults.socket.clone()),
         socket_mode: r.get("socket_mode", file_mode).unwrap_or(0o600),
-        socket_group: r.get("socket_group", conv::user_or_id),
+        socket_group: r.get("socket_group", known_group),
         log_dir: r
             .get("log_dir", conv::text)
             .map(|s| dir.join(s))
@@ -249,10 +251,59 @@ fn file_mode(v: &Value<'_>) -> Result<u32, ValueError> {
     }
 }
 
+/// A `user`: a name or id the user database knows, looked up the way
+/// starting the program will look it up. Checked whoever runs minder (as
+/// another user than root, `user` is only accepted if it names that user,
+/// which the start checks): `minder check` run as anyone should catch a
+/// typo before a daemon running as root fails to start the program.
+fn known_user(v: &Value<'_>) -> Result<String, ValueError> {
+    let name = conv::user_or_id(v)?;
+    let found = match name.parse::<u32>() {
+        Ok(id) => nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(id)).map(|u| u.is_some()),
+        Err(_) => nix::unistd::User::from_name(&name).map(|u| u.is_some()),
+    };
+    identity_found(found, "user", name, v)
+}
+
+/// A `group` or `socket_group`: like [`known_user`], in the group database.
+fn known_group(v: &Value<'_>) -> Result<String, ValueError> {
+    let name = conv::user_or_id(v)?;
+    let found = match name.parse::<u32>() {
+        Ok(id) => nix::unistd::Group::from_gid(nix::unistd::Gid::from_raw(id)).map(|g| g.is_some()),
+        Err(_) => nix::unistd::Group::from_name(&name).map(|g| g.is_some()),
+    };
+    identity_found(found, "group", name, v)
+}
+
+fn identity_found(
+    found: nix::Result<bool>,
+    what: &str,
+    name: String,
+    v: &Value<'_>,
+) -> Result<String, ValueError> {
+    let numeric = name.parse::<u32>().is_ok();
+    match found {
+        Ok(true) => Ok(name),
+        Ok(false) if numeric => Err(ValueError::invalid(
+            format!("no {what} has id {name} (the {what} database has no entry for it)"),
+            v,
+        )),
+        Ok(false) => Err(ValueError::invalid(format!("unknown {what} \"{name}\""), v)),
+        Err(e) => Err(ValueError::invalid(
+            format!("looking up {what} \"{name}\": {}", e.desc()),
+            v,
+        )),
+    }
+}
+
 /// Whether `name` may be a program name: it is part of process names,
 /// log file names and CLI arguments, and `:` separates the instance number.
+/// `.` and `..` are refused: as `{name}` in a log file name they would name
+/// a directory.
 pub(crate) fn valid_program_name(name: &str) -> bool {
     !name.is_empty()
+        && name != "."
+        && name != ".."
         && name
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
@@ -369,9 +420,9 @@ pub(crate) fn read_program(
         }
     };
 
-    let logs = match r.table("logs") {
+    let (logs, log_spans) = match r.table("logs") {
         Some((l, _)) => read_logs(l, has_port, instances.as_ref().map_or(1, |(n, _)| *n)),
-        None => LogsConfig::default(),
+        None => (LogsConfig::default(), [None, None]),
     };
 
     let config = ProgramConfig {
@@ -384,8 +435,8 @@ pub(crate) fn read_program(
             .unwrap_or_else(|| file_dir.clone()),
         environment,
         clear_env: r.get("clear_env", conv::boolean).unwrap_or(false),
-        user: r.get("user", conv::user_or_id),
-        group: r.get("group", conv::user_or_id),
+        user: r.get("user", known_user),
+        group: r.get("group", known_group),
         autostart: r.get("autostart", conv::boolean).unwrap_or(true),
         restart: r
             .get("restart", conv::one_of(&["always", "on-failure", "never"]))
@@ -427,6 +478,7 @@ pub(crate) fn read_program(
         source,
         header,
         depends_on,
+        log_spans,
     }
 }
 
@@ -709,8 +761,13 @@ fn read_backoff(mut r: TableReader<'_, '_>) -> BackoffConfig {
 const MAX_BACKUPS: i64 = 1000;
 
 /// `[program.NAME.logs]`. Names stay relative here; the loader joins them
-/// with `log_dir` once the whole file is read.
-fn read_logs(mut r: TableReader<'_, '_>, has_port: bool, instances: u32) -> LogsConfig {
+/// with `log_dir` once the whole file is read. Returns where `stdout` and
+/// `stderr` are set too.
+fn read_logs(
+    mut r: TableReader<'_, '_>,
+    has_port: bool,
+    instances: u32,
+) -> (LogsConfig, [Option<Span>; 2]) {
     let d = LogsConfig::default();
     let stdout = r.get_spanned("stdout", |v| log_target(v, false));
     let stderr = r.get_spanned("stderr", |v| log_target(v, true));
@@ -744,6 +801,10 @@ fn read_logs(mut r: TableReader<'_, '_>, has_port: bool, instances: u32) -> Logs
             );
         }
     }
+    let spans = [
+        stdout.as_ref().map(|(_, s)| s.clone()),
+        stderr.as_ref().map(|(_, s)| s.clone()),
+    ];
     let logs = LogsConfig {
         stdout: stdout.map(|(t, _)| t).unwrap_or(d.stdout),
         stderr: stderr.map(|(t, _)| t).unwrap_or(d.stderr),
@@ -754,7 +815,7 @@ fn read_logs(mut r: TableReader<'_, '_>, has_port: bool, instances: u32) -> Logs
         timestamps: r.get("timestamps", conv::boolean).unwrap_or(d.timestamps),
     };
     r.finish();
-    logs
+    (logs, spans)
 }
 
 /// `stdout`/`stderr`: a file name, `"none"`, or (stderr only) `"stdout"`.

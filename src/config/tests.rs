@@ -201,7 +201,7 @@ include = []
 command = ["x"]
 restart = "never"
 stop_signal = 9
-user = 1000
+user = 0
 directory = "/abs/dir"
 [program.b]
 command = "y"
@@ -216,7 +216,7 @@ jitter = 0
     let a = c.program("a").expect("a");
     assert_eq!(a.restart, RestartPolicy::Never);
     assert_eq!(a.stop_signal, Signal::SIGKILL);
-    assert_eq!(a.user.as_deref(), Some("1000"));
+    assert_eq!(a.user.as_deref(), Some("0"));
     assert_eq!(a.directory, PathBuf::from("/abs/dir"));
     let b = c.program("b").expect("b");
     assert_eq!(b.stop_signal, Signal::SIGHUP);
@@ -1291,4 +1291,233 @@ fn listen_errors() {
         "[program.web]\ncommand = \"x\"\nlisten = [\"tcp://127.0.0.1:1\"]\nlisten_names = [\"a\", \"b\"]\n",
         "4:16: \"listen_names\": 2 names for 1 listen entries (one name per entry)",
     );
+}
+
+// ---------------------------------------------------------------- bounds on reading
+
+#[test]
+fn a_fifo_is_not_read() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let fifo = tmp.path().join("f.toml");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).expect("mkfifo");
+    // Opening it for reading would wait for a writer: this returns at once.
+    assert_eq!(
+        load_errors(&fifo),
+        vec![format!(
+            "{}:1:1: not a regular file (a FIFO)",
+            fifo.display()
+        )]
+    );
+}
+
+#[test]
+fn a_device_or_directory_is_not_read() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let main = write(
+        tmp.path(),
+        "m.toml",
+        "[supervisor]\ninclude = [\"/dev/zero\", \"d\"]\n",
+    );
+    std::fs::create_dir(tmp.path().join("d")).expect("mkdir");
+    assert_eq!(
+        load_errors(&main),
+        vec![
+            "/dev/zero:1:1: not a regular file (a character device)".to_string(),
+            format!(
+                "{}:1:1: not a regular file (a directory)",
+                tmp.path().join("d").display()
+            ),
+        ]
+    );
+}
+
+#[test]
+fn a_file_above_the_size_limit_is_not_read() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let big = tmp.path().join("big.toml");
+    let file = std::fs::File::create(&big).expect("create");
+    file.set_len(load::MAX_FILE_SIZE + 1).expect("set_len");
+    assert_eq!(
+        load_errors(&big),
+        vec![format!("{}:1:1: larger than 4 MiB", big.display())]
+    );
+    // At the limit it is read (and is not TOML: NUL bytes).
+    file.set_len(load::MAX_FILE_SIZE).expect("set_len");
+    let errs = load_errors(&big);
+    assert!(errs.iter().all(|e| e.contains("invalid TOML")), "{errs:?}");
+}
+
+#[test]
+fn double_star_is_refused_at_the_pattern() {
+    assert_error(
+        "[supervisor]\ninclude = [\"conf.d/**/*.toml\"]\n",
+        "2:12: include \"conf.d/**/*.toml\": \"**\" is not supported: name each directory level (e.g. \"conf.d/*.toml\")",
+    );
+}
+
+#[test]
+fn include_globs_are_bounded_in_entries_and_matches() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    for i in 0..5 {
+        write(tmp.path(), &format!("d{i}/p.toml"), "");
+    }
+    let limits = |entries, files| load::IncludeLimits { entries, files };
+    let found = load::expand_glob(tmp.path(), "*/*.toml", limits(10, 5)).expect("within bounds");
+    assert_eq!(found.len(), 5);
+    assert_eq!(found[0], tmp.path().join("d0/p.toml"));
+    // 5 directories, then 5 entries inside them: 10 entries looked at.
+    assert_eq!(
+        load::expand_glob(tmp.path(), "*/*.toml", limits(9, 5)),
+        Err("looks at more than 9 directory entries: name the directories more precisely".into())
+    );
+    assert_eq!(
+        load::expand_glob(tmp.path(), "*/*.toml", limits(10, 4)),
+        Err("matches more than 4 paths: name the files more precisely".into())
+    );
+}
+
+#[test]
+fn include_glob_semantics() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    write(tmp.path(), "a/x.toml", "");
+    write(tmp.path(), "a/.hidden.toml", "");
+    write(tmp.path(), "b/x.toml", "");
+    write(tmp.path(), "b/y.txt", "");
+    write(tmp.path(), "c", "a file, not a directory");
+    write(tmp.path(), "[lit]/z.toml", "");
+    let limits = load::IncludeLimits {
+        entries: 1000,
+        files: 1000,
+    };
+    let rel = |v: Vec<PathBuf>| -> Vec<String> {
+        v.iter()
+            .map(|p| {
+                p.strip_prefix(tmp.path())
+                    .expect("under tmp")
+                    .display()
+                    .to_string()
+            })
+            .collect()
+    };
+    let glob = |p: &str| rel(load::expand_glob(tmp.path(), p, limits).expect("valid"));
+    assert_eq!(glob("*/x.toml"), vec!["a/x.toml", "b/x.toml"]);
+    assert_eq!(glob("?/*"), vec!["a/x.toml", "b/x.toml", "b/y.txt"]);
+    assert_eq!(glob("a/.*.toml"), vec!["a/.hidden.toml"]);
+    assert_eq!(glob("[[]lit]/*.toml"), vec!["[lit]/z.toml"]);
+    assert!(glob("nothing/*.toml").is_empty());
+    let abs = tmp.path().join("b/*.txt").display().to_string();
+    assert_eq!(glob(&abs), vec!["b/y.txt"]);
+    assert_eq!(
+        load::expand_glob(tmp.path(), "a/[x", limits),
+        Err("invalid pattern: invalid range pattern".into())
+    );
+}
+
+#[test]
+fn reloads_during_a_load_get_a_load_of_their_own() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let main = write(tmp.path(), "m.toml", "[program.a]\ncommand = \"x\"\n");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let mut reloads = Reloads::default();
+        reloads.request(&main, 1);
+        reloads.request(&main, 2);
+        reloads.request(&main, 3);
+        let (first, waiters) = reloads.finished().await;
+        assert_eq!(waiters, vec![1]);
+        assert_eq!(first.expect("valid").programs.len(), 1);
+        // Not answered by the load in flight when they came: it may have
+        // read the file before they were made.
+        let (second, waiters) = reloads.finished().await;
+        assert_eq!(waiters, vec![2, 3]);
+        assert!(second.is_ok());
+        reloads.request(&main, 4);
+        assert_eq!(reloads.abandon(), vec![4]);
+    });
+}
+
+// ---------------------------------------------------------------- what would fail only at start
+
+#[test]
+fn unknown_user_and_group_are_reported_at_the_value() {
+    assert_error(
+        "[program.a]\ncommand = \"x\"\nuser = \"nosuchuser\"\n",
+        "3:8: \"user\": unknown user \"nosuchuser\"",
+    );
+    assert_error(
+        "[program.a]\ncommand = \"x\"\ngroup = \"nosuchgroup\"\n",
+        "3:9: \"group\": unknown group \"nosuchgroup\"",
+    );
+    assert_error(
+        "[program.a]\ncommand = \"x\"\nuser = 3999999\n",
+        "3:8: \"user\": no user has id 3999999 (the user database has no entry for it)",
+    );
+    assert_error(
+        "[program.a]\ncommand = \"x\"\ngroup = \"3999999\"\n",
+        "3:9: \"group\": no group has id 3999999 (the group database has no entry for it)",
+    );
+    assert_error(
+        "[supervisor]\nsocket_group = \"nosuchgroup\"\n",
+        "2:16: \"socket_group\": unknown group \"nosuchgroup\"",
+    );
+    // Names and ids that exist everywhere.
+    let c = parse("[program.a]\ncommand = \"x\"\nuser = \"root\"\ngroup = 0\n");
+    let a = c.program("a").expect("a");
+    assert_eq!(
+        (a.user.as_deref(), a.group.as_deref()),
+        (Some("root"), Some("0"))
+    );
+}
+
+#[test]
+fn dot_and_dot_dot_are_not_program_names() {
+    for name in [".", ".."] {
+        assert_error(
+            &format!("[program.\"{name}\"]\ncommand = \"x\"\n"),
+            &format!("1:10: invalid program name \"{name}\": \".\" and \"..\" stand for directories in paths such as log file names"),
+        );
+    }
+    // Dots elsewhere in a name are fine.
+    parse("[program.\"a.b\"]\ncommand = \"x\"\n[program.\"..a\"]\ncommand = \"x\"\n");
+}
+
+#[test]
+fn a_default_log_name_too_long_for_the_kernel_is_reported_at_the_table() {
+    // 243 + ".stdout.log" = 254 bytes: fits; with instances, "NAME.9.stdout.log" does not.
+    let name = "n".repeat(243);
+    parse(&format!("[program.{name}]\ncommand = \"x\"\n"));
+    let errs = errors(&format!(
+        "\n[program.{name}]\ncommand = \"x\"\ninstances = 10\n"
+    ));
+    assert_eq!(
+        errs,
+        vec![
+            format!("{MAIN}:2:1: stdout log of program \"{name}\": the file name \"{name}.9.stdout.log\" is 256 bytes long, above the 255 bytes a file name may have; use a shorter program name or set logs.stdout"),
+            format!("{MAIN}:2:1: stderr log of program \"{name}\": the file name \"{name}.9.stderr.log\" is 256 bytes long, above the 255 bytes a file name may have; use a shorter program name or set logs.stderr"),
+        ]
+    );
+}
+
+#[test]
+fn an_explicit_log_name_or_path_too_long_is_reported_at_the_value() {
+    let long = "x".repeat(252);
+    assert_error(
+        &format!("[program.a]\ncommand = \"x\"\nlogs.stdout = \"{long}{{port}}\"\nlogs.stderr = \"none\"\nport = 9000\n"),
+        &format!("3:15: \"stdout\": the file name \"{long}9000\" is 256 bytes long, above the 255 bytes a file name may have"),
+    );
+    let deep = "d/".repeat(2100) + "x.log";
+    assert_error(
+        &format!("[program.a]\ncommand = \"x\"\n[program.a.logs]\nstderr = \"{deep}\"\n"),
+        &format!(
+            "4:10: \"stderr\": the log file path is {} bytes long, above the 4095 bytes a path may have",
+            "/default/logs/".len() + deep.len()
+        ),
+    );
+    // The limit itself is fine.
+    parse(&format!(
+        "[program.a]\ncommand = \"x\"\nlogs.stdout = \"{}\"\n",
+        "y".repeat(255)
+    ));
 }

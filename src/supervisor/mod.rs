@@ -114,6 +114,8 @@ pub struct Supervisor {
     metrics: Option<(std::net::SocketAddr, tokio::task::JoinHandle<()>)>,
     /// The config's hooks.
     hooks: Hooks,
+    /// Reloads read the files on the blocking pool; SIGHUP waits with `None`.
+    reloads: config::Reloads<Option<oneshot::Sender<Reply>>>,
 }
 
 impl Supervisor {
@@ -137,6 +139,7 @@ impl Supervisor {
             insecure_config: false,
             metrics: None,
             hooks: Hooks::none(),
+            reloads: config::Reloads::default(),
         };
         supervisor.hooks = supervisor.start_hooks(&config);
         let mut machines = HashMap::new();
@@ -288,6 +291,10 @@ impl Supervisor {
                     self.systemd.perform(duty, &self.processes, &self.config);
                     continue;
                 }
+                (loaded, waiters) = self.reloads.finished() => {
+                    self.finish_reload(loaded, waiters);
+                    continue;
+                }
             };
             let Some(input) = input else { break };
             match input {
@@ -296,12 +303,7 @@ impl Supervisor {
                     break;
                 }
                 Input::Control(request, reply) => self.handle(request, reply),
-                Input::Reload => {
-                    let reply = self.reload();
-                    if let Reply::Error(e) = &reply {
-                        tracing::error!("reload rejected: {}", e.message);
-                    }
-                }
+                Input::Reload => self.reloads.request(&self.config.path, None),
                 Input::Terminate => break,
                 Input::Tail(request, reply) => self.tail(request, reply),
                 Input::ReopenLogs => {
@@ -319,6 +321,12 @@ impl Supervisor {
                     let _ = reply.send(());
                 }
             }
+        }
+        for waiter in self.reloads.abandon().into_iter().flatten() {
+            let _ = waiter.send(Reply::error(
+                ErrorKind::ShuttingDown,
+                "minder is shutting down",
+            ));
         }
         self.systemd.stopping();
         self.shutdown(&mut inputs).await;
@@ -387,7 +395,10 @@ impl Supervisor {
                         ),
                     )),
                 }),
-            Request::Reload => Ok(self.reload()),
+            Request::Reload => {
+                self.reloads.request(&self.config.path, Some(reply));
+                return;
+            }
             Request::ReopenLogs => {
                 return spawn_reply(reply, true, reopen_logs(self.processes.clone()));
             }
@@ -657,10 +668,28 @@ impl Supervisor {
         refuse(reply, why);
     }
 
+    /// Applies a load that reloads asked for and answers them; SIGHUP's
+    /// failures go to the log since nobody else hears of them.
+    fn finish_reload(
+        &mut self,
+        loaded: config::LoadResult,
+        waiters: Vec<Option<oneshot::Sender<Reply>>>,
+    ) {
+        let reply = self.reload(loaded);
+        if let Reply::Error(e) = &reply {
+            if waiters.iter().any(Option::is_none) {
+                tracing::error!("reload rejected: {}", e.message);
+            }
+        }
+        for waiter in waiters.into_iter().flatten() {
+            let _ = waiter.send(reply.clone());
+        }
+    }
+
     /// Reloads, telling systemd (RELOADING=1 ... READY=1) around it.
-    fn reload(&mut self) -> Reply {
+    fn reload(&mut self, loaded: config::LoadResult) -> Reply {
         self.systemd.reloading();
-        let reply = self.apply_reload();
+        let reply = self.apply_reload(loaded);
         let error = match &reply {
             Reply::Error(e) => Some(e.message.as_str()),
             Reply::Ok(_) => None,
@@ -671,8 +700,8 @@ impl Supervisor {
     }
 
     /// Re-reads the config file and applies the difference; an invalid file changes nothing.
-    fn apply_reload(&mut self) -> Reply {
-        let new = match config::load(&self.config.path, &Defaults::for_current_user()) {
+    fn apply_reload(&mut self, loaded: config::LoadResult) -> Reply {
+        let new = match loaded {
             Ok(new) => new,
             Err(diagnostics) => {
                 let lines: Vec<String> = diagnostics.iter().map(|d| d.to_string()).collect();
