@@ -1,0 +1,192 @@
+//! The control socket and minder's fds under abuse: a full fd table, clients
+//! that connect and say nothing, refused peers, and the fd budget of many
+//! programs.
+
+mod common;
+
+use std::fs;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use common::*;
+
+/// Open fds of `pid`.
+fn fd_count(pid: i32) -> usize {
+    fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|rd| rd.count())
+        .unwrap_or(0)
+}
+
+/// CPU time (user + system) used by `pid` so far.
+fn cpu_time(pid: i32) -> Duration {
+    let text = fs::read_to_string(format!("/proc/{pid}/stat")).expect("reading /proc/PID/stat");
+    // Fields after the command name (which may hold spaces) start at field 3.
+    let rest = &text[text.rfind(')').expect("a stat line has a ')'") + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 =
+        fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime");
+    // SAFETY: sysconf has no preconditions.
+    let per_sec = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    Duration::from_millis(ticks * 1000 / per_sec)
+}
+
+/// Lines of the daemon's log that report a failed accept.
+fn accept_warnings(d: &Daemon) -> usize {
+    let Ok(file) = fs::File::open(&d.log_path) else {
+        return 0;
+    };
+    BufReader::new(file)
+        .split(b'\n')
+        .map_while(Result::ok)
+        .filter(|l| {
+            let l = String::from_utf8_lossy(l);
+            l.contains("WARN") && l.contains("accepting a control connection")
+        })
+        .count()
+}
+
+/// What is waiting to be read on `conn` now, without blocking.
+fn pending_text(conn: &UnixStream) -> String {
+    conn.set_nonblocking(true).expect("set_nonblocking");
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    for _ in 0..16 {
+        match (&*conn).read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[test]
+fn running_out_of_fds_neither_spins_nor_floods_the_log() {
+    const LIMIT: u64 = 64;
+    let mut d = Daemon::prepare("", "");
+    d.set_nofile(LIMIT, LIMIT);
+    d.spawn();
+    d.wait_ready();
+    let pid = d.pid();
+
+    // More connections than the daemon has fds for; they say nothing.
+    let mut conns = Vec::new();
+    for _ in 0..2 * LIMIT {
+        conns.push(UnixStream::connect(&d.sock).expect("connect to the control socket"));
+    }
+    let deadline = Instant::now() + WAIT;
+    while fd_count(pid) < LIMIT as usize {
+        assert!(
+            Instant::now() < deadline,
+            "the daemon never filled its fd table: {} of {LIMIT} open",
+            fd_count(pid)
+        );
+        thread::sleep(POLL);
+    }
+
+    // Out of fds with clients still knocking: a window to watch what the
+    // daemon does meanwhile (measured, not waited on).
+    let warnings_before = accept_warnings(&d);
+    let cpu_before = cpu_time(pid);
+    let started = Instant::now();
+    thread::sleep(Duration::from_secs(3));
+    let wall = started.elapsed();
+    let cpu = cpu_time(pid) - cpu_before;
+    let warnings = accept_warnings(&d) - warnings_before;
+    assert!(
+        cpu < wall / 2,
+        "the daemon used {cpu:?} of CPU in {wall:?} while out of fds"
+    );
+    assert!(
+        warnings <= 5,
+        "{warnings} accept warnings logged in {wall:?} while out of fds"
+    );
+
+    // The clients it had no fd for were told why instead of left hanging.
+    let told = conns
+        .iter()
+        .filter(|c| pending_text(c).contains("out of file descriptors"))
+        .count();
+    assert!(
+        told > 0,
+        "no client beyond the fd limit was told that minder is out of fds"
+    );
+
+    drop(conns);
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let out = d.ctl(&["status"]);
+        if out.code == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "`ctl status` still fails after the connections closed: {out:?}"
+        );
+        thread::sleep(POLL);
+    }
+}
+
+#[test]
+fn idle_control_connection_is_closed() {
+    let mut d = Daemon::prepare("", &program("a", &[], ""));
+    d.spawn_with(&[], &[("MINDER_TEST_REQUEST_TIMEOUT_MS", "300")]);
+    d.wait_ready();
+    d.wait_state("a", "running");
+
+    let read_all = |mut conn: UnixStream| {
+        conn.set_read_timeout(Some(WAIT)).expect("set_read_timeout");
+        let mut text = String::new();
+        conn.read_to_string(&mut text)
+            .expect("the daemon closes the connection (read timed out)");
+        text
+    };
+    // Says nothing at all.
+    let silent = UnixStream::connect(&d.sock).expect("connect");
+    // Starts a request and never finishes it.
+    let mut partial = UnixStream::connect(&d.sock).expect("connect");
+    partial
+        .write_all(br#"{"cmd":"sta"#)
+        .expect("write a partial request");
+    // A stream is exempt once it has started.
+    let mut events = UnixStream::connect(&d.sock).expect("connect");
+    events
+        .write_all(b"{\"cmd\":\"events\",\"names\":[\"a\"]}\n")
+        .expect("write the events request");
+    let mut events = BufReader::new(events);
+    let mut ack = String::new();
+    events.get_ref().set_read_timeout(Some(WAIT)).unwrap();
+    events.read_line(&mut ack).expect("events acknowledgement");
+    assert!(ack.contains("following"), "{ack}");
+
+    for (what, text) in [("silent", read_all(silent)), ("partial", read_all(partial))] {
+        let reply: Value = serde_json::from_str(text.trim())
+            .unwrap_or_else(|e| panic!("{what}: not one JSON reply ({e}): {text:?}"));
+        assert_eq!(
+            reply.pointer("/error/kind").and_then(Value::as_str),
+            Some("bad_request"),
+            "{what}: {reply}"
+        );
+        let message = reply.pointer("/error/message").and_then(Value::as_str);
+        assert!(
+            message.is_some_and(|m| m.contains("no complete request")),
+            "{what}: {reply}"
+        );
+    }
+
+    // Well past the bound, the events stream still delivers.
+    d.ctl_ok(&["restart", "a"]);
+    let mut event = String::new();
+    events
+        .read_line(&mut event)
+        .expect("an event after the bound");
+    let event: Value = serde_json::from_str(event.trim()).expect("an event line");
+    assert_eq!(
+        event.pointer("/ok/name").and_then(Value::as_str),
+        Some("a"),
+        "{event}"
+    );
+}
