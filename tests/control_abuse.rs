@@ -63,6 +63,50 @@ fn pending_text(conn: &UnixStream) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+fn rlimit_nofile_of(pid: i32) -> (u64, u64) {
+    let limits =
+        fs::read_to_string(format!("/proc/{pid}/limits")).expect("reading /proc/PID/limits");
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .expect("a Max open files line");
+    let mut numbers = line
+        .split_whitespace()
+        .filter_map(|w| w.parse::<u64>().ok());
+    (
+        numbers.next().expect("soft limit"),
+        numbers.next().expect("hard limit"),
+    )
+}
+
+/// The test's own hard RLIMIT_NOFILE: daemons started with more need root.
+fn own_hard_fd_limit() -> u64 {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: a valid out pointer.
+    unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) };
+    // `rlim_t` is 32 bits wide on some targets.
+    #[allow(clippy::unnecessary_cast)]
+    let hard = limit.rlim_max as u64;
+    hard
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// True (after saying why) if this test cannot give the daemon a hard fd limit of `hard`.
+fn cannot_raise_hard_limit_to(hard: u64) -> bool {
+    let cannot = !is_root() && own_hard_fd_limit() < hard;
+    if cannot {
+        eprintln!("skipping: a hard fd limit of {hard} needs root here");
+    }
+    cannot
+}
+
 #[test]
 fn running_out_of_fds_neither_spins_nor_floods_the_log() {
     const LIMIT: u64 = 64;
@@ -188,5 +232,102 @@ fn idle_control_connection_is_closed() {
         event.pointer("/ok/name").and_then(Value::as_str),
         Some("a"),
         "{event}"
+    );
+}
+
+#[test]
+fn children_get_the_original_soft_fd_limit() {
+    if cannot_raise_hard_limit_to(4096) {
+        return;
+    }
+    let mut d = Daemon::prepare("", &program("a", &[], ""));
+    d.set_nofile(1024, 4096);
+    d.spawn();
+    d.wait_ready();
+    let first = d.wait_state("a", "running").pid.expect("a running pid");
+    assert_eq!(
+        rlimit_nofile_of(d.pid()),
+        (4096, 4096),
+        "minder raises its own soft limit"
+    );
+    assert_eq!(
+        rlimit_nofile_of(first),
+        (1024, 4096),
+        "a child of the first image"
+    );
+
+    // The new image starts with the raised limit; its children must not.
+    let out = d.ctl(&["reexec"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    d.ctl_ok(&["restart", "a"]);
+    let second = d.wait_state("a", "running").pid.expect("a running pid");
+    assert_ne!(first, second, "restarted");
+    assert_eq!(
+        rlimit_nofile_of(second),
+        (1024, 4096),
+        "a child of the image after reexec"
+    );
+}
+
+#[test]
+fn two_hundred_programs_start_under_a_soft_limit_of_1024() {
+    if cannot_raise_hard_limit_to(4096) {
+        return;
+    }
+    // Output on both streams: each process holds its two pipes and its two
+    // log files open.
+    let body: String = (0..200)
+        .map(|i| program(&format!("p{i}"), &["--print", "up", "--eprint", "up"], ""))
+        .collect();
+    let mut d = Daemon::prepare("", &body);
+    d.set_nofile(1024, 4096);
+    d.spawn();
+    d.wait_ready();
+    let procs = d.wait_for("all 200 programs running", Duration::from_secs(120), |ps| {
+        ps.len() == 200 && ps.iter().all(|p| p.state == "running")
+    });
+    // Running is not enough: each one's output must reach its log files.
+    for i in 0..200 {
+        for stream in ["stdout", "stderr"] {
+            let path = d.path(&format!("logs/p{i}.{stream}.log"));
+            wait_file_until(&path, "the line printed at start", |t| t.contains("up"));
+        }
+    }
+    let lost: Vec<_> = procs
+        .iter()
+        .filter(|p| p.raw["dropped_bytes"].as_u64() != Some(0))
+        .map(|p| &p.name)
+        .collect();
+    assert!(lost.is_empty(), "output lost for {lost:?}");
+    let log = fs::read_to_string(&d.log_path).expect("reading daemon.log");
+    assert!(
+        !log.contains("LimitNOFILE="),
+        "no fd budget warning expected with a hard limit of 4096:\n{log}"
+    );
+}
+
+#[test]
+fn too_small_an_fd_limit_is_reported_at_start() {
+    let body: String = (0..200)
+        .map(|i| program(&format!("p{i}"), &[], "autostart = false"))
+        .collect();
+    let mut d = Daemon::prepare("", &body);
+    d.set_nofile(256, 256);
+    // Not `wait_ready`: with so few fds the daemon may have none left for `ctl`.
+    d.spawn();
+    let log = wait_file_until(&d.log_path, "the fd budget warning", |log| {
+        log.contains("LimitNOFILE=")
+    });
+    let line = log
+        .lines()
+        .find(|l| l.contains("LimitNOFILE="))
+        .expect("the warning line");
+    for part in ["WARN", "200 processes", "1264", "256", "ulimit -n"] {
+        assert!(line.contains(part), "{part:?} missing in: {line}");
+    }
+    assert_eq!(
+        log.lines().filter(|l| l.contains("LimitNOFILE=")).count(),
+        1,
+        "one warning line:\n{log}"
     );
 }
