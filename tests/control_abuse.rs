@@ -6,7 +6,9 @@ mod common;
 
 use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -330,4 +332,56 @@ fn too_small_an_fd_limit_is_reported_at_start() {
         1,
         "one warning line:\n{log}"
     );
+}
+
+/// uid and gid of `nobody`, if the system has that user.
+fn nobody() -> Option<(libc::uid_t, libc::gid_t)> {
+    let name = std::ffi::CString::new("nobody").expect("no NUL");
+    // SAFETY: a valid C string; the returned record is read at once, before
+    // any other getpw* call on this thread could overwrite it.
+    unsafe {
+        let pw = libc::getpwnam(name.as_ptr());
+        (!pw.is_null()).then(|| ((*pw).pw_uid, (*pw).pw_gid))
+    }
+}
+
+#[test]
+fn refused_peer_always_gets_permission_denied() {
+    if !is_root() {
+        eprintln!("skipping: running `ctl` as another user needs root");
+        return;
+    }
+    let Some((uid, gid)) = nobody() else {
+        eprintln!("skipping: no user `nobody` on this machine");
+        return;
+    };
+    // Anyone may connect; only root (minder's user) is served.
+    let d = Daemon::start_with("socket_mode = \"0666\"", "");
+    fs::set_permissions(d.tmp(), fs::Permissions::from_mode(0o755)).expect("chmod the temp dir");
+    let sock = d.sock.display().to_string();
+    // The refusal races the client's write: try often enough to lose it.
+    for attempt in 0..20 {
+        let mut cmd = std::process::Command::new(MINDER);
+        cmd.args(["ctl", "-s", &sock, "status"]);
+        // SAFETY: setgroups/setgid/setuid are async-signal-safe and use only
+        // the copied ids.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::setgroups(0, std::ptr::null()) != 0
+                    || libc::setgid(gid) != 0
+                    || libc::setuid(uid) != 0
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let out = run_with_timeout(&mut cmd, Duration::from_secs(30));
+        assert_eq!(out.code, 4, "attempt {attempt}: {out:?}");
+        assert!(
+            out.stderr
+                .contains("only root, minder's user and socket_group"),
+            "attempt {attempt}: the daemon's message expected: {out:?}"
+        );
+    }
 }
