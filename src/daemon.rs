@@ -48,7 +48,7 @@ const EVENT_QUEUE: usize = 1024;
 /// Runs the supervisor until shutdown; returns once every child is stopped.
 pub fn run(config: Config, options: Options) -> Result<(), DaemonError> {
     tune_allocator();
-    raise_fd_limit();
+    raise_fd_limit(&config);
     // Orphaned grandchildren are re-parented to minder, which reaps them.
     if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
         tracing::warn!("cannot become a child subreaper ({e}); orphans go to init");
@@ -185,17 +185,69 @@ fn tune_allocator() {
     }
 }
 
-/// 1000 programs hold thousands of fds; take all the kernel allows.
-fn raise_fd_limit() {
+/// What one process costs minder in fds at most: the read ends of its stdout
+/// and stderr pipes, its two log files, and the pipe ends held while it starts.
+const FDS_PER_PROCESS: u64 = 6;
+
+/// minder's own fds besides its processes': sockets, the event loop, its log,
+/// control connections and health probes.
+const FD_MARGIN: u64 = 64;
+
+/// 1000 programs hold thousands of fds: take all the kernel allows (as
+/// systemd does for its services), give children the limit minder was
+/// started with, and say at once when even the raised limit is too small.
+fn raise_fd_limit(config: &Config) {
     use nix::sys::resource::{getrlimit, setrlimit, Resource};
-    match getrlimit(Resource::RLIMIT_NOFILE) {
-        Ok((soft, hard)) if soft < hard => {
-            crate::process::set_child_fd_limit(soft, hard);
-            if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
-                tracing::warn!("raising RLIMIT_NOFILE to {hard}: {e}");
-            }
+    let (soft, hard) = match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok(limits) => limits,
+        Err(e) => {
+            tracing::warn!("reading RLIMIT_NOFILE: {e}");
+            return;
         }
-        Ok(_) => {}
-        Err(e) => tracing::warn!("reading RLIMIT_NOFILE: {e}"),
+    };
+    // After `reexec` this image starts with the limit the first one raised;
+    // children still get the one it was started with.
+    let original = original_soft_fd_limit(hard).unwrap_or(soft);
+    if original < hard {
+        crate::process::set_child_fd_limit(original, hard);
+    }
+    let mut limit = soft;
+    if soft < hard {
+        match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => limit = hard,
+            Err(e) => tracing::warn!("raising RLIMIT_NOFILE to {hard}: {e}"),
+        }
+    }
+    let processes: u64 = config
+        .programs
+        .iter()
+        .map(|p| u64::from(p.instances.max(1)))
+        .sum();
+    let needed = processes * FDS_PER_PROCESS + FD_MARGIN;
+    if needed > limit {
+        tracing::warn!(
+            "{processes} processes need about {needed} file descriptors \
+             ({FDS_PER_PROCESS} each and {FD_MARGIN} for minder itself), but RLIMIT_NOFILE \
+             lets minder open only {limit}: programs would fail to start with EMFILE; \
+             raise the hard limit (LimitNOFILE= in the systemd unit, or ulimit -n \
+             before starting minder)"
+        );
+    }
+}
+
+/// The soft fd limit the first image was started with, as handed over by
+/// `reexec` (only together with its state).
+fn original_soft_fd_limit(hard: u64) -> Option<u64> {
+    std::env::var_os(reexec::STATE_FD_ENV)?;
+    let text = std::env::var(reexec::ORIGINAL_NOFILE_ENV).ok()?;
+    match text.parse::<u64>() {
+        Ok(soft) if soft <= hard => Some(soft),
+        _ => {
+            tracing::warn!(
+                "{}={text:?} is not a soft limit under the hard limit {hard}; ignored",
+                reexec::ORIGINAL_NOFILE_ENV
+            );
+            None
+        }
     }
 }

@@ -27,6 +27,11 @@ use crate::supervisor::ProcessStatus;
 /// The environment variable holding the state memfd's number.
 pub const STATE_FD_ENV: &str = "MINDER_REEXEC_FD";
 
+/// The environment variable telling the new image the soft RLIMIT_NOFILE
+/// the first one was started with (the new one starts with the raised
+/// limit, and children must still get the original).
+pub const ORIGINAL_NOFILE_ENV: &str = "MINDER_ORIGINAL_NOFILE";
+
 /// The state format this build writes and reads; printed by `--version` so an
 /// older image can refuse to hand over to a build that would not understand it.
 pub const STATE_VERSION: u32 = 1;
@@ -311,7 +316,7 @@ fn try_exec(
     }
     let mut envp = Vec::new();
     for (k, v) in std::env::vars_os() {
-        if k != STATE_FD_ENV {
+        if k != STATE_FD_ENV && k != ORIGINAL_NOFILE_ENV {
             let mut kv = k.as_bytes().to_vec();
             kv.push(b'=');
             kv.extend_from_slice(v.as_bytes());
@@ -321,6 +326,9 @@ fn try_exec(
     envp.push(cstr(
         format!("{STATE_FD_ENV}={}", file.as_raw_fd()).as_bytes(),
     )?);
+    if let Some(soft) = crate::process::child_fd_limit() {
+        envp.push(cstr(format!("{ORIGINAL_NOFILE_ENV}={soft}").as_bytes())?);
+    }
     let result = nix::unistd::execve(&path, &argv, &envp);
     // Still here: the exec failed. The memfd closes with `file`.
     drop(file);

@@ -108,6 +108,36 @@ fn malformed_lines_get_bad_request_and_the_connection_stays_usable() {
 }
 
 #[test]
+fn duplicate_key_request_is_refused() {
+    let mut d = Daemon::start(&program("a", &[], ""));
+    let a = d.wait_state("a", "running");
+    let mut c = Conn::open(&d);
+    for line in [
+        r#"{"cmd":"pid","cmd":"shutdown"}"#,
+        r#"{"cmd":"status","cmd":"stop","names":["a"]}"#,
+    ] {
+        let reply = c.call(line);
+        assert_eq!(error_kind(&reply), "bad_request", "{line}: {reply}");
+        let message = reply.pointer("/error/message").and_then(Value::as_str);
+        assert!(
+            message.is_some_and(|m| m.contains("duplicate key \"cmd\"")),
+            "{line}: {reply}"
+        );
+    }
+    // Nothing was done: the daemon and its process are as they were, and
+    // the connection still serves.
+    assert!(d.try_wait().is_none(), "the daemon exited");
+    let pid = c.call(r#"{"cmd":"pid"}"#);
+    assert_eq!(
+        pid.pointer("/ok/pid").and_then(Value::as_i64),
+        Some(i64::from(d.pid())),
+        "{pid}"
+    );
+    let now = d.proc("a");
+    assert_eq!((now.state.as_str(), now.pid), ("running", a.pid));
+}
+
+#[test]
 fn unsupported_version_and_unknown_name() {
     let d = Daemon::start(&program("a", &[], ""));
     let mut c = Conn::open(&d);

@@ -50,12 +50,19 @@ pub fn stream(
     }
     let mut line = serde_json::to_vec(&body).map_err(|e| protocol(io::Error::other(e)))?;
     line.push(b'\n');
-    (&stream).write_all(&line).map_err(protocol)?;
+    // A daemon that refuses this peer answers and closes without reading the
+    // request, so the write may fail (EPIPE, ECONNRESET) with the answer
+    // already waiting: read it before reporting the write.
+    let mut unsent = (&stream).write_all(&line).err();
     let mut reader = BufReader::new(&stream);
     loop {
         let mut reply = String::new();
-        if reader.read_line(&mut reply).map_err(protocol)? == 0 {
-            return Ok(());
+        let read = reader.read_line(&mut reply);
+        match (read, unsent.take()) {
+            (Ok(n), _) if n > 0 => {}
+            (_, Some(write_error)) => return Err(protocol(write_error)),
+            (Ok(_), None) => return Ok(()),
+            (Err(read_error), None) => return Err(protocol(read_error)),
         }
         let reply = serde_json::from_str(&reply)
             .map_err(|e| protocol(io::Error::other(format!("unreadable reply: {e}"))))?;

@@ -304,6 +304,13 @@ pub struct EventsStart {
 pub fn parse_request(line: &[u8]) -> Result<Request, Reply> {
     let mut value: serde_json::Value = serde_json::from_slice(line)
         .map_err(|e| Reply::error(ErrorKind::BadRequest, format!("not a JSON object: {e}")))?;
+    // serde_json keeps the last of two equal keys: `{"cmd":"pid","cmd":"shutdown"}`
+    // would shut down a daemon that a log of the request says was asked its pid.
+    serde::de::DeserializeSeed::deserialize(
+        NoDuplicateKeys,
+        &mut serde_json::Deserializer::from_slice(line),
+    )
+    .map_err(|e| Reply::error(ErrorKind::BadRequest, format!("invalid request: {e}")))?;
     let object = value
         .as_object_mut()
         .ok_or_else(|| Reply::error(ErrorKind::BadRequest, "request must be a JSON object"))?;
@@ -317,6 +324,67 @@ pub fn parse_request(line: &[u8]) -> Result<Request, Reply> {
     }
     serde_json::from_value(value)
         .map_err(|e| Reply::error(ErrorKind::BadRequest, format!("invalid request: {e}")))
+}
+
+/// Walks a JSON document and fails on the first object that has a key twice
+/// (compared after unescaping), at any depth. serde_json bounds the depth;
+/// the document, the size of a request line.
+struct NoDuplicateKeys;
+
+impl<'de> serde::de::DeserializeSeed<'de> for NoDuplicateKeys {
+    type Value = ();
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for NoDuplicateKeys {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_str<E>(self, _: &str) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_unit<E>(self) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while seq.next_element_seed(NoDuplicateKeys)?.is_some() {}
+        Ok(())
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let mut seen = std::collections::HashSet::new();
+        while let Some(key) = map.next_key::<String>()? {
+            map.next_value_seed(NoDuplicateKeys)?;
+            if let Some(key) = seen.replace(key) {
+                return Err(serde::de::Error::custom(format!("duplicate key {key:?}")));
+            }
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -360,6 +428,35 @@ mod tests {
             kind(br#"{"v":2,"cmd":"status"}"#),
             ErrorKind::UnsupportedVersion
         );
+    }
+
+    #[test]
+    fn duplicate_keys_are_refused_at_any_depth() {
+        for line in [
+            &br#"{"cmd":"pid","cmd":"shutdown"}"#[..],
+            br#"{"v":1,"cmd":"status","v":1}"#,
+            // Equal once unescaped.
+            br#"{"cmd":"pid","c\u006dd":"shutdown"}"#,
+            br#"{"cmd":"start","names":["a"],"names":["b"]}"#,
+            br#"{"cmd":"status","names":[{"x":1,"x":2}]}"#,
+            br#"{"cmd":"tail","name":"a","extra":{"deep":{"k":1,"k":1}}}"#,
+        ] {
+            match parse_request(line) {
+                Err(Reply::Error(body)) => {
+                    assert_eq!(body.kind, ErrorKind::BadRequest, "{body:?}");
+                    assert!(body.message.contains("duplicate key"), "{body:?}");
+                }
+                other => panic!(
+                    "{}: expected a duplicate key error, got {other:?}",
+                    String::from_utf8_lossy(line)
+                ),
+            }
+        }
+        // The same key in different objects is no duplicate.
+        let mut siblings =
+            serde_json::Deserializer::from_slice(br#"{"a":{"k":1},"b":[{"k":1},{"k":2}]}"#);
+        serde::de::DeserializeSeed::deserialize(NoDuplicateKeys, &mut siblings)
+            .expect("keys repeated only across objects");
     }
 
     #[test]

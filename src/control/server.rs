@@ -1,13 +1,16 @@
 //! The daemon's side of the control socket.
 
 use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use nix::unistd::{Gid, Group, Uid};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Notify};
 
 use super::protocol::{
     parse_request, ErrorKind, Reply, Request, StateEvent, TailChunk, MAX_REQUEST,
@@ -98,7 +101,6 @@ use std::os::unix::fs::DirBuilderExt;
 /// The control socket handed over by `reexec` (fd `fd`, already bound at
 /// `cfg.socket`), with the same access policy.
 pub fn adopt(cfg: &SupervisorConfig, fd: std::os::fd::RawFd) -> Result<ControlSocket, BindError> {
-    use std::os::fd::FromRawFd;
     let path = cfg.socket.clone();
     let io_err = |what: &'static str| {
         let path = path.clone();
@@ -188,28 +190,195 @@ impl Access {
     }
 }
 
+/// How long a connection may take to send each complete request line, and to
+/// take each reply, before it is closed: a client that connects and says
+/// nothing must not hold one of minder's fds for ever. A `tail --follow` or
+/// `events` stream is exempt once it has started.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// [`REQUEST_TIMEOUT`]; debug builds (the integration tests) may shorten it
+/// with `MINDER_TEST_REQUEST_TIMEOUT_MS`.
+fn request_timeout() -> Duration {
+    static TIMEOUT: std::sync::OnceLock<Duration> = std::sync::OnceLock::new();
+    *TIMEOUT.get_or_init(|| {
+        #[cfg(debug_assertions)]
+        if let Some(ms) = std::env::var("MINDER_TEST_REQUEST_TIMEOUT_MS")
+            .ok()
+            .and_then(|ms| ms.parse().ok())
+        {
+            return Duration::from_millis(ms);
+        }
+        REQUEST_TIMEOUT
+    })
+}
+
 /// Accepts connections until the runtime ends. Each connection holds a clone of
 /// `open`, so the daemon can wait for replies in flight before it exits.
 pub async fn serve(socket: ControlSocket, inputs: mpsc::Sender<Input>, open: mpsc::Sender<()>) {
+    // Wakes a paused accept loop when a connection ends and frees its fd.
+    let closed = Arc::new(Notify::new());
+    let mut spare = Spare::open();
+    let mut trouble = AcceptTrouble::default();
     loop {
         match socket.listener.accept().await {
             Ok((stream, _)) => {
+                trouble.recovered();
+                spare.reopen();
                 let inputs = inputs.clone();
                 let access = socket.access;
                 let open = open.clone();
+                let closed = Arc::clone(&closed);
                 tokio::spawn(async move {
                     if let Err(e) = connection(stream, access, inputs).await {
                         tracing::debug!("control connection: {e}");
                     }
                     drop(open);
+                    closed.notify_one();
                 });
             }
             Err(e) => {
-                // EMFILE and friends: report, and keep serving the connections we have.
-                tracing::warn!("accepting a control connection: {e}");
-                tokio::task::yield_now().await;
+                let out_of_fds = matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE));
+                trouble.report(&e, out_of_fds);
+                // The waiting client gets an answer, not a hang; the
+                // connection is gone from the queue, so this is no busy loop.
+                if out_of_fds && spare.refuse_one(&socket.listener) {
+                    continue;
+                }
+                // Accepting again at once would fail again at once: wait for
+                // a connection to end or, as fds may also be freed elsewhere
+                // (a process exiting), for a pause that grows to a second.
+                tokio::select! {
+                    () = tokio::time::sleep(trouble.pause()) => {}
+                    () = closed.notified() => {}
+                }
             }
         }
+    }
+}
+
+/// One fd held in reserve (on /dev/null) so that, when minder is out of fds,
+/// a waiting client can still be accepted and told so instead of hanging.
+struct Spare(Option<std::fs::File>);
+
+impl Spare {
+    fn open() -> Spare {
+        let mut spare = Spare(None);
+        spare.reopen();
+        spare
+    }
+
+    /// Takes the reserve fd back if it was given up (and an fd is free now).
+    fn reopen(&mut self) {
+        if self.0.is_none() {
+            self.0 = std::fs::File::open("/dev/null").ok();
+        }
+    }
+
+    /// Frees the reserve fd, accepts one waiting connection with it, sends the
+    /// client an error and closes it; true if a connection was refused so.
+    fn refuse_one(&mut self, listener: &UnixListener) -> bool {
+        if self.0.take().is_none() {
+            self.reopen();
+            return false;
+        }
+        // SAFETY: accept4 on our listening socket, with no address buffer;
+        // the returned fd, if any, is owned by the OwnedFd below.
+        let fd = unsafe {
+            libc::accept4(
+                listener.as_raw_fd(),
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+                libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
+            )
+        };
+        let refused = fd >= 0;
+        if refused {
+            // SAFETY: accept4 just returned this fd and nothing else owns it.
+            let conn = unsafe { OwnedFd::from_raw_fd(fd) };
+            let reply = Reply::error(
+                ErrorKind::Failed,
+                "minder is out of file descriptors and cannot serve this connection; \
+                 try again, or raise its limit (LimitNOFILE=, ulimit -n)",
+            );
+            if let Ok(mut line) = serde_json::to_vec(&reply) {
+                line.push(b'\n');
+                // A fresh socket's buffer holds one short line: no blocking,
+                // and a client that went away already is no concern here.
+                let _ = nix::sys::socket::send(
+                    conn.as_raw_fd(),
+                    &line,
+                    nix::sys::socket::MsgFlags::MSG_NOSIGNAL
+                        | nix::sys::socket::MsgFlags::MSG_DONTWAIT,
+                );
+            }
+            drop(conn);
+        }
+        self.reopen();
+        refused
+    }
+}
+
+/// Accept errors in a row: the pause before the next try, and at most one
+/// log line a second however often accept fails.
+#[derive(Default)]
+struct AcceptTrouble {
+    /// Errors since the last success.
+    in_a_row: u32,
+    /// Errors not logged since the last line.
+    unreported: u64,
+    last_report: Option<Instant>,
+}
+
+impl AcceptTrouble {
+    const FIRST_PAUSE: Duration = Duration::from_millis(10);
+    const MAX_PAUSE: Duration = Duration::from_secs(1);
+    const REPORT_EVERY: Duration = Duration::from_secs(1);
+
+    fn report(&mut self, e: &io::Error, out_of_fds: bool) {
+        self.in_a_row = self.in_a_row.saturating_add(1);
+        if self
+            .last_report
+            .is_some_and(|at| at.elapsed() < Self::REPORT_EVERY)
+        {
+            self.unreported += 1;
+            return;
+        }
+        let hint = if out_of_fds {
+            " (minder is out of file descriptors: raise LimitNOFILE= or ulimit -n)"
+        } else {
+            ""
+        };
+        if self.unreported > 0 {
+            tracing::warn!(
+                "accepting a control connection: {e}{hint}; {} more such errors not logged",
+                self.unreported
+            );
+        } else {
+            tracing::warn!("accepting a control connection: {e}{hint}");
+        }
+        self.unreported = 0;
+        self.last_report = Some(Instant::now());
+    }
+
+    /// 10 ms, doubling with each error in a row, at most a second.
+    fn pause(&self) -> Duration {
+        let doublings = self.in_a_row.saturating_sub(1).min(7);
+        (Self::FIRST_PAUSE * 2u32.pow(doublings)).min(Self::MAX_PAUSE)
+    }
+
+    fn recovered(&mut self) {
+        if self.in_a_row == 0 {
+            return;
+        }
+        if self.unreported > 0 {
+            tracing::warn!(
+                "accepting control connections again; {} more errors were not logged",
+                self.unreported
+            );
+        } else {
+            tracing::info!("accepting control connections again");
+        }
+        *self = AcceptTrouble::default();
     }
 }
 
@@ -220,21 +389,25 @@ async fn connection(
 ) -> io::Result<()> {
     let allowed = access.allows(&stream);
     let (read, mut write) = stream.into_split();
-    if !allowed {
-        let reply = Reply::error(
-            ErrorKind::PermissionDenied,
-            "permission denied: only root, minder's user and socket_group may use this socket",
-        );
-        return send(&mut write, &reply).await;
-    }
     let mut reader = BufReader::new(read);
+    if !allowed {
+        return refuse(write, reader).await;
+    }
     loop {
         let mut line = Vec::new();
-        let n = (&mut reader)
-            .take(MAX_REQUEST as u64 + 1)
-            .read_until(b'\n', &mut line)
-            .await?;
-        if n == 0 {
+        let mut limited = (&mut reader).take(MAX_REQUEST as u64 + 1);
+        let read = limited.read_until(b'\n', &mut line);
+        let Ok(n) = tokio::time::timeout(request_timeout(), read).await else {
+            let reply = Reply::error(
+                ErrorKind::BadRequest,
+                format!(
+                    "no complete request within {}; closing the connection",
+                    humantime::format_duration(request_timeout())
+                ),
+            );
+            return send_bounded(&mut write, &reply).await;
+        };
+        if n? == 0 {
             return Ok(());
         }
         if line.last() == Some(&b'\n') {
@@ -244,7 +417,7 @@ async fn connection(
                 ErrorKind::TooLarge,
                 format!("request longer than {MAX_REQUEST} bytes"),
             );
-            return send(&mut write, &reply).await;
+            return send_bounded(&mut write, &reply).await;
         }
         if line.iter().all(u8::is_ascii_whitespace) {
             continue;
@@ -282,8 +455,53 @@ async fn connection(
                 .await
                 .unwrap_or_else(|e| e),
         };
-        send(&mut write, &reply).await?;
+        send_bounded(&mut write, &reply).await?;
     }
+}
+
+/// Tells a peer that is not allowed so, and closes. The request it may still
+/// be writing is read and dropped for a moment first: closing with it unread
+/// would fail the client's write (EPIPE) before the client has read why.
+async fn refuse(
+    mut write: tokio::net::unix::OwnedWriteHalf,
+    mut reader: BufReader<tokio::net::unix::OwnedReadHalf>,
+) -> io::Result<()> {
+    let reply = Reply::error(
+        ErrorKind::PermissionDenied,
+        "permission denied: only root, minder's user and socket_group may use this socket",
+    );
+    send_bounded(&mut write, &reply).await?;
+    write.shutdown().await?;
+    let drain = async {
+        let mut sink = [0u8; 4096];
+        let mut left = MAX_REQUEST;
+        while left > 0 {
+            match reader.read(&mut sink).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => left = left.saturating_sub(n),
+            }
+        }
+    };
+    let _ = tokio::time::timeout(REFUSAL_DRAIN, drain).await;
+    Ok(())
+}
+
+/// How long a refused peer's request is read and dropped before the close.
+const REFUSAL_DRAIN: Duration = Duration::from_secs(1);
+
+/// [`send`], giving up on a client that does not take its reply in time.
+async fn send_bounded(
+    write: &mut tokio::net::unix::OwnedWriteHalf,
+    reply: &Reply,
+) -> io::Result<()> {
+    tokio::time::timeout(request_timeout(), send(write, reply))
+        .await
+        .unwrap_or_else(|_| {
+            Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the client did not read its reply",
+            ))
+        })
 }
 
 /// Hands a request to the supervisor loop and waits for its answer; a full

@@ -8,8 +8,8 @@ mod spawn;
 pub use reaper::{ExitReceiver, Reaper};
 pub use run::{run_captured, Capture, RunError};
 pub use spawn::{
-    set_child_fd_limit, spawn, spawn_unconfirmed, Output, PendingReport, SpawnError, SpawnRequest,
-    SpawnStage, Spawned,
+    child_fd_limit, set_child_fd_limit, spawn, spawn_unconfirmed, Output, PendingReport,
+    SpawnError, SpawnRequest, SpawnStage, Spawned,
 };
 
 use nix::sys::signal::{self, Signal};

@@ -41,6 +41,7 @@ const NOT_INHERITED: &[&str] = &[
     "WATCHDOG_USEC",
     "WATCHDOG_PID",
     crate::reexec::STATE_FD_ENV,
+    crate::reexec::ORIGINAL_NOFILE_ENV,
 ];
 
 /// The RLIMIT_NOFILE minder itself was started with, restored in children:
@@ -54,6 +55,13 @@ pub fn set_child_fd_limit(soft: u64, hard: u64) {
         rlim_cur: soft,
         rlim_max: hard,
     });
+}
+
+/// The soft fd limit children get, if it differs from minder's own.
+pub fn child_fd_limit() -> Option<u64> {
+    // `rlim_t` is 32 bits wide on some targets.
+    #[allow(clippy::unnecessary_cast)]
+    CHILD_NOFILE.get().map(|l| l.rlim_cur as u64)
 }
 
 /// Used when neither the child's nor minder's environment has `PATH`.

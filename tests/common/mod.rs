@@ -253,6 +253,8 @@ pub struct Daemon {
     exited: Option<ExitStatus>,
     /// Extra `[supervisor]` keys, kept for rewrites of the config.
     supervisor_extra: String,
+    /// RLIMIT_NOFILE (soft, hard) the daemon is started with, if not the test's.
+    nofile: Option<(u64, u64)>,
 }
 
 impl Daemon {
@@ -283,6 +285,7 @@ impl Daemon {
             child: None,
             exited: None,
             supervisor_extra: supervisor_extra.to_owned(),
+            nofile: None,
         };
         d.write_config(body);
         d
@@ -296,6 +299,12 @@ impl Daemon {
     /// A path inside the temp dir.
     pub fn path(&self, rel: &str) -> PathBuf {
         self.dir.path().join(rel)
+    }
+
+    /// Starts the daemon (at the next [`Daemon::spawn`]) with this RLIMIT_NOFILE.
+    /// Raising the hard limit above the test's own needs root.
+    pub fn set_nofile(&mut self, soft: u64, hard: u64) {
+        self.nofile = Some((soft, hard));
     }
 
     /// Replaces the extra `[supervisor]` keys used by later [`Daemon::write_config`] calls.
@@ -344,7 +353,26 @@ impl Daemon {
     pub fn spawn_with(&mut self, args: &[&str], env: &[(&str, &str)]) {
         assert!(self.child.is_none(), "daemon already started");
         let log = fs::File::create(&self.log_path).expect("creating daemon.log");
-        let child = Command::new(MINDER)
+        let mut cmd = Command::new(MINDER);
+        if let Some((soft, hard)) = self.nofile {
+            use std::os::unix::process::CommandExt;
+            let limit = libc::rlimit {
+                rlim_cur: soft as libc::rlim_t,
+                rlim_max: hard as libc::rlim_t,
+            };
+            // SAFETY: setrlimit is async-signal-safe and touches no memory of
+            // the parent; `limit` is a plain copy moved into the closure.
+            unsafe {
+                cmd.pre_exec(move || {
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
+                        Ok(())
+                    } else {
+                        Err(std::io::Error::last_os_error())
+                    }
+                });
+            }
+        }
+        let child = cmd
             .arg("daemon")
             .arg("-c")
             .arg(&self.config_path)
