@@ -363,7 +363,13 @@ fn read_state(fd_text: &str) -> Result<SavedState, String> {
     let mut text = String::new();
     file.read_to_string(&mut text)
         .map_err(|e| format!("reading the handed-over state: {e}"))?;
-    let value: serde_json::Value = serde_json::from_str(&text)
+    decode_state(&text)
+}
+
+/// The state from the text the previous image wrote (public for the fuzz target).
+#[doc(hidden)]
+pub fn decode_state(text: &str) -> Result<SavedState, String> {
+    let value: serde_json::Value = serde_json::from_str(text)
         .map_err(|e| format!("the handed-over state is not JSON: {e}"))?;
     match value.get("version").and_then(serde_json::Value::as_u64) {
         Some(v) if v == u64::from(STATE_VERSION) => {}

@@ -686,12 +686,14 @@ impl Machine {
                 | State::Fatal,
                 Event::Spawned(_),
             ) => Vec::new(),
+            // A child being stopped that turns out never to have run the
+            // program (its exec failed) has exited, with code 127: that is
+            // the exit the stop waits for.
+            (State::Stopping { .. }, Event::SpawnFailed(_)) => {
+                self.transition(cfg, Event::Exited(ProcessEnd::Exited(127)), now, sample)
+            }
             (
-                State::Stopped
-                | State::Backoff { .. }
-                | State::Stopping { .. }
-                | State::Exited
-                | State::Fatal,
+                State::Stopped | State::Backoff { .. } | State::Exited | State::Fatal,
                 Event::SpawnFailed(_),
             ) => Vec::new(),
 
@@ -1136,6 +1138,9 @@ pub fn short_duration(d: Duration) -> String {
         format!("{}d", d.as_secs() / 86_400)
     }
 }
+
+#[cfg(test)]
+mod proptests;
 
 #[cfg(test)]
 mod tests {
