@@ -701,3 +701,60 @@ fn an_exec_failure_while_stopping_ends_the_stop() {
     assert_eq!(m.stop_outcome(), Outcome::Done);
     assert_eq!(m.deadline(&cfg), None);
 }
+
+/// A program removed while the old process of a rolling restart drains: the
+/// machine waits for that process (and sends its SIGKILL after
+/// `stop_timeout`) before it reports `Removed`, which ends the actor and with
+/// it every timer.
+#[test]
+fn removal_waits_for_the_draining_process_of_a_rolling_restart() {
+    let cfg = program(Knobs {
+        ready: ReadyBy::Timer(0),
+        stop_timeout_ms: 2000,
+        kill_group: false,
+        restart: RestartPolicy::Always,
+        max_retries: 0,
+        backoff_ms: 500,
+        rolling: true,
+        watchdog_ms: 0,
+    });
+    let now = Instant::now();
+    let (old, new) = (Pid::from_raw(41), Pid::from_raw(42));
+    let mut m = Machine::new(now);
+    m.step(&cfg, Event::Start, now, 0.0);
+    m.step(&cfg, Event::Spawned(old), now, 0.0);
+    assert_eq!(
+        m.step(&cfg, Event::Restart, now, 0.0),
+        vec![Effect::Retire, Effect::Spawn]
+    );
+    m.step(&cfg, Event::Spawned(new), now, 0.0);
+    assert!(
+        m.retiring.is_some_and(|r| r.stop_sent.is_some()),
+        "{:?}",
+        m.retiring
+    );
+    m.step(&cfg, Event::Remove, now, 0.0);
+    let effects = m.step(&cfg, Event::Exited(ProcessEnd::Exited(0)), now, 0.0);
+    assert!(!effects.contains(&Effect::Removed), "{effects:?}");
+    let due = m
+        .deadline(&cfg)
+        .expect("the draining process's SIGKILL is still due");
+    assert_eq!(due, now + cfg.stop_timeout);
+    assert_eq!(
+        m.step(&cfg, Event::Deadline, due, 0.0),
+        vec![Effect::Signal {
+            pid: old,
+            signal: Signal::SIGKILL,
+            group: false
+        }]
+    );
+    assert_eq!(
+        m.step(
+            &cfg,
+            Event::RetiredExited(ProcessEnd::Signaled(9)),
+            due,
+            0.0
+        ),
+        vec![Effect::Removed]
+    );
+}
