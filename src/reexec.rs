@@ -371,7 +371,13 @@ fn read_state(fd_text: &str) -> Result<SavedState, String> {
     let mut text = String::new();
     file.read_to_string(&mut text)
         .map_err(|e| format!("reading the handed-over state: {e}"))?;
-    let value: serde_json::Value = serde_json::from_str(&text)
+    decode_state(&text)
+}
+
+/// The state from the text the previous image wrote (public for the fuzz target).
+#[doc(hidden)]
+pub fn decode_state(text: &str) -> Result<SavedState, String> {
+    let value: serde_json::Value = serde_json::from_str(text)
         .map_err(|e| format!("the handed-over state is not JSON: {e}"))?;
     match value.get("version").and_then(serde_json::Value::as_u64) {
         Some(v) if v == u64::from(STATE_VERSION) => {}
@@ -381,7 +387,21 @@ fn read_state(fd_text: &str) -> Result<SavedState, String> {
             ))
         }
     }
-    serde_json::from_value(value).map_err(|e| format!("the handed-over state is invalid: {e}"))
+    let state: SavedState = serde_json::from_value(value)
+        .map_err(|e| format!("the handed-over state is invalid: {e}"))?;
+    // Waited for and signalled later: 0 or a negative number would reach a
+    // whole process group, or every process.
+    for p in &state.processes {
+        if let SavedPhase::Starting { pid, .. } | SavedPhase::Running { pid, .. } = p.phase {
+            if pid <= 0 {
+                return Err(format!(
+                    "the handed-over state is invalid: {} has pid {pid}",
+                    p.name
+                ));
+            }
+        }
+    }
+    Ok(state)
 }
 
 #[cfg(test)]
@@ -416,6 +436,20 @@ mod tests {
         let err = read_state(&state_in_a_memfd("garbage")).unwrap_err();
         assert!(err.contains("not JSON"), "{err}");
         assert!(read_state("nope").is_err());
+    }
+
+    #[test]
+    fn a_handed_over_state_with_a_pid_of_zero_or_less_is_refused() {
+        let running = |pid: i32| {
+            format!(
+                r#"{{"version":1,"config_path":"/etc/minder/minder.toml","control_fd":5,"notify_fd":6,"listen":[],"processes":[{{"name":"web","phase":{{"state":"running","pid":{pid},"started_ago_ms":1500}},"restarts":0,"failures":0,"backoff_step":0,"last_end":null,"description":"","changed_ago_ms":1500,"unhealthy":false}}]}}"#
+            )
+        };
+        assert!(decode_state(&running(42)).is_ok());
+        for pid in [0, -1] {
+            let err = decode_state(&running(pid)).unwrap_err();
+            assert!(err.contains(&format!("web has pid {pid}")), "{err}");
+        }
     }
 
     #[test]

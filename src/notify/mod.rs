@@ -110,8 +110,7 @@ async fn serve(socket: UnixDatagram, routes: NotifyRoutes) {
             .await;
         match received {
             Ok(Some((pid, len))) => {
-                let text = String::from_utf8_lossy(&buf[..len]);
-                routes.deliver(pid, NotifyMessage::parse(&text));
+                routes.deliver(pid, parse_datagram(&buf[..len]));
             }
             Ok(None) => tracing::debug!("notify datagram without credentials; ignored"),
             Err(e) => {
@@ -120,6 +119,13 @@ async fn serve(socket: UnixDatagram, routes: NotifyRoutes) {
             }
         }
     }
+}
+
+/// The message in one datagram; bytes that are not UTF-8 cannot match a key
+/// and are replaced (public for the fuzz target).
+#[doc(hidden)]
+pub fn parse_datagram(datagram: &[u8]) -> NotifyMessage {
+    NotifyMessage::parse(&String::from_utf8_lossy(datagram))
 }
 
 /// One datagram and its sender's PID (from SCM_CREDENTIALS).

@@ -290,6 +290,9 @@ pub struct Machine {
     pub notify_status: Option<String>,
     /// The old process of a rolling restart in progress.
     pub retiring: Option<Retiring>,
+    /// The program left the config while a retiring process was still
+    /// draining: [`Effect::Removed`] waits for its exit (and SIGKILL).
+    pub removing: bool,
 }
 
 impl State {
@@ -369,6 +372,7 @@ impl Machine {
             watchdog_due: None,
             notify_status: None,
             retiring: None,
+            removing: false,
         }
     }
 
@@ -425,6 +429,8 @@ impl Machine {
                 effects.extend(self.stop_retiring(cfg, now));
                 event
             }
+            // Removal wins over anything asked later (see `set_after_stop`).
+            Event::Start | Event::Restart if self.removing => return effects,
             other => other,
         };
         effects.extend(self.transition(cfg, event, now, sample));
@@ -582,10 +588,7 @@ impl Machine {
             (
                 State::Stopped | State::Exited | State::Fatal | State::Backoff { .. },
                 Event::Remove,
-            ) => {
-                self.state = State::Stopped;
-                vec![Effect::Removed]
-            }
+            ) => self.removed(),
             // The actor feeds the spawn result right after `Effect::Spawn`, so no
             // request can arrive in `Spawning`; ignoring one is the safe answer.
             (State::Spawning, Event::Stop | Event::Restart | Event::Remove) => Vec::new(),
@@ -660,10 +663,7 @@ impl Machine {
                         self.backoff_step = 0;
                         effects.extend(self.spawn());
                     }
-                    AfterStop::Remove => {
-                        self.state = State::Stopped;
-                        effects.push(Effect::Removed);
-                    }
+                    AfterStop::Remove => effects.extend(self.removed()),
                     AfterStop::Retry { failed_start } => {
                         // The description already says why minder stopped it.
                         let cause = std::mem::take(&mut self.description);
@@ -695,12 +695,14 @@ impl Machine {
                 | State::Fatal,
                 Event::Spawned(_),
             ) => Vec::new(),
+            // A child being stopped that turns out never to have run the
+            // program (its exec failed) has exited, with code 127: that is
+            // the exit the stop waits for.
+            (State::Stopping { .. }, Event::SpawnFailed(_)) => {
+                self.transition(cfg, Event::Exited(ProcessEnd::Exited(127)), now, sample)
+            }
             (
-                State::Stopped
-                | State::Backoff { .. }
-                | State::Stopping { .. }
-                | State::Exited
-                | State::Fatal,
+                State::Stopped | State::Backoff { .. } | State::Exited | State::Fatal,
                 Event::SpawnFailed(_),
             ) => Vec::new(),
 
@@ -795,15 +797,21 @@ impl Machine {
             (_, Event::Notify { .. }) => Vec::new(),
 
             // --- the retiring process of a rolling restart ----------------------
-            (_, Event::RetiredExited(_)) => match self.retiring.take() {
-                // Descendants of the old process must not outlive it.
-                Some(old) if cfg.kill_group => vec![Effect::Signal {
-                    pid: old.pid,
-                    signal: Signal::SIGKILL,
-                    group: true,
-                }],
-                _ => Vec::new(),
-            },
+            (_, Event::RetiredExited(_)) => {
+                let mut effects = match self.retiring.take() {
+                    // Descendants of the old process must not outlive it.
+                    Some(old) if cfg.kill_group => vec![Effect::Signal {
+                        pid: old.pid,
+                        signal: Signal::SIGKILL,
+                        group: true,
+                    }],
+                    _ => Vec::new(),
+                };
+                if self.removing {
+                    effects.push(Effect::Removed);
+                }
+                effects
+            }
         }
     }
 
@@ -904,6 +912,17 @@ impl Machine {
             effects.extend(self.ready(cfg, pid, now));
         }
         effects
+    }
+
+    /// Stopped for good: the actor ends, unless a retiring process still
+    /// drains (its stop timeout and SIGKILL are this machine's to run).
+    fn removed(&mut self) -> Vec<Effect> {
+        self.state = State::Stopped;
+        if self.retiring.is_some() {
+            self.removing = true;
+            return Vec::new();
+        }
+        vec![Effect::Removed]
     }
 
     fn spawn(&mut self) -> Vec<Effect> {
@@ -1145,6 +1164,9 @@ pub fn short_duration(d: Duration) -> String {
         format!("{}d", d.as_secs() / 86_400)
     }
 }
+
+#[cfg(test)]
+mod proptests;
 
 #[cfg(test)]
 mod tests {
