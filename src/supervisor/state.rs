@@ -1174,7 +1174,8 @@ mod tests {
     use crate::config::BackoffConfig;
     use std::path::PathBuf;
 
-    fn cfg() -> ProgramConfig {
+    /// A plain program; the property tests start from it too.
+    pub(super) fn cfg() -> ProgramConfig {
         ProgramConfig {
             name: "web".into(),
             file: PathBuf::from("/etc/minder/minder.toml"),

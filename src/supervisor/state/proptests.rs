@@ -10,7 +10,6 @@
 //! stop signal or ignores it, and dies of SIGKILL.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
@@ -19,8 +18,8 @@ use proptest::prelude::*;
 
 use super::*;
 use crate::config::{
-    BackoffConfig, HealthConfig, ListenAddress, LogsConfig, OnUnhealthy, ProbeTarget,
-    ProgramConfig, RestartPolicy,
+    BackoffConfig, HealthConfig, ListenAddress, OnUnhealthy, ProbeTarget, ProgramConfig,
+    RestartPolicy,
 };
 use crate::process::ProcessEnd;
 
@@ -47,27 +46,13 @@ struct Knobs {
 fn program(k: Knobs) -> ProgramConfig {
     let ms = Duration::from_millis;
     ProgramConfig {
-        name: "web".into(),
-        file: PathBuf::from("/etc/minder/minder.toml"),
-        command: vec!["/bin/web".into()],
-        directory: PathBuf::from("/"),
-        environment: Vec::new(),
-        clear_env: false,
-        user: None,
-        group: None,
-        autostart: true,
         restart: k.restart,
-        exit_codes: vec![0],
         start_secs: match k.ready {
             ReadyBy::Timer(t) => ms(t),
             _ => ms(1000),
         },
-        stop_signal: Signal::SIGTERM,
         stop_timeout: ms(k.stop_timeout_ms),
         kill_group: k.kill_group,
-        instances: 1,
-        port: None,
-        depends_on: Vec::new(),
         backoff: BackoffConfig {
             initial: ms(k.backoff_ms),
             max: ms(k.backoff_ms * 4),
@@ -76,7 +61,6 @@ fn program(k: Knobs) -> ProgramConfig {
             reset_after: ms(10_000),
             max_retries: k.max_retries,
         },
-        logs: LogsConfig::default(),
         health: match k.ready {
             ReadyBy::Probe(on_unhealthy) => Some(HealthConfig {
                 probe: ProbeTarget::Http("http://127.0.0.1:8080/health".into()),
@@ -97,8 +81,7 @@ fn program(k: Knobs) -> ProgramConfig {
         } else {
             Vec::new()
         },
-        listen_names: Vec::new(),
-        listen_mode: 0o660,
+        ..super::tests::cfg()
     }
 }
 
