@@ -553,9 +553,11 @@ impl ProcessActor {
             let mut new_pid = None;
             for effect in effects {
                 match effect {
-                    // A second spawn in one go means the first failed and the
-                    // backoff is zero: defer it, or a missing binary would
-                    // keep this task busy forever.
+                    // A second spawn in one go would mean the first failed at
+                    // once and was retried without a wait; the machine waits
+                    // after such a failure (see MIN_DELAY_AFTER_FAILED_SPAWN),
+                    // so this is a safeguard: defer it rather than lose track
+                    // of a process or keep this task busy.
                     Effect::Spawn if spawned => self.spawn_deferred = true,
                     Effect::Spawn => {
                         spawned = true;

@@ -1046,7 +1046,10 @@ impl Machine {
         now: Instant,
         sample: f64,
     ) -> Vec<Effect> {
-        let delay = backoff::delay(&cfg.backoff, self.backoff_step, sample);
+        let mut delay = backoff::delay(&cfg.backoff, self.backoff_step, sample);
+        if matches!(self.state, State::Spawning) {
+            delay = delay.max(MIN_DELAY_AFTER_FAILED_SPAWN);
+        }
         self.backoff_step = self.backoff_step.saturating_add(1);
         if delay.is_zero() {
             self.restarts += 1;
@@ -1138,6 +1141,15 @@ fn ready_within(cfg: &ProgramConfig) -> Duration {
 }
 
 /// `t + d`, saturating: durations come from users and may be absurdly long.
+/// A spawn that failed before any process existed (out of file descriptors or
+/// memory, log pipes that could not be made) waits at least this long before
+/// the next try, even with a zero backoff (systemd's default `RestartSec=`):
+/// such a cause takes time to clear, and a retry at once would keep the actor
+/// spinning without ever reading its mailbox, so not even a stop got in.
+/// A failed exec is reported by the child after the fact, with its exit, and
+/// follows the backoff as it is.
+const MIN_DELAY_AFTER_FAILED_SPAWN: Duration = Duration::from_millis(100);
+
 fn after(t: Instant, d: Duration) -> Instant {
     t.checked_add(d)
         .or_else(|| t.checked_add(Duration::from_secs(u64::from(u32::MAX))))
@@ -1410,6 +1422,33 @@ mod tests {
             "exec \"/x\": No such file or directory".into(),
         ));
         assert_eq!(b.state(), "fatal");
+    }
+
+    #[test]
+    fn a_spawn_that_fails_at_once_waits_even_with_a_zero_backoff() {
+        let zero = BackoffConfig {
+            initial: Duration::ZERO,
+            max: Duration::ZERO,
+            ..cfg().backoff
+        };
+        let mut b = Bench::new(ProgramConfig {
+            backoff: zero,
+            ..cfg()
+        });
+        b.feed(Event::Start);
+        let effects = b.feed(Event::SpawnFailed(
+            "creating log pipes: Too many open files".into(),
+        ));
+        assert!(effects.is_empty(), "{effects:?}");
+        assert_eq!(b.state(), "backoff");
+        // The actor reads its mailbox while waiting: a stop gets in.
+        b.feed(Event::Stop);
+        assert_eq!(b.state(), "stopped");
+
+        // After the wait, it tries again.
+        b.feed(Event::Start);
+        b.feed(Event::SpawnFailed("out of memory".into()));
+        assert_eq!(b.at(100).feed(Event::Deadline), vec![Effect::Spawn]);
     }
 
     #[test]
