@@ -19,3 +19,4 @@ pub mod sockets;
 pub mod supervisor;
 pub mod systemd;
 pub mod text;
+pub mod users;

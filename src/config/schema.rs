@@ -258,20 +258,14 @@ fn file_mode(v: &Value<'_>) -> Result<u32, ValueError> {
 /// typo before a daemon running as root fails to start the program.
 fn known_user(v: &Value<'_>) -> Result<String, ValueError> {
     let name = conv::user_or_id(v)?;
-    let found = match name.parse::<u32>() {
-        Ok(id) => nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(id)).map(|u| u.is_some()),
-        Err(_) => nix::unistd::User::from_name(&name).map(|u| u.is_some()),
-    };
+    let found = crate::users::user(&name).map(|u| u.is_some());
     identity_found(found, "user", name, v)
 }
 
 /// A `group` or `socket_group`: like [`known_user`], in the group database.
 fn known_group(v: &Value<'_>) -> Result<String, ValueError> {
     let name = conv::user_or_id(v)?;
-    let found = match name.parse::<u32>() {
-        Ok(id) => nix::unistd::Group::from_gid(nix::unistd::Gid::from_raw(id)).map(|g| g.is_some()),
-        Err(_) => nix::unistd::Group::from_name(&name).map(|g| g.is_some()),
-    };
+    let found = crate::users::group(&name).map(|g| g.is_some());
     identity_found(found, "group", name, v)
 }
 

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use nix::unistd::{Gid, Group, Uid};
+use nix::unistd::{Gid, Uid};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, oneshot, Notify};
@@ -122,11 +122,7 @@ pub fn adopt(cfg: &SupervisorConfig, fd: std::os::fd::RawFd) -> Result<ControlSo
 }
 
 fn resolve_group(name: &str) -> Result<Gid, BindError> {
-    let found = match name.parse::<u32>() {
-        Ok(id) => Group::from_gid(Gid::from_raw(id)),
-        Err(_) => Group::from_name(name),
-    };
-    match found {
+    match crate::users::group(name) {
         Ok(Some(group)) => Ok(group.gid),
         _ => Err(BindError::NoSuchGroup(name.to_string())),
     }

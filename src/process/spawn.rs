@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
 use nix::fcntl::OFlag;
-use nix::unistd::{Gid, Group, Pid, Uid, User};
+use nix::unistd::{Gid, Pid, Uid, User};
 use tokio::sync::oneshot;
 
 use super::{ExitReceiver, Reaper};
@@ -952,25 +952,15 @@ fn resolve_identity(
     let cred_err = |msg: String| SpawnError::plain(SpawnStage::Credentials, msg);
     let user = match user {
         None => None,
-        Some(name) => {
-            let found = match name.parse::<u32>() {
-                Ok(id) => User::from_uid(Uid::from_raw(id)),
-                Err(_) => User::from_name(name),
-            };
-            Some(
-                found
-                    .map_err(|e| cred_err(format!("looking up user {name:?}: {}", e.desc())))?
-                    .ok_or_else(|| cred_err(format!("no such user {name:?}")))?,
-            )
-        }
+        Some(name) => Some(
+            crate::users::user(name)
+                .map_err(|e| cred_err(format!("looking up user {name:?}: {}", e.desc())))?
+                .ok_or_else(|| cred_err(format!("no such user {name:?}")))?,
+        ),
     };
     let gid = match group {
         Some(name) => {
-            let found = match name.parse::<u32>() {
-                Ok(id) => Group::from_gid(Gid::from_raw(id)),
-                Err(_) => Group::from_name(name),
-            };
-            found
+            crate::users::group(name)
                 .map_err(|e| cred_err(format!("looking up group {name:?}: {}", e.desc())))?
                 .ok_or_else(|| cred_err(format!("no such group {name:?}")))?
                 .gid
