@@ -582,9 +582,7 @@ fn reload_summary(reply: &ReloadReply) -> String {
 /// with an indented line under a process for each predecessor still draining
 /// after a rolling restart (part of that process, not a row of its own).
 pub fn status_table(processes: &[ProcessInfo]) -> String {
-    let uptime = |secs: f64| {
-        crate::supervisor::state::short_duration(std::time::Duration::from_secs_f64(secs))
-    };
+    let uptime = |secs: f64| crate::text::short_duration(std::time::Duration::from_secs_f64(secs));
     let rows: Vec<[String; 7]> = processes
         .iter()
         .map(|p| {

@@ -1,4 +1,7 @@
-//! `minder daemon`: process-wide setup, then the supervisor loop.
+//! `minder daemon`: process-wide setup, then the supervisor loop with the
+//! layers that plug into it: the control socket, `/metrics`, hooks and
+//! systemd subscribe to what the supervisor publishes and send it requests;
+//! the supervisor itself knows none of them.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -7,13 +10,16 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
 
 use crate::config::Config;
+use crate::control::dispatch::Shared;
 use crate::control::server;
 use crate::health::Prober;
+use crate::hooks::{self, HookContext};
+use crate::metrics;
 use crate::notify::{self, NotifyRoutes};
 use crate::process::Reaper;
 use crate::reexec;
 use crate::supervisor::{Context, Input, Supervisor, INPUT_QUEUE};
-use crate::systemd::Systemd;
+use crate::systemd::{self, Systemd};
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 
@@ -93,30 +99,22 @@ async fn serve(config: Config, options: Options) -> Result<(), DaemonError> {
     };
     let context = Arc::new(Context {
         prober: Prober::new(Arc::clone(&reaper)),
-        reaper,
+        reaper: Arc::clone(&reaper),
         notify_routes,
         notify_socket: notify_socket.clone(),
-        state_changes: Arc::new(tokio::sync::Notify::new()),
-        events: tokio::sync::broadcast::channel(EVENT_QUEUE).0,
-        counters: Arc::default(),
-        handover_fds: (socket.listener.as_raw_fd(), notify_fd),
-        // Resolved now: after an upgrade on disk, /proc/self/exe names a deleted file.
-        self_exe: std::env::current_exe()
-            .map(|p| PathBuf::from(p.to_string_lossy().trim_end_matches(" (deleted)")))
-            .unwrap_or_else(|_| PathBuf::from("/usr/bin/minder")),
+        transitions: tokio::sync::broadcast::channel(EVENT_QUEUE).0,
     });
-    let metrics = match config.supervisor.metrics {
-        Some(address) => {
-            Some(crate::metrics::bind(address).map_err(|e| DaemonError::Metrics(address, e))?)
-        }
+    let metrics_listener = match config.supervisor.metrics {
+        Some(address) => Some((
+            address,
+            metrics::bind(address).map_err(|e| DaemonError::Metrics(address, e))?,
+        )),
         None => None,
     };
     let socket_path = socket.path.clone();
+    let control_fd = socket.listener.as_raw_fd();
     let (inputs_tx, inputs_rx) = mpsc::channel(INPUT_QUEUE);
     spawn_signal_handlers(inputs_tx.clone())?;
-    let inputs_tx_for_supervisor = inputs_tx.clone();
-    let (open_tx, mut open_rx) = mpsc::channel::<()>(1);
-    let server = tokio::spawn(server::serve(socket, inputs_tx, open_tx));
     tracing::info!(
         "minder {} supervising {} programs; control socket {}",
         env!("CARGO_PKG_VERSION"),
@@ -124,14 +122,55 @@ async fn serve(config: Config, options: Options) -> Result<(), DaemonError> {
         socket_path.display()
     );
 
-    let systemd = Systemd::from_env(Arc::clone(&context.state_changes));
-    Supervisor::new(config, context, inputs_tx_for_supervisor, saved)
-        .with_metrics(metrics)
-        .with_systemd(systemd)
+    let resume = saved.as_ref().map(|saved| {
+        crate::logs::offer_saved_pipes(saved.logs.clone());
+        reexec::resume(saved, &config)
+    });
+    let supervisor = Supervisor::new(config, Arc::clone(&context), resume)
         .with_insecure_config(options.insecure_config)
-        .run(inputs_rx)
-        .await;
+        .with_exec(reexec::executor(control_fd, notify_fd));
+    // Every subscriber is subscribed before the supervisor runs: nothing it
+    // publishes is missed.
+    let phase = supervisor.phase();
+    let transitions = supervisor.transitions();
+    let counters = Arc::new(metrics::Counters::default());
+    let mut metrics = metrics::Server::new(inputs_tx.clone(), phase.clone(), Arc::clone(&counters));
+    if let Some((address, listener)) = metrics_listener {
+        metrics.start(address, listener);
+    }
+    let supervisor = supervisor.with_reload_gate(Box::new(move |new: &Config| {
+        metrics.move_to(new.supervisor.metrics)
+    }));
+    let _hooks = hooks::follow(
+        phase.clone(),
+        transitions.clone(),
+        HookContext {
+            reaper: Arc::clone(&reaper),
+            counters,
+        },
+    );
+    let systemd = tokio::spawn(systemd::run(
+        Systemd::from_env(Arc::new(tokio::sync::Notify::new())),
+        phase.clone(),
+        transitions.subscribe(),
+        inputs_tx.clone(),
+    ));
+    let shared = Shared {
+        inputs: inputs_tx,
+        phase,
+        reaper,
+        // Resolved now: after an upgrade on disk, /proc/self/exe names a deleted file.
+        self_exe: std::env::current_exe()
+            .map(|p| PathBuf::from(p.to_string_lossy().trim_end_matches(" (deleted)")))
+            .unwrap_or_else(|_| PathBuf::from("/usr/bin/minder")),
+    };
+    let (open_tx, mut open_rx) = mpsc::channel::<()>(1);
+    let server = tokio::spawn(server::serve(socket, shared, open_tx));
 
+    supervisor.run(inputs_rx).await;
+
+    // systemd hears STOPPING=1 (the supervisor is gone: its phase is final).
+    let _ = tokio::time::timeout(Duration::from_secs(1), systemd).await;
     // Accept nothing more, but let replies in flight (the one to `ctl shutdown`
     // among them) reach their clients: each connection holds an `open` sender.
     server.abort();
@@ -159,7 +198,7 @@ fn spawn_signal_handlers(inputs: mpsc::Sender<Input>) -> Result<(), DaemonError>
             let input = tokio::select! {
                 _ = term.recv() => Input::Terminate,
                 _ = int.recv() => Input::Terminate,
-                _ = hup.recv() => Input::Reload,
+                _ = hup.recv() => Input::Reload(None),
                 _ = usr1.recv() => Input::ReopenLogs,
             };
             if inputs.send(input).await.is_err() {

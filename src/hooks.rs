@@ -10,13 +10,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::{broadcast, mpsc, watch};
 use tokio::task::JoinHandle;
 
 use crate::config::{HookAction, HookConfig};
 use crate::control::protocol::StateEvent;
 use crate::metrics::Counters;
 use crate::process::{self, Capture, Output, ProcessEnd, Reaper, RunError, SpawnRequest};
+use crate::supervisor::{Phase, Transition};
 
 /// Events queued per hook while it is busy; more are dropped and counted.
 const HOOK_QUEUE: usize = 64;
@@ -50,7 +51,7 @@ impl Hooks {
     /// Starts the hooks of `configs`, seeing every event sent on `events` from now on.
     pub fn start(
         configs: &[HookConfig],
-        events: &broadcast::Sender<Arc<StateEvent>>,
+        transitions: &broadcast::Sender<Arc<Transition>>,
         context: HookContext,
     ) -> Hooks {
         if configs.is_empty() {
@@ -67,7 +68,7 @@ impl Hooks {
             .collect();
         // Subscribed here, not in the task: no event sent after `start`
         // returns can be missed.
-        let rx = events.subscribe();
+        let rx = transitions.subscribe();
         Hooks {
             dispatcher: Some(tokio::spawn(dispatch(rx, workers, context.counters))),
         }
@@ -89,14 +90,36 @@ fn matches(hook: &HookConfig, event: &StateEvent) -> bool {
         && (hook.programs.is_empty() || hook.programs.contains(&event.program))
 }
 
+/// Runs the hooks of the config in force until the supervisor is gone,
+/// starting them afresh when a reload changes them. The first ones are
+/// subscribed before this returns, so no transition after it is missed.
+pub fn follow(
+    mut phase: watch::Receiver<Phase>,
+    transitions: broadcast::Sender<Arc<Transition>>,
+    context: HookContext,
+) -> JoinHandle<()> {
+    let mut configs = phase.borrow_and_update().config.supervisor.hooks.clone();
+    let mut hooks = Hooks::start(&configs, &transitions, context.clone());
+    tokio::spawn(async move {
+        while phase.changed().await.is_ok() {
+            let now = phase.borrow_and_update().config.supervisor.hooks.clone();
+            if now != configs {
+                configs = now;
+                hooks = Hooks::start(&configs, &transitions, context.clone());
+            }
+        }
+        drop(hooks);
+    })
+}
+
 async fn dispatch(
-    mut events: broadcast::Receiver<Arc<StateEvent>>,
+    mut events: broadcast::Receiver<Arc<Transition>>,
     workers: Vec<(HookConfig, mpsc::Sender<Arc<StateEvent>>)>,
     counters: Arc<Counters>,
 ) {
     loop {
         let event = match events.recv().await {
-            Ok(event) => event,
+            Ok(transition) => Arc::new(StateEvent::of(&transition)),
             Err(broadcast::error::RecvError::Lagged(n)) => {
                 tracing::warn!("hooks missed {n} state changes: too many at once");
                 continue;
@@ -205,7 +228,7 @@ async fn run_command(
         Err(RunError::TimedOut) => {
             return Err(format!(
                 "killed after {}",
-                crate::supervisor::state::short_duration(timeout)
+                crate::text::short_duration(timeout)
             ))
         }
         Err(e) => return Err(e.to_string()),
@@ -262,7 +285,7 @@ async fn post(url: &str, event: &StateEvent, timeout: Duration) -> Result<(), St
             Ok(Err(why)) => format!("POST {url}: {why}"),
             Err(_) => format!(
                 "POST {url}: timed out after {}",
-                crate::supervisor::state::short_duration(timeout)
+                crate::text::short_duration(timeout)
             ),
         };
         if attempt < WEBHOOK_ATTEMPTS {

@@ -7,67 +7,29 @@
 //! failures per process ([`ProbeStats`]), and minder's own [`Counters`].
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
-use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
-use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::health::ProbeResult;
 use crate::logs::Stream;
 use crate::supervisor::state::State;
-use crate::supervisor::{Input, ProcessStatus};
-
-/// Probe timings and failures of one process.
-#[derive(Debug)]
-pub struct ProbeStats {
-    duration: Histogram,
-    failures: Counter,
-}
-
-impl Default for ProbeStats {
-    fn default() -> ProbeStats {
-        ProbeStats {
-            // 1 ms .. ~8 s: local probes take milliseconds, timeouts seconds.
-            duration: Histogram::new(exponential_buckets(0.001, 2.0, 14)),
-            failures: Counter::default(),
-        }
-    }
-}
-
-impl ProbeStats {
-    /// Counts one finished probe.
-    pub fn record(&self, result: &ProbeResult) {
-        self.duration.observe(result.duration.as_secs_f64());
-        if !result.ok {
-            self.failures.inc();
-        }
-    }
-}
+use crate::supervisor::{Input, Phase, ProcessHandle, ProcessStatus};
 
 /// minder's own counters, kept for the daemon's life.
 #[derive(Debug, Default)]
 pub struct Counters {
-    reloads: AtomicU64,
-    last_reload_failed: AtomicBool,
     /// Failed runs per hook, by its position in the config.
     hook_failures: Mutex<Vec<u64>>,
 }
 
 impl Counters {
-    /// Counts a reload (`ok`: applied; otherwise rejected).
-    pub fn reloaded(&self, ok: bool) {
-        self.reloads.fetch_add(1, Ordering::Relaxed);
-        self.last_reload_failed.store(!ok, Ordering::Relaxed);
-    }
-
     /// Counts a failed run of hook number `hook`.
     pub fn hook_failed(&self, hook: usize) {
         let mut failures = self.hook_failures.lock().unwrap_or_else(|e| e.into_inner());
@@ -91,6 +53,8 @@ struct Snapshot {
     counters: std::sync::Arc<Counters>,
     /// Number of configured hooks (each gets a failure series, 0 included).
     hooks: usize,
+    /// Reloads finished so far, and whether the last one was rejected.
+    reloads: (u64, bool),
     now: Instant,
     wall: SystemTime,
 }
@@ -252,7 +216,7 @@ impl Collector for Snapshot {
             None,
             MetricType::Counter,
         )?;
-        ConstCounter::new(self.counters.reloads.load(Ordering::Relaxed)).encode(family)?;
+        ConstCounter::new(self.reloads.0).encode(family)?;
 
         let family = encoder.encode_descriptor(
             "minder_config_last_reload_successful",
@@ -260,7 +224,7 @@ impl Collector for Snapshot {
             None,
             MetricType::Gauge,
         )?;
-        let failed = self.counters.last_reload_failed.load(Ordering::Relaxed);
+        let failed = self.reloads.1;
         gauge(i64::from(!failed)).encode(family)?;
 
         let mut family = encoder.encode_descriptor(
@@ -276,10 +240,10 @@ impl Collector for Snapshot {
 }
 
 /// The `/metrics` document for these processes.
-pub fn encode(
+fn encode(
     processes: Vec<ProcessStatus>,
     counters: std::sync::Arc<Counters>,
-    hooks: usize,
+    phase: &Phase,
 ) -> String {
     // About 1 KiB a process (more with a probe histogram): one allocation
     // rather than a dozen doublings and copies of a megabyte.
@@ -288,7 +252,11 @@ pub fn encode(
     registry.register_collector(Box::new(Snapshot {
         processes,
         counters,
-        hooks,
+        hooks: phase.config.supervisor.hooks.len(),
+        reloads: (
+            phase.reloads_finished,
+            matches!(phase.last_reload, Some(Err(_))),
+        ),
         now: Instant::now(),
         wall: SystemTime::now(),
     }));
@@ -313,15 +281,79 @@ pub fn bind(address: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
     tokio::net::TcpListener::from_std(listener)
 }
 
-/// Serves `/metrics` and `/healthz` on `listener`, asking the supervisor
-/// loop through `inputs` for each answer.
-pub async fn serve(listener: tokio::net::TcpListener, inputs: mpsc::Sender<Input>) {
+/// The `/metrics` server: where it serves, and what it asks for answers.
+pub struct Server {
+    serving: Option<(SocketAddr, tokio::task::JoinHandle<()>)>,
+    source: Source,
+}
+
+/// Where a scrape's figures come from.
+#[derive(Clone)]
+struct Source {
+    /// The supervisor's loop (statuses, and whether it answers).
+    inputs: mpsc::Sender<Input>,
+    /// Reloads and the hooks in force.
+    phase: watch::Receiver<Phase>,
+    /// Hook failures.
+    counters: Arc<Counters>,
+}
+
+impl Server {
+    /// A server that serves nowhere yet.
+    pub fn new(
+        inputs: mpsc::Sender<Input>,
+        phase: watch::Receiver<Phase>,
+        counters: Arc<Counters>,
+    ) -> Server {
+        Server {
+            serving: None,
+            source: Source {
+                inputs,
+                phase,
+                counters,
+            },
+        }
+    }
+
+    /// Serves on `listener`, bound to `address` (bound before the daemon
+    /// commits to starting, so a port in use stops it at once).
+    pub fn start(&mut self, address: SocketAddr, listener: tokio::net::TcpListener) {
+        if let Some((_, old)) = self.serving.take() {
+            old.abort();
+        }
+        let task = tokio::spawn(serve(listener, self.source.clone()));
+        self.serving = Some((address, task));
+    }
+
+    /// Serves on `address` from now on (nowhere when `None`). The new
+    /// address is bound first: if that fails, nothing changes.
+    pub fn move_to(&mut self, address: Option<SocketAddr>) -> Result<(), String> {
+        if self.serving.as_ref().map(|(a, _)| *a) == address {
+            return Ok(());
+        }
+        match address {
+            Some(a) => {
+                let listener = bind(a).map_err(|e| format!("metrics {a}: {e}"))?;
+                self.start(a, listener);
+            }
+            None => {
+                if let Some((_, old)) = self.serving.take() {
+                    old.abort();
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Serves `/metrics` and `/healthz` on `listener`.
+async fn serve(listener: tokio::net::TcpListener, source: Source) {
     loop {
         match listener.accept().await {
             Ok((mut stream, _)) => {
-                let inputs = inputs.clone();
+                let source = source.clone();
                 tokio::spawn(async move {
-                    if let Err(e) = answer(&mut stream, &inputs).await {
+                    if let Err(e) = answer(&mut stream, &source).await {
                         tracing::debug!("metrics connection: {e}");
                     }
                 });
@@ -335,10 +367,7 @@ pub async fn serve(listener: tokio::net::TcpListener, inputs: mpsc::Sender<Input
     }
 }
 
-async fn answer(
-    stream: &mut tokio::net::TcpStream,
-    inputs: &mpsc::Sender<Input>,
-) -> std::io::Result<()> {
+async fn answer(stream: &mut tokio::net::TcpStream, source: &Source) -> std::io::Result<()> {
     use crate::http::{read_request_head, respond};
     let (method, path) = tokio::time::timeout(REQUEST_TIMEOUT, read_request_head(stream))
         .await
@@ -359,7 +388,7 @@ async fn answer(
     match path.as_str() {
         "/metrics" => {
             let (tx, rx) = oneshot::channel();
-            let scrape = match inputs.try_send(Input::Scrape(tx)) {
+            let scrape = match source.inputs.try_send(Input::Snapshot(tx)) {
                 Ok(()) => tokio::time::timeout(LOOP_TIMEOUT, rx)
                     .await
                     .ok()
@@ -367,8 +396,10 @@ async fn answer(
                 Err(_) => None,
             };
             match scrape {
-                Some(scrape) => {
-                    let text = encode(scrape.processes, scrape.counters, scrape.hooks);
+                Some(processes) => {
+                    let statuses = processes.iter().map(ProcessHandle::status).collect();
+                    let phase = source.phase.borrow().clone();
+                    let text = encode(statuses, Arc::clone(&source.counters), &phase);
                     let sent =
                         respond(stream, "200 OK", CONTENT_TYPE, text.as_bytes(), head_only).await;
                     drop(text);
@@ -391,7 +422,7 @@ async fn answer(
         }
         "/healthz" => {
             let (tx, rx) = oneshot::channel();
-            let alive = match inputs.try_send(Input::Ping(tx)) {
+            let alive = match source.inputs.try_send(Input::Ping(tx)) {
                 Ok(()) => matches!(tokio::time::timeout(LOOP_TIMEOUT, rx).await, Ok(Ok(()))),
                 Err(_) => false,
             };
@@ -419,15 +450,4 @@ async fn answer(
             .await
         }
     }
-}
-
-/// What the supervisor loop hands a scrape.
-#[derive(Debug)]
-pub struct Scrape {
-    /// Every supervised process, in config order.
-    pub processes: Vec<ProcessStatus>,
-    /// minder's own counters.
-    pub counters: std::sync::Arc<Counters>,
-    /// Number of configured hooks.
-    pub hooks: usize,
 }

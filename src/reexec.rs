@@ -19,10 +19,10 @@ use std::time::{Duration, Instant};
 use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 
-use crate::config::ProgramConfig;
-use crate::process::ProcessEnd;
-use crate::supervisor::state::{Health, Machine, State};
-use crate::supervisor::ProcessStatus;
+use crate::config::{self, Config, Defaults, ProgramConfig};
+use crate::process::{ProcessEnd, Reaper};
+use crate::supervisor::state::{Health, Machine, State, Why};
+use crate::supervisor::{Exec, ProcessStatus, Resume};
 
 /// The environment variable holding the state memfd's number.
 pub const STATE_FD_ENV: &str = "MINDER_REEXEC_FD";
@@ -168,7 +168,7 @@ pub fn save(status: &ProcessStatus, now: Instant) -> Result<SavedProcess, String
             ProcessEnd::Exited(code) => SavedEnd::Exited(code),
             ProcessEnd::Signaled(sig) => SavedEnd::Signaled(sig),
         }),
-        description: status.description.clone(),
+        description: status.description.to_string(),
         changed_ago_ms: ago(status.changed),
         unhealthy: status.health == Health::Unhealthy,
     })
@@ -210,7 +210,12 @@ pub fn restore(saved: &SavedProcess, cfg: &ProgramConfig, now: Instant) -> Machi
         SavedEnd::Exited(code) => ProcessEnd::Exited(code),
         SavedEnd::Signaled(sig) => ProcessEnd::Signaled(sig),
     });
-    m.description = saved.description.clone();
+    // Only shown: the new image decides nothing on an old image's words.
+    m.description = if saved.description.is_empty() {
+        Why::None
+    } else {
+        Why::Handed(saved.description.clone())
+    };
     let running = matches!(m.state, State::Running { .. });
     if cfg.health.is_some() && m.state.pid().is_some() {
         m.health = match (running, saved.unhealthy) {
@@ -224,6 +229,86 @@ pub fn restore(saved: &SavedProcess, cfg: &ProgramConfig, now: Instant) -> Machi
         m.watchdog_due = Some(now + cfg.watchdog);
     }
     m
+}
+
+/// What the supervisor takes back from `saved`, for the programs `config`
+/// still has.
+pub fn resume(saved: &SavedState, config: &Config) -> Resume {
+    let now = tokio::time::Instant::now().into_std();
+    let mut machines = std::collections::HashMap::new();
+    for process in &saved.processes {
+        let program = process.name.split(':').next().unwrap_or_default();
+        if let Some(cfg) = config.program(program) {
+            machines.insert(process.name.clone(), restore(process, cfg, now));
+        }
+    }
+    Resume {
+        machines,
+        listen: saved
+            .listen
+            .iter()
+            .map(|l| (l.program.clone(), l.fds.clone()))
+            .collect(),
+    }
+}
+
+/// The supervisor's way to hand over (see [`Exec`]): saves what it gives
+/// with the control and notify sockets, tells systemd a reload begins (the
+/// new image sends `READY=1` once it runs), and execs.
+pub fn executor(control_fd: RawFd, notify_fd: RawFd) -> Exec {
+    Box::new(move |binary, handover| {
+        let now = tokio::time::Instant::now().into_std();
+        let mut processes = Vec::with_capacity(handover.processes.len());
+        for status in &handover.processes {
+            match save(status, now) {
+                Ok(saved) => processes.push(saved),
+                Err(why) => return why,
+            }
+        }
+        let listen: Vec<SavedListen> = handover
+            .listen
+            .into_iter()
+            .map(|(program, fds)| SavedListen { program, fds })
+            .collect();
+        let mut keep = vec![control_fd, notify_fd];
+        keep.extend(listen.iter().flat_map(|l| l.fds.iter().copied()));
+        keep.extend(handover.logs.iter().flat_map(|p| p.fds()));
+        let state = SavedState {
+            version: STATE_VERSION,
+            config_path: handover.config.path.clone(),
+            control_fd,
+            notify_fd,
+            listen,
+            processes,
+            logs: handover.logs,
+        };
+        crate::systemd::reexec_begins();
+        let error = exec(binary, &state, &keep);
+        let why = format!("exec {}: {error}", binary.display());
+        crate::systemd::reexec_failed(&why);
+        why
+    })
+}
+
+/// What `ctl reexec` checks before it asks the supervisor to hand over, off
+/// the supervisor's loop: `binary` runs and reads this state format, and the
+/// config file is still `current` (the new image reads it as it starts, and
+/// must start with what is in force).
+pub async fn check(binary: &Path, reaper: &Reaper, current: &Config) -> Result<(), String> {
+    check_binary(binary, reaper).await?;
+    let path = current.path.clone();
+    let on_disk =
+        tokio::task::spawn_blocking(move || config::load(&path, &Defaults::for_current_user()))
+            .await
+            .map_err(|e| format!("reading the config file: {e}"))?;
+    match on_disk {
+        Ok(on_disk) if on_disk == *current => Ok(()),
+        Ok(_) => Err("the config file changed since it was loaded: `ctl reload` first".into()),
+        Err(d) => {
+            let lines: Vec<String> = d.iter().map(|d| d.to_string()).collect();
+            Err(format!("the config file is invalid: {}", lines.join("; ")))
+        }
+    }
 }
 
 /// Checks that `binary` runs and reads this image's state format: it prints

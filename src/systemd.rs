@@ -8,10 +8,15 @@
 //! `WATCHDOG_USEC` from the supervisor's event loop, so that a wedged minder
 //! is restarted by systemd.
 //!
-//! Nothing here polls. Without `NOTIFY_SOCKET` every call is a no-op and
-//! [`Systemd::next`] never completes. With it, `STATUS=` is recomputed only
-//! after some process changed state or health (debounced), and a timer exists
-//! only when systemd asked for a watchdog.
+//! It is a subscriber, started by `daemon.rs` ([`run`]): it follows the
+//! supervisor's transitions and phase, and asks the supervisor's loop for a
+//! snapshot when `STATUS=` is due and for a ping before each `WATCHDOG=1`,
+//! so a loop that no longer answers stops the watchdog.
+//!
+//! Nothing here polls. Without `NOTIFY_SOCKET` [`run`] returns at once.
+//! With it, `STATUS=` is recomputed only after some process changed state or
+//! health (debounced), and a timer exists only when systemd asked for a
+//! watchdog.
 
 use std::collections::HashMap;
 use std::pin::Pin;
@@ -20,12 +25,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use sd_notify::NotifyState;
-use tokio::sync::Notify;
+use tokio::sync::{broadcast, mpsc, oneshot, watch, Notify};
 use tokio::time::{sleep, Instant, Sleep};
 
 use crate::config::Config;
 use crate::supervisor::state::{Health, State};
-use crate::supervisor::{ProcessHandle, ProcessStatus};
+use crate::supervisor::{Input, Phase, ProcessHandle, Transition};
 
 /// How long `STATUS=` waits for more changes before summing them up: a burst
 /// of a thousand starts becomes a handful of messages, not thousands.
@@ -296,9 +301,104 @@ fn snapshot(processes: &[ProcessHandle]) -> Vec<(&str, State, Health)> {
         .collect()
 }
 
-/// Whether a new status changes what `STATUS=` shows (state or health).
-pub fn affects_summary(old: &ProcessStatus, new: &ProcessStatus) -> bool {
-    old.state.name() != new.state.name() || old.health != new.health
+/// Keeps systemd informed until the supervisor is gone: `STATUS=` after
+/// transitions, `READY=1` once autostart is done, `RELOADING=1`/`READY=1`
+/// around reloads, `STOPPING=1`, and `WATCHDOG=1` while the supervisor's
+/// loop answers. Subscribed before the supervisor runs, so nothing is missed.
+pub async fn run(
+    mut link: Systemd,
+    mut phase: watch::Receiver<Phase>,
+    mut transitions: broadcast::Receiver<Arc<Transition>>,
+    inputs: mpsc::Sender<Input>,
+) {
+    if !link.enabled() {
+        return;
+    }
+    let mut seen = phase.borrow_and_update().clone();
+    let mut autostart = Some(link.autostart_tracker());
+    loop {
+        tokio::select! {
+            transition = transitions.recv() => match transition {
+                Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => link.changes.notify_one(),
+                Err(broadcast::error::RecvError::Closed) => return,
+            },
+            changed = phase.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                let now = phase.borrow_and_update().clone();
+                if now.autostarted {
+                    if let Some(done) = autostart.take() {
+                        done.finished();
+                    }
+                }
+                if now.reloads_begun > seen.reloads_begun {
+                    link.reloading();
+                }
+                if now.reloads_finished > seen.reloads_finished {
+                    let error = match &now.last_reload {
+                        Some(Err(e)) => Some(e.as_str()),
+                        _ => None,
+                    };
+                    let processes = ask(&inputs, Input::Snapshot).await.unwrap_or_default();
+                    link.reloaded(&processes, error);
+                }
+                if now.stopping {
+                    link.stopping();
+                }
+                seen = now;
+            }
+            duty = link.next() => match duty {
+                // Sent only once the loop has answered: a wedged minder is restarted.
+                Duty::Watchdog => {
+                    if ask(&inputs, Input::Ping).await.is_none() {
+                        return;
+                    }
+                    link.perform(duty, &[], &seen.config);
+                }
+                Duty::Status => {
+                    let processes = ask(&inputs, Input::Snapshot).await.unwrap_or_default();
+                    link.perform(duty, &processes, &seen.config);
+                }
+            },
+        }
+    }
+}
+
+/// Asks the supervisor's loop; `None` once it is gone.
+async fn ask<T>(
+    inputs: &mpsc::Sender<Input>,
+    make: impl FnOnce(oneshot::Sender<T>) -> Input,
+) -> Option<T> {
+    let (tx, rx) = oneshot::channel();
+    inputs.send(make(tx)).await.ok()?;
+    rx.await.ok()
+}
+
+/// `ctl reexec` is about to exec: `RELOADING=1` now, since this image will
+/// not get to say anything else (the new one sends `READY=1`).
+pub fn reexec_begins() {
+    if std::env::var_os("NOTIFY_SOCKET").is_none_or(|s| s.is_empty()) {
+        return;
+    }
+    let sent = match NotifyState::monotonic_usec_now() {
+        Ok(now) => sd_notify::notify(&[NotifyState::Reloading, now]),
+        Err(_) => sd_notify::notify(&[NotifyState::Reloading]),
+    };
+    if let Err(e) = sent {
+        tracing::warn!("notifying systemd (NOTIFY_SOCKET): {e}");
+    }
+}
+
+/// The exec of `ctl reexec` failed: this image carries on, `READY=1` again.
+pub fn reexec_failed(why: &str) {
+    if std::env::var_os("NOTIFY_SOCKET").is_none_or(|s| s.is_empty()) {
+        return;
+    }
+    let status = clip(&format!("reload failed: {why}"));
+    if let Err(e) = sd_notify::notify(&[NotifyState::Ready, NotifyState::Status(&status)]) {
+        tracing::warn!("notifying systemd (NOTIFY_SOCKET): {e}");
+    }
 }
 
 /// Resolves when `due` fires; never when there is no timer.

@@ -3,6 +3,7 @@
 
 use std::borrow::Cow;
 use std::fmt::Write as _;
+use std::time::Duration;
 
 /// Renders `text` for a terminal: every control character becomes a visible
 /// escape, everything else is kept.
@@ -54,10 +55,32 @@ fn needs_escape(c: char) -> bool {
         )
 }
 
+/// `250ms`, `1.5s`, `2m`: short enough for a status line.
+pub fn short_duration(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms < 1000 {
+        format!("{ms}ms")
+    } else if ms < 60_000 {
+        let s = d.as_secs_f64();
+        if (s - s.round()).abs() < 0.05 {
+            format!("{}s", s.round())
+        } else {
+            format!("{s:.1}s")
+        }
+    } else if ms < 3_600_000 {
+        format!("{}m", d.as_secs() / 60)
+    } else if ms < 86_400_000 {
+        format!("{}h", d.as_secs() / 3600)
+    } else {
+        format!("{}d", d.as_secs() / 86_400)
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::sanitize;
+    use super::{sanitize, short_duration};
     use std::borrow::Cow;
+    use std::time::Duration;
 
     #[test]
     fn plain_text_is_borrowed_unchanged() {
@@ -94,5 +117,13 @@ mod tests {
         let shown = sanitize(&all);
         assert!(!shown.chars().any(|c| c.is_control()), "{shown:?}");
         assert!(!shown.contains('\u{202e}'));
+    }
+
+    #[test]
+    fn short_durations_read_well() {
+        assert_eq!(short_duration(Duration::from_millis(250)), "250ms");
+        assert_eq!(short_duration(Duration::from_secs(5)), "5s");
+        assert_eq!(short_duration(Duration::from_millis(1500)), "1.5s");
+        assert_eq!(short_duration(Duration::from_secs(150)), "2m");
     }
 }

@@ -1,5 +1,6 @@
 //! The control protocol: one JSON object per line each way (docs/protocol.md).
 
+use crate::supervisor::Transition;
 use serde::{Deserialize, Serialize};
 
 /// Protocol version spoken by this build; requests may omit `v`.
@@ -275,6 +276,23 @@ pub struct StateEvent {
     /// Events left out before this one because the reader was too slow.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub skipped_events: u64,
+}
+
+impl StateEvent {
+    /// The wire form of a transition (what `ctl events` and hooks are given).
+    pub fn of(transition: &Transition) -> StateEvent {
+        let (from, to) = transition.change.names();
+        StateEvent {
+            time: humantime::format_rfc3339_millis(transition.at).to_string(),
+            name: transition.process.clone(),
+            program: transition.program.clone(),
+            from: from.to_string(),
+            to: to.to_string(),
+            reason: transition.cause.to_string(),
+            pid: transition.pid.map(|p| p.as_raw()),
+            skipped_events: 0,
+        }
+    }
 }
 
 impl std::fmt::Display for StateEvent {

@@ -10,14 +10,15 @@ use std::time::{Duration, Instant};
 use nix::unistd::{Gid, Uid};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::{mpsc, oneshot, Notify};
+use tokio::sync::{mpsc, Notify};
 
+use super::dispatch::{self, Shared};
 use super::protocol::{
-    parse_request, ErrorKind, Reply, Request, StateEvent, TailChunk, MAX_REQUEST,
+    parse_request, ErrorKind, EventsStart, Reply, Request, StateEvent, TailChunk, MAX_REQUEST,
 };
 use crate::config::SupervisorConfig;
 use crate::logs::TailEvent;
-use crate::supervisor::{EventsSubscription, Input, TailStart};
+use crate::supervisor::{Subscription, TailStart};
 use tokio::sync::broadcast;
 
 /// Why the control socket could not be set up.
@@ -210,7 +211,7 @@ fn request_timeout() -> Duration {
 
 /// Accepts connections until the runtime ends. Each connection holds a clone of
 /// `open`, so the daemon can wait for replies in flight before it exits.
-pub async fn serve(socket: ControlSocket, inputs: mpsc::Sender<Input>, open: mpsc::Sender<()>) {
+pub async fn serve(socket: ControlSocket, shared: Shared, open: mpsc::Sender<()>) {
     // Wakes a paused accept loop when a connection ends and frees its fd.
     let closed = Arc::new(Notify::new());
     let mut spare = Spare::open();
@@ -220,12 +221,12 @@ pub async fn serve(socket: ControlSocket, inputs: mpsc::Sender<Input>, open: mps
             Ok((stream, _)) => {
                 trouble.recovered();
                 spare.reopen();
-                let inputs = inputs.clone();
+                let shared = shared.clone();
                 let access = socket.access;
                 let open = open.clone();
                 let closed = Arc::clone(&closed);
                 tokio::spawn(async move {
-                    if let Err(e) = connection(stream, access, inputs).await {
+                    if let Err(e) = connection(stream, access, shared).await {
                         tracing::debug!("control connection: {e}");
                     }
                     drop(open);
@@ -378,11 +379,7 @@ impl AcceptTrouble {
     }
 }
 
-async fn connection(
-    stream: UnixStream,
-    access: Access,
-    inputs: mpsc::Sender<Input>,
-) -> io::Result<()> {
+async fn connection(stream: UnixStream, access: Access, shared: Shared) -> io::Result<()> {
     let allowed = access.allows(&stream);
     let (read, mut write) = stream.into_split();
     let mut reader = BufReader::new(read);
@@ -422,10 +419,7 @@ async fn connection(
             Err(reply) => reply,
             Ok(request @ Request::Tail { .. }) => {
                 let follow = matches!(request, Request::Tail { follow: true, .. });
-                match ask(&inputs, |tx| Input::Tail(request, tx))
-                    .await
-                    .and_then(|r| r)
-                {
+                match dispatch::tail(request, &shared).await {
                     Ok(start) => {
                         tail(&mut write, &mut reader, start).await?;
                         // A followed tail ends with the connection.
@@ -438,18 +432,15 @@ async fn connection(
                 }
             }
             Ok(Request::Events { names }) => {
-                match ask(&inputs, |tx| Input::Events(names, tx))
-                    .await
-                    .and_then(|r| r)
-                {
+                match dispatch::subscribe(names, &shared).await {
                     // The stream ends with the connection.
-                    Ok(subscription) => return events(&mut write, &mut reader, subscription).await,
+                    Ok((start, subscription)) => {
+                        return events(&mut write, &mut reader, start, subscription).await
+                    }
                     Err(reply) => reply,
                 }
             }
-            Ok(request) => ask(&inputs, |tx| Input::Control(request, tx))
-                .await
-                .unwrap_or_else(|e| e),
+            Ok(request) => dispatch::answer(request, &shared).await,
         };
         send_bounded(&mut write, &reply).await?;
     }
@@ -498,23 +489,6 @@ async fn send_bounded(
                 "the client did not read its reply",
             ))
         })
-}
-
-/// Hands a request to the supervisor loop and waits for its answer; a full
-/// queue is "busy", a loop that is gone is "shutting down".
-async fn ask<T>(
-    inputs: &mpsc::Sender<Input>,
-    make: impl FnOnce(oneshot::Sender<T>) -> Input,
-) -> Result<T, Reply> {
-    let shutting_down = || Reply::error(ErrorKind::ShuttingDown, "minder is shutting down");
-    let (tx, rx) = oneshot::channel();
-    match inputs.try_send(make(tx)) {
-        Ok(()) => rx.await.map_err(|_| shutting_down()),
-        Err(mpsc::error::TrySendError::Full(_)) => {
-            Err(Reply::error(ErrorKind::Failed, "minder is busy, try again"))
-        }
-        Err(mpsc::error::TrySendError::Closed(_)) => Err(shutting_down()),
-    }
 }
 
 /// A reply this big (a status of a few hundred processes) is followed by
@@ -580,22 +554,22 @@ async fn tail(
 async fn events(
     write: &mut tokio::net::unix::OwnedWriteHalf,
     reader: &mut BufReader<tokio::net::unix::OwnedReadHalf>,
-    mut subscription: EventsSubscription,
+    start: EventsStart,
+    mut subscription: Subscription,
 ) -> io::Result<()> {
-    send(write, &Reply::ok(&subscription.start)).await?;
+    send(write, &Reply::ok(&start)).await?;
     let mut skipped = 0;
     let mut probe = [0u8; 512];
     loop {
         tokio::select! {
-            event = subscription.events.recv() => match event {
-                Ok(event) if subscription.wants(&event) => {
-                    if skipped == 0 {
-                        send(write, &Reply::ok(&*event)).await?;
-                    } else {
-                        let event = StateEvent { skipped_events: skipped, ..(*event).clone() };
-                        send(write, &Reply::ok(&event)).await?;
-                        skipped = 0;
-                    }
+            transition = subscription.transitions.recv() => match transition {
+                Ok(transition) if subscription.wants(&transition) => {
+                    let event = StateEvent {
+                        skipped_events: skipped,
+                        ..StateEvent::of(&transition)
+                    };
+                    send(write, &Reply::ok(&event)).await?;
+                    skipped = 0;
                 }
                 Ok(_) => {}
                 Err(broadcast::error::RecvError::Lagged(n)) => skipped += n,

@@ -10,7 +10,10 @@ use std::time::{Duration, Instant, SystemTime};
 use crate::config::ProbeTarget;
 use crate::http::describe_io;
 use crate::process::{self, Capture, ProcessEnd, Reaper, RunError, SpawnRequest};
-use crate::supervisor::state::short_duration;
+use crate::text::short_duration;
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 
 /// The outcome of one probe.
 #[derive(Debug, Clone, PartialEq)]
@@ -114,4 +117,33 @@ async fn tcp(addr: &str, timeout: Duration) -> (bool, String) {
 
 fn timed_out(timeout: Duration) -> String {
     format!("timed out after {}", short_duration(timeout))
+}
+/// Probe timings and failures of one process, kept for `/metrics` (in the
+/// storage its encoder reads, so a scrape copies nothing).
+#[derive(Debug)]
+pub struct ProbeStats {
+    /// Seconds each probe took.
+    pub duration: Histogram,
+    /// Failed probes.
+    pub failures: Counter,
+}
+
+impl Default for ProbeStats {
+    fn default() -> ProbeStats {
+        ProbeStats {
+            // 1 ms .. ~8 s: local probes take milliseconds, timeouts seconds.
+            duration: Histogram::new(exponential_buckets(0.001, 2.0, 14)),
+            failures: Counter::default(),
+        }
+    }
+}
+
+impl ProbeStats {
+    /// Counts one finished probe.
+    pub fn record(&self, result: &ProbeResult) {
+        self.duration.observe(result.duration.as_secs_f64());
+        if !result.ok {
+            self.failures.inc();
+        }
+    }
 }

@@ -17,7 +17,8 @@ use tokio::io::Interest;
 use tokio::net::UnixDatagram;
 use tokio::sync::mpsc;
 
-use crate::supervisor::state::NotifyMessage;
+mod message;
+pub use message::NotifyMessage;
 
 /// Longest datagram read; sd_notify messages are a few hundred bytes.
 const MAX_DATAGRAM: usize = 4096;

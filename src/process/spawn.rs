@@ -111,7 +111,8 @@ pub enum Output {
 /// Where a spawn failed; part of the message a user sees.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SpawnStage {
-    /// Building argv/envp (a NUL byte in an argument).
+    /// Preparing what the child is given: argv/envp (a NUL byte in an
+    /// argument), its log pipes, its `listen` sockets.
     Prepare,
     /// Finding the executable in `PATH`.
     Lookup,
@@ -144,7 +145,7 @@ impl SpawnStage {
 }
 
 /// A failed spawn: where, the OS error, and a message naming what was involved.
-#[derive(Debug, Clone, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{message}")]
 pub struct SpawnError {
     /// The stage that failed.
@@ -164,7 +165,17 @@ impl SpawnError {
         }
     }
 
-    fn plain(stage: SpawnStage, message: String) -> SpawnError {
+    /// A failure preparing what the child is given (its log pipes), before it exists.
+    pub fn setup(what: &str, error: &std::io::Error) -> SpawnError {
+        SpawnError {
+            stage: SpawnStage::Prepare,
+            errno: error.raw_os_error().map(Errno::from_raw),
+            message: format!("{what}: {error}"),
+        }
+    }
+
+    /// A failure without an OS error, or before the child exists.
+    pub fn plain(stage: SpawnStage, message: String) -> SpawnError {
         SpawnError {
             stage,
             errno: None,

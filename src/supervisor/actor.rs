@@ -9,16 +9,17 @@ use nix::sys::signal::Signal;
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::time::sleep_until;
 
-use super::state::{Effect, Event, Health, Machine, NotifyMessage, Outcome, Retiring, State};
+use super::events::{Action, Cause, Change, Origin, Transition};
+use super::state::{Effect, Event, Health, Machine, Outcome, Retiring, State, Why};
 use super::watch;
 use crate::config::{ProcessSpec, ProgramConfig};
-use crate::control::protocol::StateEvent;
-use crate::health::{ProbeResult, Prober};
+use crate::health::{ProbeResult, ProbeStats, Prober};
 use crate::logs::{LogRequest, LogStats, ProcessLogs};
 use crate::mailbox::{Mailbox, SendError};
-use crate::metrics::ProbeStats;
-use crate::notify::NotifyRoutes;
-use crate::process::{self, ExitReceiver, Output, ProcessEnd, Reaper, SpawnRequest};
+use crate::notify::{NotifyMessage, NotifyRoutes};
+use crate::process::{
+    self, ExitReceiver, Output, ProcessEnd, Reaper, SpawnError, SpawnRequest, SpawnStage,
+};
 use crate::sockets::ListenSet;
 use nix::unistd::Pid;
 use std::path::PathBuf;
@@ -40,42 +41,9 @@ pub struct Context {
     pub notify_routes: NotifyRoutes,
     /// Path given to children as `NOTIFY_SOCKET`.
     pub notify_socket: PathBuf,
-    /// The fds `reexec` hands to the new image: control and notify sockets.
-    pub handover_fds: (std::os::fd::RawFd, std::os::fd::RawFd),
-    /// The binary this daemon was started from (what `reexec` runs by default).
-    pub self_exe: PathBuf,
-    /// Woken when a process changes state or health (for systemd's `STATUS=`/`READY=1`).
-    pub state_changes: Arc<tokio::sync::Notify>,
-    /// Every state and health change, for `ctl events` and hooks. Sending
-    /// never waits: a reader that falls behind loses the oldest events.
-    pub events: broadcast::Sender<Arc<StateEvent>>,
-    /// minder's own counters for `/metrics`.
-    pub counters: Arc<crate::metrics::Counters>,
-}
-
-/// Who asked for a start or stop: the reason a state change gives.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Cause {
-    /// `autostart` when the daemon starts.
-    Autostart,
-    /// A `minder ctl` request.
-    Request,
-    /// A config reload.
-    Reload,
-    /// The daemon shutting down.
-    Shutdown,
-}
-
-impl Cause {
-    /// The reason given for a change caused by `command` (`start`, `stop`, ...).
-    fn reason(self, command: &str) -> String {
-        match self {
-            Cause::Autostart => "autostart".to_string(),
-            Cause::Request => format!("ctl {command}"),
-            Cause::Reload => "reload".to_string(),
-            Cause::Shutdown => "shutdown".to_string(),
-        }
-    }
+    /// Every state and health change (see [`super::events`]). Sending never
+    /// waits: a reader that falls behind loses the oldest.
+    pub transitions: broadcast::Sender<Arc<Transition>>,
 }
 
 /// Commands queued per process; a full queue is reported as busy.
@@ -89,12 +57,12 @@ pub enum Command {
     /// later `ctl stop`).
     Start {
         unless_stopped_since: Option<u64>,
-        cause: Cause,
+        cause: Origin,
         reply: Option<oneshot::Sender<Outcome>>,
     },
     /// Stop, replying once no child is left.
     Stop {
-        cause: Cause,
+        cause: Origin,
         reply: Option<oneshot::Sender<Outcome>>,
     },
     /// Stop (if running) then start (`ctl restart`).
@@ -138,7 +106,7 @@ pub struct ProcessStatus {
     /// How the last run ended.
     pub last_end: Option<ProcessEnd>,
     /// Why it is in this state.
-    pub description: String,
+    pub description: Why,
     /// When the state last changed.
     pub changed: Instant,
     /// Count of stop/remove requests so far (see [`Command::Start`]).
@@ -258,9 +226,9 @@ pub struct ProcessActor {
     logs: ProcessLogs,
     /// Probe counters for metrics (programs with a health check only).
     probes: Option<Arc<ProbeStats>>,
-    /// Who asked for the command being handled, and what it is (`start`, ...):
-    /// the reason the changes it makes give.
-    cause: Option<(Cause, &'static str)>,
+    /// Who asked for the command being handled, and what: the cause the
+    /// changes it makes give.
+    cause: Option<(Origin, Action)>,
 }
 
 impl ProcessActor {
@@ -396,7 +364,7 @@ impl ProcessActor {
                     let event = match failure {
                         Some(e) => {
                             tracing::warn!(process = %self.spec.name, "spawn failed: {e}");
-                            Event::SpawnFailed(e.message)
+                            Event::SpawnFailed(e)
                         }
                         None => Event::Exited(end),
                     };
@@ -449,7 +417,7 @@ impl ProcessActor {
                     return;
                 }
                 self.add_waiter(Wait::Start, reply);
-                self.feed_because((cause, "start"), Event::Start);
+                self.feed_because((cause, Action::Start), Event::Start);
             }
             Command::Reconfigure { spec, cfg, reply } => {
                 let old_spec = std::mem::replace(&mut self.spec, spec);
@@ -457,7 +425,7 @@ impl ProcessActor {
                 if matches!(self.machine.state, State::Running { .. }) {
                     self.previous = Some(Box::new((old_spec, old_cfg)));
                     self.add_waiter(Wait::Start, reply);
-                    self.feed_because((Cause::Reload, "restart"), Event::Restart);
+                    self.feed_because((Origin::Reload, Action::Restart), Event::Restart);
                 } else if let Some(reply) = reply {
                     // Not running: the new settings apply at its next start.
                     let _ = reply.send(Outcome::Done);
@@ -465,16 +433,16 @@ impl ProcessActor {
             }
             Command::Restart { reply } => {
                 self.add_waiter(Wait::Start, reply);
-                self.feed_because((Cause::Request, "restart"), Event::Restart);
+                self.feed_because((Origin::Request, Action::Restart), Event::Restart);
             }
             Command::Stop { cause, reply } => {
                 self.stop_epoch += 1;
                 self.add_waiter(Wait::Stop, reply);
-                self.feed_because((cause, "stop"), Event::Stop);
+                self.feed_because((cause, Action::Stop), Event::Stop);
             }
             Command::Remove => {
                 self.stop_epoch += 1;
-                self.feed_because((Cause::Reload, "remove"), Event::Remove);
+                self.feed_because((Origin::Reload, Action::Remove), Event::Remove);
             }
             Command::Kill => {
                 let retiring = self.machine.retiring.map(|r| r.pid);
@@ -518,7 +486,7 @@ impl ProcessActor {
     }
 
     /// Feeds an event caused by a request: the changes it makes give it as their reason.
-    fn feed_because(&mut self, cause: (Cause, &'static str), event: Event) {
+    fn feed_because(&mut self, cause: (Origin, Action), event: Event) {
         self.cause = Some(cause);
         self.feed(event);
         self.cause = None;
@@ -531,23 +499,28 @@ impl ProcessActor {
         while let Some(event) = events.pop_front() {
             let now = tokio::time::Instant::now().into_std();
             let sample = fastrand::f64() * 2.0 - 1.0;
-            let from = self.machine.state.name();
+            let from = self.machine.state;
             let health = self.machine.health;
             let effects = self.machine.step(&self.cfg, event, now, sample);
-            let to = self.machine.state.name();
+            let to = self.machine.state;
             let mut changes = Vec::new();
-            if from != to {
+            if from.name() != to.name() {
                 tracing::info!(
                     process = %self.spec.name,
-                    "{from} -> {to}{}",
+                    "{} -> {}{}",
+                    from.name(),
+                    to.name(),
                     describe(&self.machine.description)
                 );
-                changes.push((from, to));
+                changes.push(Change::State { from, to });
             }
             if health != self.machine.health
                 && matches!(self.machine.health, Health::Healthy | Health::Unhealthy)
             {
-                changes.push((health.name(), self.machine.health.name()));
+                changes.push(Change::Health {
+                    from: health,
+                    to: self.machine.health,
+                });
             }
             // A start is announced with the PID its spawn effect gives.
             let mut new_pid = None;
@@ -582,7 +555,7 @@ impl ProcessActor {
                         tracing::warn!(
                             process = %self.spec.name,
                             "{}",
-                            crate::text::sanitize(&reason)
+                            crate::text::sanitize(&reason.to_string())
                         );
                         // A reconfiguration that never got ready: the old
                         // process runs on, with the settings it was started with.
@@ -591,13 +564,13 @@ impl ProcessActor {
                             self.cfg = cfg;
                         }
                         self.exit = self.retired_exit.take();
-                        self.fail_waiters(Wait::Start, &reason);
+                        self.fail_waiters(Wait::Start, &reason.to_string());
                     }
                 }
             }
             let pid = self.machine.state.pid().or(new_pid);
-            for (from, to) in changes {
-                self.announce(from, to, pid);
+            for change in changes {
+                self.announce(change, pid);
             }
         }
         // The replacement is ready (or the rollout is over): the previous
@@ -610,27 +583,26 @@ impl ProcessActor {
         self.publish();
     }
 
-    /// Tells `ctl events` readers and hooks about a change that just happened.
-    fn announce(&self, from: &str, to: &str, pid: Option<Pid>) {
-        // Nobody listening (no `ctl events`, no hooks): skip building it.
-        if self.context.events.receiver_count() == 0 {
+    /// Tells the subscribers (`ctl events`, hooks, systemd, ...) about a
+    /// change that just happened.
+    fn announce(&self, change: Change, pid: Option<Pid>) {
+        // Nobody listening: skip building it.
+        if self.context.transitions.receiver_count() == 0 {
             return;
         }
-        let reason = match self.cause {
-            Some((cause, command)) => cause.reason(command),
-            None => self.machine.description.clone(),
+        let cause = match self.cause {
+            Some((by, action)) => Cause::Requested { by, action },
+            None => Cause::Process(self.machine.description.clone()),
         };
-        let event = StateEvent {
-            time: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
-            name: self.spec.name.clone(),
+        let transition = Transition {
+            at: std::time::SystemTime::now(),
+            process: self.spec.name.clone(),
             program: self.spec.program.clone(),
-            from: from.to_string(),
-            to: to.to_string(),
-            reason,
-            pid: pid.map(|p| p.as_raw()),
-            skipped_events: 0,
+            pid,
+            change,
+            cause,
         };
-        let _ = self.context.events.send(Arc::new(event));
+        let _ = self.context.transitions.send(Arc::new(transition));
     }
 
     /// Drops the `MAINPID=` of `message` unless it names a process of this
@@ -801,7 +773,7 @@ impl ProcessActor {
             Ok(outputs) => outputs,
             Err(e) => {
                 tracing::warn!(process = %self.spec.name, "creating log pipes: {e}");
-                return Event::SpawnFailed(format!("creating log pipes: {e}"));
+                return Event::SpawnFailed(SpawnError::setup("creating log pipes", &e));
             }
         };
         let mut request = SpawnRequest {
@@ -824,7 +796,7 @@ impl ProcessActor {
                 }
                 Err(e) => {
                     tracing::warn!(process = %self.spec.name, "{e}");
-                    return Event::SpawnFailed(e);
+                    return Event::SpawnFailed(SpawnError::plain(SpawnStage::Prepare, e));
                 }
             },
         };
@@ -839,7 +811,7 @@ impl ProcessActor {
             }
             Err(e) => {
                 tracing::warn!(process = %self.spec.name, "spawn failed: {e}");
-                Event::SpawnFailed(e.message)
+                Event::SpawnFailed(e)
             }
         }
     }
@@ -857,7 +829,7 @@ impl ProcessActor {
 
     /// Publishes the status and settles the requests it answers.
     fn publish(&mut self) {
-        let previous = self.status.send_replace(snapshot(
+        self.status.send_replace(snapshot(
             &self.spec,
             &self.machine,
             self.stop_epoch,
@@ -865,9 +837,6 @@ impl ProcessActor {
             self.logs.stats(),
             self.probes.clone(),
         ));
-        if crate::systemd::affects_summary(&previous, &self.status.borrow()) {
-            self.context.state_changes.notify_one();
-        }
         let mut i = 0;
         while i < self.waiters.len() {
             let outcome = match self.waiters[i].0 {
@@ -892,11 +861,11 @@ impl ProcessActor {
 /// The ` (description)` of a log line. A description may quote a program
 /// (its probe's output), so it is sanitized: one log line per change, and no
 /// terminal controls in the text log (the JSON log shows the same message).
-fn describe(description: &str) -> String {
-    if description.is_empty() {
+fn describe(description: &Why) -> String {
+    if description.is_none() {
         String::new()
     } else {
-        format!(" ({})", crate::text::sanitize(description))
+        format!(" ({})", crate::text::sanitize(&description.to_string()))
     }
 }
 

@@ -5,11 +5,11 @@ use std::collections::{HashMap, HashSet};
 
 use tokio::sync::watch;
 
-use super::action_result;
-use super::actor::{Cause, Command, ProcessHandle};
+use super::actor::{Command, ProcessHandle};
+use super::events::Origin;
 use super::state::{Outcome, State};
+use super::Answer;
 use crate::config::Config;
-use crate::control::protocol::ActionResult;
 
 /// Per-program result channel: `None` while pending.
 type Done = watch::Receiver<Option<Result<(), String>>>;
@@ -23,13 +23,13 @@ pub struct Topology {
     depends_on: HashMap<String, Vec<String>>,
     /// Program -> its processes, in instance order.
     processes: HashMap<String, Vec<ProcessHandle>>,
-    /// Who asked: the reason the state changes give.
-    cause: Cause,
+    /// Who asked: the cause the state changes give.
+    origin: Origin,
 }
 
 impl Topology {
     /// Captures the dependencies of `config` and the current handles.
-    pub fn new(config: &Config, handles: &[ProcessHandle], cause: Cause) -> Topology {
+    pub fn new(config: &Config, handles: &[ProcessHandle], origin: Origin) -> Topology {
         let depends_on = config
             .programs
             .iter()
@@ -45,7 +45,7 @@ impl Topology {
         Topology {
             depends_on,
             processes,
-            cause,
+            origin,
         }
     }
 
@@ -58,7 +58,7 @@ impl Topology {
 
     /// Starts `targets` and, first, every program they depend on (transitively).
     /// Each result says whether the target reached `running`.
-    pub async fn start(self, targets: Vec<ProcessHandle>) -> Vec<ActionResult> {
+    pub async fn start(self, targets: Vec<ProcessHandle>) -> Vec<Answer> {
         let target_programs: HashSet<&str> = targets.iter().map(|h| h.program.as_str()).collect();
         // Everything the targets need, transitively.
         let mut needed: Vec<String> = target_programs.iter().map(|p| p.to_string()).collect();
@@ -100,24 +100,25 @@ impl Topology {
                 .remove(program)
                 .expect("a sender per needed program");
             tasks.push(tokio::spawn(start_program(
-                selected, deps, done, self.cause,
+                selected,
+                deps,
+                done,
+                self.origin,
             )));
         }
         let mut by_name = results_by_name(tasks).await;
         targets
             .iter()
             .map(|h| {
-                by_name.remove(&h.name).unwrap_or_else(|| ActionResult {
-                    name: h.name.clone(),
-                    ok: false,
-                    message: "start was abandoned".to_string(),
+                by_name.remove(&h.name).unwrap_or_else(|| {
+                    Answer::new(&h.name, Outcome::Failed("start was abandoned".to_string()))
                 })
             })
             .collect()
     }
 
     /// Stops `targets`, each program only after the targeted programs that depend on it.
-    pub async fn stop(self, targets: Vec<ProcessHandle>) -> Vec<ActionResult> {
+    pub async fn stop(self, targets: Vec<ProcessHandle>) -> Vec<Answer> {
         let programs: Vec<String> = {
             let mut seen = HashSet::new();
             targets
@@ -127,7 +128,7 @@ impl Topology {
                 .collect()
         };
         let (mut senders, receivers) = done_channels(&programs);
-        let cause = self.cause;
+        let origin = self.origin;
         let mut tasks = Vec::new();
         for program in &programs {
             let dependants: Vec<Done> = programs
@@ -146,8 +147,11 @@ impl Topology {
                     // Whatever their outcome: they have been dealt with.
                     let _ = rx.wait_for(Option::is_some).await;
                 }
-                let results =
-                    request_all(selected, |_, reply| Command::Stop { cause, reply }).await;
+                let results = request_all(selected, |_, reply| Command::Stop {
+                    cause: origin,
+                    reply,
+                })
+                .await;
                 let _ = done.send(Some(Ok(())));
                 results
             }));
@@ -174,8 +178,8 @@ fn done_channels(programs: &[String]) -> (HashMap<String, DoneSender>, HashMap<S
 
 /// Every per-program task's results, by process name.
 async fn results_by_name(
-    tasks: Vec<tokio::task::JoinHandle<Vec<ActionResult>>>,
-) -> HashMap<String, ActionResult> {
+    tasks: Vec<tokio::task::JoinHandle<Vec<Answer>>>,
+) -> HashMap<String, Answer> {
     let mut by_name = HashMap::new();
     for task in tasks {
         if let Ok(results) = task.await {
@@ -190,8 +194,8 @@ async fn start_program(
     selected: Vec<ProcessHandle>,
     deps: Vec<(String, Done, Vec<ProcessHandle>)>,
     done: DoneSender,
-    cause: Cause,
-) -> Vec<ActionResult> {
+    origin: Origin,
+) -> Vec<Answer> {
     // Taken now, so a `ctl stop` while we wait for dependencies cancels this start.
     let epochs: HashMap<String, u64> = selected
         .iter()
@@ -203,18 +207,21 @@ async fn start_program(
             let _ = done.send(Some(Err(message.clone())));
             return selected
                 .iter()
-                .map(|h| action_result(&h.name, Outcome::Failed(message.clone())))
+                .map(|h| Answer::new(&h.name, Outcome::Failed(message.clone())))
                 .collect();
         }
     }
     let results = request_all(selected, |h, reply| Command::Start {
         unless_stopped_since: epochs.get(&h.name).copied(),
-        cause,
+        cause: origin,
         reply,
     })
     .await;
-    let verdict = match results.iter().find(|r| !r.ok) {
-        Some(failed) => Err(failed.message.clone()),
+    let verdict = match results.iter().find_map(|r| match &r.outcome {
+        Outcome::Failed(why) => Some(why.clone()),
+        _ => None,
+    }) {
+        Some(why) => Err(why),
         None => Ok(()),
     };
     let _ = done.send(Some(verdict));
@@ -260,7 +267,7 @@ async fn wait_dependency(mut rx: Done, handles: &[ProcessHandle]) -> Result<(), 
 pub(crate) async fn request_all(
     handles: Vec<ProcessHandle>,
     make: impl Fn(&ProcessHandle, Option<tokio::sync::oneshot::Sender<Outcome>>) -> Command,
-) -> Vec<ActionResult> {
+) -> Vec<Answer> {
     let mut pending = Vec::with_capacity(handles.len());
     for h in handles {
         let (tx, rx) = tokio::sync::oneshot::channel();
@@ -275,7 +282,7 @@ pub(crate) async fn request_all(
                 .await
                 .unwrap_or_else(|_| Outcome::Failed(format!("{}: no longer supervised", h.name))),
         };
-        results.push(action_result(&h.name, outcome));
+        results.push(Answer::new(&h.name, outcome));
     }
     results
 }

@@ -82,6 +82,7 @@ impl<T> Sender<T> {
     }
 
     /// The current value.
+    #[cfg(test)]
     pub fn borrow(&self) -> Ref<'_, T> {
         self.shared.read()
     }

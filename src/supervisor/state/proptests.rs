@@ -16,6 +16,7 @@ use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 use proptest::prelude::*;
 
+use super::tests::spawn_error;
 use super::*;
 use crate::config::{
     BackoffConfig, HealthConfig, ListenAddress, OnUnhealthy, ProbeTarget, ProgramConfig,
@@ -328,7 +329,7 @@ impl World {
             Spawn::Runs { obeys_stop } => (obeys_stop, false),
             Spawn::ExecFails => (true, true),
             Spawn::Fails => {
-                return Event::SpawnFailed("fork: Resource temporarily unavailable".into())
+                return Event::SpawnFailed(spawn_error("fork: Resource temporarily unavailable"))
             }
         };
         let pid = self.fresh_pid();
@@ -399,7 +400,7 @@ impl World {
         if self.exit == Some(pid) {
             self.exit = None;
             let event = if self.report.take() == Some(pid) {
-                Event::SpawnFailed("exec \"/bin/web\": No such file or directory".into())
+                Event::SpawnFailed(spawn_error("exec \"/bin/web\": No such file or directory"))
             } else {
                 Event::Exited(end)
             };
@@ -676,7 +677,7 @@ fn an_exec_failure_while_stopping_ends_the_stop() {
     assert_eq!(m.state.name(), "stopping");
     m.step(
         &cfg,
-        Event::SpawnFailed("exec \"/bin/web\": No such file or directory".into()),
+        Event::SpawnFailed(spawn_error("exec \"/bin/web\": No such file or directory")),
         now,
         0.0,
     );

@@ -1,0 +1,155 @@
+//! Why a process is in its state, as a value: the machine records a [`Why`],
+//! and words are made from it only where they are shown (`ctl status`,
+//! `ctl events`, minder's log, hook variables), by its `Display`.
+
+use std::fmt;
+use std::time::Duration;
+
+use nix::unistd::Pid;
+
+use crate::process::{ProcessEnd, SpawnError};
+use crate::text::short_duration;
+
+/// Why a process is in its state; [`Why::None`] when there is nothing to say.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Why {
+    /// Nothing to say (a process started on request and running).
+    #[default]
+    None,
+    /// `ctl stop` (or a reload) while it waited in backoff.
+    StoppedInBackoff,
+    /// It ended by itself, and the restart policy keeps it down or restarts it.
+    Ended(ProcessEnd),
+    /// It ended after minder asked it to stop.
+    Stopped(ProcessEnd),
+    /// It ended before it was ready.
+    EndedBeforeReady(ProcessEnd),
+    /// The spawn failed: where, and the OS error.
+    SpawnFailed(SpawnError),
+    /// It did not get ready in time.
+    NotReady {
+        /// The time it had (`start_period`, `ready_timeout`).
+        within: Duration,
+        /// Readiness is `READY=1` on the notify socket (else a probe).
+        notify: bool,
+        /// The last failed probe of the start period, if any.
+        probe: Option<String>,
+    },
+    /// A probe failed during the start period, where failures do not count.
+    ProbeFailedWhileStarting {
+        /// What the probe saw.
+        probe: String,
+    },
+    /// Probes fail, not yet `failure_threshold` times in a row.
+    ProbeFailing {
+        /// Consecutive failures so far.
+        failures: u32,
+        /// `failure_threshold`.
+        threshold: u32,
+        /// What the last probe saw.
+        probe: String,
+    },
+    /// `failure_threshold` probes failed in a row.
+    Unhealthy {
+        /// What the last probe saw.
+        probe: String,
+    },
+    /// No `WATCHDOG=1` within `watchdog`.
+    WatchdogTimeout {
+        /// The configured `watchdog` interval.
+        after: Duration,
+    },
+    /// The program sent `WATCHDOG=trigger`.
+    WatchdogTriggered,
+    /// Running again after an automatic restart this caused.
+    RestartedAfter(Box<Why>),
+    /// `max_retries` consecutive failed starts: minder gave up.
+    GaveUp {
+        /// Failed starts counted.
+        failures: u32,
+        /// Why the last one failed.
+        last: Box<Why>,
+    },
+    /// The replacement of a rolling restart failed; the old process serves on.
+    RolloutFailed {
+        /// Why the replacement failed.
+        cause: Box<Why>,
+        /// The old process, current again.
+        serving: Pid,
+    },
+    /// Text saved by the image before a `ctl reexec` (only shown, never decided on).
+    Handed(String),
+}
+
+impl Why {
+    /// Whether there is nothing to say.
+    pub fn is_none(&self) -> bool {
+        *self == Why::None
+    }
+
+    /// The probe message inside, if this is about a failed probe.
+    pub fn probe(&self) -> Option<&str> {
+        match self {
+            Why::ProbeFailedWhileStarting { probe }
+            | Why::ProbeFailing { probe, .. }
+            | Why::Unhealthy { probe } => Some(probe),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Why {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Why::None => Ok(()),
+            Why::StoppedInBackoff => f.write_str("stopped by request during backoff"),
+            Why::Ended(end) => write!(f, "{end}"),
+            Why::Stopped(end) => write!(f, "{end} (stopped by request)"),
+            Why::EndedBeforeReady(end) => write!(f, "{end} before it was ready"),
+            Why::SpawnFailed(e) => write!(f, "spawn failed: {e}"),
+            Why::NotReady {
+                within,
+                notify: true,
+                ..
+            } => write!(f, "no READY=1 within {}", short_duration(*within)),
+            Why::NotReady {
+                within,
+                notify: false,
+                probe,
+            } => {
+                write!(f, "not ready within {}", short_duration(*within))?;
+                match probe {
+                    Some(probe) => write!(f, ": {probe}"),
+                    None => Ok(()),
+                }
+            }
+            Why::ProbeFailedWhileStarting { probe } => f.write_str(probe),
+            Why::ProbeFailing {
+                failures,
+                threshold,
+                probe,
+            } => write!(f, "probe failed ({failures}/{threshold}): {probe}"),
+            Why::Unhealthy { probe } => write!(f, "unhealthy: {probe}"),
+            Why::WatchdogTimeout { after } => write!(
+                f,
+                "watchdog timeout: no WATCHDOG=1 within {}",
+                short_duration(*after)
+            ),
+            Why::WatchdogTriggered => {
+                f.write_str("watchdog triggered by the program (WATCHDOG=trigger)")
+            }
+            Why::RestartedAfter(cause) => write!(f, "restarted after: {cause}"),
+            Why::GaveUp { failures, last } => {
+                write!(
+                    f,
+                    "fatal: gave up after {failures} failed starts; last: {last}"
+                )
+            }
+            Why::RolloutFailed { cause, serving } => write!(
+                f,
+                "rolling restart failed: {cause}; still serving from pid {serving}"
+            ),
+            Why::Handed(text) => f.write_str(text),
+        }
+    }
+}
