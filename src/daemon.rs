@@ -150,7 +150,7 @@ async fn serve(config: Config, options: Options) -> Result<(), DaemonError> {
         },
     );
     let systemd = tokio::spawn(systemd::run(
-        Systemd::from_env(Arc::new(tokio::sync::Notify::new())),
+        Systemd::from_env(),
         phase.clone(),
         transitions.subscribe(),
         inputs_tx.clone(),

@@ -63,7 +63,7 @@ pub struct Systemd {
     sink: Option<Sink>,
     /// Half of `WATCHDOG_USEC`, and when the next `WATCHDOG=1` is due.
     watchdog: Option<(Duration, Pin<Box<Sleep>>)>,
-    /// Woken by process actors when a state or health changes.
+    /// Woken by [`run`] when a process's state or health changes.
     changes: Arc<Notify>,
     /// Armed by the first change after a summary; fires [`Duty::Status`].
     status_due: Option<Pin<Box<Sleep>>>,
@@ -82,9 +82,9 @@ pub struct Systemd {
 impl Systemd {
     /// From minder's environment: `NOTIFY_SOCKET`, and `WATCHDOG_USEC` when
     /// `WATCHDOG_PID` is absent or names this process (as `sd_watchdog_enabled`).
-    pub fn from_env(changes: Arc<Notify>) -> Systemd {
+    pub fn from_env() -> Systemd {
         let socket = std::env::var_os("NOTIFY_SOCKET").filter(|s| !s.is_empty());
-        let mut link = Systemd::disabled(changes);
+        let mut link = Systemd::disabled(Arc::new(Notify::new()));
         if socket.is_none() {
             return link;
         }

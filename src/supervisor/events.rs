@@ -165,3 +165,35 @@ impl Phase {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::process::ProcessEnd;
+
+    #[test]
+    fn a_cause_reads_as_the_reason_of_ctl_events() {
+        let asked = |by, action| Cause::Requested { by, action }.to_string();
+        assert_eq!(asked(Origin::Request, Action::Restart), "ctl restart");
+        assert_eq!(asked(Origin::Request, Action::Stop), "ctl stop");
+        assert_eq!(asked(Origin::Autostart, Action::Start), "autostart");
+        assert_eq!(asked(Origin::Reload, Action::Remove), "reload");
+        assert_eq!(asked(Origin::Shutdown, Action::Stop), "shutdown");
+        let ended = Cause::Process(Why::Ended(ProcessEnd::Exited(3)));
+        assert_eq!(ended.to_string(), "exited with code 3");
+    }
+
+    #[test]
+    fn a_change_is_named_as_spec_names_states_and_health() {
+        let change = Change::State {
+            from: State::Stopped,
+            to: State::Fatal,
+        };
+        assert_eq!(change.names(), ("stopped", "fatal"));
+        let change = Change::Health {
+            from: Health::Healthy,
+            to: Health::Unhealthy,
+        };
+        assert_eq!(change.names(), ("healthy", "unhealthy"));
+    }
+}

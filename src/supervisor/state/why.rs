@@ -153,3 +153,110 @@ impl fmt::Display for Why {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::process::SpawnStage;
+
+    /// The words are what `ctl status`, `ctl events` and hooks have always
+    /// shown: scripts match on them.
+    #[test]
+    fn each_reason_reads_as_before() {
+        let exited = || Box::new(Why::Ended(ProcessEnd::Exited(1)));
+        let cases: Vec<(Why, &str)> = vec![
+            (Why::None, ""),
+            (Why::StoppedInBackoff, "stopped by request during backoff"),
+            (Why::Ended(ProcessEnd::Signaled(9)), "killed by SIGKILL"),
+            (
+                Why::Stopped(ProcessEnd::Signaled(15)),
+                "killed by SIGTERM (stopped by request)",
+            ),
+            (
+                Why::EndedBeforeReady(ProcessEnd::Exited(2)),
+                "exited with code 2 before it was ready",
+            ),
+            (
+                Why::SpawnFailed(SpawnError::plain(
+                    SpawnStage::Exec,
+                    "exec \"/x\": No such file or directory".into(),
+                )),
+                "spawn failed: exec \"/x\": No such file or directory",
+            ),
+            (
+                Why::NotReady {
+                    within: Duration::from_secs(5),
+                    notify: true,
+                    probe: None,
+                },
+                "no READY=1 within 5s",
+            ),
+            (
+                Why::NotReady {
+                    within: Duration::from_secs(10),
+                    notify: false,
+                    probe: Some("GET /: 503".into()),
+                },
+                "not ready within 10s: GET /: 503",
+            ),
+            (
+                Why::ProbeFailing {
+                    failures: 2,
+                    threshold: 3,
+                    probe: "GET /: 503".into(),
+                },
+                "probe failed (2/3): GET /: 503",
+            ),
+            (
+                Why::Unhealthy {
+                    probe: "GET /: 503".into(),
+                },
+                "unhealthy: GET /: 503",
+            ),
+            (
+                Why::WatchdogTimeout {
+                    after: Duration::from_secs(2),
+                },
+                "watchdog timeout: no WATCHDOG=1 within 2s",
+            ),
+            (
+                Why::RestartedAfter(exited()),
+                "restarted after: exited with code 1",
+            ),
+            (
+                Why::GaveUp {
+                    failures: 4,
+                    last: exited(),
+                },
+                "fatal: gave up after 4 failed starts; last: exited with code 1",
+            ),
+            (
+                Why::RolloutFailed {
+                    cause: exited(),
+                    serving: Pid::from_raw(4242),
+                },
+                "rolling restart failed: exited with code 1; still serving from pid 4242",
+            ),
+        ];
+        for (why, words) in cases {
+            assert_eq!(why.to_string(), words, "{why:?}");
+        }
+    }
+
+    #[test]
+    fn only_probe_reasons_carry_a_probe_message() {
+        let probe = "GET /: 503".to_string();
+        assert_eq!(
+            Why::Unhealthy {
+                probe: probe.clone()
+            }
+            .probe(),
+            Some("GET /: 503")
+        );
+        assert_eq!(
+            Why::ProbeFailedWhileStarting { probe }.probe(),
+            Some("GET /: 503")
+        );
+        assert_eq!(Why::Ended(ProcessEnd::Exited(1)).probe(), None);
+    }
+}
