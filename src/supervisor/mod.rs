@@ -1,7 +1,8 @@
 //! The supervisor: owns the registry of processes (one actor each), carries
 //! out typed requests, orders starts and stops by `depends_on`, applies
 //! reloads (`reload.rs`), hands over to a new image (`handover.rs`) and
-//! drives shutdown.
+//! drives shutdown (`shutdown.rs`). What it takes and answers is in
+//! `input.rs`, what it publishes in `events.rs`.
 //!
 //! It knows nothing of the layers on it. The control socket, systemd,
 //! `/metrics` and hooks send it [`Input`]s and subscribe to what it
@@ -11,199 +12,29 @@ mod actor;
 pub mod backoff;
 pub mod events;
 mod handover;
+mod input;
 mod order;
 mod reload;
+mod shutdown;
 pub mod state;
 mod watch;
 
 pub use actor::{Command, Context, ProcessActor, ProcessHandle, ProcessStatus};
 pub use events::{Action, Cause, Change, Origin, Phase, Transition};
 pub use handover::{Exec, Handover, Resume};
+pub use input::{Act, Answer, Input, Refusal, Subscription, TailStart, INPUT_QUEUE};
 pub use reload::{ReloadGate, ReloadReport};
 
 use std::collections::{HashMap, HashSet};
-use std::fmt;
-use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
-use nix::sys::signal::Signal;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::config::{self, Config};
-use crate::logs::{LogRequest, Stream, TailReply};
+use crate::logs::{LogRequest, Stream};
 use crate::sockets::ListenSet;
 use order::Topology;
 use state::Outcome;
-
-/// A request to the supervisor loop; the queue is bounded, so a flood is
-/// answered as busy by whoever sends.
-#[derive(Debug)]
-pub enum Input {
-    /// The status of the named processes or programs (all when empty).
-    Status {
-        /// Process or program names, or `all`.
-        names: Vec<String>,
-        /// The processes, in config order.
-        reply: oneshot::Sender<Result<Vec<ProcessHandle>, Refusal>>,
-    },
-    /// Do something to the named processes or programs.
-    Act {
-        /// What.
-        action: Act,
-        /// Process or program names, or `all`.
-        names: Vec<String>,
-        /// Reply once every process has settled (else at once, with no results).
-        wait: bool,
-        /// One answer per process.
-        reply: oneshot::Sender<Result<Vec<Answer>, Refusal>>,
-    },
-    /// Re-read the config file and apply it; SIGHUP sends `None`.
-    Reload(Option<oneshot::Sender<Result<ReloadReport, Refusal>>>),
-    /// Hand everything over to this binary, which passed its checks with the
-    /// config in force then (`ctl reexec`). Replies only if that failed.
-    Reexec {
-        /// The new image.
-        binary: PathBuf,
-        /// The config it was checked against; a reload since refuses.
-        checked: Arc<Config>,
-        /// Why not.
-        reply: oneshot::Sender<Refusal>,
-    },
-    /// The captured output of one process, and with `follow` what comes.
-    Tail {
-        /// One process name.
-        name: String,
-        /// Which stream.
-        stream: Stream,
-        /// Lines of history.
-        lines: usize,
-        /// Keep sending new output.
-        follow: bool,
-        /// The history and the stream.
-        reply: oneshot::Sender<Result<TailStart, Refusal>>,
-    },
-    /// SIGUSR1: reopen every captured log file.
-    ReopenLogs,
-    /// Follow the transitions of the named processes (all when empty).
-    Subscribe {
-        /// Process or program names, or `all`.
-        names: Vec<String>,
-        /// The subscription.
-        reply: oneshot::Sender<Result<Subscription, Refusal>>,
-    },
-    /// Every process, in config order (`/metrics`, systemd's `STATUS=`).
-    Snapshot(oneshot::Sender<Vec<ProcessHandle>>),
-    /// Answered as soon as the loop gets to it (`/healthz`, systemd's watchdog).
-    Ping(oneshot::Sender<()>),
-    /// SIGTERM/SIGINT: the first stops everything in order, the second kills.
-    Terminate,
-    /// `ctl shutdown`: like `Terminate`, answered once everything is stopped.
-    Shutdown(oneshot::Sender<()>),
-}
-
-/// What [`Input::Act`] does to each process.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Act {
-    /// Start, after what it depends on.
-    Start,
-    /// Stop, after what depends on it.
-    Stop,
-    /// Stop and start; rolling for programs with `listen` sockets.
-    Restart,
-    /// Send a signal to the process group.
-    Signal(Signal),
-    /// Reopen the log files.
-    ReopenLogs,
-}
-
-/// What became of a request for one process.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Answer {
-    /// The process.
-    pub name: String,
-    /// Done, or failed and why.
-    pub outcome: Outcome,
-}
-
-impl Answer {
-    fn new(name: &str, outcome: Outcome) -> Answer {
-        Answer {
-            name: name.to_string(),
-            outcome,
-        }
-    }
-}
-
-/// Why a request was refused as a whole.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Refusal {
-    /// A request that needs names had none.
-    NoName,
-    /// These names match no process or program.
-    Unknown(Vec<String>),
-    /// A request for one process named a program with several.
-    NotOne {
-        /// The name given.
-        name: String,
-        /// How many processes it names.
-        count: usize,
-    },
-    /// Shutdown has begun.
-    ShuttingDown,
-    /// It could not be done, and why.
-    Failed(String),
-}
-
-impl fmt::Display for Refusal {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Refusal::NoName => f.write_str("no process named"),
-            Refusal::Unknown(names) => {
-                write!(f, "no such process or program: {}", names.join(", "))
-            }
-            Refusal::NotOne { name, count } => {
-                write!(f, "{name:?} names {count} processes; give one process name")
-            }
-            Refusal::ShuttingDown => f.write_str("minder is shutting down"),
-            Refusal::Failed(why) => f.write_str(why),
-        }
-    }
-}
-
-/// An accepted [`Input::Subscribe`]: the stream and what to pick from it.
-#[derive(Debug)]
-pub struct Subscription {
-    /// The processes followed, in config order.
-    pub following: Vec<String>,
-    /// Every transition from the moment of the request.
-    pub transitions: broadcast::Receiver<Arc<Transition>>,
-    /// Process or program names to keep; empty keeps everything.
-    names: Vec<String>,
-}
-
-impl Subscription {
-    /// Whether the subscriber asked for this transition.
-    pub fn wants(&self, transition: &Transition) -> bool {
-        self.names.is_empty()
-            || self
-                .names
-                .iter()
-                .any(|n| *n == transition.process || *n == transition.program)
-    }
-}
-
-/// The answer to a `tail` request.
-#[derive(Debug)]
-pub struct TailStart {
-    /// The process.
-    pub name: String,
-    /// History and, with `follow`, the stream.
-    pub reply: TailReply,
-}
-
-/// Capacity of the supervisor's input queue.
-pub const INPUT_QUEUE: usize = 256;
 
 /// The registry of supervised processes.
 pub struct Supervisor {
@@ -559,115 +390,6 @@ impl Supervisor {
             .filter(|h| wanted.contains(h.name.as_str()))
             .cloned()
             .collect())
-    }
-
-    /// Stops everything in reverse dependency order within `shutdown_timeout`,
-    /// then SIGKILLs what is left. A second SIGTERM/SIGINT kills at once.
-    async fn shutdown(&mut self, inputs: &mut mpsc::Receiver<Input>) {
-        tracing::info!("shutting down: stopping {} processes", self.processes.len());
-        let everything: Vec<ProcessHandle> = self
-            .processes
-            .iter()
-            .chain(&self.draining)
-            .cloned()
-            .collect();
-        let stop = self.topology(Origin::Shutdown).stop(self.processes.clone());
-        tokio::pin!(stop);
-        let deadline = tokio::time::sleep(self.config.supervisor.shutdown_timeout);
-        tokio::pin!(deadline);
-        loop {
-            tokio::select! {
-                _ = &mut stop => break,
-                _ = &mut deadline => {
-                    tracing::warn!("shutdown_timeout reached: killing what is left");
-                    break;
-                }
-                input = inputs.recv() => match input {
-                    Some(Input::Terminate) => {
-                        tracing::warn!("second termination signal: killing everything");
-                        break;
-                    }
-                    Some(input) => refuse_while_stopping(input, &self.processes, |names| self.select(names, true)),
-                    None => {}
-                },
-            }
-        }
-        for handle in &everything {
-            let _ = handle.send(Command::Kill);
-        }
-        // SIGKILL cannot be ignored; this bound only covers processes stuck in the kernel.
-        let gone = async {
-            for handle in &everything {
-                let mut watch = handle.watch();
-                while watch.borrow().state.pid().is_some() {
-                    if watch.changed().await.is_err() {
-                        break;
-                    }
-                }
-            }
-        };
-        if tokio::time::timeout(Duration::from_secs(5), gone)
-            .await
-            .is_err()
-        {
-            tracing::error!("some processes did not die after SIGKILL");
-        }
-        // Every child is gone: write out what their pipes still hold.
-        let flushed = async {
-            for handle in &everything {
-                let (tx, rx) = oneshot::channel();
-                if handle
-                    .send(Command::Logs(LogRequest::Flush { reply: tx }))
-                    .is_ok()
-                {
-                    let _ = rx.await;
-                }
-            }
-        };
-        if tokio::time::timeout(Duration::from_secs(5), flushed)
-            .await
-            .is_err()
-        {
-            tracing::warn!("log files not fully written out within 5s");
-        }
-        tracing::info!("all processes stopped");
-    }
-}
-
-/// What shutdown answers: status, snapshots and pings as usual (systemd and
-/// `/metrics` keep working), everything else refused.
-fn refuse_while_stopping(
-    input: Input,
-    processes: &[ProcessHandle],
-    select: impl Fn(&[String]) -> Result<Vec<ProcessHandle>, Refusal>,
-) {
-    match input {
-        Input::Status { names, reply } => {
-            let _ = reply.send(select(&names));
-        }
-        Input::Snapshot(reply) => {
-            let _ = reply.send(processes.to_vec());
-        }
-        Input::Ping(reply) => {
-            let _ = reply.send(());
-        }
-        Input::Act { reply, .. } => {
-            let _ = reply.send(Err(Refusal::ShuttingDown));
-        }
-        Input::Reload(Some(reply)) => {
-            let _ = reply.send(Err(Refusal::ShuttingDown));
-        }
-        Input::Reexec { reply, .. } => {
-            let _ = reply.send(Refusal::ShuttingDown);
-        }
-        Input::Tail { reply, .. } => {
-            let _ = reply.send(Err(Refusal::ShuttingDown));
-        }
-        Input::Subscribe { reply, .. } => {
-            let _ = reply.send(Err(Refusal::ShuttingDown));
-        }
-        // Dropped: the client hears that minder is shutting down.
-        Input::Shutdown(_) | Input::Reload(None) | Input::ReopenLogs | Input::Terminate => {}
     }
 }
 
