@@ -37,7 +37,11 @@ const REQUEST_QUEUE: usize = 4;
 /// A stream without output for this long gives its task up (see `dormant`).
 const IDLE_PARK: Duration = Duration::from_secs(10);
 
-/// [`IDLE_PARK`], or `MINDER_TEST_IDLE_PARK_MS` so tests need not wait 10 s.
+/// [`IDLE_PARK`], or in debug builds `MINDER_TEST_IDLE_PARK_MS`, so that the
+/// integration tests (which run the debug binary) need not wait 10 s for a
+/// stream to park. Only debug builds read the variable: a release build always
+/// parks after [`IDLE_PARK`], whatever its environment.
+#[cfg(debug_assertions)]
 fn idle_park() -> Duration {
     static PARK: std::sync::OnceLock<Duration> = std::sync::OnceLock::new();
     *PARK.get_or_init(|| {
@@ -46,6 +50,12 @@ fn idle_park() -> Duration {
             .and_then(|ms| ms.parse().ok())
             .map_or(IDLE_PARK, Duration::from_millis)
     })
+}
+
+/// [`IDLE_PARK`]: release builds have no test knob.
+#[cfg(not(debug_assertions))]
+fn idle_park() -> Duration {
+    IDLE_PARK
 }
 
 /// A request to one stream's capture task.
