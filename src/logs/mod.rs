@@ -1,9 +1,18 @@
 //! Log capture: each process's stdout and stderr through pipes into size-rotated
 //! files, the end of a log for `ctl tail`, and `tail -f` streaming.
 //!
+//! - `pipes`: [`ProcessLogs`], a process's pipes (made at its first spawn,
+//!   kept across restarts) and the way its requests reach each stream; the
+//!   public request, reply and counter types;
+//! - `capture`: the task of one stream, waiting on the runtime and serving
+//!   requests between bursts;
+//! - `dormant`: streams without recent output, waiting without a task;
+//! - `burst`: moving what a pipe holds into the file on the blocking pool
+//!   (splice, or read and write);
+//! - `sink`: the file side of a stream: writing, counting, warning about a
+//!   failing file, feeding `tail -f`;
 //! - `rotating`: [`RotatingFile`], an `io::Write` that rotates by renaming;
-//! - `capture`: the pipes of a process and one task per pipe;
-//! - `dormant`: pipes that have had no output yet, waiting without a task;
+//! - `handover`: the pipes across `reexec`;
 //! - `own`: minder's own log (stderr, JSON, daily file);
 //! - `safe`: opening log files so that nobody else can redirect the writes;
 //! - `stamp`: `timestamps = true`, the only per-line work;
@@ -11,33 +20,33 @@
 //!
 //! How output flows: the child writes into a pipe that minder keeps for the
 //! process's whole life (both ends, across restarts; plain fds, so `reexec`
-//! can hand them over). Until the stream first has output, its read end waits
+//! can hand them over). While the stream has no output, its read end waits
 //! in one epoll set shared by all such streams (`dormant`): an idle program
-//! costs no task. Then the stream gets its own task: on readability it lends
-//! the read end (unregistered from the runtime) and its `RotatingFile` to
-//! tokio's blocking pool, which moves output until the pipe is empty (waiting
-//! 2 ms for more first) or 50 ms / 64 MiB have passed, so the runtime thread
-//! never waits for the disk and is not woken by each write of a busy child.
-//! Into a regular file without timestamps and `tail -f` followers it splices
-//! (splice(2), through a relay pipe of the thread, 128 KiB steps); near the
-//! rotation bound, and otherwise, it alternates `read` and `write` of up to
-//! 124 KiB like `cat`. The pipe is enlarged to 256 KiB (F_SETPIPE_SZ) the
-//! first time the child fills it. One task per pipe means
-//! one writer per file, in order. A file that cannot be written drops output
-//! (counted in `dropped_bytes`, warned about at most every 10 s) and never
-//! blocks the child; writing resumes as soon as the file takes bytes again.
+//! costs no task. Output starts the stream's own task (`capture`), which
+//! goes back to the dormant set after 10 s without output. On readability
+//! the task lends the read end (unregistered from the runtime) and the file
+//! side to tokio's blocking pool for one burst (`burst`), which splices or
+//! copies until the pipe is empty or its budget is used, so the runtime
+//! thread never waits for the disk and is not woken by each write of a busy
+//! child. One task per pipe means one writer per file, in order. A file that
+//! cannot be written drops output (`sink`: counted in `dropped_bytes`, warned
+//! about at most every 10 s) and never blocks the child; writing resumes as
+//! soon as the file takes bytes again.
 
+mod burst;
 mod capture;
 mod dormant;
 mod handover;
 pub mod own;
+mod pipes;
 mod rotating;
 mod safe;
+mod sink;
 mod stamp;
 mod tail;
 
-pub use capture::{LogRequest, LogStats, ProcessLogs, Stream, TailEvent, TailReply};
 pub use handover::{offer as offer_saved_pipes, quiesce, SavedPipes};
+pub use pipes::{LogRequest, LogStats, ProcessLogs, Stream, TailEvent, TailReply};
 pub use rotating::{numbered, RotatingFile, Rotation};
 pub use safe::refusal;
 pub use stamp::Stamper;
