@@ -20,17 +20,18 @@ use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 
 use crate::config::ProgramConfig;
-use crate::process::ProcessEnd;
+use crate::process::{set_cloexec, ProcessEnd};
 use crate::supervisor::state::{Health, Machine, State};
 use crate::supervisor::ProcessStatus;
 
-/// The environment variable holding the state memfd's number.
-pub const STATE_FD_ENV: &str = "MINDER_REEXEC_FD";
+/// The environment variable holding the state memfd's number (kept from
+/// children by the process layer, which names it).
+pub const STATE_FD_ENV: &str = crate::process::HANDOVER_STATE_FD_ENV;
 
 /// The environment variable telling the new image the soft RLIMIT_NOFILE
 /// the first one was started with (the new one starts with the raised
 /// limit, and children must still get the original).
-pub const ORIGINAL_NOFILE_ENV: &str = "MINDER_ORIGINAL_NOFILE";
+pub const ORIGINAL_NOFILE_ENV: &str = crate::process::HANDOVER_NOFILE_ENV;
 
 /// The state format this build writes and reads; printed by `--version` so an
 /// older image can refuse to hand over to a build that would not understand it.
@@ -335,22 +336,6 @@ fn try_exec(
     Err(io::Error::from(
         result.err().unwrap_or(nix::errno::Errno::EINVAL),
     ))
-}
-
-/// Sets or clears close-on-exec on `fd`.
-pub fn set_cloexec(fd: RawFd, on: bool) {
-    // SAFETY: F_GETFD/F_SETFD only change a descriptor flag of an fd we own.
-    unsafe {
-        let flags = libc::fcntl(fd, libc::F_GETFD);
-        if flags >= 0 {
-            let flags = if on {
-                flags | libc::FD_CLOEXEC
-            } else {
-                flags & !libc::FD_CLOEXEC
-            };
-            libc::fcntl(fd, libc::F_SETFD, flags);
-        }
-    }
 }
 
 /// The state handed over by the previous image, if this image was started by

@@ -1,15 +1,17 @@
 //! OS processes: how minder starts them (one fork/exec path), how it learns that
 //! they ended (one reaper), and how it signals them.
 
+mod fd;
 mod reaper;
 mod run;
 mod spawn;
 
+pub use fd::set_cloexec;
 pub use reaper::{ExitReceiver, Reaper};
 pub use run::{run_captured, Capture, RunError};
 pub use spawn::{
     child_fd_limit, set_child_fd_limit, spawn, spawn_unconfirmed, Output, PendingReport,
-    SpawnError, SpawnRequest, SpawnStage, Spawned,
+    SpawnError, SpawnRequest, SpawnStage, Spawned, HANDOVER_NOFILE_ENV, HANDOVER_STATE_FD_ENV,
 };
 
 use nix::sys::signal::{self, Signal};

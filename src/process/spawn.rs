@@ -40,9 +40,21 @@ const NOT_INHERITED: &[&str] = &[
     "LISTEN_FDNAMES",
     "WATCHDOG_USEC",
     "WATCHDOG_PID",
-    crate::reexec::STATE_FD_ENV,
-    crate::reexec::ORIGINAL_NOFILE_ENV,
+    HANDOVER_STATE_FD_ENV,
+    HANDOVER_NOFILE_ENV,
 ];
+
+/// The number of the memfd holding the state `reexec` hands from one image
+/// of minder to the next. Named here, with the other variables no child
+/// inherits, so that keeping minder's own variables from children needs
+/// nothing from `reexec` (which takes the name from here): whatever
+/// `reexec` leaves in the environment, no child sees it.
+pub const HANDOVER_STATE_FD_ENV: &str = "MINDER_REEXEC_FD";
+
+/// The soft RLIMIT_NOFILE the first image of minder was started with,
+/// handed to the next one by `reexec`; kept from children like
+/// [`HANDOVER_STATE_FD_ENV`].
+pub const HANDOVER_NOFILE_ENV: &str = "MINDER_ORIGINAL_NOFILE";
 
 /// The RLIMIT_NOFILE minder itself was started with, restored in children:
 /// minder raises its own limit for its many fds, but programs (select(2) users
