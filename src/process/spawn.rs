@@ -120,38 +120,57 @@ pub enum Output {
     Fd(RawFd),
 }
 
-/// Where a spawn failed; part of the message a user sees.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SpawnStage {
+/// Defines [`SpawnStage`] and the list of all its values from one list, so
+/// that the code a child writes for its failed stage and the stage minder
+/// reads back from it cannot disagree.
+macro_rules! spawn_stages {
+    ($($(#[doc = $doc:literal])* $stage:ident = $code:literal,)*) => {
+        /// Where a spawn failed; part of the message a user sees.
+        ///
+        /// The child reports its failed stage as the number of the variant
+        /// (`stage as u32`, never 0: 0 means no failure), minder reads it
+        /// back with [`SpawnStage::from_code`].
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        #[repr(u32)]
+        pub enum SpawnStage {
+            $($(#[doc = $doc])* $stage = $code,)*
+        }
+
+        impl SpawnStage {
+            /// Every stage.
+            const ALL: &[SpawnStage] = &[$(SpawnStage::$stage,)*];
+        }
+    };
+}
+
+spawn_stages! {
     /// Building argv/envp (a NUL byte in an argument).
-    Prepare,
+    Prepare = 1,
     /// Finding the executable in `PATH`.
-    Lookup,
+    Lookup = 2,
     /// Resolving `user`/`group`, or refusing them without root.
-    Credentials,
+    Credentials = 3,
     /// Making the child (`clone`, or mapping its stack).
-    Fork,
+    Fork = 4,
     /// `setsid` in the child.
-    Session,
+    Session = 5,
     /// Setting up fds 0, 1, 2 in the child.
-    Stdio,
+    Stdio = 6,
     /// `setgroups`/`setgid`/`setuid` in the child.
-    Identity,
+    Identity = 7,
     /// `chdir` to `directory`.
-    Chdir,
+    Chdir = 8,
     /// `execve`.
-    Exec,
+    Exec = 9,
 }
 
 impl SpawnStage {
-    fn from_code(code: u32) -> SpawnStage {
-        match code {
-            4 => SpawnStage::Session,
-            5 => SpawnStage::Stdio,
-            6 => SpawnStage::Identity,
-            7 => SpawnStage::Chdir,
-            _ => SpawnStage::Exec,
-        }
+    /// The stage whose code (`stage as u32`) is `code`.
+    fn from_code(code: u32) -> Option<SpawnStage> {
+        SpawnStage::ALL
+            .iter()
+            .copied()
+            .find(|stage| *stage as u32 == code)
     }
 }
 
@@ -283,8 +302,7 @@ impl Drop for PendingReport {
     }
 }
 
-fn failure_error(stage: u32, errno: i32, program: &str, directory: &Path) -> SpawnError {
-    let stage = SpawnStage::from_code(stage);
+fn failure_error(stage: SpawnStage, errno: i32, program: &str, directory: &Path) -> SpawnError {
     let what = match stage {
         SpawnStage::Exec => format!("exec {program:?}"),
         SpawnStage::Chdir => format!("chdir {directory:?}"),
@@ -298,7 +316,7 @@ fn failure_error(stage: u32, errno: i32, program: &str, directory: &Path) -> Spa
 /// A failed step of a child whose launch is gone, until its report is read.
 struct Failed {
     serial: u64,
-    stage: u32,
+    stage: SpawnStage,
     errno: i32,
 }
 
@@ -318,7 +336,8 @@ struct Shared {
     /// Non-zero until the child has exec'd or exited: `CLONE_CHILD_CLEARTID`
     /// makes the kernel write 0 here then, and wake futex waiters.
     in_use: AtomicU32,
-    /// The stage code of a failed step (0: none); written after `errno`.
+    /// The code of the stage of a failed step (`SpawnStage as u32`, 0:
+    /// none); written after `errno`.
     stage: AtomicU32,
     /// The errno of the failed step.
     errno: AtomicU32,
@@ -610,10 +629,17 @@ impl Launch {
     }
 
     /// The child's report of a failed step, once it is done with the launch.
-    fn failure(&self) -> Option<(u32, i32)> {
+    fn failure(&self) -> Option<(SpawnStage, i32)> {
         let shared = self.shared();
-        let stage = shared.stage.load(Ordering::Acquire);
-        (stage != 0).then(|| (stage, shared.errno.load(Ordering::Relaxed) as i32))
+        let code = shared.stage.load(Ordering::Acquire);
+        if code == 0 {
+            return None;
+        }
+        // The child writes only codes of stages (`fail` takes a
+        // `SpawnStage`); should another number ever be read, the child still
+        // failed, and exec is its last step.
+        let stage = SpawnStage::from_code(code).unwrap_or(SpawnStage::Exec);
+        Some((stage, shared.errno.load(Ordering::Relaxed) as i32))
     }
 
     /// Frees the launch of a child that is done with it (or never existed),
@@ -1160,7 +1186,7 @@ unsafe fn child(args: &ChildArgs) -> ! {
             8,
         ],
     );
-    check(args, 4, sys(libc::SYS_setsid, [0; 4]));
+    check(args, SpawnStage::Session, sys(libc::SYS_setsid, [0; 4]));
     let pid = sys(libc::SYS_getpid, [0; 4]) as libc::pid_t;
     for i in 0..args.n_slots {
         let (slot, prefix) = *args.pid_slots.add(i);
@@ -1177,7 +1203,7 @@ unsafe fn child(args: &ChildArgs) -> ! {
             libc::SYS_fcntl,
             [*fd as usize, libc::F_DUPFD_CLOEXEC as usize, first_free, 0],
         );
-        check(args, 5, moved);
+        check(args, SpawnStage::Stdio, moved);
         *fd = moved as libc::c_int;
     }
     // dup3 (dup2 is missing on some architectures) clears close-on-exec on
@@ -1185,7 +1211,7 @@ unsafe fn child(args: &ChildArgs) -> ! {
     for (target, source) in stdio.into_iter().chain(listen.iter().copied()).enumerate() {
         check(
             args,
-            5,
+            SpawnStage::Stdio,
             sys(libc::SYS_dup3, [source as usize, target, 0, 0]),
         );
     }
@@ -1215,15 +1241,23 @@ unsafe fn child(args: &ChildArgs) -> ! {
     if let Some(uid) = args.uid {
         check(
             args,
-            6,
+            SpawnStage::Identity,
             sys(ids::SETGROUPS, [args.n_groups, args.groups as usize, 0, 0]),
         );
-        check(args, 6, sys(ids::SETGID, [args.gid as usize, 0, 0, 0]));
-        check(args, 6, sys(ids::SETUID, [uid as usize, 0, 0, 0]));
+        check(
+            args,
+            SpawnStage::Identity,
+            sys(ids::SETGID, [args.gid as usize, 0, 0, 0]),
+        );
+        check(
+            args,
+            SpawnStage::Identity,
+            sys(ids::SETUID, [uid as usize, 0, 0, 0]),
+        );
     }
     check(
         args,
-        7,
+        SpawnStage::Chdir,
         sys(libc::SYS_chdir, [args.directory as usize, 0, 0, 0]),
     );
     let result = sys(
@@ -1235,7 +1269,7 @@ unsafe fn child(args: &ChildArgs) -> ! {
             0,
         ],
     );
-    fail(args, 8, result)
+    fail(args, SpawnStage::Exec, result)
 }
 
 /// Writes `n` in decimal followed by a NUL at `at` (room: [`PID_DIGITS`] bytes);
@@ -1259,21 +1293,67 @@ unsafe fn write_decimal(at: *mut u8, n: libc::pid_t) {
 }
 
 /// Fails the step `stage` if a system call returned `-errno`.
-unsafe fn check(args: &ChildArgs, stage: u32, result: isize) {
+unsafe fn check(args: &ChildArgs, stage: SpawnStage, result: isize) {
     if result < 0 {
         fail(args, stage, result);
     }
 }
 
 /// Reports (stage, errno) to minder and exits without running any destructor.
-unsafe fn fail(args: &ChildArgs, stage: u32, result: isize) -> ! {
+unsafe fn fail(args: &ChildArgs, stage: SpawnStage, result: isize) -> ! {
     let shared = &*args.shared;
     shared
         .errno
         .store(result.unsigned_abs() as u32, Ordering::Relaxed);
     // Release: minder reads `errno` after seeing the stage.
-    shared.stage.store(stage, Ordering::Release);
+    shared.stage.store(stage as u32, Ordering::Release);
     loop {
         sys(libc::SYS_exit_group, [127, 0, 0, 0]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_spawn_stage_round_trips_through_its_code() {
+        let mut codes = Vec::new();
+        for &stage in SpawnStage::ALL {
+            let code = stage as u32;
+            // 0 is "no failure" in the shared report.
+            assert_ne!(code, 0, "{stage:?}");
+            assert!(!codes.contains(&code), "{stage:?} shares code {code}");
+            codes.push(code);
+            assert_eq!(SpawnStage::from_code(code), Some(stage));
+        }
+        assert_eq!(SpawnStage::from_code(0), None);
+    }
+
+    #[test]
+    fn a_failed_chdir_is_reported_as_the_chdir_stage() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        runtime.block_on(async {
+            let reaper = Reaper::start().expect("reaper");
+            let request = SpawnRequest {
+                argv: vec!["/bin/true".to_string()],
+                directory: PathBuf::from("/nonexistent/minder-test-directory"),
+                clear_env: true,
+                environment: Vec::new(),
+                user: None,
+                group: None,
+                stdin: None,
+                stdout: Output::Null,
+                stderr: Output::Null,
+                pid_variables: Vec::new(),
+                listen_fds: Vec::new(),
+            };
+            let err = spawn(&request, &reaper).expect_err("chdir must fail");
+            assert_eq!(err.stage, SpawnStage::Chdir, "{err}");
+            assert_eq!(err.errno, Some(Errno::ENOENT), "{err}");
+        });
     }
 }
