@@ -16,7 +16,7 @@
 
 use std::ffi::{CString, OsStr};
 use std::num::NonZeroU64;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::ptr::NonNull;
@@ -29,6 +29,7 @@ use nix::fcntl::OFlag;
 use nix::unistd::{Gid, Pid, Uid, User};
 use tokio::sync::oneshot;
 
+use super::reaper::Watched;
 use super::{ExitReceiver, Reaper};
 
 /// Variables a child must never inherit from minder's own environment: they
@@ -383,6 +384,8 @@ fn start(req: &SpawnRequest, reaper: &Reaper) -> Result<(Spawned, Launch), Spawn
     drop(prepared);
 
     let (exit_tx, exit_rx) = oneshot::channel();
+    // Where `CLONE_PIDFD` puts the child's pidfd.
+    let mut pidfd: libc::c_int = -1;
     let mut owners = reaper.lock();
     // Every signal is blocked around clone, so the child starts with all of
     // them blocked: none can run one of minder's handlers in the child (on
@@ -405,7 +408,7 @@ fn start(req: &SpawnRequest, reaper: &Reaper) -> Result<(Spawned, Launch), Spawn
             launch.region.stack_top(),
             CLONE_FLAGS,
             launch.args.cast_mut().cast(),
-            std::ptr::null_mut::<libc::pid_t>(),
+            &mut pidfd,
             std::ptr::null_mut::<libc::c_void>(),
             (*launch.shared).in_use.as_ptr().cast::<libc::pid_t>(),
         )
@@ -421,7 +424,16 @@ fn start(req: &SpawnRequest, reaper: &Reaper) -> Result<(Spawned, Launch), Spawn
         launch.finish();
         return Err(SpawnError::os(SpawnStage::Fork, clone_errno, "clone"));
     }
-    owners.insert(pid, exit_tx);
+    let pidfd = if pidfd >= 0 {
+        // SAFETY: `CLONE_PIDFD` made this descriptor for this call alone;
+        // nothing else owns or closes it.
+        Some(unsafe { OwnedFd::from_raw_fd(pidfd) })
+    } else {
+        // A kernel that ignores `CLONE_PIDFD` (before 5.2): opened by PID,
+        // which is still the child's, unreaped while `owners` is locked.
+        super::reaper::open_pidfd(Pid::from_raw(pid)).ok()
+    };
+    owners.insert(pid, Watched::child(exit_tx, pidfd));
     drop(owners);
     // The child has its own copy of the fd table (made by clone), so minder's
     // fds may close now, whatever the child has got to.
@@ -439,14 +451,20 @@ fn start(req: &SpawnRequest, reaper: &Reaper) -> Result<(Spawned, Launch), Spawn
 /// `CLONE_VM`: the child shares minder's memory (no copy); no `CLONE_FILES`,
 /// `CLONE_FS`, `CLONE_SIGHAND` or `CLONE_THREAD`, so its fd table, cwd,
 /// signal handlers and credentials are its own. `SIGCHLD` on exit, like a
-/// forked child, so the reaper collects it. Where the child cannot make
-/// system calls without glibc (see [`sys`]), `CLONE_VFORK` suspends minder's
-/// thread until the exec, so the child may share that thread's errno.
+/// forked child, so the reaper collects it. `CLONE_PIDFD`: a pidfd on the
+/// child (close-on-exec), through which the reaper signals it. Where the
+/// child cannot make system calls without glibc (see [`sys`]), `CLONE_VFORK`
+/// suspends minder's thread until the exec, so the child may share that
+/// thread's errno.
 #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
-const CLONE_FLAGS: libc::c_int = libc::CLONE_VM | libc::CLONE_CHILD_CLEARTID | libc::SIGCHLD;
-#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
 const CLONE_FLAGS: libc::c_int =
-    libc::CLONE_VM | libc::CLONE_VFORK | libc::CLONE_CHILD_CLEARTID | libc::SIGCHLD;
+    libc::CLONE_VM | libc::CLONE_CHILD_CLEARTID | libc::CLONE_PIDFD | libc::SIGCHLD;
+#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+const CLONE_FLAGS: libc::c_int = libc::CLONE_VM
+    | libc::CLONE_VFORK
+    | libc::CLONE_CHILD_CLEARTID
+    | libc::CLONE_PIDFD
+    | libc::SIGCHLD;
 
 /// One child being started: a mapping holding its stack, all it reads until
 /// its exec and what it shares with minder. Kept until the kernel says the
