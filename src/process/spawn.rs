@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
 use nix::fcntl::OFlag;
+use nix::sys::signal::{pthread_sigmask, SigSet, SigmaskHow};
 use nix::unistd::{Gid, Pid, Uid, User};
 use tokio::sync::oneshot;
 
@@ -386,22 +387,27 @@ fn start(req: &SpawnRequest, reaper: &Reaper) -> Result<(Spawned, Launch), Spawn
     let (exit_tx, exit_rx) = oneshot::channel();
     // Where `CLONE_PIDFD` puts the child's pidfd.
     let mut pidfd: libc::c_int = -1;
-    let mut owners = reaper.lock();
     // Every signal is blocked around clone, so the child starts with all of
     // them blocked: none can run one of minder's handlers in the child (on
     // minder's memory) before the child has reset every disposition.
-    // SAFETY: plain sigset operations on sets owned here.
-    let mut all: libc::sigset_t = unsafe { std::mem::zeroed() };
-    let mut previous: libc::sigset_t = unsafe { std::mem::zeroed() };
-    unsafe {
-        libc::sigfillset(&mut all);
-        libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut previous);
+    let mut previous = SigSet::empty();
+    if let Err(e) = pthread_sigmask(
+        SigmaskHow::SIG_SETMASK,
+        Some(&SigSet::all()),
+        Some(&mut previous),
+    ) {
+        launch.finish();
+        return Err(SpawnError::os(SpawnStage::Fork, e, "blocking signals"));
     }
+    let mut owners = reaper.lock();
     // SAFETY: the launch's mapping (the child's stack and all it reads or
     // writes) stays mapped and unchanged until the kernel has cleared
     // `in_use` in it, i.e. until the child has exec'd or exited: `spawn`
     // waits for that, `sweep` checks it. `child_main` keeps to the rules
-    // stated there.
+    // stated there, and starts with every signal blocked (above). The
+    // kernel writes the pidfd (`CLONE_PIDFD`) to `pidfd` on this stack
+    // before clone returns, and clears `in_use` (`CLONE_CHILD_CLEARTID`) in
+    // the launch, which outlives the child's use of it.
     let pid = unsafe {
         libc::clone(
             child_main,
@@ -414,10 +420,8 @@ fn start(req: &SpawnRequest, reaper: &Reaper) -> Result<(Spawned, Launch), Spawn
         )
     };
     let clone_errno = Errno::last();
-    // SAFETY: restores the mask saved above.
-    unsafe {
-        libc::pthread_sigmask(libc::SIG_SETMASK, &previous, std::ptr::null_mut());
-    }
+    // Cannot fail: the same call with the same `how` succeeded above.
+    let _ = pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&previous), None);
     if pid < 0 {
         // No child: nothing uses the launch.
         drop(owners);
@@ -695,15 +699,29 @@ impl Writer {
     }
 
     /// A copy of `bytes`.
+    ///
+    /// # Safety
+    /// As for [`Writer::array`].
     unsafe fn bytes(&mut self, bytes: &[u8]) -> *mut u8 {
-        let at = self.array::<u8>(bytes.len());
-        std::ptr::copy_nonoverlapping(bytes.as_ptr(), at, bytes.len());
-        at
+        // SAFETY: room for `bytes.len()` bytes in the area, which the
+        // caller vouches is writable; a fresh part of it, so it cannot
+        // overlap `bytes` (which lives outside the launch).
+        unsafe {
+            let at = self.array::<u8>(bytes.len());
+            std::ptr::copy_nonoverlapping(bytes.as_ptr(), at, bytes.len());
+            at
+        }
     }
 
     /// A copy of `s` with its NUL.
+    ///
+    /// # Safety
+    /// As for [`Writer::array`].
     unsafe fn c_string(&mut self, s: &CString) -> *const libc::c_char {
-        self.bytes(s.as_bytes_with_nul()).cast_const().cast()
+        // SAFETY: the caller's contract is `bytes`'s.
+        unsafe { self.bytes(s.as_bytes_with_nul()) }
+            .cast_const()
+            .cast()
     }
 }
 
@@ -1083,50 +1101,80 @@ struct ChildArgs {
 
 /// A system call that leaves errno alone (the child shares the TLS of the
 /// minder thread that made it, which runs on): the result, or `-errno`.
+///
+/// # Safety
+/// That of system call `n` with these arguments: every pointer among `a`
+/// must be valid for what the call reads or writes through it, and the call
+/// must not break what Rust code relies on (e.g. close an fd someone owns).
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
 unsafe fn sys(n: libc::c_long, a: [usize; 4]) -> isize {
     let ret: isize;
-    std::arch::asm!(
-        "syscall",
-        inlateout("rax") n as isize => ret,
-        in("rdi") a[0],
-        in("rsi") a[1],
-        in("rdx") a[2],
-        in("r10") a[3],
-        lateout("rcx") _,
-        lateout("r11") _,
-        options(nostack),
-    );
+    // SAFETY: the kernel's x86_64 convention: number in rax, arguments in
+    // rdi, rsi, rdx, r10, result in rax, rcx and r11 clobbered by the
+    // instruction; it pushes nothing on our stack. Memory is not marked
+    // untouched, so the compiler assumes the call may read or write any of
+    // it. What the call itself does is the caller's contract.
+    unsafe {
+        std::arch::asm!(
+            "syscall",
+            inlateout("rax") n as isize => ret,
+            in("rdi") a[0],
+            in("rsi") a[1],
+            in("rdx") a[2],
+            in("r10") a[3],
+            lateout("rcx") _,
+            lateout("r11") _,
+            options(nostack),
+        );
+    }
     ret
 }
 
 /// A system call that leaves errno alone (see the x86_64 version).
+///
+/// # Safety
+/// As for the x86_64 version.
 #[cfg(target_arch = "aarch64")]
 #[inline(always)]
 unsafe fn sys(n: libc::c_long, a: [usize; 4]) -> isize {
     let ret: isize;
-    std::arch::asm!(
-        "svc 0",
-        in("x8") n,
-        inlateout("x0") a[0] as isize => ret,
-        in("x1") a[1],
-        in("x2") a[2],
-        in("x3") a[3],
-        options(nostack),
-    );
+    // SAFETY: the kernel's aarch64 convention: number in x8, arguments in
+    // x0..x3, result in x0; `svc` pushes nothing on our stack. Memory is not
+    // marked untouched, so the compiler assumes the call may read or write
+    // any of it. What the call itself does is the caller's contract.
+    unsafe {
+        std::arch::asm!(
+            "svc 0",
+            in("x8") n,
+            inlateout("x0") a[0] as isize => ret,
+            in("x1") a[1],
+            in("x2") a[2],
+            in("x3") a[3],
+            options(nostack),
+        );
+    }
     ret
 }
 
 /// A system call through glibc, which sets errno: only safe because on
 /// these targets the child runs under `CLONE_VFORK` (see [`CLONE_FLAGS`]).
+///
+/// # Safety
+/// As for the x86_64 version.
 #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
 unsafe fn sys(n: libc::c_long, a: [usize; 4]) -> isize {
-    let ret = libc::syscall(n, a[0], a[1], a[2], a[3]);
-    if ret == -1 {
-        -(*libc::__errno_location() as isize)
-    } else {
-        ret as isize
+    // SAFETY: what the call does is the caller's contract. It writes errno
+    // in the TLS the child shares with the minder thread that cloned it,
+    // which `CLONE_VFORK` keeps suspended until the child has exec'd or
+    // exited, so nothing else reads or writes that errno meanwhile.
+    unsafe {
+        let ret = libc::syscall(n, a[0], a[1], a[2], a[3]);
+        if ret == -1 {
+            -(*libc::__errno_location() as isize)
+        } else {
+            ret as isize
+        }
     }
 }
 
@@ -1170,14 +1218,19 @@ const LAST_SIGNAL: libc::c_int = 64;
 /// - it ends in `execve` or `exit_group` (which ends only the child: it is a
 ///   thread group of its own).
 extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
-    // SAFETY: `arg` is the `ChildArgs` of a launch kept alive for the child.
+    // SAFETY: `arg` is the `ChildArgs` of the launch this child was cloned
+    // with (`start` passes `launch.args`), which stays mapped and unchanged
+    // until the child execs or exits; this is the cloned child, on the
+    // launch's stack.
     unsafe { child(&*arg.cast::<ChildArgs>()) }
 }
 
 /// The child's steps; see [`child_main`] for the rules.
 ///
 /// # Safety
-/// Only in the cloned child, with `args` valid until it execs or exits.
+/// Only in the cloned child, with `args` (and all it points to) the
+/// arguments of its launch, kept mapped and unchanged by minder until the
+/// child execs or exits.
 unsafe fn child(args: &ChildArgs) -> ! {
     // Signal dispositions: handlers are minder's code and would run on
     // minder's memory; ignored signals (Rust ignores SIGPIPE) would be
@@ -1187,111 +1240,156 @@ unsafe fn child(args: &ChildArgs) -> ! {
     let default = [0u64; 4];
     for sig in 1..=LAST_SIGNAL {
         if sig != libc::SIGKILL && sig != libc::SIGSTOP {
-            sys(
-                libc::SYS_rt_sigaction,
-                [sig as usize, default.as_ptr() as usize, 0, 8],
-            );
+            // SAFETY: the kernel reads a `struct sigaction` (at most 32
+            // bytes on these targets) from `default`, on this stack, and
+            // writes no old action (null); the dispositions changed are the
+            // child's own (no `CLONE_SIGHAND`), and every signal is blocked.
+            unsafe {
+                sys(
+                    libc::SYS_rt_sigaction,
+                    [sig as usize, default.as_ptr() as usize, 0, 8],
+                );
+            }
         }
     }
     // Then nothing blocked, as a freshly started program expects.
     let empty = 0u64;
-    sys(
-        libc::SYS_rt_sigprocmask,
-        [
-            libc::SIG_SETMASK as usize,
-            &empty as *const u64 as usize,
-            0,
-            8,
-        ],
-    );
-    check(args, SpawnStage::Session, sys(libc::SYS_setsid, [0; 4]));
-    let pid = sys(libc::SYS_getpid, [0; 4]) as libc::pid_t;
+    // SAFETY: the kernel reads the 8-byte mask `empty`, on this stack, and
+    // writes no old mask (null); no handler of minder's is left to run.
+    unsafe {
+        sys(
+            libc::SYS_rt_sigprocmask,
+            [
+                libc::SIG_SETMASK as usize,
+                &empty as *const u64 as usize,
+                0,
+                8,
+            ],
+        );
+    }
+    // SAFETY: setsid takes no argument and changes only the child's session.
+    let session = unsafe { sys(libc::SYS_setsid, [0; 4]) };
+    // SAFETY: the launch's failure report, per this function's contract.
+    unsafe { check(args, SpawnStage::Session, session) };
+    // SAFETY: getpid takes no argument.
+    let pid = unsafe { sys(libc::SYS_getpid, [0; 4]) } as libc::pid_t;
     for i in 0..args.n_slots {
-        let (slot, prefix) = *args.pid_slots.add(i);
-        write_decimal(slot.add(prefix), pid);
+        // SAFETY: `pid_slots` holds `n_slots` (slot, prefix) pairs, and each
+        // slot is `NAME=` (`prefix` bytes) followed by `PID_DIGITS` bytes
+        // of room, all in the launch, written by nothing but this child
+        // until it execs (`Launch::new`).
+        unsafe {
+            let (slot, prefix) = *args.pid_slots.add(i);
+            write_decimal(slot.add(prefix), pid);
+        }
     }
     // Targets: 0, 1, 2 for stdio, then 3.. for the listen sockets. First move
     // every source above the last target (close-on-exec copies), so placing
     // one cannot clobber another that is still to be placed.
-    let listen = std::slice::from_raw_parts_mut(args.listen, args.n_listen);
+    // SAFETY: `listen` is the launch's scratch of `n_listen` ints (aligned
+    // and non-null even when empty), which nothing but this child reads or
+    // writes until it execs (`Launch::new`).
+    let listen = unsafe { std::slice::from_raw_parts_mut(args.listen, args.n_listen) };
     let first_free = 3 + args.n_listen;
     let mut stdio = args.stdio;
     for fd in stdio.iter_mut().chain(listen.iter_mut()) {
-        let moved = sys(
-            libc::SYS_fcntl,
-            [*fd as usize, libc::F_DUPFD_CLOEXEC as usize, first_free, 0],
-        );
-        check(args, SpawnStage::Stdio, moved);
+        // SAFETY: F_DUPFD_CLOEXEC takes no pointer and changes only the
+        // child's own fd table (no `CLONE_FILES`).
+        let moved = unsafe {
+            sys(
+                libc::SYS_fcntl,
+                [*fd as usize, libc::F_DUPFD_CLOEXEC as usize, first_free, 0],
+            )
+        };
+        // SAFETY: the launch's failure report, per this function's contract.
+        unsafe { check(args, SpawnStage::Stdio, moved) };
         *fd = moved as libc::c_int;
     }
     // dup3 (dup2 is missing on some architectures) clears close-on-exec on
     // the target; source and target always differ here.
     for (target, source) in stdio.into_iter().chain(listen.iter().copied()).enumerate() {
-        check(
-            args,
-            SpawnStage::Stdio,
-            sys(libc::SYS_dup3, [source as usize, target, 0, 0]),
-        );
+        // SAFETY: dup3 takes no pointer and changes only the child's own fd
+        // table; then the launch's failure report, as above.
+        unsafe {
+            let placed = sys(libc::SYS_dup3, [source as usize, target, 0, 0]);
+            check(args, SpawnStage::Stdio, placed);
+        }
     }
     // Nothing else survives exec, whatever minder itself inherited. Marked
     // rather than closed: the exec closes them.
-    sys(
-        libc::SYS_close_range,
-        [
-            first_free,
-            u32::MAX as usize,
-            libc::CLOSE_RANGE_CLOEXEC as usize,
-            0,
-        ],
-    );
-    if let Some(limit) = &args.nofile {
-        // Lowering can only fail for an invalid value; the child then keeps minder's.
+    // SAFETY: close_range takes no pointer; it only marks fds of the child's
+    // own table close-on-exec.
+    unsafe {
         sys(
-            libc::SYS_prlimit64,
+            libc::SYS_close_range,
             [
-                0,
-                libc::RLIMIT_NOFILE as usize,
-                limit as *const Rlimit64 as usize,
+                first_free,
+                u32::MAX as usize,
+                libc::CLOSE_RANGE_CLOEXEC as usize,
                 0,
             ],
         );
     }
-    if let Some(uid) = args.uid {
-        check(
-            args,
-            SpawnStage::Identity,
-            sys(ids::SETGROUPS, [args.n_groups, args.groups as usize, 0, 0]),
-        );
-        check(
-            args,
-            SpawnStage::Identity,
-            sys(ids::SETGID, [args.gid as usize, 0, 0, 0]),
-        );
-        check(
-            args,
-            SpawnStage::Identity,
-            sys(ids::SETUID, [uid as usize, 0, 0, 0]),
-        );
+    if let Some(limit) = &args.nofile {
+        // Lowering can only fail for an invalid value; the child then keeps minder's.
+        // SAFETY: the kernel reads the `Rlimit64` (the layout of its
+        // `struct rlimit64`) in the launch and writes no old limit (null);
+        // the limit changed is the child's own (pid 0: the caller).
+        unsafe {
+            sys(
+                libc::SYS_prlimit64,
+                [
+                    0,
+                    libc::RLIMIT_NOFILE as usize,
+                    limit as *const Rlimit64 as usize,
+                    0,
+                ],
+            );
+        }
     }
-    check(
-        args,
-        SpawnStage::Chdir,
-        sys(libc::SYS_chdir, [args.directory as usize, 0, 0, 0]),
-    );
-    let result = sys(
-        libc::SYS_execve,
-        [
-            args.path as usize,
-            args.argv as usize,
-            args.envp as usize,
-            0,
-        ],
-    );
-    fail(args, SpawnStage::Exec, result)
+    if let Some(uid) = args.uid {
+        // SAFETY: setgroups reads `n_groups` gids from the launch's list
+        // (`Launch::new`); setgid and setuid take no pointer. The raw calls
+        // change the credentials of the child alone (see `ids`); then the
+        // launch's failure report, as above.
+        unsafe {
+            let groups = sys(ids::SETGROUPS, [args.n_groups, args.groups as usize, 0, 0]);
+            check(args, SpawnStage::Identity, groups);
+            let gid = sys(ids::SETGID, [args.gid as usize, 0, 0, 0]);
+            check(args, SpawnStage::Identity, gid);
+            let uid = sys(ids::SETUID, [uid as usize, 0, 0, 0]);
+            check(args, SpawnStage::Identity, uid);
+        }
+    }
+    // SAFETY: chdir reads the NUL-terminated `directory` in the launch and
+    // changes the child's own cwd (no `CLONE_FS`); then the failure report.
+    unsafe {
+        let chdir = sys(libc::SYS_chdir, [args.directory as usize, 0, 0, 0]);
+        check(args, SpawnStage::Chdir, chdir);
+    }
+    // SAFETY: execve reads the NUL-terminated `path` and the null-terminated
+    // `argv` and `envp` arrays of NUL-terminated strings, all in the launch
+    // (`Launch::new`); on success the child leaves minder's memory. On
+    // failure, the launch's failure report, as above.
+    unsafe {
+        let result = sys(
+            libc::SYS_execve,
+            [
+                args.path as usize,
+                args.argv as usize,
+                args.envp as usize,
+                0,
+            ],
+        );
+        fail(args, SpawnStage::Exec, result)
+    }
 }
 
 /// Writes `n` in decimal followed by a NUL at `at` (room: [`PID_DIGITS`] bytes);
 /// no allocation, so it may run between clone and exec.
+///
+/// # Safety
+/// `at` must be valid for writes of [`PID_DIGITS`] bytes.
 unsafe fn write_decimal(at: *mut u8, n: libc::pid_t) {
     let mut digits = [0u8; PID_DIGITS];
     let mut len = 0;
@@ -1305,28 +1403,43 @@ unsafe fn write_decimal(at: *mut u8, n: libc::pid_t) {
         }
     }
     for (i, digit) in digits.iter().take(len).rev().enumerate() {
-        *at.add(i) = *digit;
+        // SAFETY: `i < len < PID_DIGITS`, within the room the caller vouches for.
+        unsafe { *at.add(i) = *digit };
     }
-    *at.add(len) = 0;
+    // SAFETY: `len < PID_DIGITS`, as above.
+    unsafe { *at.add(len) = 0 };
 }
 
 /// Fails the step `stage` if a system call returned `-errno`.
+///
+/// # Safety
+/// As for [`fail`].
 unsafe fn check(args: &ChildArgs, stage: SpawnStage, result: isize) {
     if result < 0 {
-        fail(args, stage, result);
+        // SAFETY: the caller's contract is `fail`'s.
+        unsafe { fail(args, stage, result) };
     }
 }
 
 /// Reports (stage, errno) to minder and exits without running any destructor.
+///
+/// # Safety
+/// Only in the cloned child, with `args` the arguments of its launch (so
+/// `shared` points to the launch's shared words, mapped until the child
+/// has exited).
 unsafe fn fail(args: &ChildArgs, stage: SpawnStage, result: isize) -> ! {
-    let shared = &*args.shared;
+    // SAFETY: `shared` points into the launch, mapped until the kernel has
+    // cleared `in_use` at this child's exit; minder only reads it, atomically.
+    let shared = unsafe { &*args.shared };
     shared
         .errno
         .store(result.unsigned_abs() as u32, Ordering::Relaxed);
     // Release: minder reads `errno` after seeing the stage.
     shared.stage.store(stage as u32, Ordering::Release);
     loop {
-        sys(libc::SYS_exit_group, [127, 0, 0, 0]);
+        // SAFETY: exit_group takes no pointer and ends the child alone (a
+        // thread group of its own); it does not return.
+        unsafe { sys(libc::SYS_exit_group, [127, 0, 0, 0]) };
     }
 }
 
