@@ -194,9 +194,9 @@ pub unsafe fn tune_allocator() {
     }
 }
 
-/// What one process costs minder in fds at most: the read ends of its stdout
-/// and stderr pipes, its two log files, the pipe ends held while it starts,
-/// and the pidfd the reaper signals it through.
+/// What one process costs minder in fds at most: both ends of its stdout
+/// and stderr pipes, its two log files, and the pidfd the reaper signals it
+/// through.
 const FDS_PER_PROCESS: u64 = 7;
 
 /// minder's own fds besides its processes': sockets, the event loop, its log,
