@@ -52,15 +52,19 @@ pub struct Options {
 const EVENT_QUEUE: usize = 1024;
 
 /// Runs the supervisor until shutdown; returns once every child is stopped.
+///
+/// Call [`tune_allocator`] first, before anything starts a thread (the
+/// writer thread of minder's own log file among them).
 pub fn run(config: Config, options: Options) -> Result<(), DaemonError> {
-    tune_allocator();
     raise_fd_limit(&config);
     // Orphaned grandchildren are re-parented to minder, which reaps them.
     if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
         tracing::warn!("cannot become a child subreaper ({e}); orphans go to init");
     }
-    // One thread: supervision is I/O-bound, and fork from a single-threaded
-    // process leaves no other thread's locks behind in the child.
+    // One thread: supervision is I/O-bound. (Spawning would not need it:
+    // the child of `clone` makes only raw system calls until its exec, so
+    // a lock another thread held at the clone is never waited for in it;
+    // see `process::spawn`.)
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         // The blocking pool writes log files. A few threads keep up with any
@@ -214,9 +218,14 @@ fn spawn_signal_handlers(inputs: mpsc::Sender<Input>) -> Result<(), DaemonError>
 /// glibc's adaptive threshold moving them onto a heap it never shrinks; and
 /// the few helper threads (log writes on the blocking pool) share two arenas
 /// instead of keeping one each.
-fn tune_allocator() {
+///
+/// # Safety
+/// No other thread may exist yet: glibc's `mallopt` changes parameters that
+/// `malloc` in other threads reads without a lock (it is MT-Unsafe).
+pub unsafe fn tune_allocator() {
     #[cfg(target_env = "gnu")]
-    // SAFETY: mallopt only sets allocator parameters; called before any thread exists.
+    // SAFETY: mallopt only sets allocator parameters, and the caller
+    // vouches that no other thread is running malloc meanwhile.
     unsafe {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 64 * 1024);
         libc::mallopt(libc::M_TRIM_THRESHOLD, 128 * 1024);
@@ -224,9 +233,10 @@ fn tune_allocator() {
     }
 }
 
-/// What one process costs minder in fds at most: the read ends of its stdout
-/// and stderr pipes, its two log files, and the pipe ends held while it starts.
-const FDS_PER_PROCESS: u64 = 6;
+/// What one process costs minder in fds at most: both ends of its stdout
+/// and stderr pipes, its two log files, and the pidfd the reaper signals it
+/// through.
+const FDS_PER_PROCESS: u64 = 7;
 
 /// minder's own fds besides its processes': sockets, the event loop, its log,
 /// control connections and health probes.

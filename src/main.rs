@@ -14,6 +14,11 @@ fn main() -> ExitCode {
             config,
             insecure_config,
         } => {
+            // SAFETY: the first thing the daemon does, while minder has one
+            // thread: none is started before it (parsing the command line
+            // starts none; the writer thread of the log file comes with the
+            // logging set up below).
+            unsafe { minder::daemon::tune_allocator() };
             let config = match cli::load_for_daemon(config.as_deref(), insecure_config) {
                 Ok(config) => config,
                 Err(code) => return code,

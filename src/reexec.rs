@@ -20,17 +20,18 @@ use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 
 use crate::config::{self, Config, Defaults, ProgramConfig};
-use crate::process::{ProcessEnd, Reaper};
+use crate::process::{set_cloexec, ProcessEnd, Reaper};
 use crate::supervisor::state::{Health, Machine, State, Why};
 use crate::supervisor::{Exec, ProcessStatus, Resume};
 
-/// The environment variable holding the state memfd's number.
-pub const STATE_FD_ENV: &str = "MINDER_REEXEC_FD";
+/// The environment variable holding the state memfd's number (kept from
+/// children by the process layer, which names it).
+pub const STATE_FD_ENV: &str = crate::process::HANDOVER_STATE_FD_ENV;
 
 /// The environment variable telling the new image the soft RLIMIT_NOFILE
 /// the first one was started with (the new one starts with the raised
 /// limit, and children must still get the original).
-pub const ORIGINAL_NOFILE_ENV: &str = "MINDER_ORIGINAL_NOFILE";
+pub const ORIGINAL_NOFILE_ENV: &str = crate::process::HANDOVER_NOFILE_ENV;
 
 /// The state format this build writes and reads; printed by `--version` so an
 /// older image can refuse to hand over to a build that would not understand it.
@@ -384,9 +385,8 @@ fn try_exec(
     use std::ffi::CString;
     use std::os::unix::ffi::OsStrExt;
     // No close-on-exec: this one is meant to reach the new image.
-    let memfd =
-        nix::sys::memfd::memfd_create("minder-reexec-state", nix::sys::memfd::MFdFlags::empty())
-            .map_err(io::Error::from)?;
+    let memfd = nix::sys::memfd::memfd_create(STATE_MEMFD_NAME, nix::sys::memfd::MFdFlags::empty())
+        .map_err(io::Error::from)?;
     let mut file = std::fs::File::from(memfd);
     file.write_all(&serde_json::to_vec(state).map_err(io::Error::other)?)?;
     file.rewind()?;
@@ -422,36 +422,44 @@ fn try_exec(
     ))
 }
 
-/// Sets or clears close-on-exec on `fd`.
-pub fn set_cloexec(fd: RawFd, on: bool) {
-    // SAFETY: F_GETFD/F_SETFD only change a descriptor flag of an fd we own.
-    unsafe {
-        let flags = libc::fcntl(fd, libc::F_GETFD);
-        if flags >= 0 {
-            let flags = if on {
-                flags | libc::FD_CLOEXEC
-            } else {
-                flags & !libc::FD_CLOEXEC
-            };
-            libc::fcntl(fd, libc::F_SETFD, flags);
-        }
-    }
-}
-
 /// The state handed over by the previous image, if this image was started by
-/// `reexec`; the variable is removed so children never see it.
+/// `reexec`.
+///
+/// The variable stays in minder's environment (removing it is unsound once
+/// a thread may read the environment, and the log file's writer thread may
+/// already run): no child sees it, `process::spawn` keeps it from every
+/// child, and a later `reexec` replaces it.
 pub fn take_state() -> Option<Result<SavedState, String>> {
     let value = std::env::var(STATE_FD_ENV).ok()?;
-    // SAFETY: single-threaded start-up; nothing else reads the environment now.
-    unsafe { std::env::remove_var(STATE_FD_ENV) };
     Some(read_state(&value))
 }
+
+/// The name `try_exec` gives the state memfd; `read_state` takes over only
+/// an fd that is such a memfd.
+const STATE_MEMFD_NAME: &str = "minder-reexec-state";
 
 fn read_state(fd_text: &str) -> Result<SavedState, String> {
     let fd: RawFd = fd_text
         .parse()
         .map_err(|_| format!("{STATE_FD_ENV}={fd_text:?} is not an fd number"))?;
-    // SAFETY: the previous image passed this fd for us to own and close.
+    // Owned only if it is the state memfd (`/memfd:NAME (deleted)`): a
+    // variable set by hand must not make minder take (and close) an fd it
+    // uses otherwise.
+    let target = std::fs::read_link(format!("/proc/self/fd/{fd}"))
+        .map_err(|e| format!("{STATE_FD_ENV}={fd}: {e}"))?;
+    if !target
+        .to_string_lossy()
+        .starts_with(&format!("/memfd:{STATE_MEMFD_NAME}"))
+    {
+        return Err(format!(
+            "{STATE_FD_ENV}={fd} is not the state of a previous image ({})",
+            target.display()
+        ));
+    }
+    // SAFETY: the fd is a state memfd, which only `try_exec` makes, just
+    // before replacing the image: this one is the previous image's, left
+    // open for this image alone, and nothing here owns it. (Once this file
+    // closes it, the check above refuses the number.)
     let mut file = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) });
     let mut text = String::new();
     file.read_to_string(&mut text)
@@ -501,8 +509,9 @@ mod tests {
     }
 
     fn state_in_a_memfd(text: &str) -> String {
-        let fd = nix::sys::memfd::memfd_create("test-state", nix::sys::memfd::MFdFlags::empty())
-            .expect("memfd");
+        let fd =
+            nix::sys::memfd::memfd_create(STATE_MEMFD_NAME, nix::sys::memfd::MFdFlags::empty())
+                .expect("memfd");
         let mut file = std::fs::File::from(fd);
         file.write_all(text.as_bytes()).expect("write");
         file.rewind().expect("rewind");
@@ -521,6 +530,15 @@ mod tests {
         let err = read_state(&state_in_a_memfd("garbage")).unwrap_err();
         assert!(err.contains("not JSON"), "{err}");
         assert!(read_state("nope").is_err());
+    }
+
+    #[test]
+    fn a_state_fd_that_is_not_the_state_memfd_is_refused_and_left_open() {
+        let other = std::fs::File::open("/dev/null").expect("opening /dev/null");
+        let err = read_state(&other.as_raw_fd().to_string()).unwrap_err();
+        assert!(err.contains("not the state of a previous image"), "{err}");
+        // Still open, still ours: not taken over and closed.
+        assert!(nix::fcntl::fcntl(&other, nix::fcntl::FcntlArg::F_GETFD).is_ok());
     }
 
     #[test]

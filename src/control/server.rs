@@ -114,7 +114,7 @@ pub fn adopt(cfg: &SupervisorConfig, fd: std::os::fd::RawFd) -> Result<ControlSo
         .set_nonblocking(true)
         .map_err(io_err("handed-over socket"))?;
     let listener = UnixListener::from_std(std_listener).map_err(io_err("handed-over socket"))?;
-    crate::reexec::set_cloexec(fd, true);
+    crate::process::set_cloexec(fd, true);
     Ok(ControlSocket {
         listener,
         path,

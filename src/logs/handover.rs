@@ -55,7 +55,7 @@ pub(super) fn take(name: &str) -> Option<[Option<[OwnedFd; 2]>; 2]> {
     let own = |pair: Option<[RawFd; 2]>| {
         pair.map(|fds| {
             fds.map(|fd| {
-                crate::reexec::set_cloexec(fd, true);
+                crate::process::set_cloexec(fd, true);
                 // SAFETY: the previous image left this fd open for us alone.
                 unsafe { OwnedFd::from_raw_fd(fd) }
             })

@@ -83,7 +83,7 @@ pub fn start(path: &Path, routes: NotifyRoutes) -> io::Result<std::os::fd::RawFd
         std::fs::remove_file(path)?;
     }
     let socket = UnixDatagram::bind(path)?;
-    crate::reexec::set_cloexec(socket.as_raw_fd(), true);
+    crate::process::set_cloexec(socket.as_raw_fd(), true);
     socket::setsockopt(&socket, sockopt::PassCred, &true).map_err(io::Error::from)?;
     // Children may run as other users; the credential check decides who is heard.
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666))?;
@@ -98,7 +98,7 @@ pub fn adopt(fd: std::os::fd::RawFd, routes: NotifyRoutes) -> io::Result<()> {
     // SAFETY: the previous image passed this socket for us to own.
     let std_socket = unsafe { std::os::unix::net::UnixDatagram::from_raw_fd(fd) };
     std_socket.set_nonblocking(true)?;
-    crate::reexec::set_cloexec(fd, true);
+    crate::process::set_cloexec(fd, true);
     tokio::spawn(serve(UnixDatagram::from_std(std_socket)?, routes));
     Ok(())
 }

@@ -1,18 +1,20 @@
 //! OS processes: how minder starts them (one fork/exec path), how it learns that
 //! they ended (one reaper), and how it signals them.
 
+mod fd;
 mod reaper;
 mod run;
 mod spawn;
 
+pub use fd::set_cloexec;
 pub use reaper::{ExitReceiver, Reaper};
 pub use run::{run_captured, Capture, RunError};
 pub use spawn::{
     child_fd_limit, set_child_fd_limit, spawn, spawn_unconfirmed, Output, PendingReport,
-    SpawnError, SpawnRequest, SpawnStage, Spawned,
+    SpawnError, SpawnRequest, SpawnStage, Spawned, HANDOVER_NOFILE_ENV, HANDOVER_STATE_FD_ENV,
 };
 
-use nix::sys::signal::{self, Signal};
+use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 
 /// How a process ended, as `waitpid` reported it.
@@ -51,21 +53,9 @@ impl std::fmt::Display for ProcessEnd {
     }
 }
 
-/// Sends `sig` to the process, or to its whole process group when `group`
-/// (every child is a session leader, so its group id is its PID).
-///
-/// A process that is already gone (ESRCH) is not an error: it raced us to the
-/// exit. A main process adopted through `MAINPID=` may lead no group of its
-/// own; then the process itself gets the signal.
-pub fn send_signal(pid: Pid, sig: Signal, group: bool) -> nix::Result<()> {
-    let result = if group {
-        match signal::killpg(pid, sig) {
-            Err(nix::errno::Errno::ESRCH) => signal::kill(pid, sig),
-            other => other,
-        }
-    } else {
-        signal::kill(pid, sig)
-    };
+/// `Ok` for a signal that found its process gone ([`Reaper::signal`]'s
+/// ESRCH): it raced us to the exit, which its owner learns from the reaper.
+pub fn already_gone(result: nix::Result<()>) -> nix::Result<()> {
     match result {
         Err(nix::errno::Errno::ESRCH) => Ok(()),
         other => other,
@@ -106,12 +96,11 @@ const MAX_MAIN_PID_DEPTH: usize = 64;
 /// The answer holds when it is given: the candidate could exit and its PID
 /// be reused by an unrelated process. The caller adopts at once after
 /// asking, in the same step, and the reaper then holds a pidfd on it, so its
-/// exit is noticed even when it is not minder's child and its PID is no
-/// longer signalled after that. What remains: the instant between this
-/// check and the pidfd being opened, and between the exit and minder acting
-/// on the pidfd; a PID is reused only once the PID space has wrapped
-/// around, so both are far shorter than reuse needs, yet not zero (signals
-/// go by PID, not through the pidfd).
+/// exit is noticed even when it is not minder's child, and signals go
+/// through that pidfd, never by PID. What remains: the instant between this
+/// check and the pidfd being opened; a PID is reused only once the PID
+/// space has wrapped around, so it is far shorter than reuse needs, yet not
+/// zero.
 pub fn check_main_pid(candidate: Pid, main: Pid) -> Result<(), String> {
     let me = nix::unistd::getpid();
     if candidate == me {

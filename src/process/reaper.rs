@@ -1,11 +1,17 @@
 //! The one reaper: woken by SIGCHLD, it collects every ended child with
 //! `waitpid(-1, WNOHANG)` and hands the result to whoever spawned it.
+//!
+//! It is also the only way minder signals a process: it holds a pidfd on
+//! every process it watches, from the spawn (or adoption) until the exit has
+//! been delivered, and signals through it, so a signal never reaches a
+//! process that merely got a recycled PID.
 
 use std::collections::HashMap;
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use nix::errno::Errno;
+use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
@@ -19,9 +25,68 @@ pub type ExitReceiver = oneshot::Receiver<ProcessEnd>;
 
 /// Routes the exit of every child to its owner. Shared by everything that spawns.
 pub struct Reaper {
-    /// Owners by PID. A spawner holds this lock across fork + insert, so the
-    /// reaper can never collect a PID before its owner is known.
-    owners: Mutex<HashMap<i32, oneshot::Sender<ProcessEnd>>>,
+    /// Owners by PID. A spawner holds this lock across clone + insert, so the
+    /// reaper can never collect a PID before its owner is known; the reaper
+    /// holds it from each `waitpid` to the removal of the PID's entry, so
+    /// while it is held a child in the table is unreaped and its PID (and
+    /// process group id) cannot have been given to another process.
+    owners: Mutex<Owners>,
+}
+
+/// A process the reaper watches, until its exit has been delivered.
+pub(crate) struct Watched {
+    /// Told the process's end, once.
+    owner: oneshot::Sender<ProcessEnd>,
+    /// A handle on the process itself, not on its number: signals go through
+    /// it. `None` only where the kernel has no pidfds (before Linux 5.3).
+    pidfd: Option<OwnedFd>,
+    /// minder's own child: only this reaper collects it, so it stays
+    /// unreaped while the owner table is locked. An adopted `MAINPID=` whose
+    /// parent lives is not: its parent may collect it at any time.
+    child: bool,
+}
+
+impl Watched {
+    /// A child minder has just made, with the pidfd `CLONE_PIDFD` gave.
+    pub(crate) fn child(owner: oneshot::Sender<ProcessEnd>, pidfd: Option<OwnedFd>) -> Watched {
+        Watched {
+            owner,
+            pidfd,
+            child: true,
+        }
+    }
+
+    /// Sends `sig` to the process alone.
+    fn signal_process(&self, pid: Pid, sig: Signal) -> nix::Result<()> {
+        match &self.pidfd {
+            Some(pidfd) => pidfd_send_signal(pidfd, sig, 0),
+            // Without a pidfd the PID is used only where it is known to be
+            // the process's: a child, unreaped while the table is locked.
+            None if self.child => nix::sys::signal::kill(pid, sig),
+            None => Err(Errno::ESRCH),
+        }
+    }
+
+    /// Sends `sig` to the process group the process leads; ESRCH if it
+    /// leads none (an adopted `MAINPID=`, or a child before its `setsid`).
+    fn signal_group(&self, pid: Pid, sig: Signal) -> nix::Result<()> {
+        if self.child {
+            // The leader is unreaped while the table is locked, so its
+            // group id is still its own: no other process can lead a group
+            // of that number.
+            return nix::sys::signal::killpg(pid, sig);
+        }
+        // A process another parent may collect any time: its group only
+        // through its pidfd (Linux 6.9), never by number.
+        match &self.pidfd {
+            Some(pidfd) => match pidfd_send_signal(pidfd, sig, PIDFD_SIGNAL_PROCESS_GROUP) {
+                // A kernel without the flag: the process alone.
+                Err(Errno::EINVAL) => Err(Errno::ESRCH),
+                other => other,
+            },
+            None => Err(Errno::ESRCH),
+        }
+    }
 }
 
 impl Reaper {
@@ -38,7 +103,7 @@ impl Reaper {
         Ok(reaper)
     }
 
-    /// Locks the owner table; `spawn` holds this across fork so the new PID is
+    /// Locks the owner table; `spawn` holds this across clone so the new PID is
     /// registered before the reaper can see it.
     pub(crate) fn lock(&self) -> MutexGuard<'_, Owners> {
         // A poisoned lock only means a panic elsewhere while holding it; the map is still sound.
@@ -56,27 +121,73 @@ impl Reaper {
     /// to another process.
     pub fn adopt(self: &Arc<Self>, pid: Pid) -> ExitReceiver {
         let (tx, rx) = oneshot::channel();
-        self.lock().insert(pid.as_raw(), tx);
-        if !is_child_of_minder(pid) {
-            match open_pidfd(pid) {
-                Ok(fd) => match watch_readable(fd) {
-                    Ok(fd) => {
-                        tokio::spawn(Arc::clone(self).watch(pid, fd));
-                    }
-                    Err(e) => tracing::warn!(
-                        pid = pid.as_raw(),
-                        "cannot watch the adopted process for its exit: {e}"
-                    ),
-                },
-                // Gone already: the caller notices (it checks after adopting).
-                Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {}
-                Err(e) => tracing::warn!(
+        // Under the lock: a child of minder's cannot be collected (and its
+        // PID reused) between the check, the pidfd and the insert.
+        let mut owners = self.lock();
+        let child = is_child_of_minder(pid);
+        let pidfd = match open_pidfd(pid) {
+            Ok(fd) => Some(fd),
+            // Gone already: the caller notices (it checks after adopting).
+            Err(e) if e.raw_os_error() == Some(libc::ESRCH) => None,
+            Err(e) => {
+                tracing::warn!(
+                    pid = pid.as_raw(),
+                    "cannot open a pidfd on the adopted process: {e}"
+                );
+                None
+            }
+        };
+        if !child {
+            let watcher = pidfd
+                .as_ref()
+                .map(|fd| fd.try_clone().and_then(watch_readable));
+            match watcher {
+                Some(Ok(fd)) => {
+                    tokio::spawn(Arc::clone(self).watch(pid, fd));
+                }
+                Some(Err(e)) => tracing::warn!(
                     pid = pid.as_raw(),
                     "cannot watch the adopted process for its exit: {e}"
                 ),
+                None => {}
             }
         }
+        owners.insert(
+            pid.as_raw(),
+            Watched {
+                owner: tx,
+                pidfd,
+                child,
+            },
+        );
         rx
+    }
+
+    /// Sends `sig` to `pid`, or to the process group it leads when `group`
+    /// (every child is a session leader, so its group id is its PID); a
+    /// process that leads no group (an adopted `MAINPID=`) gets the signal
+    /// itself.
+    ///
+    /// Only a process this reaper watches is signalled, through its pidfd,
+    /// or by group id only while the leader is known to be unreaped: a PID
+    /// whose exit has been delivered (or that was never minder's) is not
+    /// signalled at all, since the system may have given it to another
+    /// process. `Err(ESRCH)` then: to the caller, the process is gone (see
+    /// [`already_gone`](super::already_gone)).
+    pub fn signal(&self, pid: Pid, sig: Signal, group: bool) -> nix::Result<()> {
+        // Held across the system calls: the reaper cannot collect a child
+        // meanwhile, so its PID stays its own.
+        let owners = self.lock();
+        let Some(watched) = owners.get(&pid.as_raw()) else {
+            return Err(Errno::ESRCH);
+        };
+        if group {
+            match watched.signal_group(pid, sig) {
+                Err(Errno::ESRCH) => {}
+                other => return other,
+            }
+        }
+        watched.signal_process(pid, sig)
     }
 
     /// Waits until the pidfd of `pid` says it has ended, then reports that
@@ -94,12 +205,12 @@ impl Reaper {
             // A zombie re-parented to minder: the reaper gets its real status.
             return;
         }
-        if let Some(owner) = owners.remove(&pid.as_raw()) {
+        if let Some(watched) = owners.remove(&pid.as_raw()) {
             tracing::debug!(
                 pid = pid.as_raw(),
                 "adopted process ended; its parent collects its status"
             );
-            let _ = owner.send(ProcessEnd::Exited(0));
+            let _ = watched.owner.send(ProcessEnd::Exited(0));
         }
     }
 
@@ -148,16 +259,18 @@ impl Reaper {
 }
 
 fn route(owners: &mut Owners, pid: Pid, end: ProcessEnd) {
+    // Removing the entry closes its pidfd: from now on the PID is not
+    // signalled.
     match owners.remove(&pid.as_raw()) {
-        Some(owner) => {
+        Some(watched) => {
             // The owner may be gone (e.g. removed by reload while stopping); nothing to tell.
-            let _ = owner.send(end);
+            let _ = watched.owner.send(end);
         }
         None => tracing::debug!(pid = pid.as_raw(), "reaped orphaned descendant: {end}"),
     }
 }
 
-type Owners = HashMap<i32, oneshot::Sender<ProcessEnd>>;
+pub(crate) type Owners = HashMap<i32, Watched>;
 
 /// Whether `pid` is minder's child (then `waitpid` reports its end).
 fn is_child_of_minder(pid: Pid) -> bool {
@@ -171,8 +284,35 @@ fn is_child_of_minder(pid: Pid) -> bool {
         .is_some_and(|ppid| ppid.trim() == me)
 }
 
+/// `pidfd_send_signal(2)` flag: to the process group the pidfd's process
+/// leads (Linux 6.9).
+const PIDFD_SIGNAL_PROCESS_GROUP: libc::c_uint = 1 << 2;
+
+/// `pidfd_send_signal(2)`: to the process the pidfd was opened on, even if
+/// its PID has since been given to another.
+fn pidfd_send_signal(pidfd: &OwnedFd, sig: Signal, flags: libc::c_uint) -> nix::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: the system call reads its four arguments only: an open pidfd
+    // borrowed for the call, a signal number, a null siginfo (the kernel
+    // fills in one as for kill(2)) and flags; it touches no memory of ours.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd.as_raw_fd(),
+            sig as libc::c_int,
+            std::ptr::null::<libc::siginfo_t>(),
+            flags,
+        )
+    };
+    if ret < 0 {
+        Err(Errno::last())
+    } else {
+        Ok(())
+    }
+}
+
 /// `pidfd_open(2)`: a handle on the process itself, not on its number.
-fn open_pidfd(pid: Pid) -> std::io::Result<OwnedFd> {
+pub(crate) fn open_pidfd(pid: Pid) -> std::io::Result<OwnedFd> {
     // SAFETY: pidfd_open takes a PID and flags and returns a new descriptor or -1.
     let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid.as_raw(), 0) };
     if fd < 0 {

@@ -13,7 +13,7 @@ use nix::fcntl::OFlag;
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 
-use super::{send_signal, spawn, Output, ProcessEnd, Reaper, SpawnError, SpawnRequest};
+use super::{spawn, Output, ProcessEnd, Reaper, SpawnError, SpawnRequest};
 
 /// How much of the captured output is kept; the rest is read and discarded,
 /// so a chatty command never blocks on a full pipe.
@@ -68,7 +68,7 @@ pub async fn run_captured(
     drop(write);
     // Whatever happens below (a timeout, or the caller dropping this future),
     // the command's whole group must not outlive it.
-    let guard = KillOnDrop(spawned.pid);
+    let guard = KillOnDrop(spawned.pid, reaper);
     let mut pipe = pipe::Receiver::from_owned_fd(read).ok();
     let mut kept = Vec::new();
     let mut chunk = vec![0u8; 16 * 1024];
@@ -121,12 +121,14 @@ fn keep(kept: &mut Vec<u8>, data: &[u8]) {
     kept.extend_from_slice(&data[..data.len().min(room)]);
 }
 
-/// SIGKILLs a process group when dropped.
-struct KillOnDrop(Pid);
+/// SIGKILLs a process group when dropped, if its leader has not been
+/// collected yet.
+struct KillOnDrop<'a>(Pid, &'a Reaper);
 
-impl Drop for KillOnDrop {
+impl Drop for KillOnDrop<'_> {
     fn drop(&mut self) {
-        // After a normal exit the group is usually empty: ESRCH is fine.
-        let _ = send_signal(self.0, Signal::SIGKILL, true);
+        // After a normal exit the reaper no longer signals the PID (another
+        // process may have it by now): ESRCH, and nothing is sent.
+        let _ = self.1.signal(self.0, Signal::SIGKILL, true);
     }
 }

@@ -16,7 +16,7 @@
 
 use std::ffi::{CString, OsStr};
 use std::num::NonZeroU64;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::ptr::NonNull;
@@ -26,9 +26,11 @@ use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
 use nix::fcntl::OFlag;
+use nix::sys::signal::{pthread_sigmask, SigSet, SigmaskHow};
 use nix::unistd::{Gid, Pid, Uid, User};
 use tokio::sync::oneshot;
 
+use super::reaper::Watched;
 use super::{ExitReceiver, Reaper};
 
 /// Variables a child must never inherit from minder's own environment: they
@@ -40,9 +42,21 @@ const NOT_INHERITED: &[&str] = &[
     "LISTEN_FDNAMES",
     "WATCHDOG_USEC",
     "WATCHDOG_PID",
-    crate::reexec::STATE_FD_ENV,
-    crate::reexec::ORIGINAL_NOFILE_ENV,
+    HANDOVER_STATE_FD_ENV,
+    HANDOVER_NOFILE_ENV,
 ];
+
+/// The number of the memfd holding the state `reexec` hands from one image
+/// of minder to the next. Named here, with the other variables no child
+/// inherits, so that keeping minder's own variables from children needs
+/// nothing from `reexec` (which takes the name from here): whatever
+/// `reexec` leaves in the environment, no child sees it.
+pub const HANDOVER_STATE_FD_ENV: &str = "MINDER_REEXEC_FD";
+
+/// The soft RLIMIT_NOFILE the first image of minder was started with,
+/// handed to the next one by `reexec`; kept from children like
+/// [`HANDOVER_STATE_FD_ENV`].
+pub const HANDOVER_NOFILE_ENV: &str = "MINDER_ORIGINAL_NOFILE";
 
 /// The RLIMIT_NOFILE minder itself was started with, restored in children:
 /// minder raises its own limit for its many fds, but programs (select(2) users
@@ -108,39 +122,58 @@ pub enum Output {
     Fd(RawFd),
 }
 
-/// Where a spawn failed; part of the message a user sees.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SpawnStage {
+/// Defines [`SpawnStage`] and the list of all its values from one list, so
+/// that the code a child writes for its failed stage and the stage minder
+/// reads back from it cannot disagree.
+macro_rules! spawn_stages {
+    ($($(#[doc = $doc:literal])* $stage:ident = $code:literal,)*) => {
+        /// Where a spawn failed; part of the message a user sees.
+        ///
+        /// The child reports its failed stage as the number of the variant
+        /// (`stage as u32`, never 0: 0 means no failure), minder reads it
+        /// back with [`SpawnStage::from_code`].
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        #[repr(u32)]
+        pub enum SpawnStage {
+            $($(#[doc = $doc])* $stage = $code,)*
+        }
+
+        impl SpawnStage {
+            /// Every stage.
+            const ALL: &[SpawnStage] = &[$(SpawnStage::$stage,)*];
+        }
+    };
+}
+
+spawn_stages! {
     /// Preparing what the child is given: argv/envp (a NUL byte in an
     /// argument), its log pipes, its `listen` sockets.
-    Prepare,
+    Prepare = 1,
     /// Finding the executable in `PATH`.
-    Lookup,
+    Lookup = 2,
     /// Resolving `user`/`group`, or refusing them without root.
-    Credentials,
+    Credentials = 3,
     /// Making the child (`clone`, or mapping its stack).
-    Fork,
+    Fork = 4,
     /// `setsid` in the child.
-    Session,
+    Session = 5,
     /// Setting up fds 0, 1, 2 in the child.
-    Stdio,
+    Stdio = 6,
     /// `setgroups`/`setgid`/`setuid` in the child.
-    Identity,
+    Identity = 7,
     /// `chdir` to `directory`.
-    Chdir,
+    Chdir = 8,
     /// `execve`.
-    Exec,
+    Exec = 9,
 }
 
 impl SpawnStage {
-    fn from_code(code: u32) -> SpawnStage {
-        match code {
-            4 => SpawnStage::Session,
-            5 => SpawnStage::Stdio,
-            6 => SpawnStage::Identity,
-            7 => SpawnStage::Chdir,
-            _ => SpawnStage::Exec,
-        }
+    /// The stage whose code (`stage as u32`) is `code`.
+    fn from_code(code: u32) -> Option<SpawnStage> {
+        SpawnStage::ALL
+            .iter()
+            .copied()
+            .find(|stage| *stage as u32 == code)
     }
 }
 
@@ -282,8 +315,7 @@ impl Drop for PendingReport {
     }
 }
 
-fn failure_error(stage: u32, errno: i32, program: &str, directory: &Path) -> SpawnError {
-    let stage = SpawnStage::from_code(stage);
+fn failure_error(stage: SpawnStage, errno: i32, program: &str, directory: &Path) -> SpawnError {
     let what = match stage {
         SpawnStage::Exec => format!("exec {program:?}"),
         SpawnStage::Chdir => format!("chdir {directory:?}"),
@@ -297,7 +329,7 @@ fn failure_error(stage: u32, errno: i32, program: &str, directory: &Path) -> Spa
 /// A failed step of a child whose launch is gone, until its report is read.
 struct Failed {
     serial: u64,
-    stage: u32,
+    stage: SpawnStage,
     errno: i32,
 }
 
@@ -317,7 +349,8 @@ struct Shared {
     /// Non-zero until the child has exec'd or exited: `CLONE_CHILD_CLEARTID`
     /// makes the kernel write 0 here then, and wake futex waiters.
     in_use: AtomicU32,
-    /// The stage code of a failed step (0: none); written after `errno`.
+    /// The code of the stage of a failed step (`SpawnStage as u32`, 0:
+    /// none); written after `errno`.
     stage: AtomicU32,
     /// The errno of the failed step.
     errno: AtomicU32,
@@ -363,45 +396,59 @@ fn start(req: &SpawnRequest, reaper: &Reaper) -> Result<(Spawned, Launch), Spawn
     drop(prepared);
 
     let (exit_tx, exit_rx) = oneshot::channel();
-    let mut owners = reaper.lock();
+    // Where `CLONE_PIDFD` puts the child's pidfd.
+    let mut pidfd: libc::c_int = -1;
     // Every signal is blocked around clone, so the child starts with all of
     // them blocked: none can run one of minder's handlers in the child (on
     // minder's memory) before the child has reset every disposition.
-    // SAFETY: plain sigset operations on sets owned here.
-    let mut all: libc::sigset_t = unsafe { std::mem::zeroed() };
-    let mut previous: libc::sigset_t = unsafe { std::mem::zeroed() };
-    unsafe {
-        libc::sigfillset(&mut all);
-        libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut previous);
+    let mut previous = SigSet::empty();
+    if let Err(e) = pthread_sigmask(
+        SigmaskHow::SIG_SETMASK,
+        Some(&SigSet::all()),
+        Some(&mut previous),
+    ) {
+        launch.finish();
+        return Err(SpawnError::os(SpawnStage::Fork, e, "blocking signals"));
     }
+    let mut owners = reaper.lock();
     // SAFETY: the launch's mapping (the child's stack and all it reads or
     // writes) stays mapped and unchanged until the kernel has cleared
     // `in_use` in it, i.e. until the child has exec'd or exited: `spawn`
     // waits for that, `sweep` checks it. `child_main` keeps to the rules
-    // stated there.
+    // stated there, and starts with every signal blocked (above). The
+    // kernel writes the pidfd (`CLONE_PIDFD`) to `pidfd` on this stack
+    // before clone returns, and clears `in_use` (`CLONE_CHILD_CLEARTID`) in
+    // the launch, which outlives the child's use of it.
     let pid = unsafe {
         libc::clone(
             child_main,
             launch.region.stack_top(),
             CLONE_FLAGS,
             launch.args.cast_mut().cast(),
-            std::ptr::null_mut::<libc::pid_t>(),
+            &mut pidfd,
             std::ptr::null_mut::<libc::c_void>(),
             (*launch.shared).in_use.as_ptr().cast::<libc::pid_t>(),
         )
     };
     let clone_errno = Errno::last();
-    // SAFETY: restores the mask saved above.
-    unsafe {
-        libc::pthread_sigmask(libc::SIG_SETMASK, &previous, std::ptr::null_mut());
-    }
+    // Cannot fail: the same call with the same `how` succeeded above.
+    let _ = pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&previous), None);
     if pid < 0 {
         // No child: nothing uses the launch.
         drop(owners);
         launch.finish();
         return Err(SpawnError::os(SpawnStage::Fork, clone_errno, "clone"));
     }
-    owners.insert(pid, exit_tx);
+    let pidfd = if pidfd >= 0 {
+        // SAFETY: `CLONE_PIDFD` made this descriptor for this call alone;
+        // nothing else owns or closes it.
+        Some(unsafe { OwnedFd::from_raw_fd(pidfd) })
+    } else {
+        // A kernel that ignores `CLONE_PIDFD` (before 5.2): opened by PID,
+        // which is still the child's, unreaped while `owners` is locked.
+        super::reaper::open_pidfd(Pid::from_raw(pid)).ok()
+    };
+    owners.insert(pid, Watched::child(exit_tx, pidfd));
     drop(owners);
     // The child has its own copy of the fd table (made by clone), so minder's
     // fds may close now, whatever the child has got to.
@@ -419,14 +466,20 @@ fn start(req: &SpawnRequest, reaper: &Reaper) -> Result<(Spawned, Launch), Spawn
 /// `CLONE_VM`: the child shares minder's memory (no copy); no `CLONE_FILES`,
 /// `CLONE_FS`, `CLONE_SIGHAND` or `CLONE_THREAD`, so its fd table, cwd,
 /// signal handlers and credentials are its own. `SIGCHLD` on exit, like a
-/// forked child, so the reaper collects it. Where the child cannot make
-/// system calls without glibc (see [`sys`]), `CLONE_VFORK` suspends minder's
-/// thread until the exec, so the child may share that thread's errno.
+/// forked child, so the reaper collects it. `CLONE_PIDFD`: a pidfd on the
+/// child (close-on-exec), through which the reaper signals it. Where the
+/// child cannot make system calls without glibc (see [`sys`]), `CLONE_VFORK`
+/// suspends minder's thread until the exec, so the child may share that
+/// thread's errno.
 #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
-const CLONE_FLAGS: libc::c_int = libc::CLONE_VM | libc::CLONE_CHILD_CLEARTID | libc::SIGCHLD;
-#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
 const CLONE_FLAGS: libc::c_int =
-    libc::CLONE_VM | libc::CLONE_VFORK | libc::CLONE_CHILD_CLEARTID | libc::SIGCHLD;
+    libc::CLONE_VM | libc::CLONE_CHILD_CLEARTID | libc::CLONE_PIDFD | libc::SIGCHLD;
+#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+const CLONE_FLAGS: libc::c_int = libc::CLONE_VM
+    | libc::CLONE_VFORK
+    | libc::CLONE_CHILD_CLEARTID
+    | libc::CLONE_PIDFD
+    | libc::SIGCHLD;
 
 /// One child being started: a mapping holding its stack, all it reads until
 /// its exec and what it shares with minder. Kept until the kernel says the
@@ -609,10 +662,17 @@ impl Launch {
     }
 
     /// The child's report of a failed step, once it is done with the launch.
-    fn failure(&self) -> Option<(u32, i32)> {
+    fn failure(&self) -> Option<(SpawnStage, i32)> {
         let shared = self.shared();
-        let stage = shared.stage.load(Ordering::Acquire);
-        (stage != 0).then(|| (stage, shared.errno.load(Ordering::Relaxed) as i32))
+        let code = shared.stage.load(Ordering::Acquire);
+        if code == 0 {
+            return None;
+        }
+        // The child writes only codes of stages (`fail` takes a
+        // `SpawnStage`); should another number ever be read, the child still
+        // failed, and exec is its last step.
+        let stage = SpawnStage::from_code(code).unwrap_or(SpawnStage::Exec);
+        Some((stage, shared.errno.load(Ordering::Relaxed) as i32))
     }
 
     /// Frees the launch of a child that is done with it (or never existed),
@@ -650,15 +710,29 @@ impl Writer {
     }
 
     /// A copy of `bytes`.
+    ///
+    /// # Safety
+    /// As for [`Writer::array`].
     unsafe fn bytes(&mut self, bytes: &[u8]) -> *mut u8 {
-        let at = self.array::<u8>(bytes.len());
-        std::ptr::copy_nonoverlapping(bytes.as_ptr(), at, bytes.len());
-        at
+        // SAFETY: room for `bytes.len()` bytes in the area, which the
+        // caller vouches is writable; a fresh part of it, so it cannot
+        // overlap `bytes` (which lives outside the launch).
+        unsafe {
+            let at = self.array::<u8>(bytes.len());
+            std::ptr::copy_nonoverlapping(bytes.as_ptr(), at, bytes.len());
+            at
+        }
     }
 
     /// A copy of `s` with its NUL.
+    ///
+    /// # Safety
+    /// As for [`Writer::array`].
     unsafe fn c_string(&mut self, s: &CString) -> *const libc::c_char {
-        self.bytes(s.as_bytes_with_nul()).cast_const().cast()
+        // SAFETY: the caller's contract is `bytes`'s.
+        unsafe { self.bytes(s.as_bytes_with_nul()) }
+            .cast_const()
+            .cast()
     }
 }
 
@@ -1038,50 +1112,80 @@ struct ChildArgs {
 
 /// A system call that leaves errno alone (the child shares the TLS of the
 /// minder thread that made it, which runs on): the result, or `-errno`.
+///
+/// # Safety
+/// That of system call `n` with these arguments: every pointer among `a`
+/// must be valid for what the call reads or writes through it, and the call
+/// must not break what Rust code relies on (e.g. close an fd someone owns).
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
 unsafe fn sys(n: libc::c_long, a: [usize; 4]) -> isize {
     let ret: isize;
-    std::arch::asm!(
-        "syscall",
-        inlateout("rax") n as isize => ret,
-        in("rdi") a[0],
-        in("rsi") a[1],
-        in("rdx") a[2],
-        in("r10") a[3],
-        lateout("rcx") _,
-        lateout("r11") _,
-        options(nostack),
-    );
+    // SAFETY: the kernel's x86_64 convention: number in rax, arguments in
+    // rdi, rsi, rdx, r10, result in rax, rcx and r11 clobbered by the
+    // instruction; it pushes nothing on our stack. Memory is not marked
+    // untouched, so the compiler assumes the call may read or write any of
+    // it. What the call itself does is the caller's contract.
+    unsafe {
+        std::arch::asm!(
+            "syscall",
+            inlateout("rax") n as isize => ret,
+            in("rdi") a[0],
+            in("rsi") a[1],
+            in("rdx") a[2],
+            in("r10") a[3],
+            lateout("rcx") _,
+            lateout("r11") _,
+            options(nostack),
+        );
+    }
     ret
 }
 
 /// A system call that leaves errno alone (see the x86_64 version).
+///
+/// # Safety
+/// As for the x86_64 version.
 #[cfg(target_arch = "aarch64")]
 #[inline(always)]
 unsafe fn sys(n: libc::c_long, a: [usize; 4]) -> isize {
     let ret: isize;
-    std::arch::asm!(
-        "svc 0",
-        in("x8") n,
-        inlateout("x0") a[0] as isize => ret,
-        in("x1") a[1],
-        in("x2") a[2],
-        in("x3") a[3],
-        options(nostack),
-    );
+    // SAFETY: the kernel's aarch64 convention: number in x8, arguments in
+    // x0..x3, result in x0; `svc` pushes nothing on our stack. Memory is not
+    // marked untouched, so the compiler assumes the call may read or write
+    // any of it. What the call itself does is the caller's contract.
+    unsafe {
+        std::arch::asm!(
+            "svc 0",
+            in("x8") n,
+            inlateout("x0") a[0] as isize => ret,
+            in("x1") a[1],
+            in("x2") a[2],
+            in("x3") a[3],
+            options(nostack),
+        );
+    }
     ret
 }
 
 /// A system call through glibc, which sets errno: only safe because on
 /// these targets the child runs under `CLONE_VFORK` (see [`CLONE_FLAGS`]).
+///
+/// # Safety
+/// As for the x86_64 version.
 #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
 unsafe fn sys(n: libc::c_long, a: [usize; 4]) -> isize {
-    let ret = libc::syscall(n, a[0], a[1], a[2], a[3]);
-    if ret == -1 {
-        -(*libc::__errno_location() as isize)
-    } else {
-        ret as isize
+    // SAFETY: what the call does is the caller's contract. It writes errno
+    // in the TLS the child shares with the minder thread that cloned it,
+    // which `CLONE_VFORK` keeps suspended until the child has exec'd or
+    // exited, so nothing else reads or writes that errno meanwhile.
+    unsafe {
+        let ret = libc::syscall(n, a[0], a[1], a[2], a[3]);
+        if ret == -1 {
+            -(*libc::__errno_location() as isize)
+        } else {
+            ret as isize
+        }
     }
 }
 
@@ -1125,14 +1229,19 @@ const LAST_SIGNAL: libc::c_int = 64;
 /// - it ends in `execve` or `exit_group` (which ends only the child: it is a
 ///   thread group of its own).
 extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
-    // SAFETY: `arg` is the `ChildArgs` of a launch kept alive for the child.
+    // SAFETY: `arg` is the `ChildArgs` of the launch this child was cloned
+    // with (`start` passes `launch.args`), which stays mapped and unchanged
+    // until the child execs or exits; this is the cloned child, on the
+    // launch's stack.
     unsafe { child(&*arg.cast::<ChildArgs>()) }
 }
 
 /// The child's steps; see [`child_main`] for the rules.
 ///
 /// # Safety
-/// Only in the cloned child, with `args` valid until it execs or exits.
+/// Only in the cloned child, with `args` (and all it points to) the
+/// arguments of its launch, kept mapped and unchanged by minder until the
+/// child execs or exits.
 unsafe fn child(args: &ChildArgs) -> ! {
     // Signal dispositions: handlers are minder's code and would run on
     // minder's memory; ignored signals (Rust ignores SIGPIPE) would be
@@ -1142,103 +1251,156 @@ unsafe fn child(args: &ChildArgs) -> ! {
     let default = [0u64; 4];
     for sig in 1..=LAST_SIGNAL {
         if sig != libc::SIGKILL && sig != libc::SIGSTOP {
-            sys(
-                libc::SYS_rt_sigaction,
-                [sig as usize, default.as_ptr() as usize, 0, 8],
-            );
+            // SAFETY: the kernel reads a `struct sigaction` (at most 32
+            // bytes on these targets) from `default`, on this stack, and
+            // writes no old action (null); the dispositions changed are the
+            // child's own (no `CLONE_SIGHAND`), and every signal is blocked.
+            unsafe {
+                sys(
+                    libc::SYS_rt_sigaction,
+                    [sig as usize, default.as_ptr() as usize, 0, 8],
+                );
+            }
         }
     }
     // Then nothing blocked, as a freshly started program expects.
     let empty = 0u64;
-    sys(
-        libc::SYS_rt_sigprocmask,
-        [
-            libc::SIG_SETMASK as usize,
-            &empty as *const u64 as usize,
-            0,
-            8,
-        ],
-    );
-    check(args, 4, sys(libc::SYS_setsid, [0; 4]));
-    let pid = sys(libc::SYS_getpid, [0; 4]) as libc::pid_t;
+    // SAFETY: the kernel reads the 8-byte mask `empty`, on this stack, and
+    // writes no old mask (null); no handler of minder's is left to run.
+    unsafe {
+        sys(
+            libc::SYS_rt_sigprocmask,
+            [
+                libc::SIG_SETMASK as usize,
+                &empty as *const u64 as usize,
+                0,
+                8,
+            ],
+        );
+    }
+    // SAFETY: setsid takes no argument and changes only the child's session.
+    let session = unsafe { sys(libc::SYS_setsid, [0; 4]) };
+    // SAFETY: the launch's failure report, per this function's contract.
+    unsafe { check(args, SpawnStage::Session, session) };
+    // SAFETY: getpid takes no argument.
+    let pid = unsafe { sys(libc::SYS_getpid, [0; 4]) } as libc::pid_t;
     for i in 0..args.n_slots {
-        let (slot, prefix) = *args.pid_slots.add(i);
-        write_decimal(slot.add(prefix), pid);
+        // SAFETY: `pid_slots` holds `n_slots` (slot, prefix) pairs, and each
+        // slot is `NAME=` (`prefix` bytes) followed by `PID_DIGITS` bytes
+        // of room, all in the launch, written by nothing but this child
+        // until it execs (`Launch::new`).
+        unsafe {
+            let (slot, prefix) = *args.pid_slots.add(i);
+            write_decimal(slot.add(prefix), pid);
+        }
     }
     // Targets: 0, 1, 2 for stdio, then 3.. for the listen sockets. First move
     // every source above the last target (close-on-exec copies), so placing
     // one cannot clobber another that is still to be placed.
-    let listen = std::slice::from_raw_parts_mut(args.listen, args.n_listen);
+    // SAFETY: `listen` is the launch's scratch of `n_listen` ints (aligned
+    // and non-null even when empty), which nothing but this child reads or
+    // writes until it execs (`Launch::new`).
+    let listen = unsafe { std::slice::from_raw_parts_mut(args.listen, args.n_listen) };
     let first_free = 3 + args.n_listen;
     let mut stdio = args.stdio;
     for fd in stdio.iter_mut().chain(listen.iter_mut()) {
-        let moved = sys(
-            libc::SYS_fcntl,
-            [*fd as usize, libc::F_DUPFD_CLOEXEC as usize, first_free, 0],
-        );
-        check(args, 5, moved);
+        // SAFETY: F_DUPFD_CLOEXEC takes no pointer and changes only the
+        // child's own fd table (no `CLONE_FILES`).
+        let moved = unsafe {
+            sys(
+                libc::SYS_fcntl,
+                [*fd as usize, libc::F_DUPFD_CLOEXEC as usize, first_free, 0],
+            )
+        };
+        // SAFETY: the launch's failure report, per this function's contract.
+        unsafe { check(args, SpawnStage::Stdio, moved) };
         *fd = moved as libc::c_int;
     }
     // dup3 (dup2 is missing on some architectures) clears close-on-exec on
     // the target; source and target always differ here.
     for (target, source) in stdio.into_iter().chain(listen.iter().copied()).enumerate() {
-        check(
-            args,
-            5,
-            sys(libc::SYS_dup3, [source as usize, target, 0, 0]),
-        );
+        // SAFETY: dup3 takes no pointer and changes only the child's own fd
+        // table; then the launch's failure report, as above.
+        unsafe {
+            let placed = sys(libc::SYS_dup3, [source as usize, target, 0, 0]);
+            check(args, SpawnStage::Stdio, placed);
+        }
     }
     // Nothing else survives exec, whatever minder itself inherited. Marked
     // rather than closed: the exec closes them.
-    sys(
-        libc::SYS_close_range,
-        [
-            first_free,
-            u32::MAX as usize,
-            libc::CLOSE_RANGE_CLOEXEC as usize,
-            0,
-        ],
-    );
-    if let Some(limit) = &args.nofile {
-        // Lowering can only fail for an invalid value; the child then keeps minder's.
+    // SAFETY: close_range takes no pointer; it only marks fds of the child's
+    // own table close-on-exec.
+    unsafe {
         sys(
-            libc::SYS_prlimit64,
+            libc::SYS_close_range,
             [
-                0,
-                libc::RLIMIT_NOFILE as usize,
-                limit as *const Rlimit64 as usize,
+                first_free,
+                u32::MAX as usize,
+                libc::CLOSE_RANGE_CLOEXEC as usize,
                 0,
             ],
         );
     }
-    if let Some(uid) = args.uid {
-        check(
-            args,
-            6,
-            sys(ids::SETGROUPS, [args.n_groups, args.groups as usize, 0, 0]),
-        );
-        check(args, 6, sys(ids::SETGID, [args.gid as usize, 0, 0, 0]));
-        check(args, 6, sys(ids::SETUID, [uid as usize, 0, 0, 0]));
+    if let Some(limit) = &args.nofile {
+        // Lowering can only fail for an invalid value; the child then keeps minder's.
+        // SAFETY: the kernel reads the `Rlimit64` (the layout of its
+        // `struct rlimit64`) in the launch and writes no old limit (null);
+        // the limit changed is the child's own (pid 0: the caller).
+        unsafe {
+            sys(
+                libc::SYS_prlimit64,
+                [
+                    0,
+                    libc::RLIMIT_NOFILE as usize,
+                    limit as *const Rlimit64 as usize,
+                    0,
+                ],
+            );
+        }
     }
-    check(
-        args,
-        7,
-        sys(libc::SYS_chdir, [args.directory as usize, 0, 0, 0]),
-    );
-    let result = sys(
-        libc::SYS_execve,
-        [
-            args.path as usize,
-            args.argv as usize,
-            args.envp as usize,
-            0,
-        ],
-    );
-    fail(args, 8, result)
+    if let Some(uid) = args.uid {
+        // SAFETY: setgroups reads `n_groups` gids from the launch's list
+        // (`Launch::new`); setgid and setuid take no pointer. The raw calls
+        // change the credentials of the child alone (see `ids`); then the
+        // launch's failure report, as above.
+        unsafe {
+            let groups = sys(ids::SETGROUPS, [args.n_groups, args.groups as usize, 0, 0]);
+            check(args, SpawnStage::Identity, groups);
+            let gid = sys(ids::SETGID, [args.gid as usize, 0, 0, 0]);
+            check(args, SpawnStage::Identity, gid);
+            let uid = sys(ids::SETUID, [uid as usize, 0, 0, 0]);
+            check(args, SpawnStage::Identity, uid);
+        }
+    }
+    // SAFETY: chdir reads the NUL-terminated `directory` in the launch and
+    // changes the child's own cwd (no `CLONE_FS`); then the failure report.
+    unsafe {
+        let chdir = sys(libc::SYS_chdir, [args.directory as usize, 0, 0, 0]);
+        check(args, SpawnStage::Chdir, chdir);
+    }
+    // SAFETY: execve reads the NUL-terminated `path` and the null-terminated
+    // `argv` and `envp` arrays of NUL-terminated strings, all in the launch
+    // (`Launch::new`); on success the child leaves minder's memory. On
+    // failure, the launch's failure report, as above.
+    unsafe {
+        let result = sys(
+            libc::SYS_execve,
+            [
+                args.path as usize,
+                args.argv as usize,
+                args.envp as usize,
+                0,
+            ],
+        );
+        fail(args, SpawnStage::Exec, result)
+    }
 }
 
 /// Writes `n` in decimal followed by a NUL at `at` (room: [`PID_DIGITS`] bytes);
 /// no allocation, so it may run between clone and exec.
+///
+/// # Safety
+/// `at` must be valid for writes of [`PID_DIGITS`] bytes.
 unsafe fn write_decimal(at: *mut u8, n: libc::pid_t) {
     let mut digits = [0u8; PID_DIGITS];
     let mut len = 0;
@@ -1252,27 +1414,88 @@ unsafe fn write_decimal(at: *mut u8, n: libc::pid_t) {
         }
     }
     for (i, digit) in digits.iter().take(len).rev().enumerate() {
-        *at.add(i) = *digit;
+        // SAFETY: `i < len < PID_DIGITS`, within the room the caller vouches for.
+        unsafe { *at.add(i) = *digit };
     }
-    *at.add(len) = 0;
+    // SAFETY: `len < PID_DIGITS`, as above.
+    unsafe { *at.add(len) = 0 };
 }
 
 /// Fails the step `stage` if a system call returned `-errno`.
-unsafe fn check(args: &ChildArgs, stage: u32, result: isize) {
+///
+/// # Safety
+/// As for [`fail`].
+unsafe fn check(args: &ChildArgs, stage: SpawnStage, result: isize) {
     if result < 0 {
-        fail(args, stage, result);
+        // SAFETY: the caller's contract is `fail`'s.
+        unsafe { fail(args, stage, result) };
     }
 }
 
 /// Reports (stage, errno) to minder and exits without running any destructor.
-unsafe fn fail(args: &ChildArgs, stage: u32, result: isize) -> ! {
-    let shared = &*args.shared;
+///
+/// # Safety
+/// Only in the cloned child, with `args` the arguments of its launch (so
+/// `shared` points to the launch's shared words, mapped until the child
+/// has exited).
+unsafe fn fail(args: &ChildArgs, stage: SpawnStage, result: isize) -> ! {
+    // SAFETY: `shared` points into the launch, mapped until the kernel has
+    // cleared `in_use` at this child's exit; minder only reads it, atomically.
+    let shared = unsafe { &*args.shared };
     shared
         .errno
         .store(result.unsigned_abs() as u32, Ordering::Relaxed);
     // Release: minder reads `errno` after seeing the stage.
-    shared.stage.store(stage, Ordering::Release);
+    shared.stage.store(stage as u32, Ordering::Release);
     loop {
-        sys(libc::SYS_exit_group, [127, 0, 0, 0]);
+        // SAFETY: exit_group takes no pointer and ends the child alone (a
+        // thread group of its own); it does not return.
+        unsafe { sys(libc::SYS_exit_group, [127, 0, 0, 0]) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_spawn_stage_round_trips_through_its_code() {
+        let mut codes = Vec::new();
+        for &stage in SpawnStage::ALL {
+            let code = stage as u32;
+            // 0 is "no failure" in the shared report.
+            assert_ne!(code, 0, "{stage:?}");
+            assert!(!codes.contains(&code), "{stage:?} shares code {code}");
+            codes.push(code);
+            assert_eq!(SpawnStage::from_code(code), Some(stage));
+        }
+        assert_eq!(SpawnStage::from_code(0), None);
+    }
+
+    #[test]
+    fn a_failed_chdir_is_reported_as_the_chdir_stage() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        runtime.block_on(async {
+            let reaper = Reaper::start().expect("reaper");
+            let request = SpawnRequest {
+                argv: vec!["/bin/true".to_string()],
+                directory: PathBuf::from("/nonexistent/minder-test-directory"),
+                clear_env: true,
+                environment: Vec::new(),
+                user: None,
+                group: None,
+                stdin: None,
+                stdout: Output::Null,
+                stderr: Output::Null,
+                pid_variables: Vec::new(),
+                listen_fds: Vec::new(),
+            };
+            let err = spawn(&request, &reaper).expect_err("chdir must fail");
+            assert_eq!(err.stage, SpawnStage::Chdir, "{err}");
+            assert_eq!(err.errno, Some(Errno::ENOENT), "{err}");
+        });
     }
 }

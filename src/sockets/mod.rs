@@ -51,7 +51,7 @@ impl ListenSet {
         let owned: Vec<OwnedFd> = fds
             .iter()
             .map(|fd| {
-                crate::reexec::set_cloexec(*fd, true);
+                crate::process::set_cloexec(*fd, true);
                 // SAFETY: the previous image passed these sockets for us to own.
                 unsafe { OwnedFd::from_raw_fd(*fd) }
             })

@@ -453,9 +453,12 @@ impl ProcessActor {
             }
             Command::Signal { signal, reply } => {
                 let result = match self.machine.state.pid() {
-                    Some(pid) => process::send_signal(pid, signal, true).map_err(|e| {
-                        format!("{}: {}: {}", self.spec.name, signal.as_str(), e.desc())
-                    }),
+                    Some(pid) => {
+                        process::already_gone(self.context.reaper.signal(pid, signal, true))
+                            .map_err(|e| {
+                                format!("{}: {}: {}", self.spec.name, signal.as_str(), e.desc())
+                            })
+                    }
                     None => Err(format!(
                         "{}: not running ({})",
                         self.spec.name,
@@ -817,7 +820,7 @@ impl ProcessActor {
     }
 
     fn signal(&self, pid: nix::unistd::Pid, signal: Signal, group: bool) {
-        if let Err(e) = process::send_signal(pid, signal, group) {
+        if let Err(e) = process::already_gone(self.context.reaper.signal(pid, signal, group)) {
             tracing::warn!(
                 process = %self.spec.name,
                 "sending {} to pid {pid}: {}",

@@ -3,7 +3,8 @@
 //! It does what a test asks through flags, reports what it saw through files
 //! (always written to `FILE.tmp` then renamed, so a reader never sees half a
 //! file) and never outlives [`MAX_LIFETIME`], so a broken test leaves nothing
-//! running for long. std + libc only; single-threaded, so `fork` is safe.
+//! running for long. std + libc only; it forks before it starts any helper
+//! thread, so `fork` is safe.
 //!
 //! Flags (combine freely):
 //! - `--exit-after MS`     exit after MS milliseconds (default: run until killed)
@@ -383,7 +384,8 @@ fn run(o: &Opts) -> io::Result<()> {
     process::exit(0);
 }
 
-/// A set of signals, blocked in this (single-threaded) process and waited for.
+/// A set of signals, blocked before any helper thread starts (so every
+/// thread inherits the mask) and waited for.
 struct SigSet(libc::sigset_t);
 
 impl SigSet {
@@ -438,7 +440,8 @@ fn die_of(sig: i32) -> ! {
 
 /// Forks a grandchild that sleeps up to [`MAX_LIFETIME`] with default signal handling.
 fn fork_grandchild() -> i32 {
-    // SAFETY: this process is single-threaded, so the child may run ordinary code.
+    // SAFETY: called before `run` starts any helper thread: the process has
+    // one thread, so no lock is held in the child, which may run ordinary code.
     let pid = unsafe { libc::fork() };
     if pid < 0 {
         eprintln!("minder-testchild: fork: {}", io::Error::last_os_error());

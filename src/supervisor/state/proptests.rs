@@ -348,7 +348,7 @@ impl World {
         Event::Spawned(pid)
     }
 
-    /// Delivers a signal as `send_signal` does: to the group when it
+    /// Delivers a signal as `Reaper::signal` does: to the group when it
     /// exists, else to the process.
     fn signal(&mut self, pid: Pid, signal: Signal, group: bool) -> Result<(), TestCaseError> {
         let targets: Vec<Pid> = if group && self.live.values().any(|p| p.pgid == pid) {
