@@ -292,6 +292,31 @@ fn stop_kills_the_grandchild() {
     assert_pid_gone(gc, "grandchild of a stopped program (kill_group = true)");
 }
 
+/// The main process exits on SIGTERM at once, its grandchild ignores it:
+/// the group's SIGKILL comes as the main process is collected, not after
+/// `stop_timeout` (30 s here) and not never.
+#[test]
+fn stop_kills_a_grandchild_that_outlives_the_main_process() {
+    let d = Daemon::start(&program(
+        "family",
+        &[
+            "--grandchild",
+            "@TMP@/gc",
+            "--grandchild-ignores-term",
+            "--pidfile",
+            "@TMP@/pid",
+        ],
+        "stop_timeout = \"30s\"",
+    ));
+    let gc = read_pid(&d.path("gc"));
+    let pid = read_pid(&d.path("pid"));
+    d.wait_state("family", "running");
+    d.ctl_ok(&["stop", "family"]);
+    assert_eq!(d.proc("family").state, "stopped");
+    assert!(!pid_alive(pid), "child {pid} alive after stop");
+    assert_pid_gone(gc, "grandchild ignoring SIGTERM after its parent exited");
+}
+
 #[test]
 fn missing_binary_reports_os_error() {
     let d = Daemon::start(

@@ -147,3 +147,43 @@ fn a_watched_child_and_its_group_are_signalled_through_the_reaper() {
         );
     });
 }
+
+/// Whether `pid` is gone or a zombie, waiting at most 10 s for it.
+fn gone_within_10s(pid: i32) -> bool {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let state = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|s| s.rsplit(')').next().map(|rest| rest.trim().to_string()));
+        match state {
+            None => return true,
+            Some(s) if s.starts_with('Z') => return true,
+            Some(_) if std::time::Instant::now() >= deadline => return false,
+            Some(_) => std::thread::sleep(Duration::from_millis(20)),
+        }
+    }
+}
+
+/// A hook command or exec probe that leaves a process behind in its group:
+/// the group is killed as the command is collected, while its leader still
+/// holds the group id (never later, by a number that may be reused).
+#[test]
+fn what_a_command_leaves_in_its_group_is_killed_as_it_is_collected() {
+    with_reaper(|reaper| async move {
+        let command = request(&["sh", "-c", "sleep 30 >/dev/null 2>&1 & echo $!"]);
+        let (end, stdout) = minder::process::run_captured(
+            command,
+            minder::process::Capture::Stdout,
+            Duration::from_secs(10),
+            &reaper,
+        )
+        .await
+        .expect("running sh");
+        assert_eq!(end, ProcessEnd::Exited(0));
+        let left: i32 = stdout.trim().parse().expect("the background PID");
+        assert!(
+            gone_within_10s(left),
+            "the background sleep (pid {left}) outlived the command that started it"
+        );
+    });
+}

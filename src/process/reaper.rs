@@ -1,5 +1,7 @@
-//! The one reaper: woken by SIGCHLD, it collects every ended child with
-//! `waitpid(-1, WNOHANG)` and hands the result to whoever spawned it.
+//! The one reaper: woken by SIGCHLD, it finds each ended child with
+//! `waitid(WNOHANG | WNOWAIT)`, kills what is left of its process group if
+//! asked to, collects it with `waitpid` and hands the result to whoever
+//! spawned it.
 //!
 //! It is also the only way minder signals a process: it holds a pidfd on
 //! every process it watches, from the spawn (or adoption) until the exit has
@@ -44,6 +46,9 @@ pub(crate) struct Watched {
     /// unreaped while the owner table is locked. An adopted `MAINPID=` whose
     /// parent lives is not: its parent may collect it at any time.
     child: bool,
+    /// SIGKILL the group it leads when it has exited, before collecting it
+    /// (see [`Reaper::kill_group_at_exit`]).
+    kill_group_at_exit: bool,
 }
 
 impl Watched {
@@ -53,6 +58,7 @@ impl Watched {
             owner,
             pidfd,
             child: true,
+            kill_group_at_exit: false,
         }
     }
 
@@ -158,6 +164,7 @@ impl Reaper {
                 owner: tx,
                 pidfd,
                 child,
+                kill_group_at_exit: false,
             },
         );
         rx
@@ -188,6 +195,20 @@ impl Reaper {
             }
         }
         watched.signal_process(pid, sig)
+    }
+
+    /// When child `pid` has exited, SIGKILL what is left of the process
+    /// group it leads, before collecting it: a stopped program's
+    /// descendants must not outlive it. Done here because it is the one
+    /// moment that is safe: the exited leader, not yet collected, still
+    /// holds its PID, so the group id cannot have been given to another
+    /// group; once it is collected, nothing may be sent to that number.
+    /// Only for minder's own children (an adopted process is collected by
+    /// its parent); a PID not watched is ignored.
+    pub fn kill_group_at_exit(&self, pid: Pid) {
+        if let Some(watched) = self.lock().get_mut(&pid.as_raw()) {
+            watched.kill_group_at_exit = watched.child;
+        }
     }
 
     /// Waits until the pidfd of `pid` says it has ended, then reports that
@@ -229,21 +250,57 @@ impl Reaper {
         // yet routed (WNOHANG: it never blocks).
         let mut owners = self.lock();
         loop {
-            let mut status: libc::c_int = 0;
-            // SAFETY: waitpid only writes the status integer we own.
-            let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
-            if pid == 0 {
-                return;
-            }
-            if pid < 0 {
+            // Which child has ended, without collecting it yet (WNOWAIT).
+            // SAFETY: siginfo_t is plain data for which all zeroes is a valid
+            // value; waitid writes only into it.
+            let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+            // SAFETY: waitid reads its scalar arguments and writes the
+            // siginfo we own, nothing else.
+            let found = unsafe {
+                libc::waitid(
+                    libc::P_ALL,
+                    0,
+                    &mut info,
+                    libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
+                )
+            };
+            if found < 0 {
                 match Errno::last() {
                     Errno::EINTR => continue,
                     Errno::ECHILD => return,
                     errno => {
-                        tracing::warn!("waitpid failed: {errno}");
+                        tracing::warn!("waitid failed: {errno}");
                         return;
                     }
                 }
+            }
+            // SAFETY: waitid succeeded, so si_pid is the field it filled in
+            // (0 when no child has ended, with WNOHANG).
+            let ended = unsafe { info.si_pid() };
+            if ended == 0 {
+                return;
+            }
+            if owners.get(&ended).is_some_and(|w| w.kill_group_at_exit) {
+                // The leader is a zombie, not collected: its group id is
+                // still its own (see `kill_group_at_exit`).
+                match nix::sys::signal::killpg(Pid::from_raw(ended), Signal::SIGKILL) {
+                    Ok(()) | Err(Errno::ESRCH) => {}
+                    Err(e) => {
+                        tracing::warn!(pid = ended, "killing the group of an exited process: {e}")
+                    }
+                }
+            }
+            let mut status: libc::c_int = 0;
+            // SAFETY: waitpid only writes the status integer we own.
+            let pid = unsafe { libc::waitpid(ended, &mut status, libc::WNOHANG) };
+            if pid < 0 && Errno::last() == Errno::EINTR {
+                continue;
+            }
+            if pid <= 0 {
+                // waitid said it has ended: only collecting it elsewhere
+                // (nothing does) gets here. The next SIGCHLD looks again.
+                tracing::warn!(pid = ended, "collecting an exited child: {}", Errno::last());
+                return;
             }
             let end = if libc::WIFEXITED(status) {
                 ProcessEnd::Exited(libc::WEXITSTATUS(status))

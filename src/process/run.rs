@@ -68,6 +68,7 @@ pub async fn run_captured(
     drop(write);
     // Whatever happens below (a timeout, or the caller dropping this future),
     // the command's whole group must not outlive it.
+    reaper.kill_group_at_exit(spawned.pid);
     let guard = KillOnDrop(spawned.pid, reaper);
     let mut pipe = pipe::Receiver::from_owned_fd(read).ok();
     let mut kept = Vec::new();
@@ -127,8 +128,9 @@ struct KillOnDrop<'a>(Pid, &'a Reaper);
 
 impl Drop for KillOnDrop<'_> {
     fn drop(&mut self) {
-        // After a normal exit the reaper no longer signals the PID (another
-        // process may have it by now): ESRCH, and nothing is sent.
+        // After an exit the reaper has already killed the group as it
+        // collected the leader (`kill_group_at_exit`), and no longer signals
+        // the PID (another process may have it by now): ESRCH, nothing sent.
         let _ = self.1.signal(self.0, Signal::SIGKILL, true);
     }
 }

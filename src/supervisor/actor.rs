@@ -317,6 +317,7 @@ impl ProcessActor {
         }
         actor.sync_probing();
         actor.sync_notify_route();
+        actor.sync_group_kill();
         // No tracing span per actor: with thousands of processes their storage
         // would dominate minder's memory; events carry the name instead.
         // Boxed: an async fn stores its by-value arguments twice (as given and
@@ -583,7 +584,25 @@ impl ProcessActor {
         }
         self.sync_probing();
         self.sync_notify_route();
+        self.sync_group_kill();
         self.publish();
+    }
+
+    /// With `kill_group`, a process being stopped, and the retiring one of a
+    /// rolling restart, take their process group with them: the reaper
+    /// SIGKILLs what is left of it as it collects the exit (the machine's
+    /// own SIGKILL to the group after the exit could only be sent by PID,
+    /// which minder never does once the process is collected).
+    fn sync_group_kill(&self) {
+        if !self.cfg.kill_group {
+            return;
+        }
+        if let State::Stopping { pid, .. } = self.machine.state {
+            self.context.reaper.kill_group_at_exit(pid);
+        }
+        if let Some(old) = self.machine.retiring {
+            self.context.reaper.kill_group_at_exit(old.pid);
+        }
     }
 
     /// Tells the subscribers (`ctl events`, hooks, systemd, ...) about a

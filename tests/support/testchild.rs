@@ -13,6 +13,7 @@
 //!   `INT`, `HUP`, `ABRT`, `SEGV`) instead of exiting
 //! - `--ignore-term`       ignore SIGTERM and SIGINT
 //! - `--grandchild FILE`   fork a grandchild that sleeps (bounded) and write its PID to FILE
+//! - `--grandchild-ignores-term`  the grandchild ignores SIGTERM and SIGINT
 //! - `--write-env FILE`    write `cwd=<dir>`, then every env var as `KEY=VALUE`, to FILE
 //! - `--write-fds FILE`    write the open fd numbers of this process, one a line, to FILE
 //! - `--pidfile FILE`      write own PID to FILE; written last, after every other
@@ -65,6 +66,7 @@ struct Opts {
     exit_signal: Option<i32>,
     ignore_term: bool,
     grandchild: Option<PathBuf>,
+    grandchild_ignores_term: bool,
     write_env: Option<PathBuf>,
     write_fds: Option<PathBuf>,
     pidfile: Option<PathBuf>,
@@ -114,6 +116,7 @@ fn parse(args: &[String]) -> Result<Opts, String> {
             }
             "--ignore-term" => o.ignore_term = true,
             "--grandchild" => o.grandchild = Some(value()?.into()),
+            "--grandchild-ignores-term" => o.grandchild_ignores_term = true,
             "--write-env" => o.write_env = Some(value()?.into()),
             "--write-fds" => o.write_fds = Some(value()?.into()),
             "--pidfile" => o.pidfile = Some(value()?.into()),
@@ -204,7 +207,7 @@ fn run(o: &Opts) -> io::Result<()> {
     }
     let mut grandchild = None;
     if let Some(file) = &o.grandchild {
-        let pid = fork_grandchild();
+        let pid = fork_grandchild(o.grandchild_ignores_term);
         write_atomic(file, &format!("{pid}\n"))?;
         grandchild = Some(pid);
     }
@@ -438,8 +441,9 @@ fn die_of(sig: i32) -> ! {
     process::exit(128 + sig);
 }
 
-/// Forks a grandchild that sleeps up to [`MAX_LIFETIME`] with default signal handling.
-fn fork_grandchild() -> i32 {
+/// Forks a grandchild that sleeps up to [`MAX_LIFETIME`] with default
+/// signal handling, or ignoring SIGTERM and SIGINT.
+fn fork_grandchild(ignore_term: bool) -> i32 {
     // SAFETY: called before `run` starts any helper thread: the process has
     // one thread, so no lock is held in the child, which may run ordinary code.
     let pid = unsafe { libc::fork() };
@@ -448,8 +452,13 @@ fn fork_grandchild() -> i32 {
         process::exit(2);
     }
     if pid == 0 {
-        set_disposition(libc::SIGTERM, libc::SIG_DFL);
-        set_disposition(libc::SIGINT, libc::SIG_DFL);
+        let disposition = if ignore_term {
+            libc::SIG_IGN
+        } else {
+            libc::SIG_DFL
+        };
+        set_disposition(libc::SIGTERM, disposition);
+        set_disposition(libc::SIGINT, disposition);
         // SAFETY: an empty set unblocks nothing; SIG_SETMASK with it clears the mask.
         unsafe {
             let empty = SigSet::empty();
