@@ -57,12 +57,12 @@ pub enum Command {
     /// later `ctl stop`).
     Start {
         unless_stopped_since: Option<u64>,
-        cause: Origin,
+        origin: Origin,
         reply: Option<oneshot::Sender<Outcome>>,
     },
     /// Stop, replying once no child is left.
     Stop {
-        cause: Origin,
+        origin: Origin,
         reply: Option<oneshot::Sender<Outcome>>,
     },
     /// Stop (if running) then start (`ctl restart`).
@@ -406,7 +406,7 @@ impl ProcessActor {
         match command {
             Command::Start {
                 unless_stopped_since,
-                cause,
+                origin,
                 reply,
             } => {
                 if unless_stopped_since.is_some_and(|epoch| epoch != self.stop_epoch) {
@@ -418,7 +418,7 @@ impl ProcessActor {
                     return;
                 }
                 self.add_waiter(Wait::Start, reply);
-                self.feed_because((cause, Action::Start), Event::Start);
+                self.feed_because((origin, Action::Start), Event::Start);
             }
             Command::Reconfigure { spec, cfg, reply } => {
                 let old_spec = std::mem::replace(&mut self.spec, spec);
@@ -436,10 +436,10 @@ impl ProcessActor {
                 self.add_waiter(Wait::Start, reply);
                 self.feed_because((Origin::Request, Action::Restart), Event::Restart);
             }
-            Command::Stop { cause, reply } => {
+            Command::Stop { origin, reply } => {
                 self.stop_epoch += 1;
                 self.add_waiter(Wait::Stop, reply);
-                self.feed_because((cause, Action::Stop), Event::Stop);
+                self.feed_because((origin, Action::Stop), Event::Stop);
             }
             Command::Remove => {
                 self.stop_epoch += 1;

@@ -147,11 +147,8 @@ impl Topology {
                     // Whatever their outcome: they have been dealt with.
                     let _ = rx.wait_for(Option::is_some).await;
                 }
-                let results = request_all(selected, |_, reply| Command::Stop {
-                    cause: origin,
-                    reply,
-                })
-                .await;
+                let results =
+                    request_all(selected, |_, reply| Command::Stop { origin, reply }).await;
                 let _ = done.send(Some(Ok(())));
                 results
             }));
@@ -213,7 +210,7 @@ async fn start_program(
     }
     let results = request_all(selected, |h, reply| Command::Start {
         unless_stopped_since: epochs.get(&h.name).copied(),
-        cause: origin,
+        origin,
         reply,
     })
     .await;

@@ -597,7 +597,11 @@ impl Machine {
             }
             (State::Stopping { pid, then, .. }, Event::Exited(end)) => {
                 self.last_end = Some(end);
-                // Descendants that outlived the main process would escape the stop.
+                // Descendants that outlived the main process would escape the
+                // stop. The actor has this done by the reaper as it collects
+                // the exit (`Reaper::kill_group_at_exit`), while the group id
+                // is certainly theirs; the effect says so to the machine's
+                // model, and finds nothing left to signal by then.
                 let mut effects = if cfg.kill_group {
                     vec![Effect::Signal {
                         pid,
@@ -749,7 +753,8 @@ impl Machine {
             // --- the retiring process of a rolling restart ----------------------
             (_, Event::RetiredExited(_)) => {
                 let mut effects = match self.retiring.take() {
-                    // Descendants of the old process must not outlive it.
+                    // Descendants of the old process must not outlive it (done
+                    // by the reaper as it collects the exit, as above).
                     Some(old) if cfg.kill_group => vec![Effect::Signal {
                         pid: old.pid,
                         signal: Signal::SIGKILL,
