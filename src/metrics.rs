@@ -20,7 +20,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::logs::Stream;
 use crate::supervisor::state::State;
-use crate::supervisor::{Input, Phase, ProcessHandle, ProcessStatus};
+use crate::supervisor::{Input, Phase, ProcessStatus, StatusView};
 
 /// minder's own counters, kept for the daemon's life.
 #[derive(Debug, Default)]
@@ -388,18 +388,26 @@ async fn answer(stream: &mut tokio::net::TcpStream, source: &Source) -> std::io:
     match path.as_str() {
         "/metrics" => {
             let (tx, rx) = oneshot::channel();
-            let scrape = match source.inputs.try_send(Input::Snapshot(tx)) {
+            let counters = Arc::clone(&source.counters);
+            let phase = source.phase.clone();
+            // Encoded in the supervisor's step (see `StatusView`).
+            let view = StatusView::new(move |statuses| {
+                let text = statuses.map(|s| encode(s, counters, &phase.borrow()));
+                let _ = tx.send(text);
+            });
+            let scrape = match source.inputs.try_send(Input::Status {
+                names: Vec::new(),
+                view,
+            }) {
                 Ok(()) => tokio::time::timeout(LOOP_TIMEOUT, rx)
                     .await
                     .ok()
+                    .and_then(Result::ok)
                     .and_then(Result::ok),
                 Err(_) => None,
             };
             match scrape {
-                Some(processes) => {
-                    let statuses = processes.iter().map(ProcessHandle::status).collect();
-                    let phase = source.phase.borrow().clone();
-                    let text = encode(statuses, Arc::clone(&source.counters), &phase);
+                Some(text) => {
                     let sent =
                         respond(stream, "200 OK", CONTENT_TYPE, text.as_bytes(), head_only).await;
                     drop(text);

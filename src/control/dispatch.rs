@@ -16,7 +16,8 @@ use crate::logs::Stream;
 use crate::process::Reaper;
 use crate::supervisor::state::Outcome;
 use crate::supervisor::{
-    Act, Answer, Input, Phase, Refusal, ReloadReport, Subscription, TailStart,
+    Act, Answer, Input, Phase, ProcessStatus, Refusal, ReloadReport, StatusView, Subscription,
+    TailStart,
 };
 
 /// What the control server needs from the daemon.
@@ -50,8 +51,9 @@ async fn answer_or_refuse(request: Request, shared: &Shared) -> Result<Reply, Re
     };
     match request {
         Request::Status { names } => {
-            let handles = ask(&shared.inputs, |reply| Input::Status { names, reply }).await??;
-            Ok(Reply::ok(status::reply(&handles)))
+            // Rendered in the supervisor's step (see `StatusView`).
+            let render = |statuses: Vec<ProcessStatus>| Reply::ok(status::reply(&statuses));
+            Ok(ask(&shared.inputs, |reply| view(names, reply, render)).await??)
         }
         Request::Start { names, wait } => Ok(answers(act(Act::Start, names, wait).await??)),
         Request::Stop { names, wait } => Ok(answers(act(Act::Stop, names, wait).await??)),
@@ -67,14 +69,18 @@ async fn answer_or_refuse(request: Request, shared: &Shared) -> Result<Reply, Re
         })),
         Request::Pid { name: Some(name) } => {
             let names = vec![name.clone()];
-            let handles = ask(&shared.inputs, |reply| Input::Status { names, reply }).await??;
-            match handles.as_slice() {
-                [one] => Ok(Reply::ok(PidReply {
-                    pid: one.status().state.pid().map(|p| p.as_raw()),
-                })),
+            let pids = |statuses: Vec<ProcessStatus>| -> Vec<Option<i32>> {
+                statuses
+                    .iter()
+                    .map(|s| s.state.pid().map(|p| p.as_raw()))
+                    .collect()
+            };
+            let pids = ask(&shared.inputs, |reply| view(names, reply, pids)).await??;
+            match pids.as_slice() {
+                [pid] => Ok(Reply::ok(PidReply { pid: *pid })),
                 _ => Err(refused(Refusal::NotOne {
                     name,
-                    count: handles.len(),
+                    count: pids.len(),
                 })),
             }
         }
@@ -152,6 +158,21 @@ pub async fn subscribe(
         following: subscription.following.clone(),
     };
     Ok((start, subscription))
+}
+
+/// An [`Input::Status`] whose statuses `render` makes into a `T` in the
+/// supervisor's step, sent to `reply`.
+fn view<T: Send + 'static>(
+    names: Vec<String>,
+    reply: oneshot::Sender<Result<T, Refusal>>,
+    render: impl FnOnce(Vec<ProcessStatus>) -> T + Send + 'static,
+) -> Input {
+    Input::Status {
+        names,
+        view: StatusView::new(move |statuses| {
+            let _ = reply.send(statuses.map(render));
+        }),
+    }
 }
 
 /// Hands a request to the supervisor loop and waits for its answer; a full

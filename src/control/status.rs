@@ -5,17 +5,14 @@ use std::time::Instant;
 
 use super::protocol::{DrainingProcess, LastProbe, ProcessInfo, StatusReply};
 use crate::supervisor::state::{Retiring, State};
-use crate::supervisor::{ProcessHandle, ProcessStatus};
+use crate::supervisor::ProcessStatus;
 use crate::text::short_duration;
 
 /// The `status` reply for these processes.
-pub fn reply(handles: &[ProcessHandle]) -> StatusReply {
+pub fn reply(statuses: &[ProcessStatus]) -> StatusReply {
     let now = tokio::time::Instant::now().into_std();
     StatusReply {
-        processes: handles
-            .iter()
-            .map(|h| process_info(&h.status(), now))
-            .collect(),
+        processes: statuses.iter().map(|s| process_info(s, now)).collect(),
     }
 }
 

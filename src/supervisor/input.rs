@@ -10,7 +10,7 @@ use nix::sys::signal::Signal;
 use tokio::sync::{broadcast, oneshot};
 
 use super::state::Outcome;
-use super::{ProcessHandle, ReloadReport, Transition};
+use super::{ProcessHandle, ProcessStatus, ReloadReport, Transition};
 use crate::config::Config;
 use crate::logs::{Stream, TailReply};
 
@@ -22,8 +22,8 @@ pub enum Input {
     Status {
         /// Process or program names, or `all`.
         names: Vec<String>,
-        /// The processes, in config order.
-        reply: oneshot::Sender<Result<Vec<ProcessHandle>, Refusal>>,
+        /// Called with their statuses as published, in config order.
+        view: StatusView,
     },
     /// Do something to the named processes or programs.
     Act {
@@ -78,6 +78,34 @@ pub enum Input {
     Terminate,
     /// `ctl shutdown`: like `Terminate`, answered once everything is stopped.
     Shutdown(oneshot::Sender<()>),
+}
+
+/// What a layer above makes of statuses ([`Input::Status`]): called by the
+/// supervisor's loop in the same step the statuses are taken, so whatever
+/// it makes for one request (a `status` reply is thousands of small
+/// strings) is made and freed at once. Made and freed later, after other
+/// tasks ran (a thousand processes starting), it would sit among their
+/// long-lived allocations and keep memory from going back to the system.
+pub struct StatusView(Box<dyn FnOnce(Result<Vec<ProcessStatus>, Refusal>) + Send>);
+
+impl StatusView {
+    /// A view that calls `show`.
+    pub fn new(
+        show: impl FnOnce(Result<Vec<ProcessStatus>, Refusal>) + Send + 'static,
+    ) -> StatusView {
+        StatusView(Box::new(show))
+    }
+
+    /// Shows these statuses (or the refusal), now.
+    pub(super) fn show(self, statuses: Result<Vec<ProcessStatus>, Refusal>) {
+        (self.0)(statuses)
+    }
+}
+
+impl fmt::Debug for StatusView {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("StatusView")
+    }
 }
 
 /// What [`Input::Act`] does to each process.

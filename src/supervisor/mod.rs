@@ -22,7 +22,7 @@ mod watch;
 pub use actor::{Command, Context, ProcessActor, ProcessHandle, ProcessStatus};
 pub use events::{Action, Cause, Change, Origin, Phase, Transition};
 pub use handover::{Exec, Handover, Resume};
-pub use input::{Act, Answer, Input, Refusal, Subscription, TailStart, INPUT_QUEUE};
+pub use input::{Act, Answer, Input, Refusal, StatusView, Subscription, TailStart, INPUT_QUEUE};
 pub use reload::{ReloadGate, ReloadReport};
 
 use std::collections::{HashMap, HashSet};
@@ -220,9 +220,7 @@ impl Supervisor {
 
     fn handle(&mut self, input: Input) {
         match input {
-            Input::Status { names, reply } => {
-                let _ = reply.send(self.select(&names, true));
-            }
+            Input::Status { names, view } => view.show(self.statuses(&names)),
             Input::Act {
                 action,
                 names,
@@ -333,6 +331,12 @@ impl Supervisor {
             };
             let _ = reply.send(answer);
         });
+    }
+
+    /// The published statuses of the named processes (all when none is named).
+    fn statuses(&self, names: &[String]) -> Result<Vec<ProcessStatus>, Refusal> {
+        let handles = self.select(names, true)?;
+        Ok(handles.iter().map(ProcessHandle::status).collect())
     }
 
     /// Starts a subscription after checking the names.

@@ -7,7 +7,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
 use super::actor::Command;
-use super::{Input, Origin, ProcessHandle, Refusal, Supervisor};
+use super::{Input, Origin, ProcessHandle, ProcessStatus, Refusal, Supervisor};
 use crate::logs::LogRequest;
 
 impl Supervisor {
@@ -37,7 +37,7 @@ impl Supervisor {
                         tracing::warn!("second termination signal: killing everything");
                         break;
                     }
-                    Some(input) => refuse_while_stopping(input, &self.processes, |names| self.select(names, true)),
+                    Some(input) => refuse_while_stopping(input, &self.processes, |names| self.statuses(names)),
                     None => {}
                 },
             }
@@ -89,12 +89,10 @@ impl Supervisor {
 fn refuse_while_stopping(
     input: Input,
     processes: &[ProcessHandle],
-    select: impl Fn(&[String]) -> Result<Vec<ProcessHandle>, Refusal>,
+    statuses: impl Fn(&[String]) -> Result<Vec<ProcessStatus>, Refusal>,
 ) {
     match input {
-        Input::Status { names, reply } => {
-            let _ = reply.send(select(&names));
-        }
+        Input::Status { names, view } => view.show(statuses(&names)),
         Input::Snapshot(reply) => {
             let _ = reply.send(processes.to_vec());
         }
