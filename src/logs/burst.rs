@@ -21,17 +21,11 @@ use std::time::{Duration, Instant};
 
 use nix::fcntl::{fcntl, splice, FcntlArg, OFlag, SpliceFFlags};
 
-use super::sink::{Follower, Sink};
+use super::sink::{Follower, Sink, BIG_READ};
 
 /// First read buffer of a stream: a line or two needs no more, and a small
 /// buffer comes from the heap, not a fresh mmap.
 const SMALL_READ: usize = 16 * 1024;
-
-/// Read buffer once a stream is busy: one file write per this many bytes. As
-/// `cat` does: small enough to stay in the CPU cache between read and write,
-/// and under glibc's mmap threshold (128 KiB), so a new one per burst is
-/// reused heap memory, not a fresh mapping to fault in.
-pub(super) const BIG_READ: usize = 124 * 1024;
 
 /// Most bytes one splice step moves, and the grid its file writes end on
 /// (see [`Job::splice`]). Measured (bench/logs.py, docs/benchmarks.md):
@@ -384,9 +378,9 @@ fn enlarge_pipe(pipe: &OwnedFd) {
 
 #[cfg(test)]
 mod tests {
-    use super::super::pipes::Stream;
     use super::super::rotating::{numbered, RotatingFile, Rotation, SPLICE_MARGIN};
     use super::super::sink::Common;
+    use super::super::types::Stream;
     use super::*;
     use std::fs;
     use std::io::Write;

@@ -25,10 +25,10 @@ use tokio::sync::oneshot;
 use super::burst::{BurstEnd, Job};
 use super::dormant;
 use super::handover;
-use super::pipes::{Stream, TailReply};
 use super::rotating::RotatingFile;
 use super::sink::{Common, Follower, Sink};
 use super::tail;
+use super::types::{Stream, TailReply};
 use crate::mailbox::Mailbox;
 
 /// Requests queued per stream.

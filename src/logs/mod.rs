@@ -2,8 +2,9 @@
 //! files, the end of a log for `ctl tail`, and `tail -f` streaming.
 //!
 //! - `pipes`: [`ProcessLogs`], a process's pipes (made at its first spawn,
-//!   kept across restarts) and the way its requests reach each stream; the
-//!   public request, reply and counter types;
+//!   kept across restarts) and the way its requests reach each stream;
+//! - `types`: the public request, reply and counter types, which every other
+//!   file uses (the files above run one way: pipes, capture, burst, sink);
 //! - `capture`: the task of one stream, waiting on the runtime and serving
 //!   requests between bursts;
 //! - `dormant`: streams without recent output, waiting without a task;
@@ -44,10 +45,12 @@ mod safe;
 mod sink;
 mod stamp;
 mod tail;
+mod types;
 
 pub use handover::{offer as offer_saved_pipes, quiesce, SavedPipes};
-pub use pipes::{LogRequest, LogStats, ProcessLogs, Stream, TailEvent, TailReply};
+pub use pipes::ProcessLogs;
 pub use rotating::{numbered, RotatingFile, Rotation};
 pub use safe::refusal;
 pub use stamp::Stamper;
 pub use tail::{last_lines, MAX_TAIL_BYTES, MAX_TAIL_LINES};
+pub use types::{LogRequest, LogStats, Stream, TailEvent, TailReply};

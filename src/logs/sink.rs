@@ -15,11 +15,16 @@ use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::mpsc;
 
-use super::burst::BIG_READ;
-use super::pipes::{LogStats, Stream, TailEvent};
 use super::rotating::{RotatingFile, Rotation};
 use super::safe::refusal;
 use super::stamp::Stamper;
+use super::types::{LogStats, Stream, TailEvent};
+
+/// Read buffer once a stream is busy: one file write per this many bytes. As
+/// `cat` does: small enough to stay in the CPU cache between read and write,
+/// and under glibc's mmap threshold (128 KiB), so a new one per burst is
+/// reused heap memory, not a fresh mapping to fault in.
+pub(super) const BIG_READ: usize = 124 * 1024;
 
 /// Chunks queued per `tail -f` follower; a slower follower skips output
 /// (and is told how much) rather than slowing the capture down.
