@@ -142,9 +142,7 @@ async fn serve(config: Config, options: Options) -> Result<(), DaemonError> {
     if let Some((address, listener)) = metrics_listener {
         metrics.start(address, listener);
     }
-    let supervisor = supervisor.with_reload_gate(Box::new(move |new: &Config| {
-        metrics.move_to(new.supervisor.metrics)
-    }));
+    let supervisor = supervisor.with_reload_gate(Box::new(metrics));
     let _hooks = hooks::follow(
         phase.clone(),
         transitions.clone(),

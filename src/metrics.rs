@@ -18,9 +18,10 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 use tokio::sync::{mpsc, oneshot, watch};
 
+use crate::config::Config;
 use crate::logs::Stream;
 use crate::supervisor::state::State;
-use crate::supervisor::{Input, Phase, ProcessStatus, StatusView};
+use crate::supervisor::{Input, Phase, ProcessStatus, ReloadGate, StatusView};
 
 /// minder's own counters, kept for the daemon's life.
 #[derive(Debug, Default)]
@@ -284,6 +285,9 @@ pub fn bind(address: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
 /// The `/metrics` server: where it serves, and what it asks for answers.
 pub struct Server {
     serving: Option<(SocketAddr, tokio::task::JoinHandle<()>)>,
+    /// Bound by a reload's `prepare`, served from its `commit`: `Some(None)`
+    /// to stop serving.
+    pending: Option<Option<(SocketAddr, tokio::net::TcpListener)>>,
     source: Source,
 }
 
@@ -307,6 +311,7 @@ impl Server {
     ) -> Server {
         Server {
             serving: None,
+            pending: None,
             source: Source {
                 inputs,
                 phase,
@@ -324,25 +329,40 @@ impl Server {
         let task = tokio::spawn(serve(listener, self.source.clone()));
         self.serving = Some((address, task));
     }
+}
 
-    /// Serves on `address` from now on (nowhere when `None`). The new
-    /// address is bound first: if that fails, nothing changes.
-    pub fn move_to(&mut self, address: Option<SocketAddr>) -> Result<(), String> {
+/// A reload that changes `metrics` binds the new address first (`prepare`):
+/// an address in use rejects the reload and the old one keeps serving.
+impl ReloadGate for Server {
+    fn prepare(&mut self, new: &Config) -> Result<(), String> {
+        let address = new.supervisor.metrics;
+        self.pending = None;
         if self.serving.as_ref().map(|(a, _)| *a) == address {
             return Ok(());
         }
-        match address {
-            Some(a) => {
-                let listener = bind(a).map_err(|e| format!("metrics {a}: {e}"))?;
-                self.start(a, listener);
-            }
-            None => {
+        let listener = match address {
+            Some(a) => Some((a, bind(a).map_err(|e| format!("metrics {a}: {e}"))?)),
+            None => None,
+        };
+        self.pending = Some(listener);
+        Ok(())
+    }
+
+    fn commit(&mut self) {
+        match self.pending.take() {
+            // Unchanged.
+            None => {}
+            Some(None) => {
                 if let Some((_, old)) = self.serving.take() {
                     old.abort();
                 }
             }
+            Some(Some((address, listener))) => self.start(address, listener),
         }
-        Ok(())
+    }
+
+    fn abort(&mut self) {
+        self.pending = None;
     }
 }
 

@@ -55,7 +55,7 @@ pub struct Supervisor {
     /// Where the supervisor is, for the layers above.
     phase: Arc<tokio::sync::watch::Sender<Phase>>,
     /// What must accept a new config before a reload applies it.
-    gate: Option<ReloadGate>,
+    gates: Vec<Box<dyn ReloadGate>>,
     /// How to hand over to a new image; `ctl reexec` is refused without it.
     exec: Option<Exec>,
 }
@@ -75,7 +75,7 @@ impl Supervisor {
             insecure_config: false,
             reloads: config::Reloads::default(),
             phase: Arc::new(tokio::sync::watch::channel(Phase::new(Arc::clone(&config))).0),
-            gate: None,
+            gates: Vec::new(),
             exec: None,
         };
         let mut machines = HashMap::new();
@@ -101,8 +101,8 @@ impl Supervisor {
 
     /// Asks `gate` before each reload applies a new config (the `/metrics`
     /// server binds its new address there): its error rejects the reload.
-    pub fn with_reload_gate(mut self, gate: ReloadGate) -> Supervisor {
-        self.gate = Some(gate);
+    pub fn with_reload_gate(mut self, gate: Box<dyn ReloadGate>) -> Supervisor {
+        self.gates.push(gate);
         self
     }
 

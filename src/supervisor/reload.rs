@@ -13,9 +13,18 @@ use super::state::{self, Outcome, State};
 use super::{release_free_memory, Origin, ProcessHandle, Refusal, Supervisor};
 use crate::config::{self, Config};
 
-/// Asked before a reload applies a new config; its error rejects the reload
-/// with nothing changed. The `/metrics` server binds its new address here.
-pub type ReloadGate = Box<dyn FnMut(&Config) -> Result<(), String> + Send>;
+/// A layer above that must be able to follow a new config before a reload
+/// applies it (the `/metrics` server binds its new address). Two steps, so
+/// that with several gates one refusing leaves every other as it was.
+pub trait ReloadGate: Send {
+    /// Readies what `new` needs (binds a new address), changing nothing yet;
+    /// an error rejects the reload.
+    fn prepare(&mut self, new: &Config) -> Result<(), String>;
+    /// The reload applies: switch to what `prepare` readied.
+    fn commit(&mut self);
+    /// The reload is rejected after all: drop what `prepare` readied.
+    fn abort(&mut self);
+}
 
 /// Who waits for a reload's outcome (`None`: SIGHUP, which only logs it).
 pub(super) type Waiter = oneshot::Sender<Result<ReloadReport, Refusal>>;
@@ -86,10 +95,8 @@ impl Supervisor {
         }
         // Before anything else changes: a layer above that cannot follow
         // (a `metrics` address in use) rejects the reload.
-        if let Some(gate) = &mut self.gate {
-            if let Err(e) = gate(&new) {
-                return refuse(e);
-            }
+        if let Err(e) = pass_gates(&mut self.gates, &new) {
+            return refuse(e);
         }
         let diff = config::diff(&self.config, &new);
         let mut not_applied = Vec::new();
@@ -258,5 +265,118 @@ impl Supervisor {
             && old.instances == new.instances
             && old.logs == new.logs
             && up
+    }
+}
+
+/// Asks every gate to prepare for `new`, then commits them all; if one
+/// refuses, those already prepared are aborted and nothing has changed.
+fn pass_gates(gates: &mut [Box<dyn ReloadGate>], new: &Config) -> Result<(), String> {
+    for i in 0..gates.len() {
+        if let Err(e) = gates[i].prepare(new) {
+            for prepared in &mut gates[..i] {
+                prepared.abort();
+            }
+            return Err(e);
+        }
+    }
+    for gate in gates {
+        gate.commit();
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    /// What the gates were asked, in order.
+    type Calls = Arc<Mutex<Vec<String>>>;
+
+    /// A gate that records what it was asked, and refuses when told to.
+    struct Recorder {
+        name: &'static str,
+        refuse: bool,
+        calls: Calls,
+    }
+
+    impl ReloadGate for Recorder {
+        fn prepare(&mut self, _new: &Config) -> Result<(), String> {
+            self.calls
+                .lock()
+                .unwrap()
+                .push(format!("{} prepare", self.name));
+            if self.refuse {
+                Err(format!("{} cannot follow", self.name))
+            } else {
+                Ok(())
+            }
+        }
+        fn commit(&mut self) {
+            self.calls
+                .lock()
+                .unwrap()
+                .push(format!("{} commit", self.name));
+        }
+        fn abort(&mut self) {
+            self.calls
+                .lock()
+                .unwrap()
+                .push(format!("{} abort", self.name));
+        }
+    }
+
+    fn gates(refusing: Option<&'static str>) -> (Vec<Box<dyn ReloadGate>>, Calls) {
+        let calls = Arc::new(Mutex::new(Vec::new()));
+        let gates = ["metrics", "balancer", "third"]
+            .into_iter()
+            .map(|name| {
+                Box::new(Recorder {
+                    name,
+                    refuse: Some(name) == refusing,
+                    calls: Arc::clone(&calls),
+                }) as Box<dyn ReloadGate>
+            })
+            .collect();
+        (gates, calls)
+    }
+
+    fn config() -> Config {
+        crate::config::parse_str(
+            "[program.web]\ncommand = [\"/bin/true\"]\n",
+            std::path::Path::new("/etc/minder/minder.toml"),
+            &crate::config::Defaults::for_current_user(),
+        )
+        .expect("a valid config")
+    }
+
+    #[test]
+    fn every_gate_commits_once_all_have_prepared() {
+        let (mut gates, calls) = gates(None);
+        assert_eq!(pass_gates(&mut gates, &config()), Ok(()));
+        assert_eq!(
+            *calls.lock().unwrap(),
+            [
+                "metrics prepare",
+                "balancer prepare",
+                "third prepare",
+                "metrics commit",
+                "balancer commit",
+                "third commit"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_refusing_gate_aborts_those_prepared_and_commits_none() {
+        let (mut gates, calls) = gates(Some("balancer"));
+        assert_eq!(
+            pass_gates(&mut gates, &config()),
+            Err("balancer cannot follow".to_string())
+        );
+        assert_eq!(
+            *calls.lock().unwrap(),
+            ["metrics prepare", "balancer prepare", "metrics abort"]
+        );
     }
 }
