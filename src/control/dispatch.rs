@@ -203,7 +203,7 @@ fn refused(refusal: Refusal) -> Reply {
         Refusal::NoName | Refusal::NotOne { .. } => ErrorKind::BadRequest,
         Refusal::Unknown(_) => ErrorKind::UnknownName,
         Refusal::ShuttingDown => ErrorKind::ShuttingDown,
-        Refusal::Failed(_) => ErrorKind::Failed,
+        Refusal::Process(_) | Refusal::Failed(_) => ErrorKind::Failed,
     };
     Reply::error(kind, refusal.to_string())
 }
@@ -218,10 +218,10 @@ fn answers(answers: Vec<Answer>) -> Reply {
                 ok: true,
                 message: String::new(),
             },
-            Outcome::Failed(message) => ActionResult {
+            Outcome::Failed(failure) => ActionResult {
                 name: a.name,
                 ok: false,
-                message,
+                message: failure.to_string(),
             },
         })
         .collect();

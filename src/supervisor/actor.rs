@@ -10,7 +10,7 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::time::sleep_until;
 
 use super::events::{Action, Cause, Change, Origin, Transition};
-use super::state::{Effect, Event, Health, Machine, Outcome, Retiring, State, Why};
+use super::state::{Effect, Event, Failure, Health, Machine, Outcome, Retiring, State, Why};
 use super::watch;
 use crate::config::{ProcessSpec, ProgramConfig};
 use crate::health::{ProbeResult, ProbeStats, Prober};
@@ -84,7 +84,7 @@ pub enum Command {
     /// Send a signal to the child's process group.
     Signal {
         signal: Signal,
-        reply: oneshot::Sender<Result<(), String>>,
+        reply: oneshot::Sender<Result<(), Failure>>,
     },
     /// Tail, reopen or flush the captured output.
     Logs(LogRequest),
@@ -152,11 +152,21 @@ impl ProcessHandle {
     }
 
     /// Queues a command; fails when the actor is gone or its queue is full.
-    pub fn send(&self, command: Command) -> Result<(), String> {
-        self.commands.send(command).map_err(|e| match e {
-            SendError::Full(_) => format!("{}: busy, try again", self.name),
-            SendError::Closed(_) => format!("{}: no longer supervised", self.name),
-        })
+    pub fn send(&self, command: Command) -> Result<(), Failure> {
+        self.commands
+            .send(command)
+            .map_err(|e| Failure::Unreachable {
+                process: self.name.clone(),
+                busy: matches!(e, SendError::Full(_)),
+            })
+    }
+
+    /// Why a request sent to this process got no answer: its actor ended.
+    pub fn gone(&self) -> Failure {
+        Failure::Unreachable {
+            process: self.name.clone(),
+            busy: false,
+        }
     }
 
     /// Sends a command carrying a reply channel and waits for the outcome.
@@ -172,8 +182,7 @@ impl ProcessHandle {
         if !wait {
             return Outcome::Done;
         }
-        rx.await
-            .unwrap_or_else(|_| Outcome::Failed(format!("{}: no longer supervised", self.name)))
+        rx.await.unwrap_or_else(|_| Outcome::Failed(self.gone()))
     }
 
     /// Resolves once the actor has ended (its status channel closed).
@@ -411,9 +420,7 @@ impl ProcessActor {
             } => {
                 if unless_stopped_since.is_some_and(|epoch| epoch != self.stop_epoch) {
                     if let Some(reply) = reply {
-                        let _ = reply.send(Outcome::Failed(
-                            "stop requested while waiting for dependencies".to_string(),
-                        ));
+                        let _ = reply.send(Outcome::Failed(Failure::StoppedWhileWaiting));
                     }
                     return;
                 }
@@ -456,15 +463,16 @@ impl ProcessActor {
                 let result = match self.machine.state.pid() {
                     Some(pid) => {
                         process::already_gone(self.context.reaper.signal(pid, signal, true))
-                            .map_err(|e| {
-                                format!("{}: {}: {}", self.spec.name, signal.as_str(), e.desc())
+                            .map_err(|errno| Failure::Signal {
+                                process: self.spec.name.clone(),
+                                signal,
+                                errno,
                             })
                     }
-                    None => Err(format!(
-                        "{}: not running ({})",
-                        self.spec.name,
-                        self.machine.state.name()
-                    )),
+                    None => Err(Failure::NotRunning {
+                        process: self.spec.name.clone(),
+                        state: self.machine.state.name(),
+                    }),
                 };
                 let _ = reply.send(result);
             }
@@ -473,13 +481,13 @@ impl ProcessActor {
     }
 
     /// Fails every waiting request of one kind.
-    fn fail_waiters(&mut self, kind: Wait, reason: &str) {
+    fn fail_waiters(&mut self, kind: Wait, reason: &Failure) {
         let (settled, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut self.waiters)
             .into_iter()
             .partition(|(wait, _)| *wait == kind);
         self.waiters = kept;
         for (_, reply) in settled {
-            let _ = reply.send(Outcome::Failed(reason.to_string()));
+            let _ = reply.send(Outcome::Failed(reason.clone()));
         }
     }
 
@@ -568,7 +576,7 @@ impl ProcessActor {
                             self.cfg = cfg;
                         }
                         self.exit = self.retired_exit.take();
-                        self.fail_waiters(Wait::Start, &reason.to_string());
+                        self.fail_waiters(Wait::Start, &Failure::Rollout(reason));
                     }
                 }
             }

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use nix::sys::signal::Signal;
 use tokio::sync::{broadcast, oneshot};
 
-use super::state::Outcome;
+use super::state::{Failure, Outcome};
 use super::{ProcessHandle, ProcessStatus, ReloadReport, Transition};
 use crate::config::Config;
 use crate::logs::{Stream, TailReply};
@@ -157,6 +157,8 @@ pub enum Refusal {
     },
     /// Shutdown has begun.
     ShuttingDown,
+    /// The one process named cannot take the request.
+    Process(Failure),
     /// It could not be done, and why.
     Failed(String),
 }
@@ -172,6 +174,7 @@ impl fmt::Display for Refusal {
                 write!(f, "{name:?} names {count} processes; give one process name")
             }
             Refusal::ShuttingDown => f.write_str("minder is shutting down"),
+            Refusal::Process(failure) => write!(f, "{failure}"),
             Refusal::Failed(why) => f.write_str(why),
         }
     }

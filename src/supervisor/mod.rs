@@ -34,7 +34,7 @@ use crate::config::{self, Config};
 use crate::logs::{LogRequest, Stream};
 use crate::sockets::ListenSet;
 use order::Topology;
-use state::Outcome;
+use state::{Failure, Outcome};
 
 /// The registry of supervised processes.
 pub struct Supervisor {
@@ -314,7 +314,7 @@ impl Supervisor {
             reply: tx,
         };
         if let Err(e) = handle.send(Command::Logs(request)) {
-            let _ = reply.send(Err(Refusal::Failed(e)));
+            let _ = reply.send(Err(Refusal::Process(e)));
             return;
         }
         tokio::spawn(async move {
@@ -324,10 +324,7 @@ impl Supervisor {
                     reply: tail,
                 }),
                 Ok(Err(e)) => Err(Refusal::Failed(e)),
-                Err(_) => Err(Refusal::Failed(format!(
-                    "{}: no longer supervised",
-                    handle.name
-                ))),
+                Err(_) => Err(Refusal::Process(handle.gone())),
             };
             let _ = reply.send(answer);
         });
@@ -427,14 +424,14 @@ async fn restart(handles: Vec<ProcessHandle>, rolling: HashSet<String>) -> Vec<A
         if failed_programs.contains(&h.program) {
             results.push(Answer::new(
                 &h.name,
-                Outcome::Failed("not restarted: an earlier instance failed to".to_string()),
+                Outcome::Failed(Failure::EarlierInstanceFailed),
             ));
             continue;
         }
         let result = order::request_all(vec![h.clone()], |_, reply| Command::Restart { reply })
             .await
             .pop()
-            .unwrap_or_else(|| Answer::new(&h.name, Outcome::Failed("no reply".into())));
+            .unwrap_or_else(|| Answer::new(&h.name, Outcome::Failed(Failure::Abandoned)));
         if matches!(result.outcome, Outcome::Failed(_)) {
             failed_programs.insert(h.program.clone());
         }
@@ -455,7 +452,7 @@ async fn send_signals(
             Ok(()) => match rx.await {
                 Ok(Ok(())) => Outcome::Done,
                 Ok(Err(e)) => Outcome::Failed(e),
-                Err(_) => Outcome::Failed(format!("{}: no longer supervised", h.name)),
+                Err(_) => Outcome::Failed(h.gone()),
             },
         };
         results.push(Answer::new(&h.name, outcome));
@@ -469,10 +466,10 @@ async fn reopen_logs(handles: Vec<ProcessHandle>) -> Vec<Answer> {
     for h in handles {
         let (tx, rx) = oneshot::channel();
         let sent = h.send(Command::Logs(LogRequest::Reopen { reply: tx }));
-        waits.push((h.name, sent, rx));
+        waits.push((h, sent, rx));
     }
     let mut results = Vec::new();
-    for (name, sent, rx) in waits {
+    for (h, sent, rx) in waits {
         let outcome = match sent {
             Err(e) => Outcome::Failed(e),
             Ok(()) => match rx.await {
@@ -481,12 +478,12 @@ async fn reopen_logs(handles: Vec<ProcessHandle>) -> Vec<Answer> {
                     for e in &errors {
                         tracing::warn!("{e}");
                     }
-                    Outcome::Failed(errors.join("; "))
+                    Outcome::Failed(Failure::Reopen(errors))
                 }
-                Err(_) => Outcome::Failed(format!("{name}: no longer supervised")),
+                Err(_) => Outcome::Failed(h.gone()),
             },
         };
-        results.push(Answer::new(&name, outcome));
+        results.push(Answer::new(&h.name, outcome));
     }
     results
 }

@@ -7,15 +7,15 @@ use tokio::sync::watch;
 
 use super::actor::{Command, ProcessHandle};
 use super::events::Origin;
-use super::state::{Outcome, State};
+use super::state::{Failure, Outcome, State};
 use super::Answer;
 use crate::config::Config;
 
 /// Per-program result channel: `None` while pending.
-type Done = watch::Receiver<Option<Result<(), String>>>;
+type Done = watch::Receiver<Option<Result<(), Failure>>>;
 
 /// The sending half of [`Done`].
-type DoneSender = watch::Sender<Option<Result<(), String>>>;
+type DoneSender = watch::Sender<Option<Result<(), Failure>>>;
 
 /// A snapshot of who depends on whom, with the handles to reach them.
 pub struct Topology {
@@ -110,9 +110,9 @@ impl Topology {
         targets
             .iter()
             .map(|h| {
-                by_name.remove(&h.name).unwrap_or_else(|| {
-                    Answer::new(&h.name, Outcome::Failed("start was abandoned".to_string()))
-                })
+                by_name
+                    .remove(&h.name)
+                    .unwrap_or_else(|| Answer::new(&h.name, Outcome::Failed(Failure::Abandoned)))
             })
             .collect()
     }
@@ -200,11 +200,14 @@ async fn start_program(
         .collect();
     for (dep, rx, handles) in deps {
         if let Err(why) = wait_dependency(rx, &handles).await {
-            let message = format!("dependency {dep:?} did not start: {why}");
-            let _ = done.send(Some(Err(message.clone())));
+            let failure = Failure::Dependency {
+                program: dep,
+                why: Box::new(why),
+            };
+            let _ = done.send(Some(Err(failure.clone())));
             return selected
                 .iter()
-                .map(|h| Answer::new(&h.name, Outcome::Failed(message.clone())))
+                .map(|h| Answer::new(&h.name, Outcome::Failed(failure.clone())))
                 .collect();
         }
     }
@@ -227,10 +230,10 @@ async fn start_program(
 
 /// Ready once the dependency's start succeeded; if it failed but is retrying
 /// (`backoff`), keep waiting until it runs or gives up.
-async fn wait_dependency(mut rx: Done, handles: &[ProcessHandle]) -> Result<(), String> {
+async fn wait_dependency(mut rx: Done, handles: &[ProcessHandle]) -> Result<(), Failure> {
     let first = match rx.wait_for(Option::is_some).await {
         Ok(result) => result.clone().unwrap_or(Ok(())),
-        Err(_) => return Err("start abandoned".to_string()),
+        Err(_) => return Err(Failure::Abandoned),
     };
     if first.is_ok() {
         return Ok(());
@@ -242,17 +245,16 @@ async fn wait_dependency(mut rx: Done, handles: &[ProcessHandle]) -> Result<(), 
             match status.state {
                 State::Running { .. } => break,
                 State::Fatal | State::Exited | State::Stopped | State::Stopping { .. } => {
-                    return Err(format!(
-                        "{} is {}: {}",
-                        status.name,
-                        status.state.name(),
-                        status.description
-                    ));
+                    return Err(Failure::DependencyDown {
+                        process: status.name,
+                        state: status.state.name(),
+                        why: status.description,
+                    });
                 }
                 State::Spawning | State::Starting { .. } | State::Backoff { .. } => {}
             }
             if watch.changed().await.is_err() {
-                return Err(format!("{} is no longer supervised", handle.name));
+                return Err(handle.gone());
             }
         }
     }
@@ -275,9 +277,7 @@ pub(crate) async fn request_all(
     for (h, sent, rx) in pending {
         let outcome = match sent {
             Err(e) => Outcome::Failed(e),
-            Ok(()) => rx
-                .await
-                .unwrap_or_else(|_| Outcome::Failed(format!("{}: no longer supervised", h.name))),
+            Ok(()) => rx.await.unwrap_or_else(|_| Outcome::Failed(h.gone())),
         };
         results.push(Answer::new(&h.name, outcome));
     }

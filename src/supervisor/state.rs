@@ -16,7 +16,7 @@ use crate::notify::NotifyMessage;
 use crate::process::{ProcessEnd, SpawnError};
 
 mod why;
-pub use why::Why;
+pub use why::{Failure, Why};
 
 /// Where a process is in its life cycle (SPEC §3), with the data each state needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -221,8 +221,8 @@ pub enum Outcome {
     Pending,
     /// Done as asked.
     Done,
-    /// Failed, with the reason.
-    Failed(String),
+    /// Failed, and why.
+    Failed(Failure),
 }
 
 /// One process's state plus the counters that survive across its runs.
@@ -1038,7 +1038,7 @@ impl Machine {
                 then: AfterStop::Retry { .. },
                 ..
             } => Outcome::Failed(self.failure_reason()),
-            State::Stopping { .. } => Outcome::Failed("stopped while starting".to_string()),
+            State::Stopping { .. } => Outcome::Failed(Failure::StoppedWhileStarting),
             State::Backoff { .. } | State::Exited | State::Fatal | State::Stopped => {
                 Outcome::Failed(self.failure_reason())
             }
@@ -1063,24 +1063,18 @@ impl Machine {
             | State::Spawning
             | State::Starting { .. }
             | State::Running { .. }
-            | State::Backoff { .. } => Outcome::Failed("started again while stopping".to_string()),
+            | State::Backoff { .. } => Outcome::Failed(Failure::StartedWhileStopping),
         }
     }
 
-    fn failure_reason(&self) -> String {
-        let reason = if self.description.is_none() {
-            format!("not started ({})", self.state.name())
-        } else {
-            self.description.to_string()
-        };
-        match self.retiring {
-            Some(old) if old.stop_sent.is_none() => {
-                format!(
-                    "{reason}; the previous process (pid {}) keeps serving",
-                    old.pid
-                )
-            }
-            _ => reason,
+    fn failure_reason(&self) -> Failure {
+        Failure::Down {
+            state: self.state.name(),
+            why: self.description.clone(),
+            serving: self
+                .retiring
+                .filter(|old| old.stop_sent.is_none())
+                .map(|old| old.pid),
         }
     }
 }
@@ -1590,10 +1584,10 @@ mod tests {
         b.feed(Event::Exited(ProcessEnd::Exited(1)));
         assert_eq!(b.state(), "exited");
         assert_eq!(b.m.failures, 0);
-        assert_eq!(
-            b.m.start_outcome(),
-            Outcome::Failed("exited with code 1".into())
-        );
+        match b.m.start_outcome() {
+            Outcome::Failed(failure) => assert_eq!(failure.to_string(), "exited with code 1"),
+            other => panic!("not a failure: {other:?}"),
+        }
     }
 
     #[test]

@@ -5,6 +5,8 @@
 use std::fmt;
 use std::time::Duration;
 
+use nix::errno::Errno;
+use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 
 use crate::process::{ProcessEnd, SpawnError};
@@ -154,6 +156,133 @@ impl fmt::Display for Why {
     }
 }
 
+/// Why a request about one process (start, stop, restart, signal, reopen)
+/// did not succeed; words by its `Display`, made where they are shown.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Failure {
+    /// It is not where it was asked to be: its state, and why it is there.
+    Down {
+        /// The state's name (`backoff`, `fatal`, ...).
+        state: &'static str,
+        /// Why it is there.
+        why: Why,
+        /// After a failed rolling restart: the old process, still serving.
+        serving: Option<Pid>,
+    },
+    /// A stop came while it was starting.
+    StoppedWhileStarting,
+    /// A start came while it was stopping.
+    StartedWhileStopping,
+    /// A stop came while its start waited for dependencies.
+    StoppedWhileWaiting,
+    /// A program it depends on did not start.
+    Dependency {
+        /// The program depended on.
+        program: String,
+        /// Why it did not start.
+        why: Box<Failure>,
+    },
+    /// A process of a program depended on went down instead of starting.
+    DependencyDown {
+        /// The process.
+        process: String,
+        /// Its state's name.
+        state: &'static str,
+        /// Why it is there.
+        why: Why,
+    },
+    /// The start was given up before it had an outcome.
+    Abandoned,
+    /// An earlier instance of a rolling restart failed: this one was left serving.
+    EarlierInstanceFailed,
+    /// The process's actor cannot take the request.
+    Unreachable {
+        /// The process.
+        process: String,
+        /// Its queue is full (else it is gone: removed by a reload).
+        busy: bool,
+    },
+    /// A signal could not be sent.
+    Signal {
+        /// The process.
+        process: String,
+        /// The signal.
+        signal: Signal,
+        /// Why.
+        errno: Errno,
+    },
+    /// A signal for a process that has none running.
+    NotRunning {
+        /// The process.
+        process: String,
+        /// Its state's name.
+        state: &'static str,
+    },
+    /// Log files that could not be reopened, each with why.
+    Reopen(Vec<String>),
+    /// The replacement of a rolling restart failed; the old process serves on.
+    Rollout(Why),
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Failure::Down {
+                state,
+                why,
+                serving,
+            } => {
+                if why.is_none() {
+                    write!(f, "not started ({state})")?;
+                } else {
+                    write!(f, "{why}")?;
+                }
+                match serving {
+                    Some(pid) => write!(f, "; the previous process (pid {pid}) keeps serving"),
+                    None => Ok(()),
+                }
+            }
+            Failure::StoppedWhileStarting => f.write_str("stopped while starting"),
+            Failure::StartedWhileStopping => f.write_str("started again while stopping"),
+            Failure::StoppedWhileWaiting => {
+                f.write_str("stop requested while waiting for dependencies")
+            }
+            Failure::Dependency { program, why } => {
+                write!(f, "dependency {program:?} did not start: {why}")
+            }
+            Failure::DependencyDown {
+                process,
+                state,
+                why,
+            } => {
+                write!(f, "{process} is {state}: {why}")
+            }
+            Failure::Abandoned => f.write_str("start was abandoned"),
+            Failure::EarlierInstanceFailed => {
+                f.write_str("not restarted: an earlier instance failed to")
+            }
+            Failure::Unreachable {
+                process,
+                busy: true,
+            } => write!(f, "{process}: busy, try again"),
+            Failure::Unreachable {
+                process,
+                busy: false,
+            } => {
+                write!(f, "{process}: no longer supervised")
+            }
+            Failure::Signal {
+                process,
+                signal,
+                errno,
+            } => write!(f, "{process}: {}: {}", signal.as_str(), errno.desc()),
+            Failure::NotRunning { process, state } => write!(f, "{process}: not running ({state})"),
+            Failure::Reopen(errors) => f.write_str(&errors.join("; ")),
+            Failure::Rollout(why) => write!(f, "{why}"),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -258,5 +387,91 @@ mod tests {
             Some("GET /: 503")
         );
         assert_eq!(Why::Ended(ProcessEnd::Exited(1)).probe(), None);
+    }
+
+    /// What `ctl start`/`stop`/`restart` print for a process that failed
+    /// reads as it always has.
+    #[test]
+    fn each_failure_reads_as_before() {
+        let exited = || Why::Ended(ProcessEnd::Exited(1));
+        let cases: Vec<(Failure, &str)> = vec![
+            (
+                Failure::Down {
+                    state: "backoff",
+                    why: exited(),
+                    serving: None,
+                },
+                "exited with code 1",
+            ),
+            (
+                Failure::Down {
+                    state: "stopped",
+                    why: Why::None,
+                    serving: Some(Pid::from_raw(4241)),
+                },
+                "not started (stopped); the previous process (pid 4241) keeps serving",
+            ),
+            (Failure::StoppedWhileStarting, "stopped while starting"),
+            (
+                Failure::StartedWhileStopping,
+                "started again while stopping",
+            ),
+            (
+                Failure::StoppedWhileWaiting,
+                "stop requested while waiting for dependencies",
+            ),
+            (
+                Failure::Dependency {
+                    program: "db".into(),
+                    why: Box::new(Failure::DependencyDown {
+                        process: "db".into(),
+                        state: "fatal",
+                        why: exited(),
+                    }),
+                },
+                "dependency \"db\" did not start: db is fatal: exited with code 1",
+            ),
+            (Failure::Abandoned, "start was abandoned"),
+            (
+                Failure::EarlierInstanceFailed,
+                "not restarted: an earlier instance failed to",
+            ),
+            (
+                Failure::Unreachable {
+                    process: "web:1".into(),
+                    busy: true,
+                },
+                "web:1: busy, try again",
+            ),
+            (
+                Failure::Unreachable {
+                    process: "web:1".into(),
+                    busy: false,
+                },
+                "web:1: no longer supervised",
+            ),
+            (
+                Failure::Signal {
+                    process: "web".into(),
+                    signal: Signal::SIGHUP,
+                    errno: Errno::EPERM,
+                },
+                "web: SIGHUP: Operation not permitted",
+            ),
+            (
+                Failure::NotRunning {
+                    process: "web".into(),
+                    state: "stopped",
+                },
+                "web: not running (stopped)",
+            ),
+            (
+                Failure::Reopen(vec!["a: denied".into(), "b: gone".into()]),
+                "a: denied; b: gone",
+            ),
+        ];
+        for (failure, words) in cases {
+            assert_eq!(failure.to_string(), words, "{failure:?}");
+        }
     }
 }
