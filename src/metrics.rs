@@ -4,7 +4,7 @@
 //! Process series are made at each scrape from the processes' published
 //! status, so a program removed by a reload has no series left to forget.
 //! Only what a status cannot tell is kept between scrapes: probe timings and
-//! failures per process ([`ProbeStats`]), and minder's own [`Counters`].
+//! failures per process ([`ProbeStats`](crate::health::ProbeStats)), and minder's own [`Counters`].
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 
 use super::{Config, ProgramConfig};
 
-/// What a reload changes, by program name: added/removed/changed (ProgramConfig differs, compare with PartialEq)/unchanged, plus whether [supervisor] changed.
+/// What a reload changes, by program name: added/removed/changed (ProgramConfig differs, compare with PartialEq)/unchanged, plus whether \[supervisor\] changed.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ConfigDiff {
     /// In the new config only (new file order).

@@ -3,7 +3,7 @@
 //! The file is opened as captured logs are (see `safe`): never through a
 //! symbolic link, and in a directory others can write only if it is minder's
 //! own single-link regular file. tracing-appender's rolling writer opens by
-//! path, following links, so the daily file is minder's own [`DailyFile`].
+//! path, following links, so the daily file is minder's own `DailyFile`.
 
 use std::ffi::OsString;
 use std::fs::File;

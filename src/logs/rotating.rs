@@ -141,7 +141,7 @@ impl RotatingFile {
     /// now; `None` when splicing is not the way: the file is not open yet
     /// (the first `write` opens it, so no file is created for nothing), not a
     /// regular file (a device, a FIFO), splice unsupported there, or within
-    /// [`SPLICE_MARGIN`] of `max_size` (the caller then reads and `write`s,
+    /// `SPLICE_MARGIN` of `max_size` (the caller then reads and `write`s,
     /// which rotates at a newline). Learns the file's size from `fstat`: a
     /// file truncated (or grown) by someone else is continued at its end, as
     /// O_APPEND would.

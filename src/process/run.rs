@@ -45,7 +45,7 @@ pub enum RunError {
 }
 
 /// Runs `request` (its stdout/stderr replaced) and returns how it ended and
-/// the first [`CAPTURE_BOUND`] bytes of the captured output.
+/// the first `CAPTURE_BOUND` bytes of the captured output.
 pub async fn run_captured(
     mut request: SpawnRequest,
     capture: Capture,

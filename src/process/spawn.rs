@@ -131,7 +131,7 @@ macro_rules! spawn_stages {
         ///
         /// The child reports its failed stage as the number of the variant
         /// (`stage as u32`, never 0: 0 means no failure), minder reads it
-        /// back with [`SpawnStage::from_code`].
+        /// back with `SpawnStage::from_code`.
         #[derive(Debug, Clone, Copy, PartialEq, Eq)]
         #[repr(u32)]
         pub enum SpawnStage {
