@@ -16,7 +16,7 @@ use tokio::task::JoinHandle;
 use crate::config::{HookAction, HookConfig};
 use crate::control::protocol::StateEvent;
 use crate::metrics::Counters;
-use crate::process::{self, Capture, Output, ProcessEnd, Reaper, RunError, SpawnRequest};
+use crate::process::{self, Capture, ProcessEnd, Reaper, RunError, SpawnRequest};
 use crate::supervisor::{Phase, Transition};
 
 /// Events queued per hook while it is busy; more are dropped and counted.
@@ -211,17 +211,10 @@ async fn run_command(
     let timeout = hook.timeout;
     let stdin = event_on_a_pipe(event)?;
     let request = SpawnRequest {
-        argv: argv.to_vec(),
         directory: hook.directory.clone(),
-        clear_env: false,
         environment: variables(event),
-        user: None,
-        group: None,
         stdin: Some(std::os::fd::AsRawFd::as_raw_fd(&stdin)),
-        stdout: Output::Null,
-        stderr: Output::Null,
-        pid_variables: Vec::new(),
-        listen_fds: Vec::new(),
+        ..SpawnRequest::command(argv.to_vec())
     };
     let (end, output) = match process::run_captured(request, Capture::Both, timeout, reaper).await {
         Ok(done) => done,

@@ -329,25 +329,14 @@ pub fn check_binary_version(output: &str) -> Result<(), String> {
 /// Checks that `binary` is there, runs, and reads this image's state format,
 /// by running `binary --version` (minder's own spawn: the reaper collects it).
 pub async fn check_binary(binary: &Path, reaper: &crate::process::Reaper) -> Result<(), String> {
-    use crate::process::{run_captured, Capture, Output, RunError, SpawnRequest};
+    use crate::process::{run_captured, Capture, RunError, SpawnRequest};
     if !binary.is_absolute() {
         return Err(format!("{}: give an absolute path", binary.display()));
     }
     nix::unistd::access(binary, nix::unistd::AccessFlags::X_OK)
         .map_err(|e| format!("{}: {}", binary.display(), e.desc()))?;
-    let request = SpawnRequest {
-        argv: vec![binary.display().to_string(), "--version".to_string()],
-        directory: PathBuf::from("/"),
-        clear_env: false,
-        environment: Vec::new(),
-        user: None,
-        group: None,
-        stdin: None,
-        stdout: Output::Null,
-        stderr: Output::Null,
-        pid_variables: Vec::new(),
-        listen_fds: Vec::new(),
-    };
+    let request =
+        SpawnRequest::command(vec![binary.display().to_string(), "--version".to_string()]);
     let timeout = Duration::from_secs(10);
     let (end, stdout) = run_captured(request, Capture::Stdout, timeout, reaper)
         .await

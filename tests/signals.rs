@@ -4,12 +4,11 @@
 
 use std::future::Future;
 use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
 use std::process::{Child, Command};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use minder::process::{spawn, Output, ProcessEnd, Reaper, SpawnRequest};
+use minder::process::{spawn, ProcessEnd, Reaper, SpawnRequest};
 use nix::errno::Errno;
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
@@ -40,19 +39,7 @@ async fn end_of(exit: minder::process::ExitReceiver) -> ProcessEnd {
 }
 
 fn request(argv: &[&str]) -> SpawnRequest {
-    SpawnRequest {
-        argv: argv.iter().map(|a| a.to_string()).collect(),
-        directory: PathBuf::from("/"),
-        clear_env: false,
-        environment: Vec::new(),
-        user: None,
-        group: None,
-        stdin: None,
-        stdout: Output::Null,
-        stderr: Output::Null,
-        pid_variables: Vec::new(),
-        listen_fds: Vec::new(),
-    }
+    SpawnRequest::command(argv.iter().map(|a| a.to_string()).collect())
 }
 
 /// A process minder does not know: started by the test, leading a process

@@ -110,6 +110,27 @@ pub struct SpawnRequest {
     pub listen_fds: Vec<RawFd>,
 }
 
+impl SpawnRequest {
+    /// `argv` as a plain command: in `/`, with minder's environment and
+    /// identity, stdin, stdout and stderr on /dev/null, no sockets. Callers
+    /// change the fields they need.
+    pub fn command(argv: Vec<String>) -> SpawnRequest {
+        SpawnRequest {
+            argv,
+            directory: PathBuf::from("/"),
+            clear_env: false,
+            environment: Vec::new(),
+            user: None,
+            group: None,
+            stdin: None,
+            stdout: Output::Null,
+            stderr: Output::Null,
+            pid_variables: Vec::new(),
+            listen_fds: Vec::new(),
+        }
+    }
+}
+
 /// Where a child's stdout or stderr goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Output {
@@ -1481,17 +1502,9 @@ mod tests {
         runtime.block_on(async {
             let reaper = Reaper::start().expect("reaper");
             let request = SpawnRequest {
-                argv: vec!["/bin/true".to_string()],
                 directory: PathBuf::from("/nonexistent/minder-test-directory"),
                 clear_env: true,
-                environment: Vec::new(),
-                user: None,
-                group: None,
-                stdin: None,
-                stdout: Output::Null,
-                stderr: Output::Null,
-                pid_variables: Vec::new(),
-                listen_fds: Vec::new(),
+                ..SpawnRequest::command(vec!["/bin/true".to_string()])
             };
             let err = spawn(&request, &reaper).expect_err("chdir must fail");
             assert_eq!(err.stage, SpawnStage::Chdir, "{err}");
