@@ -174,3 +174,19 @@ fn what_a_command_leaves_in_its_group_is_killed_as_it_is_collected() {
         );
     });
 }
+
+/// The child's side of a failed step reports the stage it failed at (its
+/// code is `SpawnStage` itself): here `chdir`, with the OS error.
+#[test]
+fn a_failed_chdir_is_reported_as_the_chdir_stage() {
+    with_reaper(|reaper| async move {
+        let request = SpawnRequest {
+            directory: std::path::PathBuf::from("/nonexistent/minder-test-directory"),
+            clear_env: true,
+            ..request(&["/bin/true"])
+        };
+        let err = spawn(&request, &reaper).expect_err("chdir must fail");
+        assert_eq!(err.stage, minder::process::SpawnStage::Chdir, "{err}");
+        assert_eq!(err.errno, Some(Errno::ENOENT), "{err}");
+    });
+}

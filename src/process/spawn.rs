@@ -1492,23 +1492,4 @@ mod tests {
         }
         assert_eq!(SpawnStage::from_code(0), None);
     }
-
-    #[test]
-    fn a_failed_chdir_is_reported_as_the_chdir_stage() {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
-        runtime.block_on(async {
-            let reaper = Reaper::start().expect("reaper");
-            let request = SpawnRequest {
-                directory: PathBuf::from("/nonexistent/minder-test-directory"),
-                clear_env: true,
-                ..SpawnRequest::command(vec!["/bin/true".to_string()])
-            };
-            let err = spawn(&request, &reaper).expect_err("chdir must fail");
-            assert_eq!(err.stage, SpawnStage::Chdir, "{err}");
-            assert_eq!(err.errno, Some(Errno::ENOENT), "{err}");
-        });
-    }
 }
