@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod notify;
 pub mod process;
 pub mod reexec;
+pub mod register;
 pub mod sockets;
 pub mod supervisor;
 pub mod systemd;

@@ -298,6 +298,7 @@ fn default_supervisor(defaults: &Defaults) -> SupervisorConfig {
         log_files: 7,
         metrics: None,
         hooks: Vec::new(),
+        host: super::schema::this_host(super::schema::HOSTNAME),
     }
 }
 

@@ -27,6 +27,7 @@ mod diff;
 mod load;
 mod placeholder;
 mod reader;
+mod register;
 mod schema;
 mod signal;
 #[cfg(test)]
@@ -77,6 +78,8 @@ pub struct SupervisorConfig {
     pub metrics: Option<std::net::SocketAddr>,
     /// `[[supervisor.hooks]]`, in file order.
     pub hooks: Vec<HookConfig>,
+    /// This host's name in registrations (`{hostname}` is the machine's hostname).
+    pub host: String,
 }
 
 /// One `[[supervisor.hooks]]`: what to run when a process reaches a state.
@@ -288,6 +291,86 @@ pub struct ProgramConfig {
     pub listen_names: Vec<String>,
     /// File mode of unix listen sockets.
     pub listen_mode: u32,
+    /// `[program.NAME.register]`: the load balancers told which processes may take traffic.
+    pub register: Option<RegisterConfig>,
+}
+
+/// `[program.NAME.register]` (SPEC §5.2). A process is *in* exactly while it
+/// is `running` and its health is `healthy` or `none`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegisterConfig {
+    /// What a balancer connects to, `HOST:PORT` with placeholders (default `127.0.0.1:{port}`).
+    pub address: String,
+    /// A stop, restart, removal or shutdown takes the process out, waits this long, then sends `stop_signal`.
+    pub drain: Duration,
+    /// HAProxy's runtime API.
+    pub haproxy: Option<HaproxyConfig>,
+    /// etcd v3 through its JSON gateway.
+    pub etcd: Option<EtcdConfig>,
+    /// A generated upstream file.
+    pub file: Option<UpstreamFileConfig>,
+}
+
+/// One process as the balancers see it: [`RegisterConfig`]'s templates
+/// expanded for it ([`ProgramConfig::registration`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Registration {
+    /// Process name (`web:1`).
+    pub name: String,
+    /// Program name.
+    pub program: String,
+    /// Instance number.
+    pub instance: u32,
+    /// This host's name (`[supervisor] host`).
+    pub host: String,
+    /// `HOST:PORT` a balancer connects to.
+    pub address: String,
+    /// Its HAProxy server name, with `[register.haproxy]`.
+    pub server: Option<String>,
+    /// Its etcd key, with `[register.etcd]`.
+    pub key: Option<String>,
+}
+
+/// `[program.NAME.register.haproxy]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HaproxyConfig {
+    /// The admin socket (`stats socket PATH level admin`).
+    pub socket: PathBuf,
+    /// The backend the servers belong to.
+    pub backend: String,
+    /// Server name template (default `{program}_{instance}`).
+    pub server: String,
+}
+
+/// `[program.NAME.register.etcd]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EtcdConfig {
+    /// `http://HOST:PORT` of etcd members, tried in order.
+    pub endpoints: Vec<String>,
+    /// Key template (default `/minder/services/{program}/{host}/{name}`).
+    pub key: String,
+    /// Lease TTL (at least 2 s, etcd's minimum).
+    pub ttl: Duration,
+}
+
+/// `[program.NAME.register.file]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamFileConfig {
+    /// Where the file is written (placeholders `{program}`, `{host}`).
+    pub path: PathBuf,
+    /// What it holds.
+    pub format: UpstreamFormat,
+    /// Run after each change (at most once per 200 ms); empty: nothing.
+    pub reload: Vec<String>,
+}
+
+/// `format` of `[program.NAME.register.file]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamFormat {
+    /// `upstream PROGRAM { server ADDRESS; ... }`.
+    Nginx,
+    /// A JSON list of the registered objects.
+    Json,
 }
 
 /// One `listen` entry.
@@ -401,6 +484,60 @@ impl ProgramConfig {
         self.specs(false)
     }
 
+    /// What process `instance` is to the balancers of `[register]` on
+    /// `host`, its templates expanded; `None` without `[register]`.
+    pub fn registration(&self, instance: u32, host: &str) -> Option<Registration> {
+        let register = self.register.as_ref()?;
+        let name = self.process_name(instance);
+        let vars = placeholder::Vars {
+            name: &name,
+            program: &self.name,
+            instance,
+            port: self.port.map(|p| u32::from(p) + instance),
+            host: Some(host),
+        };
+        Some(Registration {
+            address: placeholder::expand(&register.address, &vars),
+            server: register
+                .haproxy
+                .as_ref()
+                .map(|h| placeholder::expand(&h.server, &vars)),
+            key: register
+                .etcd
+                .as_ref()
+                .map(|e| placeholder::expand(&e.key, &vars)),
+            name,
+            program: self.name.clone(),
+            instance,
+            host: host.to_string(),
+        })
+    }
+
+    /// The upstream file's path on `host` (`{program}` and `{host}` expanded).
+    pub fn upstream_file(&self, host: &str) -> Option<PathBuf> {
+        let file = self.register.as_ref()?.file.as_ref()?;
+        let vars = placeholder::Vars {
+            name: &self.name,
+            program: &self.name,
+            instance: 0,
+            port: self.port.map(u32::from),
+            host: Some(host),
+        };
+        Some(PathBuf::from(placeholder::expand(
+            &file.path.to_string_lossy(),
+            &vars,
+        )))
+    }
+
+    /// `web` when the program has one instance, else `web:0`..`web:N-1`.
+    pub fn process_name(&self, instance: u32) -> String {
+        if self.instances <= 1 {
+            self.name.clone()
+        } else {
+            format!("{}:{instance}", self.name)
+        }
+    }
+
     fn specs(&self, minder_variables: bool) -> Vec<ProcessSpec> {
         (0..self.instances.max(1))
             .map(|instance| self.spec(instance, minder_variables))
@@ -409,16 +546,13 @@ impl ProgramConfig {
 
     /// The process of instance `instance` (see [`ProgramConfig::processes`]).
     pub(crate) fn spec(&self, instance: u32, minder_variables: bool) -> ProcessSpec {
-        let name = if self.instances <= 1 {
-            self.name.clone()
-        } else {
-            format!("{}:{instance}", self.name)
-        };
+        let name = self.process_name(instance);
         let vars = placeholder::Vars {
             name: &name,
             program: &self.name,
             instance,
             port: self.port.map(|p| u32::from(p) + instance),
+            host: None,
         };
         let argv = self
             .command

@@ -49,12 +49,24 @@ fn pieces(s: &str) -> Vec<Piece<'_>> {
 /// Checks that every placeholder in `s` is known (and `{port}` only with a
 /// port); returns one message per problem.
 pub(crate) fn check(s: &str, has_port: bool) -> Vec<String> {
+    check_with(s, has_port, &[])
+}
+
+/// Like [`check`], with `extra` placeholders known as well (`{host}` in
+/// registration templates).
+pub(crate) fn check_with(s: &str, has_port: bool, extra: &[&str]) -> Vec<String> {
     let mut problems = Vec::new();
     for piece in pieces(s) {
         if let Piece::Placeholder(p) = piece {
-            if !KNOWN.contains(&p) {
+            if !KNOWN.contains(&p) && !extra.contains(&p) {
+                let known: Vec<String> = KNOWN
+                    .iter()
+                    .chain(extra)
+                    .map(|k| format!("{{{k}}}"))
+                    .collect();
                 problems.push(format!(
-                    "unknown placeholder {{{p}}} (known: {{name}}, {{program}}, {{instance}}, {{port}})"
+                    "unknown placeholder {{{p}}} (known: {})",
+                    known.join(", ")
                 ));
             } else if p == "port" && !has_port {
                 problems.push("placeholder {port} needs the program's \"port\" key".to_string());
@@ -75,6 +87,8 @@ pub(crate) struct Vars<'a> {
     pub(crate) instance: u32,
     /// This instance's port, if the program has one.
     pub(crate) port: Option<u32>,
+    /// This host's name, in registration templates only.
+    pub(crate) host: Option<&'a str>,
 }
 
 /// `s` with placeholders replaced; placeholders without a value are left as
@@ -84,17 +98,24 @@ pub(crate) fn expand(s: &str, vars: &Vars<'_>) -> String {
     for piece in pieces(s) {
         match piece {
             Piece::Text(t) => out.push_str(t),
-            Piece::Placeholder(p) => match (p, vars.port) {
-                ("name", _) => out.push_str(vars.name),
-                ("program", _) => out.push_str(vars.program),
-                ("instance", _) => out.push_str(&vars.instance.to_string()),
-                ("port", Some(port)) => out.push_str(&port.to_string()),
-                _ => {
-                    out.push('{');
-                    out.push_str(p);
-                    out.push('}');
+            Piece::Placeholder(p) => {
+                let value = match p {
+                    "name" => Some(vars.name.to_string()),
+                    "program" => Some(vars.program.to_string()),
+                    "instance" => Some(vars.instance.to_string()),
+                    "port" => vars.port.map(|port| port.to_string()),
+                    "host" => vars.host.map(str::to_string),
+                    _ => None,
+                };
+                match value {
+                    Some(value) => out.push_str(&value),
+                    None => {
+                        out.push('{');
+                        out.push_str(p);
+                        out.push('}');
+                    }
                 }
-            },
+            }
         }
     }
     out
@@ -110,6 +131,7 @@ mod tests {
             program: "web",
             instance: 1,
             port: Some(8081),
+            host: None,
         }
     }
 
@@ -140,6 +162,18 @@ mod tests {
         assert!(check("{port}", false)[0].contains("\"port\""));
         assert!(check("${HOME} {print $1}", false).is_empty());
         assert!(check("ünïcode {", false).is_empty());
+        assert!(check("{host}", true)[0].contains("unknown placeholder {host}"));
+        assert!(check_with("{host}:{port}", true, &["host"]).is_empty());
+    }
+
+    #[test]
+    fn host_is_expanded_where_given() {
+        let v = Vars {
+            host: Some("h1"),
+            ..vars()
+        };
+        assert_eq!(expand("/s/{program}/{host}/{name}", &v), "/s/web/h1/web:1");
+        assert_eq!(expand("{host}", &vars()), "{host}");
     }
 
     #[test]

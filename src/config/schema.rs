@@ -82,10 +82,44 @@ pub(crate) fn read_supervisor(
             .unwrap_or(7),
         metrics,
         hooks,
+        host: r
+            .get("host", host_name)
+            .unwrap_or_else(|| this_host(HOSTNAME)),
     };
     let include = r.get("include", include_list).unwrap_or_default();
     r.finish();
     (sup, include, hook_programs)
+}
+
+/// The default `host`, and the placeholder in it for the machine's hostname.
+pub(crate) const HOSTNAME: &str = "{hostname}";
+
+/// `host` with `{hostname}` replaced by the machine's hostname
+/// (`localhost` if it has none).
+pub(crate) fn this_host(template: &str) -> String {
+    let hostname = nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".to_string());
+    template.replace(HOSTNAME, &hostname)
+}
+
+/// `host`: a name that fits in a key or a file name (no `/`, no spaces).
+fn host_name(v: &Value<'_>) -> Result<String, ValueError> {
+    let text = conv::text(v)?;
+    let host = this_host(&text);
+    match host
+        .chars()
+        .find(|c| c.is_whitespace() || c.is_control() || *c == '/')
+    {
+        _ if host.is_empty() => Err(ValueError::invalid("is empty", v)),
+        Some(bad) => Err(ValueError::invalid(
+            format!("{bad:?} cannot be in a host name (it goes into etcd keys and file names)"),
+            v,
+        )),
+        None => Ok(host),
+    }
 }
 
 /// `metrics`: an `IP:PORT` to listen on.
@@ -465,6 +499,9 @@ pub(crate) fn read_program(
         listen: listen.iter().map(|(a, _)| a.clone()).collect(),
         listen_names,
         listen_mode: r.get("listen_mode", file_mode).unwrap_or(0o660),
+        register: r
+            .table("register")
+            .and_then(|(t, span)| super::register::read_register(t, span, has_port, &file_dir)),
     };
     r.finish();
     ProgramDraft {
@@ -478,7 +515,7 @@ pub(crate) fn read_program(
 
 /// `command`: an argv array, or one string split like a shell would (no
 /// shell is run). Each argument comes with the span to blame for it.
-fn command(v: &Value<'_>) -> Result<Vec<(String, Span)>, ValueError> {
+pub(crate) fn command(v: &Value<'_>) -> Result<Vec<(String, Span)>, ValueError> {
     let argv: Vec<(String, Span)> = match v.get_ref() {
         DeValue::String(s) => match shlex::split(s) {
             Some(words) => words.into_iter().map(|w| (w, v.span())).collect(),

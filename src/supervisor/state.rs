@@ -1166,6 +1166,7 @@ mod tests {
             listen: Vec::new(),
             listen_names: Vec::new(),
             listen_mode: 0o660,
+            register: None,
         }
     }
 

@@ -1,0 +1,1 @@
+//! etcd v3 (placeholder: filled in by the HAProxy backend work).

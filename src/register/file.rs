@@ -1,0 +1,1 @@
+//! An upstream file (placeholder: filled in by the HAProxy backend work).

@@ -1,0 +1,1 @@
+//! HAProxy's runtime API (placeholder: filled in by the HAProxy backend work).
