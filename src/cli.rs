@@ -120,6 +120,15 @@ pub enum CtlCommand {
     },
     /// Reopen every captured log file (same as SIGUSR1 to the daemon).
     ReopenLogs,
+    /// Every registered process of every host, from etcd: HOST NAME ADDRESS PID SINCE.
+    Fleet {
+        /// Only this program's processes.
+        program: Option<String>,
+        /// etcd member to ask (default: the first `endpoints` of the config's
+        /// `[register.etcd]`).
+        #[arg(long, value_name = "URL")]
+        etcd: Option<String>,
+    },
     /// Re-execute the daemon (an upgraded binary, say), keeping every child,
     /// socket and counter; returns once the new image answers.
     Reexec {
@@ -200,6 +209,113 @@ fn socket_path(args: &CtlArgs) -> PathBuf {
         .unwrap_or(defaults.socket)
 }
 
+/// `ctl fleet`: reads etcd directly (not through the daemon), so it shows
+/// every host even where minder is down.
+fn fleet(args: &CtlArgs, program: Option<&str>, etcd: Option<&str>) -> ExitCode {
+    let defaults = Defaults::for_current_user();
+    let config = config::find_config(args.config.as_deref())
+        .and_then(|path| config::load(&path, &defaults).ok());
+    let (endpoints, prefix) = fleet_source(config.as_ref(), program, etcd);
+    if endpoints.is_empty() {
+        eprintln!(
+            "minder: no etcd to ask: give --etcd URL, or a config (-c FILE) with [program.NAME.register.etcd]"
+        );
+        return ExitCode::from(2);
+    }
+    let listed = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())
+        .and_then(|rt| rt.block_on(crate::register::etcd::list(&endpoints, &prefix)));
+    let mut entries = match listed {
+        Ok(entries) => entries,
+        Err(e) => {
+            eprintln!("minder: {}", sanitize(&e));
+            return ExitCode::from(exit::FAILED);
+        }
+    };
+    let text = |v: &serde_json::Value, key: &str| match &v[key] {
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Null => String::new(),
+        other => other.to_string(),
+    };
+    if let Some(program) = program {
+        entries.retain(|e| text(e, "program") == program);
+    }
+    entries.sort_by_key(|e| (text(e, "host"), text(e, "program"), e["instance"].as_u64()));
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        let _ = writeln!(out, "{}", serde_json::Value::Array(entries));
+        return ExitCode::SUCCESS;
+    }
+    let now = std::time::SystemTime::now();
+    let rows: Vec<Vec<String>> = entries
+        .iter()
+        .map(|e| {
+            let since = text(e, "since");
+            let age = humantime::parse_rfc3339(&since)
+                .ok()
+                .and_then(|t| now.duration_since(t).ok())
+                .map(|d| format!("{} ago", crate::text::short_duration(d)));
+            ["host", "name", "address", "pid"]
+                .iter()
+                .map(|k| sanitize(&text(e, k)).into_owned())
+                .chain([age.unwrap_or(since)])
+                .collect()
+        })
+        .collect();
+    let _ = out.write_all(table(&["HOST", "NAME", "ADDRESS", "PID", "SINCE"], &rows).as_bytes());
+    ExitCode::SUCCESS
+}
+
+/// Where `ctl fleet` looks: `--etcd URL` or the config's first etcd
+/// endpoints (of PROGRAM if given), and the key prefix to list: the literal
+/// start of the key template, before its first placeholder.
+fn fleet_source(
+    config: Option<&Config>,
+    program: Option<&str>,
+    etcd: Option<&str>,
+) -> (Vec<String>, String) {
+    let etcd_of = |c: &Config| -> Option<crate::config::EtcdConfig> {
+        c.programs
+            .iter()
+            .filter(|p| program.is_none_or(|name| p.name == name))
+            .find_map(|p| p.register.as_ref()?.etcd.clone())
+    };
+    let configured = config.and_then(etcd_of);
+    let template = configured
+        .as_ref()
+        .map_or(crate::config::DEFAULT_ETCD_KEY, |e| e.key.as_str());
+    let prefix = template.split('{').next().unwrap_or_default().to_string();
+    let endpoints = match etcd {
+        Some(url) => vec![url.trim_end_matches('/').to_string()],
+        None => configured.map(|e| e.endpoints).unwrap_or_default(),
+    };
+    (endpoints, prefix)
+}
+
+/// Rows under a header, each column as wide as its widest cell.
+fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.len());
+        }
+    }
+    let mut out = String::new();
+    let header: Vec<String> = header.iter().map(|h| h.to_string()).collect();
+    for row in std::iter::once(&header).chain(rows) {
+        let cells: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .map(|(cell, w)| format!("{cell:<w$}"))
+            .collect();
+        out.push_str(cells.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
+}
+
 /// Exit codes of `ctl` (SPEC §1).
 mod exit {
     pub const FAILED: u8 = 1;
@@ -228,6 +344,9 @@ pub fn ctl(args: CtlArgs) -> ExitCode {
     if let CtlCommand::Events { names } = &args.command {
         return events(&socket, names, args.json);
     }
+    if let CtlCommand::Fleet { program, etcd } = &args.command {
+        return fleet(&args, program.as_deref(), etcd.as_deref());
+    }
     let request = match &args.command {
         CtlCommand::Status { names } => Request::Status {
             names: names.clone(),
@@ -253,7 +372,9 @@ pub fn ctl(args: CtlArgs) -> ExitCode {
         CtlCommand::Shutdown => Request::Shutdown,
         CtlCommand::ReopenLogs => Request::ReopenLogs,
         // Handled above: their replies are streams.
-        CtlCommand::Tail { .. } | CtlCommand::Events { .. } => return ExitCode::from(2),
+        CtlCommand::Tail { .. } | CtlCommand::Events { .. } | CtlCommand::Fleet { .. } => {
+            return ExitCode::from(2)
+        }
         CtlCommand::Reexec { binary } => Request::Reexec {
             binary: binary.as_ref().map(|b| {
                 std::path::absolute(b)
@@ -371,9 +492,10 @@ fn render(args: &CtlArgs, payload: &str) -> Result<ExitCode, serde_json::Error> 
             }
             Ok(ExitCode::SUCCESS)
         }
-        CtlCommand::Shutdown | CtlCommand::Tail { .. } | CtlCommand::Events { .. } => {
-            Ok(ExitCode::SUCCESS)
-        }
+        CtlCommand::Shutdown
+        | CtlCommand::Tail { .. }
+        | CtlCommand::Events { .. }
+        | CtlCommand::Fleet { .. } => Ok(ExitCode::SUCCESS),
         CtlCommand::Reexec { .. } => {
             let reply: PidReply = serde_json::from_str(payload)?;
             if human {
@@ -663,6 +785,7 @@ mod tests {
             draining: Vec::new(),
             dropped_bytes: 0,
             last_probe: None,
+            register: None,
         }
     }
 

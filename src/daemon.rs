@@ -18,6 +18,7 @@ use crate::metrics;
 use crate::notify::{self, NotifyRoutes};
 use crate::process::Reaper;
 use crate::reexec;
+use crate::register;
 use crate::supervisor::{Context, Input, Supervisor, INPUT_QUEUE};
 use crate::systemd::{self, Systemd};
 use std::os::fd::AsRawFd;
@@ -138,7 +139,18 @@ async fn serve(config: Config, options: Options) -> Result<(), DaemonError> {
     let phase = supervisor.phase();
     let transitions = supervisor.transitions();
     let counters = Arc::new(metrics::Counters::default());
-    let mut metrics = metrics::Server::new(inputs_tx.clone(), phase.clone(), Arc::clone(&counters));
+    let registrar = register::follow(
+        phase.clone(),
+        transitions.subscribe(),
+        inputs_tx.clone(),
+        Arc::clone(&reaper),
+    );
+    let mut metrics = metrics::Server::new(
+        inputs_tx.clone(),
+        phase.clone(),
+        Arc::clone(&counters),
+        registrar.board(),
+    );
     if let Some((address, listener)) = metrics_listener {
         metrics.start(address, listener);
     }
@@ -165,11 +177,16 @@ async fn serve(config: Config, options: Options) -> Result<(), DaemonError> {
         self_exe: std::env::current_exe()
             .map(|p| PathBuf::from(p.to_string_lossy().trim_end_matches(" (deleted)")))
             .unwrap_or_else(|_| PathBuf::from("/usr/bin/minder")),
+        board: registrar.board(),
+        standing: registrar.changes(),
     };
     let (open_tx, mut open_rx) = mpsc::channel::<()>(1);
     let server = tokio::spawn(server::serve(socket, shared, open_tx));
 
     supervisor.run(inputs_rx).await;
+
+    // Every process is stopped: the balancers hear it (etcd leases revoked).
+    registrar.finish(REGISTER_FINISH).await;
 
     // systemd hears STOPPING=1 (the supervisor is gone: its phase is final).
     let _ = tokio::time::timeout(Duration::from_secs(1), systemd).await;
@@ -185,6 +202,10 @@ async fn serve(config: Config, options: Options) -> Result<(), DaemonError> {
     tracing::info!("minder exits");
     Ok(())
 }
+
+/// How long shutdown waits for the load balancers to be told the last
+/// changes: each backend bounds an operation by 1 s.
+const REGISTER_FINISH: Duration = Duration::from_secs(3);
 
 /// Turns signals into supervisor inputs: TERM/INT terminate, HUP reloads,
 /// USR1 reopens the log files.

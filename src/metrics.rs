@@ -56,6 +56,8 @@ struct Snapshot {
     hooks: usize,
     /// Reloads finished so far, and whether the last one was rejected.
     reloads: (u64, bool),
+    /// Registration with load balancers.
+    board: Arc<crate::register::Board>,
     now: Instant,
     wall: SystemTime,
 }
@@ -211,6 +213,46 @@ impl Collector for Snapshot {
                 .encode(family.encode_family(&set)?)?;
         }
 
+        let mut family = encoder.encode_descriptor(
+            "minder_register_in",
+            "1 while the process is in its load balancers (running and healthy or unchecked), 0 otherwise (programs with [register]).",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (name, process) in self.board.processes() {
+            let set = [("name", name), ("program", process.program)];
+            let is_in = process.standing == crate::register::Standing::In;
+            gauge(i64::from(is_in)).encode(family.encode_family(&set)?)?;
+        }
+
+        let backends = self.board.backends();
+        let mut family = encoder.encode_descriptor(
+            "minder_register_backend_up",
+            "1 when the last operation on the backend (haproxy, etcd, file) succeeded, by program.",
+            None,
+            MetricType::Gauge,
+        )?;
+        for ((program, backend), counts) in &backends {
+            let set = [
+                ("program", program.clone()),
+                ("backend", backend.name().to_string()),
+            ];
+            gauge(i64::from(!counts.failing)).encode(family.encode_family(&set)?)?;
+        }
+        let mut family = encoder.encode_descriptor(
+            "minder_register_errors",
+            "Operations on a load balancer backend that failed (each retry counts), by program.",
+            None,
+            MetricType::Counter,
+        )?;
+        for ((program, backend), counts) in &backends {
+            let set = [
+                ("program", program.clone()),
+                ("backend", backend.name().to_string()),
+            ];
+            ConstCounter::new(counts.errors).encode(family.encode_family(&set)?)?;
+        }
+
         let family = encoder.encode_descriptor(
             "minder_reloads",
             "Config reloads, applied or rejected.",
@@ -245,6 +287,7 @@ fn encode(
     processes: Vec<ProcessStatus>,
     counters: std::sync::Arc<Counters>,
     phase: &Phase,
+    board: Arc<crate::register::Board>,
 ) -> String {
     // About 1 KiB a process (more with a probe histogram): one allocation
     // rather than a dozen doublings and copies of a megabyte.
@@ -258,6 +301,7 @@ fn encode(
             phase.reloads_finished,
             matches!(phase.last_reload, Some(Err(_))),
         ),
+        board,
         now: Instant::now(),
         wall: SystemTime::now(),
     }));
@@ -300,6 +344,8 @@ struct Source {
     phase: watch::Receiver<Phase>,
     /// Hook failures.
     counters: Arc<Counters>,
+    /// Registration with load balancers.
+    board: Arc<crate::register::Board>,
 }
 
 impl Server {
@@ -308,6 +354,7 @@ impl Server {
         inputs: mpsc::Sender<Input>,
         phase: watch::Receiver<Phase>,
         counters: Arc<Counters>,
+        board: Arc<crate::register::Board>,
     ) -> Server {
         Server {
             serving: None,
@@ -316,6 +363,7 @@ impl Server {
                 inputs,
                 phase,
                 counters,
+                board,
             },
         }
     }
@@ -410,9 +458,10 @@ async fn answer(stream: &mut tokio::net::TcpStream, source: &Source) -> std::io:
             let (tx, rx) = oneshot::channel();
             let counters = Arc::clone(&source.counters);
             let phase = source.phase.clone();
+            let board = Arc::clone(&source.board);
             // Encoded in the supervisor's step (see `StatusView`).
             let view = StatusView::new(move |statuses| {
-                let text = statuses.map(|s| encode(s, counters, &phase.borrow()));
+                let text = statuses.map(|s| encode(s, counters, &phase.borrow(), board));
                 let _ = tx.send(text);
             });
             let scrape = match source.inputs.try_send(Input::Status {

@@ -365,3 +365,141 @@ fn dot_names_fail_check() {
         ],
     );
 }
+
+#[test]
+fn check_accepts_the_spec_register_tables() {
+    let dir = tmp();
+    let path = write(
+        dir.path(),
+        "minder.toml",
+        r#"
+[supervisor]
+socket = "/tmp/minder-check-unused.sock"
+host = "{hostname}"
+
+[program.web]
+command = ["/bin/sleep", "1000"]
+port = 8080
+instances = 4
+
+[program.web.register]
+address = "127.0.0.1:{port}"
+drain = "5s"
+
+[program.web.register.haproxy]
+socket = "/run/haproxy/admin.sock"
+backend = "web"
+server = "{program}_{instance}"
+
+[program.web.register.etcd]
+endpoints = ["http://127.0.0.1:2379"]
+key = "/minder/services/{program}/{host}/{name}"
+ttl = "10s"
+
+[program.web.register.file]
+path = "/etc/nginx/conf.d/upstream-{program}.conf"
+format = "nginx"
+reload = ["nginx", "-s", "reload"]
+"#,
+    );
+    let out = check(&path);
+    assert_eq!(out.code, 0, "SPEC §5.2 keys rejected: {out:?}");
+}
+
+/// Each malformed register table, and where `check` must point.
+#[test]
+fn check_rejects_malformed_register_tables_at_their_place() {
+    let cases: &[(&str, usize, usize, &str)] = &[
+        (
+            "[program.web.register.haproxy]\nbackend = \"web\"\n",
+            6,
+            1,
+            "needs \"socket\"",
+        ),
+        (
+            "[program.web.register.haproxy]\nsocket = \"/run/h.sock\"\n",
+            6,
+            1,
+            "needs \"backend\"",
+        ),
+        (
+            "[program.web.register.etcd]\nendpoints = [\"http://127.0.0.1:2379\"]\nttl = \"1s\"\n",
+            8,
+            7,
+            "minimum lease TTL",
+        ),
+        (
+            "[program.web.register.etcd]\nendpoints = [\"http://127.0.0.1:2379\"]\nttl = \"2500ms\"\n",
+            8,
+            7,
+            "whole seconds",
+        ),
+        (
+            "[program.web.register.etcd]\nendpoints = [\"127.0.0.1:2379\"]\n",
+            7,
+            14,
+            "not an http://",
+        ),
+        (
+            "[program.web.register.file]\npath = \"/tmp/up.conf\"\nformat = \"yaml\"\n",
+            8,
+            10,
+            "yaml",
+        ),
+    ];
+    for (table, line, col, says) in cases {
+        let dir = tmp();
+        let text = format!(
+            "[program.web]\ncommand = [\"/bin/true\"]\nport = 8080\n[program.web.register]\ndrain = \"1s\"\n{table}"
+        );
+        let path = write(dir.path(), "minder.toml", &text);
+        let out = check(&path);
+        assert_eq!(out.code, 1, "accepted:\n{text}\n{out:?}");
+        let diags = diagnostics(&out, &path);
+        assert!(
+            diags
+                .iter()
+                .any(|(l, c, m)| l == line && c == col && m.contains(says)),
+            "expected {line}:{col}: ...{says}... for\n{text}\ngot {out:?}"
+        );
+    }
+}
+
+#[test]
+fn check_rejects_an_address_without_a_port_and_a_register_without_backends() {
+    let dir = tmp();
+    let path = write(
+        dir.path(),
+        "minder.toml",
+        "[program.web]\ncommand = [\"/bin/true\"]\n[program.web.register]\naddress = \"10.0.0.5\"\n\n[program.api]\ncommand = [\"/bin/true\"]\n[program.api.register]\ndrain = \"1s\"\n",
+    );
+    let out = check(&path);
+    assert_eq!(out.code, 1, "{out:?}");
+    let diags = diagnostics(&out, &path);
+    assert!(
+        diags
+            .iter()
+            .any(|(l, c, m)| *l == 4 && *c == 11 && m.contains("has no port")),
+        "{out:?}"
+    );
+    assert!(
+        diags
+            .iter()
+            .any(|(l, _, m)| *l == 8 && m.contains("at least one backend")),
+        "{out:?}"
+    );
+    // The default address needs the program's port.
+    let path = write(
+        dir.path(),
+        "noport.toml",
+        "[program.web]\ncommand = [\"/bin/true\"]\n[program.web.register]\n[program.web.register.file]\npath = \"/tmp/x\"\n",
+    );
+    let out = check(&path);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(
+        diagnostics(&out, &path)
+            .iter()
+            .any(|(l, _, m)| *l == 3 && m.contains("\"port\"")),
+        "{out:?}"
+    );
+}

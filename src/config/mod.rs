@@ -28,6 +28,7 @@ mod load;
 mod placeholder;
 mod reader;
 mod register;
+pub use register::DEFAULT_KEY as DEFAULT_ETCD_KEY;
 mod schema;
 mod signal;
 #[cfg(test)]

@@ -18,7 +18,7 @@ pub(crate) const DEFAULT_ADDRESS: &str = "127.0.0.1:{port}";
 /// Default HAProxy `server` name template.
 pub(crate) const DEFAULT_SERVER: &str = "{program}_{instance}";
 /// Default etcd `key` template.
-pub(crate) const DEFAULT_KEY: &str = "/minder/services/{program}/{host}/{name}";
+pub const DEFAULT_KEY: &str = "/minder/services/{program}/{host}/{name}";
 /// Default etcd lease TTL.
 const DEFAULT_TTL: Duration = Duration::from_secs(10);
 /// etcd grants no lease shorter than this (its `minTTL`).

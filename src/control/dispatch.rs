@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 use super::protocol::{
     ActionReply, ActionResult, ErrorKind, EventsStart, PidReply, ReloadReply, Reply, Request,
@@ -14,6 +14,7 @@ use super::protocol::{
 use super::status;
 use crate::logs::Stream;
 use crate::process::Reaper;
+use crate::register::{Board, StandingChange};
 use crate::supervisor::state::Outcome;
 use crate::supervisor::{
     Act, Answer, Input, Phase, ProcessStatus, Refusal, ReloadReport, StatusView, Subscription,
@@ -31,6 +32,10 @@ pub struct Shared {
     pub reaper: Arc<Reaper>,
     /// The binary this daemon was started from (what `reexec` runs by default).
     pub self_exe: PathBuf,
+    /// What the load balancers show of each registered process.
+    pub board: Arc<Board>,
+    /// Changes of the processes' standing with the load balancers (`events`).
+    pub standing: broadcast::Sender<Arc<StandingChange>>,
 }
 
 /// Answers a request that has a single reply (not `tail`, not `events`).
@@ -52,7 +57,9 @@ async fn answer_or_refuse(request: Request, shared: &Shared) -> Result<Reply, Re
     match request {
         Request::Status { names } => {
             // Rendered in the supervisor's step (see `StatusView`).
-            let render = |statuses: Vec<ProcessStatus>| Reply::ok(status::reply(&statuses));
+            let board = Arc::clone(&shared.board);
+            let render =
+                move |statuses: Vec<ProcessStatus>| Reply::ok(status::reply(&statuses, &board));
             Ok(ask(&shared.inputs, |reply| view(names, reply, render)).await??)
         }
         Request::Start { names, wait } => Ok(answers(act(Act::Start, names, wait).await??)),
@@ -148,16 +155,25 @@ pub async fn tail(request: Request, shared: &Shared) -> Result<TailStart, Reply>
     .await??)
 }
 
-/// Starts an `events` stream: the acknowledgement and the subscription.
+/// Starts an `events` stream: the acknowledgement, the subscription, and
+/// the changes of standing with the load balancers from the same moment.
 pub async fn subscribe(
     names: Vec<String>,
     shared: &Shared,
-) -> Result<(EventsStart, Subscription), Reply> {
+) -> Result<
+    (
+        EventsStart,
+        Subscription,
+        broadcast::Receiver<Arc<StandingChange>>,
+    ),
+    Reply,
+> {
+    let standing = shared.standing.subscribe();
     let subscription = ask(&shared.inputs, |reply| Input::Subscribe { names, reply }).await??;
     let start = EventsStart {
         following: subscription.following.clone(),
     };
-    Ok((start, subscription))
+    Ok((start, subscription, standing))
 }
 
 /// An [`Input::Status`] whose statuses `render` makes into a `T` in the

@@ -174,6 +174,10 @@ pub struct ProcessInfo {
     /// The latest health probe (absent without a health check).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_probe: Option<LastProbe>,
+    /// Per load balancer backend (`haproxy`, `etcd`, `file`): `"ok"` or
+    /// its last error (SPEC §5.2); `null` for a program without `[register]`.
+    #[serde(default)]
+    pub register: Option<std::collections::BTreeMap<String, String>>,
 }
 
 /// The previous process of a rolling restart, listed inside its successor's
@@ -290,6 +294,24 @@ impl StateEvent {
             to: to.to_string(),
             reason: transition.cause.to_string(),
             pid: transition.pid.map(|p| p.as_raw()),
+            skipped_events: 0,
+        }
+    }
+}
+
+impl StateEvent {
+    /// The wire form of a change of standing with the load balancers:
+    /// `in`, `draining` or `out` on both sides, and the supervisor's reason
+    /// after `registration: `.
+    pub fn of_standing(change: &crate::register::StandingChange) -> StateEvent {
+        StateEvent {
+            time: humantime::format_rfc3339_millis(change.at).to_string(),
+            name: change.process.clone(),
+            program: change.program.clone(),
+            from: change.from.name().to_string(),
+            to: change.to.name().to_string(),
+            reason: format!("registration: {}", change.reason),
+            pid: change.pid.map(|p| p as i32),
             skipped_events: 0,
         }
     }

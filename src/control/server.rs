@@ -18,6 +18,7 @@ use super::protocol::{
 };
 use crate::config::SupervisorConfig;
 use crate::logs::TailEvent;
+use crate::register::StandingChange;
 use crate::supervisor::{Subscription, TailStart};
 use tokio::sync::broadcast;
 
@@ -434,8 +435,8 @@ async fn connection(stream: UnixStream, access: Access, shared: Shared) -> io::R
             Ok(Request::Events { names }) => {
                 match dispatch::subscribe(names, &shared).await {
                     // The stream ends with the connection.
-                    Ok((start, subscription)) => {
-                        return events(&mut write, &mut reader, start, subscription).await
+                    Ok((start, subscription, standing)) => {
+                        return events(&mut write, &mut reader, start, subscription, standing).await
                     }
                     Err(reply) => reply,
                 }
@@ -550,13 +551,16 @@ async fn tail(
 }
 
 /// Sends an `events` stream: the acknowledgement, then each matching state
-/// change until the daemon exits or the client hangs up.
+/// change (and change of standing with the load balancers) until the daemon
+/// exits or the client hangs up.
 async fn events(
     write: &mut tokio::net::unix::OwnedWriteHalf,
     reader: &mut BufReader<tokio::net::unix::OwnedReadHalf>,
     start: EventsStart,
     mut subscription: Subscription,
+    standing: broadcast::Receiver<Arc<StandingChange>>,
 ) -> io::Result<()> {
+    let mut standing = Some(standing);
     send(write, &Reply::ok(&start)).await?;
     let mut skipped = 0;
     let mut probe = [0u8; 512];
@@ -574,6 +578,20 @@ async fn events(
                 Ok(_) => {}
                 Err(broadcast::error::RecvError::Lagged(n)) => skipped += n,
                 Err(broadcast::error::RecvError::Closed) => return Ok(()),
+            },
+            change = async { standing.as_mut()?.recv().await.into() }, if standing.is_some() => match change {
+                Some(Ok(change)) if subscription.follows(&change.process, &change.program) => {
+                    let event = StateEvent {
+                        skipped_events: skipped,
+                        ..StateEvent::of_standing(&change)
+                    };
+                    send(write, &Reply::ok(&event)).await?;
+                    skipped = 0;
+                }
+                Some(Ok(_)) => {}
+                Some(Err(broadcast::error::RecvError::Lagged(n))) => skipped += n,
+                // The registration layer is gone (shutdown): state changes go on.
+                Some(Err(broadcast::error::RecvError::Closed)) | None => standing = None,
             },
             // Anything the client sends now is ignored; EOF means it is gone.
             read = reader.read(&mut probe) => {

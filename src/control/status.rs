@@ -1,19 +1,43 @@
 //! `status` as the wire shows it: made here, from the statuses the
 //! supervisor publishes, at the moment of the request.
 
+use std::collections::BTreeMap;
 use std::time::Instant;
 
 use super::protocol::{DrainingProcess, LastProbe, ProcessInfo, StatusReply};
+use crate::register::{Board, ProcessBoard};
 use crate::supervisor::state::{Retiring, State};
 use crate::supervisor::ProcessStatus;
 use crate::text::short_duration;
 
-/// The `status` reply for these processes.
-pub fn reply(statuses: &[ProcessStatus]) -> StatusReply {
+/// The `status` reply for these processes, with what their load balancers
+/// show of them.
+pub fn reply(statuses: &[ProcessStatus], board: &Board) -> StatusReply {
     let now = tokio::time::Instant::now().into_std();
     StatusReply {
-        processes: statuses.iter().map(|s| process_info(s, now)).collect(),
+        processes: statuses
+            .iter()
+            .map(|s| ProcessInfo {
+                register: board.process(&s.name).map(|p| register_field(&p)),
+                ..process_info(s, now)
+            })
+            .collect(),
     }
+}
+
+/// `register`: each backend's `"ok"` or last error.
+fn register_field(process: &ProcessBoard) -> BTreeMap<String, String> {
+    process
+        .backends
+        .iter()
+        .map(|(backend, result)| {
+            let shown = match result {
+                Ok(()) => "ok".to_string(),
+                Err(e) => e.clone(),
+            };
+            (backend.name().to_string(), shown)
+        })
+        .collect()
 }
 
 /// The old process of a rolling restart, as its successor's entry lists it.
@@ -54,6 +78,9 @@ pub fn process_info(status: &ProcessStatus, now: Instant) -> ProcessInfo {
             status.description,
             short_duration(now.saturating_duration_since(status.changed))
         ),
+        State::Stopping { draining: true, .. } => {
+            "out of the load balancers, draining before the stop signal".to_string()
+        }
         State::Starting { .. } | State::Running { .. } if status.description.is_none() => {
             status.notify_status.clone().unwrap_or_default()
         }
@@ -87,6 +114,7 @@ pub fn process_info(status: &ProcessStatus, now: Instant) -> ProcessInfo {
             message: p.message.clone(),
             duration_ms: p.duration.as_secs_f64() * 1000.0,
         }),
+        register: None,
     }
 }
 

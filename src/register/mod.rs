@@ -60,3 +60,155 @@ pub type Members = std::sync::Arc<Vec<Member>>;
 /// What a backend made of one process: `Ok`, or why not (shown as it is in
 /// `status --json`'s `register` field and in the log).
 pub type Applied = Vec<(String, Result<(), String>)>;
+
+mod follow;
+mod worker;
+
+pub use follow::{follow, Registrar};
+pub use worker::Backend;
+
+/// A change of a process's standing, for `ctl events`.
+#[derive(Debug, Clone)]
+pub struct StandingChange {
+    /// When it was decided.
+    pub at: SystemTime,
+    /// Process name.
+    pub process: String,
+    /// Program name.
+    pub program: String,
+    /// Before.
+    pub from: Standing,
+    /// After.
+    pub to: Standing,
+    /// The supervisor's reason for the process's change (`ctl stop`,
+    /// `unhealthy: ...`, `exited with code 1`).
+    pub reason: String,
+    /// The main process, if there is one.
+    pub pid: Option<u32>,
+}
+
+/// What the balancers show of one process, for `status` and `/metrics`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcessBoard {
+    /// Program name.
+    pub program: String,
+    /// In, draining or out.
+    pub standing: Standing,
+    /// Per backend, in config order: `Ok` or the last error.
+    pub backends: Vec<(Backend, Result<(), String>)>,
+}
+
+/// Counts per program and backend, for `/metrics`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BackendCounts {
+    /// Operations (applies, keep-alives, reloads) that failed.
+    pub errors: u64,
+    /// The last one failed.
+    pub failing: bool,
+}
+
+/// The registration state of every registered process, shared with the
+/// layers that show it (`status`, `/metrics`).
+#[derive(Debug, Default)]
+pub struct Board {
+    processes: std::sync::Mutex<std::collections::BTreeMap<String, ProcessBoard>>,
+    backends: std::sync::Mutex<std::collections::BTreeMap<(String, Backend), BackendCounts>>,
+}
+
+impl Board {
+    /// What the balancers show of `process`; `None` when its program is not registered.
+    pub fn process(&self, process: &str) -> Option<ProcessBoard> {
+        lock(&self.processes).get(process).cloned()
+    }
+
+    /// Every registered process, by name.
+    pub fn processes(&self) -> Vec<(String, ProcessBoard)> {
+        lock(&self.processes)
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+
+    /// Counts per (program, backend).
+    pub fn backends(&self) -> Vec<((String, Backend), BackendCounts)> {
+        lock(&self.backends)
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+
+    fn set_standing(&self, process: &str, program: &str, standing: Standing, backends: &[Backend]) {
+        let mut processes = lock(&self.processes);
+        let entry = processes
+            .entry(process.to_string())
+            .or_insert_with(|| ProcessBoard {
+                program: program.to_string(),
+                standing,
+                backends: backends.iter().map(|b| (*b, Ok(()))).collect(),
+            });
+        entry.standing = standing;
+        if entry.program != program
+            || entry
+                .backends
+                .iter()
+                .map(|(b, _)| *b)
+                .ne(backends.iter().copied())
+        {
+            entry.program = program.to_string();
+            entry.backends = backends.iter().map(|b| (*b, Ok(()))).collect();
+        }
+    }
+
+    fn forget(&self, process: &str) {
+        lock(&self.processes).remove(process);
+    }
+
+    fn forget_program(&self, program: &str) {
+        lock(&self.processes).retain(|_, p| p.program != program);
+        lock(&self.backends).retain(|(p, _), _| p != program);
+    }
+
+    /// Records what `backend` made of each process; returns whether
+    /// anything failed. Logs a result only when it differs from the last.
+    fn record(&self, program: &str, backend: Backend, applied: &Applied) -> bool {
+        let mut failed = false;
+        let mut processes = lock(&self.processes);
+        for (name, result) in applied {
+            failed |= result.is_err();
+            let Some(entry) = processes.get_mut(name) else {
+                if let Err(e) = result {
+                    tracing::warn!(process = %name, "{} registration: {e}", backend.name());
+                }
+                continue;
+            };
+            if let Some((_, last)) = entry.backends.iter_mut().find(|(b, _)| *b == backend) {
+                if last != result {
+                    match result {
+                        Ok(()) => {
+                            tracing::info!(process = %name, "{} registration: ok", backend.name())
+                        }
+                        Err(e) => {
+                            tracing::warn!(process = %name, "{} registration: {e}", backend.name())
+                        }
+                    }
+                    *last = result.clone();
+                }
+            }
+        }
+        drop(processes);
+        let mut backends = lock(&self.backends);
+        let counts = backends.entry((program.to_string(), backend)).or_default();
+        if failed {
+            counts.errors += 1;
+        }
+        if !applied.is_empty() {
+            counts.failing = failed;
+        }
+        failed
+    }
+}
+
+/// A poisoned lock only means a panic elsewhere; the map is still whole.
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}

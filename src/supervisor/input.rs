@@ -194,11 +194,12 @@ pub struct Subscription {
 impl Subscription {
     /// Whether the subscriber asked for this transition.
     pub fn wants(&self, transition: &Transition) -> bool {
-        self.names.is_empty()
-            || self
-                .names
-                .iter()
-                .any(|n| *n == transition.process || *n == transition.program)
+        self.follows(&transition.process, &transition.program)
+    }
+
+    /// Whether the subscriber follows this process (of this program).
+    pub fn follows(&self, process: &str, program: &str) -> bool {
+        self.names.is_empty() || self.names.iter().any(|n| n == process || n == program)
     }
 }
 

@@ -240,14 +240,14 @@ impl Supervisor {
                     }
                     Act::Stop => answer(reply, wait, self.topology(Origin::Request).stop(handles)),
                     Act::Restart => {
-                        let rolling = self
+                        let one_at_a_time = self
                             .config
                             .programs
                             .iter()
-                            .filter(|p| state::rolling(p))
+                            .filter(|p| state::one_at_a_time(p))
                             .map(|p| p.name.clone())
                             .collect();
-                        answer(reply, wait, restart(handles, rolling));
+                        answer(reply, wait, restart(handles, one_at_a_time));
                     }
                     Act::Signal(signal) => answer(reply, true, send_signals(handles, signal)),
                     Act::ReopenLogs => answer(reply, true, reopen_logs(handles)),
@@ -411,13 +411,14 @@ fn answer(
     });
 }
 
-/// Restarts every handle, waiting for each to be running again: programs
-/// without `listen` all at once; programs with `listen` (rolling restarts) one
-/// instance at a time, stopping at the first failure so the rest keep serving.
-async fn restart(handles: Vec<ProcessHandle>, rolling: HashSet<String>) -> Vec<Answer> {
+/// Restarts every handle, waiting for each to be running again: most
+/// programs all at once; those in `one_at_a_time` (rolling restarts, and
+/// programs registered with load balancers) one instance at a time, stopping
+/// at the first failure so the rest keep serving.
+async fn restart(handles: Vec<ProcessHandle>, one_at_a_time: HashSet<String>) -> Vec<Answer> {
     let (one_by_one, together): (Vec<_>, Vec<_>) = handles
         .into_iter()
-        .partition(|h| rolling.contains(&h.program));
+        .partition(|h| one_at_a_time.contains(&h.program));
     let mut results = order::request_all(together, |_, reply| Command::Restart { reply }).await;
     let mut failed_programs: HashSet<String> = HashSet::new();
     for h in one_by_one {

@@ -1,6 +1,7 @@
 //! Reload: the config file read again (on the blocking pool) and the
 //! difference applied. Programs added start, removed ones stop, changed ones
-//! are replaced, or rolled in place when they keep their `listen` sockets;
+//! are replaced, or replaced in place one process at a time when they keep
+//! their `listen` sockets or are registered with load balancers;
 //! an invalid file, or a layer above that cannot follow, changes nothing.
 
 use std::collections::{HashMap, HashSet};
@@ -117,9 +118,9 @@ impl Supervisor {
                 .push("log_format, log_file, log_files (restart minder to apply)".to_string());
         }
 
-        // Changed programs that serve on `listen` sockets and keep them (and
-        // their instances and logs) are reconfigured in place, rolling: each
-        // process is replaced only once its successor is ready.
+        // Changed programs that serve on `listen` sockets and keep them, or
+        // that are registered with load balancers (and keep their instances
+        // and logs), are reconfigured in place, one process at a time.
         let rolled: HashSet<&str> = diff
             .changed
             .iter()
@@ -247,9 +248,12 @@ impl Supervisor {
         })
     }
 
-    /// Whether a reload can replace program `name` in place, rolling: it has
-    /// `listen` sockets before and after, keeps them, its instances and its
-    /// logs, and has a process up to keep serving meanwhile.
+    /// Whether a reload can replace program `name` in place, one process at
+    /// a time: it keeps its instances and its logs, has a process up to keep
+    /// serving meanwhile, and either has `listen` sockets before and after
+    /// and keeps them (each process replaced once its successor is ready),
+    /// or is registered with load balancers before and after, without
+    /// sockets (each process out, drained, stopped, started, in, then the next).
     fn rolls_in_place(&self, name: &str, new: &Config) -> bool {
         let (Some(old), Some(new)) = (self.config.program(name), new.program(name)) else {
             return false;
@@ -259,12 +263,12 @@ impl Supervisor {
             .processes
             .iter()
             .any(|h| h.program == name && matches!(h.status().state, State::Running { .. }));
-        state::rolling(old)
-            && state::rolling(new)
-            && keeps_sockets
-            && old.instances == new.instances
-            && old.logs == new.logs
-            && up
+        let one_at_a_time = if state::rolling(old) || state::rolling(new) {
+            state::rolling(old) && state::rolling(new) && keeps_sockets
+        } else {
+            old.register.is_some() && new.register.is_some()
+        };
+        one_at_a_time && old.instances == new.instances && old.logs == new.logs && up
     }
 }
 

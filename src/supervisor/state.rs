@@ -44,14 +44,17 @@ pub enum State {
         /// When the retry happens.
         until: Instant,
     },
-    /// Stop signal sent, waiting for the exit.
+    /// Stop signal sent, waiting for the exit; or, while `draining`, taken
+    /// out of the load balancers and waiting `register.drain` to send it.
     Stopping {
         /// The child.
         pid: Pid,
         /// When it was spawned (uptime keeps counting while it stops).
         started: Instant,
-        /// When the stop signal was sent.
+        /// When the stop signal was sent (while draining: when the drain began).
         since: Instant,
+        /// The stop signal is not sent yet: in-flight requests finish first.
+        draining: bool,
         /// SIGKILL already sent.
         killed: bool,
         /// What happens once it has exited.
@@ -97,6 +100,13 @@ pub struct Retiring {
 /// Whether restarts of this program are rolling (it has `listen` sockets).
 pub fn rolling(cfg: &ProgramConfig) -> bool {
     !cfg.listen.is_empty()
+}
+
+/// Whether a restart of this program's processes goes one at a time, each
+/// ready before the next is touched: rolling ones, and those registered with
+/// load balancers, so that the others keep taking the traffic.
+pub fn one_at_a_time(cfg: &ProgramConfig) -> bool {
+    rolling(cfg) || cfg.register.is_some()
 }
 
 /// Health as `status` shows it (SPEC §3).
@@ -361,6 +371,11 @@ impl Machine {
             State::Starting { started, .. } => Some(after(started, ready_within(cfg))),
             State::Running { .. } => self.watchdog_due,
             State::Backoff { until } => Some(until),
+            State::Stopping {
+                since,
+                draining: true,
+                ..
+            } => Some(after(since, drain(cfg))),
             State::Stopping {
                 since,
                 killed: false,
@@ -708,6 +723,21 @@ impl Machine {
                 State::Stopping {
                     pid,
                     since,
+                    draining: true,
+                    ..
+                },
+                Event::Deadline,
+            ) => {
+                if now >= after(since, drain(cfg)) {
+                    self.signal_stop(cfg, pid, now)
+                } else {
+                    Vec::new()
+                }
+            }
+            (
+                State::Stopping {
+                    pid,
+                    since,
                     killed: false,
                     ..
                 },
@@ -933,14 +963,44 @@ impl Machine {
         now: Instant,
         then: AfterStop,
     ) -> Vec<Effect> {
-        let (signal, killed) = first_stop_signal(cfg);
+        // Only a process that takes traffic has any to finish, and only a
+        // requested stop waits: one minder decided on (unhealthy, watchdog,
+        // not ready) is out of the balancers already and stops at once.
+        let in_balancers = matches!(self.state, State::Running { .. })
+            && matches!(self.health, Health::Healthy | Health::None);
+        let requested = !matches!(then, AfterStop::Retry { .. });
         self.state = State::Stopping {
             pid,
             started,
             since: now,
-            killed,
+            draining: false,
+            killed: false,
             then,
         };
+        if in_balancers && requested && !drain(cfg).is_zero() {
+            if let State::Stopping { draining, .. } = &mut self.state {
+                *draining = true;
+            }
+            return Vec::new();
+        }
+        self.signal_stop(cfg, pid, now)
+    }
+
+    /// Sends the first stop signal of a stopping process (its drain, if
+    /// any, is over): the SIGKILL timer runs from now.
+    fn signal_stop(&mut self, cfg: &ProgramConfig, pid: Pid, now: Instant) -> Vec<Effect> {
+        let (signal, killed_at_once) = first_stop_signal(cfg);
+        if let State::Stopping {
+            since,
+            draining,
+            killed,
+            ..
+        } = &mut self.state
+        {
+            *since = now;
+            *draining = false;
+            *killed = killed_at_once;
+        }
         vec![Effect::Signal {
             pid,
             signal,
@@ -1107,6 +1167,12 @@ fn first_stop_signal(cfg: &ProgramConfig) -> (Signal, bool) {
     } else {
         (cfg.stop_signal, false)
     }
+}
+
+/// How long a requested stop keeps a process that takes traffic out of the
+/// balancers before its stop signal (`register.drain`; zero without `[register]`).
+fn drain(cfg: &ProgramConfig) -> Duration {
+    cfg.register.as_ref().map_or(Duration::ZERO, |r| r.drain)
 }
 
 /// When a process sent its stop signal at `since` is sent SIGKILL.
@@ -1508,6 +1574,103 @@ mod tests {
         b.started();
         assert_eq!(b.feed(Event::Stop), vec![term(PID, false)]);
         assert_eq!(b.feed(Event::Exited(ProcessEnd::Exited(0))), vec![]);
+    }
+
+    /// A program registered with load balancers, draining `drain_ms` before a stop.
+    fn registered(drain_ms: u64, c: ProgramConfig) -> ProgramConfig {
+        ProgramConfig {
+            register: Some(crate::config::RegisterConfig {
+                address: "127.0.0.1:{port}".into(),
+                drain: Duration::from_millis(drain_ms),
+                haproxy: None,
+                etcd: None,
+                file: None,
+            }),
+            ..c
+        }
+    }
+
+    #[test]
+    fn a_requested_stop_drains_before_the_stop_signal() {
+        let mut b = Bench::new(registered(5000, cfg()));
+        b.started();
+        b.at(1000).feed(Event::Deadline);
+        assert_eq!(b.state(), "running");
+        assert_eq!(b.at(2000).feed(Event::Stop), vec![], "no signal yet");
+        assert_eq!(b.state(), "stopping");
+        assert_eq!(
+            b.m.deadline(&b.cfg),
+            Some(b.t0 + Duration::from_millis(7000))
+        );
+        assert_eq!(b.at(6999).feed(Event::Deadline), vec![]);
+        assert_eq!(b.at(7000).feed(Event::Deadline), vec![term(PID, true)]);
+        // stop_timeout (10 s) runs from the signal, not from the request.
+        assert_eq!(
+            b.m.deadline(&b.cfg),
+            Some(b.t0 + Duration::from_millis(17_000))
+        );
+        assert_eq!(b.at(17_000).feed(Event::Deadline), vec![kill(PID, true)]);
+        b.feed(Event::Exited(ProcessEnd::Signaled(libc::SIGKILL)));
+        assert_eq!(b.state(), "stopped");
+    }
+
+    #[test]
+    fn an_exit_while_draining_ends_the_stop() {
+        let mut b = Bench::new(registered(5000, cfg()));
+        b.started();
+        b.at(1000).feed(Event::Deadline);
+        b.at(2000).feed(Event::Stop);
+        b.at(3000).feed(Event::Exited(ProcessEnd::Exited(0)));
+        assert_eq!(b.state(), "stopped");
+        assert_eq!(b.m.deadline(&b.cfg), None);
+    }
+
+    #[test]
+    fn a_restart_drains_then_starts_again() {
+        let mut b = Bench::new(registered(500, cfg()));
+        b.started();
+        b.at(1000).feed(Event::Deadline);
+        assert_eq!(b.at(2000).feed(Event::Restart), vec![]);
+        assert_eq!(b.at(2500).feed(Event::Deadline), vec![term(PID, true)]);
+        assert_eq!(
+            b.feed(Event::Exited(ProcessEnd::Exited(0)))[1..],
+            [Effect::Spawn]
+        );
+    }
+
+    #[test]
+    fn only_a_requested_stop_of_a_process_taking_traffic_drains() {
+        // Not ready yet: it never took traffic.
+        let mut b = Bench::new(registered(5000, cfg()));
+        b.started();
+        assert_eq!(b.at(100).feed(Event::Stop), vec![term(PID, true)]);
+
+        // Unhealthy: out already, and minder's own restart does not wait.
+        let mut b = Bench::new(registered(5000, with_health(OnUnhealthy::Restart)));
+        b.started();
+        b.feed(probe(true));
+        b.feed(probe(true));
+        assert_eq!(b.state(), "running");
+        b.feed(probe(false));
+        b.feed(probe(false));
+        assert_eq!(b.feed(probe(false)), vec![term(PID, true)]);
+
+        // Reported unhealthy but kept running (on_unhealthy = "none"): out, so no drain.
+        let mut b = Bench::new(registered(5000, with_health(OnUnhealthy::None)));
+        b.started();
+        b.feed(probe(true));
+        b.feed(probe(true));
+        for _ in 0..3 {
+            b.feed(probe(false));
+        }
+        assert_eq!(b.m.health, Health::Unhealthy);
+        assert_eq!(b.feed(Event::Stop), vec![term(PID, true)]);
+
+        // A zero drain signals at once.
+        let mut b = Bench::new(registered(0, cfg()));
+        b.started();
+        b.at(1000).feed(Event::Deadline);
+        assert_eq!(b.at(2000).feed(Event::Stop), vec![term(PID, true)]);
     }
 
     #[test]

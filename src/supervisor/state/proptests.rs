@@ -42,6 +42,7 @@ struct Knobs {
     backoff_ms: u64,
     rolling: bool,
     watchdog_ms: u64,
+    drain_ms: u64,
 }
 
 fn program(k: Knobs) -> ProgramConfig {
@@ -82,6 +83,13 @@ fn program(k: Knobs) -> ProgramConfig {
         } else {
             Vec::new()
         },
+        register: (k.drain_ms > 0).then(|| crate::config::RegisterConfig {
+            address: "127.0.0.1:8080".into(),
+            drain: ms(k.drain_ms),
+            haproxy: None,
+            etcd: None,
+            file: None,
+        }),
         ..super::tests::cfg()
     }
 }
@@ -106,6 +114,7 @@ fn knobs() -> impl Strategy<Value = Knobs> {
         prop::sample::select(vec![0u64, 500]),
         any::<bool>(),
         prop::sample::select(vec![0u64, 1500]),
+        prop::sample::select(vec![0u64, 700]),
     )
         .prop_map(
             |(
@@ -117,6 +126,7 @@ fn knobs() -> impl Strategy<Value = Knobs> {
                 backoff_ms,
                 rolling,
                 watchdog_ms,
+                drain_ms,
             )| Knobs {
                 ready,
                 stop_timeout_ms,
@@ -126,6 +136,7 @@ fn knobs() -> impl Strategy<Value = Knobs> {
                 backoff_ms,
                 rolling,
                 watchdog_ms,
+                drain_ms,
             },
         )
 }
@@ -595,14 +606,24 @@ impl World {
             }
             if let State::Stopping {
                 since,
+                draining,
                 killed: false,
                 ..
             } = self.m.state
             {
+                // Draining, the timer is for the stop signal; then for SIGKILL.
+                let wait = if draining {
+                    self.cfg
+                        .register
+                        .as_ref()
+                        .map_or(Duration::ZERO, |r| r.drain)
+                } else {
+                    self.cfg.stop_timeout
+                };
                 let due = self.m.deadline(&self.cfg);
                 prop_assert!(
-                    due.is_some_and(|d| d <= since + self.cfg.stop_timeout),
-                    "stopping since {since:?} without a timer for its SIGKILL: {due:?}"
+                    due.is_some_and(|d| d <= since + wait),
+                    "stopping since {since:?} (draining: {draining}) without a timer for what is next: {due:?}"
                 );
             }
             match self.m.deadline(&self.cfg) {
@@ -667,6 +688,7 @@ fn an_exec_failure_while_stopping_ends_the_stop() {
         backoff_ms: 500,
         rolling: false,
         watchdog_ms: 0,
+        drain_ms: 0,
     });
     let now = Instant::now();
     let pid = Pid::from_raw(4242);
@@ -701,6 +723,7 @@ fn removal_waits_for_the_draining_process_of_a_rolling_restart() {
         backoff_ms: 500,
         rolling: true,
         watchdog_ms: 0,
+        drain_ms: 0,
     });
     let now = Instant::now();
     let (old, new) = (Pid::from_raw(41), Pid::from_raw(42));
