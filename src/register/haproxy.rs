@@ -188,6 +188,13 @@ impl Haproxy {
             };
             pass.results.push((name, result));
         }
+        if let Some(why) = unreachable {
+            // What HAProxy shows is now unknown for every process, also
+            // for those that needed nothing before the socket failed.
+            for (_, result) in &mut pass.results {
+                *result = Err(why.clone());
+            }
+        }
         pass
     }
 
@@ -361,7 +368,8 @@ impl Haproxy {
     fn describe(&self, fault: Fault, server: Option<&str>) -> String {
         let backend = &self.config.backend;
         match fault {
-            Fault::Unreachable(why) | Fault::Other(why) => format!("haproxy: {why}"),
+            Fault::Unreachable(why) => why,
+            Fault::Other(why) => format!("haproxy: {why}"),
             Fault::Reply(Reply::NoBackend) => {
                 format!("haproxy: backend {backend:?}: No such backend.")
             }
@@ -401,7 +409,7 @@ async fn exchange(socket: &Path, command: &str) -> Result<String, Fault> {
             Some(errno) => nix::errno::Errno::from_raw(errno).desc().to_string(),
             None => e.to_string(),
         };
-        Fault::Unreachable(format!("{}: {what}: {why}", socket.display()))
+        Fault::Unreachable(format!("haproxy {}: {what}: {why}", socket.display()))
     };
     let talk = async {
         let mut conn = UnixStream::connect(socket)
@@ -421,7 +429,7 @@ async fn exchange(socket: &Path, command: &str) -> Result<String, Fault> {
     match tokio::time::timeout(TIMEOUT, talk).await {
         Ok(result) => result,
         Err(_) => Err(Fault::Unreachable(format!(
-            "{}: no reply to {command:?} within {}",
+            "haproxy {}: no reply to {command:?} within {}",
             socket.display(),
             crate::text::short_duration(TIMEOUT)
         ))),

@@ -19,6 +19,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+pub mod haproxy;
+pub mod nginx;
+
 /// The minder binary under test.
 pub const MINDER: &str = env!("CARGO_BIN_EXE_minder");
 /// The helper child program.
