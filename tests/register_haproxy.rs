@@ -123,7 +123,10 @@ async fn out_and_draining_need_no_server() {
         member(1, "127.0.0.1:2", Standing::Draining),
     ];
     assert_all_ok(&backend.apply(&members).await, &["web:0", "web:1"]);
-    assert!(h.servers("web").is_empty(), "nothing added for processes that are not in");
+    assert!(
+        h.servers("web").is_empty(),
+        "nothing added for processes that are not in"
+    );
 }
 
 #[tokio::test]
@@ -188,9 +191,11 @@ async fn a_server_with_a_request_in_flight_is_deleted_once_cut() {
     assert_all_ok(&backend.apply(&members).await, &["web:0"]);
     let frontend = h.frontend;
     let client = std::thread::spawn(move || common::http_get(frontend, "/hold"));
-    eventually("the held request reached b0", Duration::from_secs(5), || {
-        b0.requests.load(std::sync::atomic::Ordering::SeqCst) == 1
-    });
+    eventually(
+        "the held request reached b0",
+        Duration::from_secs(5),
+        || b0.requests.load(std::sync::atomic::Ordering::SeqCst) == 1,
+    );
 
     // The process left the config while still serving: its session is cut
     // so that the server can go. Retried as the caller would, bounded.
@@ -227,7 +232,10 @@ async fn an_unknown_backend_is_an_error_naming_it() {
             .apply(&[member(0, "127.0.0.1:8080", standing)])
             .await;
         let error = the_error(&applied);
-        assert_eq!(error, "haproxy: backend \"nope\": No such backend.", "{standing:?}");
+        assert_eq!(
+            error, "haproxy: backend \"nope\": No such backend.",
+            "{standing:?}"
+        );
     }
 }
 
@@ -283,11 +291,17 @@ async fn a_restarted_haproxy_gets_its_servers_back() {
         "{error}"
     );
     h.start();
-    assert!(h.servers("web").is_empty(), "dynamic servers do not survive a restart");
+    assert!(
+        h.servers("web").is_empty(),
+        "dynamic servers do not survive a restart"
+    );
     members[1].standing = Standing::In;
     assert_all_ok(&backend.apply(&members).await, &["web:0", "web:1"]);
     let servers = h.servers("web");
-    assert!(servers["web_0"].ready() && servers["web_1"].ready(), "{servers:?}");
+    assert!(
+        servers["web_0"].ready() && servers["web_1"].ready(),
+        "{servers:?}"
+    );
     assert_traffic_only(&h, &["b0", "b1"]);
 
     // Restarted between two applies: the next change finds a server

@@ -192,7 +192,11 @@ fn write_if_changed(path: &Path, content: &str) -> Result<bool, String> {
         return Ok(false);
     }
     let fail = |what: &str, on: &Path, e: std::io::Error| {
-        format!("upstream file {}: {what} {}: {e}", path.display(), on.display())
+        format!(
+            "upstream file {}: {what} {}: {e}",
+            path.display(),
+            on.display()
+        )
     };
     let dir = path
         .parent()
@@ -240,19 +244,31 @@ async fn reload(argv: &[String], reaper: &Reaper) -> Result<(), String> {
     let request = SpawnRequest::command(argv.to_vec());
     match process::run_captured(request, Capture::Both, RELOAD_TIMEOUT, reaper).await {
         Ok((ProcessEnd::Exited(0), _)) => Ok(()),
-        Ok((end, output)) => {
-            let first = output.lines().map(str::trim).find(|l| !l.is_empty());
-            Err(match first {
-                Some(line) => format!("reload {shown} {end}: {line}"),
-                None => format!("reload {shown} {end}"),
-            })
-        }
+        Ok((end, output)) => Err(match telling_line(&output) {
+            Some(line) => format!("reload {shown} {end}: {line}"),
+            None => format!("reload {shown} {end}"),
+        }),
         Err(RunError::TimedOut) => Err(format!(
             "reload {shown} killed after {}",
             crate::text::short_duration(RELOAD_TIMEOUT)
         )),
         Err(e) => Err(format!("reload {shown}: {e}")),
     }
+}
+
+/// The line of a failed reload's output that says why: the first with an
+/// error level in nginx's words (nginx says `[notice] signal process
+/// started` before `[error] open() ".../nginx.pid" failed`), else the first.
+fn telling_line(output: &str) -> Option<&str> {
+    let mut lines = output.lines().map(str::trim).filter(|l| !l.is_empty());
+    let first = lines.clone().next();
+    lines
+        .find(|l| {
+            ["[emerg]", "[alert]", "[crit]", "[error]"]
+                .iter()
+                .any(|level| l.contains(level))
+        })
+        .or(first)
 }
 
 #[cfg(test)]
@@ -333,6 +349,18 @@ mod tests {
     }
 
     #[test]
+    fn the_line_saying_why_a_reload_failed() {
+        let nginx = "2026/12/03 22:29:35 [notice] 15091#15091: signal process started\n\
+                     2026/12/03 22:29:35 [error] 15091#15091: open() \"/x/nginx.pid\" failed\n";
+        assert_eq!(
+            telling_line(nginx),
+            Some("2026/12/03 22:29:35 [error] 15091#15091: open() \"/x/nginx.pid\" failed")
+        );
+        assert_eq!(telling_line("\n  boom \nmore\n"), Some("boom"));
+        assert_eq!(telling_line("\n"), None);
+    }
+
+    #[test]
     fn writes_replace_the_file_keeping_its_mode() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("up.conf");
@@ -345,7 +373,11 @@ mod tests {
         assert_eq!(write_if_changed(&path, "two\n"), Ok(true));
         let meta = fs::metadata(&path).unwrap();
         assert_eq!(meta.mode() & 0o777, 0o640);
-        assert_ne!(meta.ino(), inode, "replaced by a rename, not rewritten in place");
+        assert_ne!(
+            meta.ino(),
+            inode,
+            "replaced by a rename, not rewritten in place"
+        );
         assert_eq!(fs::read_to_string(&path).unwrap(), "two\n");
         let left: Vec<_> = fs::read_dir(dir.path()).unwrap().collect();
         assert_eq!(left.len(), 1, "no temporary file left behind");

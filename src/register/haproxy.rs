@@ -84,7 +84,9 @@ fn classify(reply: &str) -> Reply {
         _ if line.starts_with("Server still has connections attached") => Reply::StillConnected,
         // `set server ... addr`: "no need to change the addr[, port changed ...]",
         // "IP changed from 'A' to 'B'[, port changed ...]".
-        _ if line.starts_with("no need to change the addr") || line.starts_with("IP changed from") => {
+        _ if line.starts_with("no need to change the addr")
+            || line.starts_with("IP changed from") =>
+        {
             Reply::Ok
         }
         _ => Reply::Error(line.to_string()),
@@ -309,7 +311,10 @@ impl Haproxy {
             }
             let backend = &self.config.backend;
             // Brackets keep an IPv6 address apart from its port.
-            match self.command(&format!("add server {backend}/{server} {addr}")).await? {
+            match self
+                .command(&format!("add server {backend}/{server} {addr}"))
+                .await?
+            {
                 Reply::Ok => return Ok(()),
                 Reply::Exists => {}
                 other => return Err(Fault::Reply(other)),
@@ -380,8 +385,7 @@ impl Haproxy {
                         "Already exists a server with the same name in backend.".to_string()
                     }
                     Reply::StillConnected => {
-                        "Server still has connections attached to it, cannot remove it."
-                            .to_string()
+                        "Server still has connections attached to it, cannot remove it.".to_string()
                     }
                     Reply::Error(text) => text,
                     Reply::Ok | Reply::NoBackend => String::new(),

@@ -257,8 +257,7 @@ impl NameServer {
                     return;
                 }
                 let Ok(conn) = conn else { continue };
-                let (name, requests, released) =
-                    (name.clone(), requests.clone(), released.clone());
+                let (name, requests, released) = (name.clone(), requests.clone(), released.clone());
                 thread::spawn(move || answer(conn, &name, &requests, &released));
             }
         });

@@ -89,7 +89,21 @@ impl Nginx {
             .unwrap_or_else(|e| panic!("starting nginx (is it installed?): {e}"));
         self.child = Some(child);
         let port = self.port;
-        eventually("nginx answers", START, || super::http_get(port, "/").is_ok());
+        eventually("nginx answers", START, || {
+            super::http_get(port, "/").is_ok()
+        });
+    }
+
+    /// The master's live worker processes.
+    pub fn workers(&self) -> Vec<i32> {
+        let Some(master) = &self.child else {
+            return Vec::new();
+        };
+        super::proc_children(master.id() as i32)
+            .into_iter()
+            .filter(|(_, state)| *state != 'Z')
+            .map(|(pid, _)| pid)
+            .collect()
     }
 
     /// What nginx wrote to its error log so far.
