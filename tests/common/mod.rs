@@ -20,6 +20,8 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 pub mod etcd;
+pub mod haproxy;
+pub mod nginx;
 
 /// The minder binary under test.
 pub const MINDER: &str = env!("CARGO_BIN_EXE_minder");
