@@ -7,7 +7,6 @@ mod common;
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::os::unix::net::UnixStream;
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::thread;
@@ -255,33 +254,6 @@ fn a_metrics_address_in_use_is_a_clear_error() {
     );
 }
 
-/// Reads JSON lines from a Unix socket connection until `pred` holds for one.
-fn read_until(
-    reader: &mut BufReader<UnixStream>,
-    mut pred: impl FnMut(&Value) -> bool,
-) -> Vec<Value> {
-    let deadline = Instant::now() + WAIT;
-    let mut seen = Vec::new();
-    // Kept across read timeouts: a line may arrive in pieces.
-    let mut line = String::new();
-    while Instant::now() < deadline {
-        match reader.read_line(&mut line) {
-            Ok(0) => panic!("stream closed; seen {seen:#?}"),
-            Ok(_) if line.ends_with('\n') => {}
-            Ok(_) => continue,
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
-            Err(e) => panic!("reading the stream: {e}; seen {seen:#?}"),
-        }
-        let reply: Value = serde_json::from_str(&std::mem::take(&mut line)).expect("a JSON line");
-        let event = reply["ok"].clone();
-        seen.push(event.clone());
-        if pred(&event) {
-            return seen;
-        }
-    }
-    panic!("not seen within {WAIT:?}; seen {seen:#?}");
-}
-
 #[test]
 fn events_stream_shows_start_running_and_the_exit_code() {
     let d = Daemon::start(&format!(
@@ -335,20 +307,6 @@ fn events_stream_shows_start_running_and_the_exit_code() {
 
 /// Opens an `events` stream for `names` (single-instance programs) on the
 /// daemon's socket, past its acknowledgement.
-fn subscribe(d: &Daemon, names: &[&str]) -> BufReader<UnixStream> {
-    let stream = UnixStream::connect(&d.sock).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_millis(200)))
-        .unwrap();
-    let mut writer = stream.try_clone().unwrap();
-    let request = serde_json::json!({"v": 1, "cmd": "events", "names": names});
-    writeln!(writer, "{request}").unwrap();
-    let mut reader = BufReader::new(stream);
-    let ack = read_until(&mut reader, |_| true);
-    // Single-instance programs: the processes followed have the programs' names.
-    assert_eq!(ack[0]["following"], serde_json::json!(names));
-    reader
-}
 
 #[test]
 fn events_give_the_probe_message_and_the_reload_as_reasons() {

@@ -38,6 +38,7 @@ fn config(format: UpstreamFormat, reload: Vec<String>) -> UpstreamFileConfig {
         path: PathBuf::from("/unused/template/{program}.conf"),
         format,
         reload,
+        directory: PathBuf::from("/"),
     }
 }
 

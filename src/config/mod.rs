@@ -363,6 +363,9 @@ pub struct UpstreamFileConfig {
     pub format: UpstreamFormat,
     /// Run after each change (at most once per 200 ms); empty: nothing.
     pub reload: Vec<String>,
+    /// Where `reload` runs: the directory of the file defining the program
+    /// (relative paths in it mean what they mean in the config).
+    pub directory: PathBuf,
 }
 
 /// `format` of `[program.NAME.register.file]`.

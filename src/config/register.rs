@@ -248,6 +248,7 @@ fn read_file(
         path: path?,
         format,
         reload,
+        directory: dir.to_path_buf(),
     })
 }
 

@@ -121,7 +121,7 @@ impl UpstreamFile {
         }
         self.due = None;
         self.last_run = Some(Instant::now());
-        let result = reload(&self.config.reload, &self.reaper).await;
+        let result = reload(&self.config.reload, &self.config.directory, &self.reaper).await;
         self.failed = result.is_err();
         self.every(result)
     }
@@ -239,9 +239,12 @@ fn write_if_changed(path: &Path, content: &str) -> Result<bool, String> {
 }
 
 /// Runs the reload command: `Err` names it, how it ended and the first line it wrote.
-async fn reload(argv: &[String], reaper: &Reaper) -> Result<(), String> {
+async fn reload(argv: &[String], directory: &Path, reaper: &Reaper) -> Result<(), String> {
     let shown = serde_json::to_string(argv).unwrap_or_default();
-    let request = SpawnRequest::command(argv.to_vec());
+    let request = SpawnRequest {
+        directory: directory.to_path_buf(),
+        ..SpawnRequest::command(argv.to_vec())
+    };
     match process::run_captured(request, Capture::Both, RELOAD_TIMEOUT, reaper).await {
         Ok((ProcessEnd::Exited(0), _)) => Ok(()),
         Ok((end, output)) => Err(match telling_line(&output) {

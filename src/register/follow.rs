@@ -66,6 +66,7 @@ pub fn follow(
         config: Arc::clone(&phase.borrow().config),
         programs: BTreeMap::new(),
         reasons: HashMap::new(),
+        withdrawn: Vec::new(),
         board: Arc::clone(&board),
         changes: changes.clone(),
         inputs,
@@ -97,6 +98,9 @@ struct Follower {
     programs: BTreeMap<String, Program>,
     /// The last reason each process changed, for the events.
     reasons: HashMap<String, String>,
+    /// Workers of withdrawn programs, finishing their last apply (awaited
+    /// at shutdown: an etcd lease is revoked before minder exits).
+    withdrawn: Vec<JoinHandle<()>>,
     board: Arc<Board>,
     changes: broadcast::Sender<Arc<StandingChange>>,
     inputs: mpsc::Sender<Input>,
@@ -159,11 +163,7 @@ impl Follower {
         for name in names {
             self.withdraw(&name);
         }
-        let workers: Vec<JoinHandle<()>> = std::mem::take(&mut self.programs)
-            .into_values()
-            .flat_map(|p| p.workers)
-            .collect();
-        for worker in workers {
+        for worker in std::mem::take(&mut self.withdrawn) {
             let _ = worker.await;
         }
     }
@@ -324,16 +324,29 @@ impl Follower {
                 // No longer registered, but still running: out of every balancer.
                 Some(_) => self.withdraw(&name),
                 None => {
+                    // Its processes are being stopped; those already down
+                    // are gone at once, the others when their stop ends.
                     program.leaving = true;
                     let members: Vec<Member> = program
                         .members
                         .iter()
+                        .filter(|m| m.pid.is_some())
                         .map(|m| Member {
                             standing: leaving_standing(m.standing),
                             ..m.clone()
                         })
                         .collect();
+                    for gone in program.members.iter().filter(|m| m.pid.is_none()) {
+                        self.board.forget(&gone.registration.name);
+                    }
                     self.publish(&name, members);
+                    if self
+                        .programs
+                        .get(&name)
+                        .is_some_and(|p| p.members.is_empty())
+                    {
+                        self.withdraw(&name);
+                    }
                 }
             }
         }
@@ -407,9 +420,8 @@ impl Follower {
         self.board.forget_program(name);
         // Dropping the sender ends the workers once they applied that.
         drop(program.sender);
-        for worker in program.workers {
-            drop(worker);
-        }
+        self.withdrawn.retain(|w| !w.is_finished());
+        self.withdrawn.extend(program.workers);
     }
 }
 

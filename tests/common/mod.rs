@@ -9,8 +9,10 @@
 
 use std::fmt::Write as _;
 use std::fs;
-use std::io::Read;
+use std::io::Write as _;
+use std::io::{BufRead, BufReader, Read};
 use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixStream;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -704,6 +706,24 @@ pub fn http_get(port: u16, path: &str) -> Result<(u16, String), String> {
     Ok((status, body.to_string()))
 }
 
+/// The first of `n` consecutive loopback ports that were free a moment ago
+/// (for a program with `instances` and `port`).
+pub fn free_ports(n: u16) -> u16 {
+    for _ in 0..100 {
+        let base = free_port();
+        if base.checked_add(n).is_none() {
+            continue;
+        }
+        let held: Vec<_> = (base..base + n)
+            .map_while(|p| std::net::TcpListener::bind(("127.0.0.1", p)).ok())
+            .collect();
+        if held.len() == usize::from(n) {
+            return base;
+        }
+    }
+    panic!("no {n} consecutive free loopback ports in 100 tries");
+}
+
 /// A loopback port that was free a moment ago.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -915,4 +935,57 @@ pub fn parse_env(text: &str) -> Vec<(String, String)> {
 /// The value of `key` in a `--write-env` file.
 pub fn env_get<'a>(env: &'a [(String, String)], key: &str) -> Option<&'a str> {
     env.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+}
+
+/// Reads JSON lines from a Unix socket connection until `pred` holds for one.
+pub fn read_until(
+    reader: &mut BufReader<UnixStream>,
+    mut pred: impl FnMut(&Value) -> bool,
+) -> Vec<Value> {
+    let deadline = Instant::now() + WAIT;
+    let mut seen = Vec::new();
+    // Kept across read timeouts: a line may arrive in pieces.
+    let mut line = String::new();
+    while Instant::now() < deadline {
+        match reader.read_line(&mut line) {
+            Ok(0) => panic!("stream closed; seen {seen:#?}"),
+            Ok(_) if line.ends_with('\n') => {}
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(e) => panic!("reading the stream: {e}; seen {seen:#?}"),
+        }
+        let reply: Value = serde_json::from_str(&std::mem::take(&mut line)).expect("a JSON line");
+        let event = reply["ok"].clone();
+        seen.push(event.clone());
+        if pred(&event) {
+            return seen;
+        }
+    }
+    panic!("not seen within {WAIT:?}; seen {seen:#?}");
+}
+
+/// An `events` stream of `names`, acknowledged.
+pub fn subscribe(d: &Daemon, names: &[&str]) -> BufReader<UnixStream> {
+    let stream = UnixStream::connect(&d.sock).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let mut writer = stream.try_clone().unwrap();
+    let request = serde_json::json!({"v": 1, "cmd": "events", "names": names});
+    writeln!(writer, "{request}").unwrap();
+    let mut reader = BufReader::new(stream);
+    let ack = read_until(&mut reader, |_| true);
+    // The acknowledgement lists the processes followed: each name given,
+    // or the instances of a program given by name.
+    let following = ack[0]["following"].as_array().expect("an acknowledgement");
+    for name in names {
+        assert!(
+            following
+                .iter()
+                .filter_map(Value::as_str)
+                .any(|f| f == *name || f.strip_prefix(name).is_some_and(|i| i.starts_with(':'))),
+            "{name} not followed: {ack:?}"
+        );
+    }
+    reader
 }
