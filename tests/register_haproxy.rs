@@ -313,4 +313,27 @@ async fn a_restarted_haproxy_gets_its_servers_back() {
     let servers = h.servers("web");
     assert!(servers["web_0"].ready(), "{servers:?}");
     assert_traffic_only(&h, &["b0"]);
+
+    // Restarted with no change to follow (`systemctl reload haproxy`): the
+    // periodic check finds the servers gone and sends them again.
+    assert!(backend.next_timer().is_some(), "no check scheduled");
+    assert_eq!(
+        backend.on_timer().await,
+        vec![],
+        "nothing to do while all is in place"
+    );
+    h.stop();
+    h.start();
+    assert!(h.servers("web").is_empty());
+    assert_all_ok(&backend.on_timer().await, &["web:0", "web:1"]);
+    let servers = h.servers("web");
+    // Draining needs no server: a missing one takes no traffic either.
+    assert!(
+        servers["web_0"].ready() && !servers.contains_key("web_1"),
+        "{servers:?}"
+    );
+    assert!(
+        backend.next_timer().is_some(),
+        "no check scheduled after the repair"
+    );
 }

@@ -21,6 +21,11 @@ use crate::config::HaproxyConfig;
 
 /// Bound on one command (connect, send, read to EOF) and on a name lookup.
 const TIMEOUT: Duration = Duration::from_secs(1);
+/// How often the servers believed in are checked against what HAProxy
+/// shows: a reload or restart of HAProxy (`systemctl reload haproxy`)
+/// drops every server added at run time and puts the others back as its
+/// config file has them, without a word to minder.
+const VERIFY_EVERY: Duration = Duration::from_secs(10);
 /// A reply longer than this is cut (ours are a line or two).
 const REPLY_BOUND: u64 = 64 * 1024;
 
@@ -30,6 +35,11 @@ pub struct Haproxy {
     /// Per process name: its server, and what HAProxy was last seen to show
     /// for it (`None`: unknown, everything is sent again).
     known: HashMap<String, Known>,
+    /// The members of the last apply, sent again when a check finds
+    /// HAProxy showing something else.
+    last: Vec<Member>,
+    /// When the next check is due (while some server is believed in).
+    verify_at: Option<tokio::time::Instant>,
 }
 
 struct Known {
@@ -99,6 +109,8 @@ impl Haproxy {
         Haproxy {
             config,
             known: HashMap::new(),
+            last: Vec::new(),
+            verify_at: None,
         }
     }
 
@@ -107,29 +119,81 @@ impl Haproxy {
     /// (added if missing), `draining` is `state drain`, `out` is `state maint`,
     /// and a process gone from `members` has its server put in maint and deleted.
     pub async fn apply(&mut self, members: &[Member]) -> Applied {
+        self.last = members.to_vec();
         let first = self.pass(members).await;
-        if first.lost {
+        let results = if first.lost {
             // A server believed to exist was missing: HAProxy restarted
             // (dynamic servers do not survive that) and may lack others
             // that would never be sent again, so everything is sent anew.
             self.forget();
-            return self.pass(members).await.results;
-        }
-        first.results
+            self.pass(members).await.results
+        } else {
+            first.results
+        };
+        self.schedule_check();
+        results
     }
 
-    /// Nothing is ever due: HAProxy keeps what it was told.
+    /// The next check of the servers believed in (see [`VERIFY_EVERY`]).
     pub fn next_timer(&self) -> Option<tokio::time::Instant> {
-        None
+        self.verify_at
     }
 
-    /// Never called ([`Haproxy::next_timer`] is always `None`).
+    /// Checks that every server believed in is there and ready (one `show
+    /// servers state`); if HAProxy shows anything else, everything is sent
+    /// again. Results only when something was sent or the check failed.
     pub async fn on_timer(&mut self) -> Applied {
-        Vec::new()
+        self.verify_at = None;
+        let believed_in: Vec<&str> = self
+            .known
+            .values()
+            .filter(|k| k.shown.is_some_and(|s| s.standing == Standing::In))
+            .map(|k| k.server.as_str())
+            .collect();
+        if believed_in.is_empty() {
+            return Vec::new();
+        }
+        let backend = &self.config.backend;
+        let shown = match exchange(
+            &self.config.socket,
+            &format!("show servers state {backend}"),
+        )
+        .await
+        {
+            Ok(reply) => ready_servers(&reply),
+            Err(fault) => {
+                let why = self.describe(fault, None);
+                self.forget();
+                self.schedule_check();
+                return self
+                    .last
+                    .iter()
+                    .map(|m| (m.registration.name.clone(), Err(why.clone())))
+                    .collect();
+            }
+        };
+        if believed_in.iter().all(|s| shown.contains(*s)) {
+            self.schedule_check();
+            return Vec::new();
+        }
+        tracing::info!(
+            "haproxy backend {backend:?} lost servers minder put in (reloaded or restarted?): sending them again"
+        );
+        self.forget();
+        let members = std::mem::take(&mut self.last);
+        self.apply(&members).await
     }
 
     /// Nothing to undo: the servers stay as the last apply left them.
     pub async fn close(&mut self) {}
+
+    fn schedule_check(&mut self) {
+        let any_in = self
+            .known
+            .values()
+            .any(|k| k.shown.is_some_and(|s| s.standing == Standing::In));
+        self.verify_at = any_in.then(|| tokio::time::Instant::now() + VERIFY_EVERY);
+    }
 
     fn forget(&mut self) {
         for known in self.known.values_mut() {
@@ -399,6 +463,21 @@ impl Haproxy {
     }
 }
 
+/// The servers `show servers state` lists as taking traffic: operational
+/// (`srv_op_state` 2) and neither in maintenance nor draining
+/// (`srv_admin_state` 0).
+fn ready_servers(reply: &str) -> std::collections::HashSet<String> {
+    reply
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let (name, op, admin) = (f.get(3)?, f.get(5)?, f.get(6)?);
+            (*op == "2" && *admin == "0").then(|| name.to_string())
+        })
+        .collect()
+}
+
 #[derive(Default)]
 struct Pass {
     results: Applied,
@@ -480,6 +559,16 @@ async fn resolve(address: &str) -> Result<SocketAddr, Fault> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ready_servers_are_read_from_show_servers_state() {
+        let reply = "1\n# be_id be_name srv_id srv_name srv_addr srv_op_state srv_admin_state srv_uweight srv_iweight srv_time_since_last_change srv_check_status srv_check_result srv_check_health srv_check_state srv_agent_state bk_f_forced_id srv_f_forced_id srv_fqdn srv_port srvrecord srv_use_ssl srv_check_port srv_check_addr srv_agent_addr srv_agent_port\n\
+            3 web 1 web_0 127.0.0.1 2 0 1 1 5 1 0 0 0 0 0 0 - 9001 - 0 0 - - 0\n\
+            3 web 2 web_1 127.0.0.1 0 1 1 1 5 1 0 0 0 0 0 0 - 9002 - 0 0 - - 0\n\
+            3 web 3 web_2 127.0.0.1 2 8 1 1 5 1 0 0 0 0 0 0 - 9003 - 0 0 - - 0\n";
+        let ready = ready_servers(reply);
+        assert_eq!(ready.into_iter().collect::<Vec<_>>(), ["web_0"]);
+    }
 
     #[test]
     fn replies_are_sorted_by_their_text() {
