@@ -413,6 +413,46 @@ pub(crate) mod conv {
             .map(|item| text(item).map(|s| (s, item.span())))
             .collect()
     }
+
+    /// `command`: an argv array, or one string split like a shell would (no
+    /// shell is run). Each argument comes with the span to blame for it.
+    pub(crate) fn command(v: &Value<'_>) -> Result<Vec<(String, Span)>, ValueError> {
+        let argv: Vec<(String, Span)> = match v.get_ref() {
+            DeValue::String(s) => match shlex::split(s) {
+                Some(words) => words.into_iter().map(|w| (w, v.span())).collect(),
+                None => {
+                    return Err(ValueError::invalid(
+                        format!("cannot split \"{s}\" into arguments: unbalanced quotes or a trailing backslash"),
+                        v,
+                    ))
+                }
+            },
+            DeValue::Array(items) => items
+                .iter()
+                .map(|item| string(item).map(|s| (s, item.span())))
+                .collect::<Result<_, _>>()?,
+            _ => {
+                return Err(ValueError::wrong_type(
+                    "an array of strings or a command line string",
+                    v,
+                ))
+            }
+        };
+        match argv.first() {
+            None => Err(ValueError::invalid("is empty: name the program to run", v)),
+            Some((first, span)) if first.is_empty() => Err(ValueError::Invalid {
+                message: "the program to run is an empty string".into(),
+                span: span.clone(),
+            }),
+            _ => match argv.iter().find(|(a, _)| a.contains('\0')) {
+                Some((_, span)) => Err(ValueError::Invalid {
+                    message: "arguments must not contain a NUL character".into(),
+                    span: span.clone(),
+                }),
+                None => Ok(argv),
+            },
+        }
+    }
 }
 
 #[cfg(test)]

@@ -10,7 +10,6 @@ use std::time::Duration;
 use super::diagnostic::Span;
 use super::placeholder;
 use super::reader::{conv, TableReader, Value, ValueError};
-use super::schema::command;
 use super::{EtcdConfig, HaproxyConfig, RegisterConfig, UpstreamFileConfig, UpstreamFormat};
 
 /// Default `address`.
@@ -240,7 +239,7 @@ fn read_file(
         _ => UpstreamFormat::Nginx,
     };
     let reload = r
-        .get("reload", command)
+        .get("reload", conv::command)
         .map(|argv| argv.into_iter().map(|(a, _)| a).collect())
         .unwrap_or_default();
     r.finish();

@@ -169,7 +169,7 @@ fn read_hooks(
         let mut r = TableReader::new(parent.src(), parent.diags(), table, "[[supervisor.hooks]]");
         let on = r.get_spanned("on", conv::text_list);
         let programs = r.get("programs", conv::text_list).unwrap_or_default();
-        let command = r.get_spanned("command", command);
+        let command = r.get_spanned("command", conv::command);
         let webhook = r.get_spanned("webhook", conv::text);
         let timeout = r.get("timeout", positive_duration).unwrap_or(HOOK_TIMEOUT);
         let on = match on {
@@ -375,7 +375,7 @@ pub(crate) fn read_program(
     let has_port = r.contains("port");
 
     let command = if let Some((_, value)) = r.raw("command") {
-        r.convert("command", value, command)
+        r.convert("command", value, conv::command)
             .map(|(argv, _)| argv)
             .unwrap_or_default()
     } else {
@@ -513,46 +513,6 @@ pub(crate) fn read_program(
     }
 }
 
-/// `command`: an argv array, or one string split like a shell would (no
-/// shell is run). Each argument comes with the span to blame for it.
-pub(crate) fn command(v: &Value<'_>) -> Result<Vec<(String, Span)>, ValueError> {
-    let argv: Vec<(String, Span)> = match v.get_ref() {
-        DeValue::String(s) => match shlex::split(s) {
-            Some(words) => words.into_iter().map(|w| (w, v.span())).collect(),
-            None => {
-                return Err(ValueError::invalid(
-                    format!("cannot split \"{s}\" into arguments: unbalanced quotes or a trailing backslash"),
-                    v,
-                ))
-            }
-        },
-        DeValue::Array(items) => items
-            .iter()
-            .map(|item| conv::string(item).map(|s| (s, item.span())))
-            .collect::<Result<_, _>>()?,
-        _ => {
-            return Err(ValueError::wrong_type(
-                "an array of strings or a command line string",
-                v,
-            ))
-        }
-    };
-    match argv.first() {
-        None => Err(ValueError::invalid("is empty: name the program to run", v)),
-        Some((first, span)) if first.is_empty() => Err(ValueError::Invalid {
-            message: "the program to run is an empty string".into(),
-            span: span.clone(),
-        }),
-        _ => match argv.iter().find(|(a, _)| a.contains('\0')) {
-            Some((_, span)) => Err(ValueError::Invalid {
-                message: "arguments must not contain a NUL character".into(),
-                span: span.clone(),
-            }),
-            None => Ok(argv),
-        },
-    }
-}
-
 /// `exit_codes`: integers 0..=255.
 fn exit_codes(v: &Value<'_>) -> Result<Vec<i32>, ValueError> {
     conv::array(v)
@@ -646,7 +606,7 @@ fn positive_duration(v: &Value<'_>) -> Result<Duration, ValueError> {
 fn read_health(mut r: TableReader<'_, '_>, header: Span, has_port: bool) -> Option<HealthConfig> {
     let http = r.get_spanned("http", conv::text);
     let tcp = r.get_spanned("tcp", conv::text);
-    let exec = r.get_spanned("exec", command);
+    let exec = r.get_spanned("exec", conv::command);
     let interval = r.get("interval", positive_duration);
     let timeout = r.get("timeout", positive_duration);
     let start_period = r.get("start_period", positive_duration);

@@ -113,6 +113,9 @@ pub struct BackendCounts {
 pub struct Board {
     processes: std::sync::Mutex<std::collections::BTreeMap<String, ProcessBoard>>,
     backends: std::sync::Mutex<std::collections::BTreeMap<(String, Backend), BackendCounts>>,
+    /// The last error logged for a process no longer on the board (its
+    /// server still being deleted), so each is logged once, not per retry.
+    leftovers: std::sync::Mutex<std::collections::HashMap<(String, Backend), String>>,
 }
 
 impl Board {
@@ -176,8 +179,17 @@ impl Board {
         for (name, result) in applied {
             failed |= result.is_err();
             let Some(entry) = processes.get_mut(name) else {
-                if let Err(e) = result {
-                    tracing::warn!(process = %name, "{} registration: {e}", backend.name());
+                let mut leftovers = lock(&self.leftovers);
+                let key = (name.clone(), backend);
+                match result {
+                    Err(e) if leftovers.get(&key) != Some(e) => {
+                        tracing::warn!(process = %name, "{} registration: {e}", backend.name());
+                        leftovers.insert(key, e.clone());
+                    }
+                    Err(_) => {}
+                    Ok(()) => {
+                        leftovers.remove(&key);
+                    }
                 }
                 continue;
             };
