@@ -224,3 +224,64 @@ impl Board {
 fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_board_keeps_the_last_result_per_backend_and_counts_failures() {
+        let board = Board::default();
+        board.set_standing(
+            "web:0",
+            "web",
+            Standing::In,
+            &[Backend::Haproxy, Backend::Etcd],
+        );
+        let failed = vec![(
+            "web:0".to_string(),
+            Err("etcd http://e:2379: connection refused".to_string()),
+        )];
+        assert!(board.record("web", Backend::Etcd, &failed));
+        assert!(board.record("web", Backend::Etcd, &failed));
+        let p = board.process("web:0").unwrap();
+        assert_eq!(p.standing, Standing::In);
+        assert_eq!(
+            p.backends,
+            vec![
+                (Backend::Haproxy, Ok(())),
+                (
+                    Backend::Etcd,
+                    Err("etcd http://e:2379: connection refused".to_string())
+                ),
+            ]
+        );
+        let counts = board.backends();
+        assert_eq!(counts[0].0, ("web".to_string(), Backend::Etcd));
+        assert_eq!(
+            counts[0].1,
+            BackendCounts {
+                errors: 2,
+                failing: true
+            }
+        );
+
+        // Back: ok again; an empty result (a keep-alive with nothing to say) changes nothing.
+        assert!(!board.record("web", Backend::Etcd, &vec![("web:0".to_string(), Ok(()))]));
+        assert!(!board.record("web", Backend::Etcd, &Vec::new()));
+        assert_eq!(
+            board.process("web:0").unwrap().backends[1],
+            (Backend::Etcd, Ok(()))
+        );
+        assert_eq!(
+            board.backends()[0].1,
+            BackendCounts {
+                errors: 2,
+                failing: false
+            }
+        );
+
+        board.forget_program("web");
+        assert!(board.process("web:0").is_none() && board.backends().is_empty());
+    }
+}
