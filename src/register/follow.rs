@@ -310,13 +310,13 @@ impl Follower {
             let Some(program) = self.programs.get_mut(&name) else {
                 continue;
             };
-            match config.program(&name) {
+            match config.programs.iter().find(|p| p.name == name) {
                 Some(cfg) if cfg.register.is_some() => {
                     let same_backends = backends_config(cfg.register.as_ref())
                         == backends_config(program.cfg.register.as_ref())
                         && program.host == *host;
                     if same_backends && !program.leaving {
-                        program.cfg = Arc::new(cfg.clone());
+                        program.cfg = Arc::clone(cfg);
                     } else {
                         self.withdraw(&name);
                     }
@@ -418,6 +418,13 @@ impl Follower {
         };
         program.sender.send_replace(Arc::new(Vec::new()));
         self.board.forget_program(name);
+        let of_program = |process: &str| {
+            process == name
+                || process
+                    .strip_prefix(name)
+                    .is_some_and(|i| i.starts_with(':'))
+        };
+        self.reasons.retain(|process, _| !of_program(process));
         // Dropping the sender ends the workers once they applied that.
         drop(program.sender);
         self.withdrawn.retain(|w| !w.is_finished());
