@@ -201,6 +201,9 @@ fn restart_of_a_registered_program_goes_one_instance_at_a_time() {
         }
     }
     assert_eq!(order, ["web:0", "web:1", "web:2"], "{seen:#?}");
+    for e in seen.iter().filter(|e| e["to"] == "draining") {
+        assert_eq!(e["reason"], "registration: ctl restart", "{seen:#?}");
+    }
     eventually("all three ready in HAProxy", WAIT, || {
         haproxy.servers("web").values().all(|s| s.ready())
     });

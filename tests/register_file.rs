@@ -237,6 +237,17 @@ fn a_failed_reload_is_reported_for_every_process_and_retried() {
             assert!(error.starts_with(&expected), "attempt {attempt}: {error}");
             assert!(error.contains("[emerg]"), "attempt {attempt}: {error}");
         }
+        // Asked again before the next reload may run (200 ms after the
+        // last): still the failure, not "ok", until a reload succeeds.
+        let again = bad.apply(&members).await;
+        assert!(
+            bad.next_timer().is_some(),
+            "the retried reload is not scheduled"
+        );
+        assert!(
+            the_error(&again).contains("[emerg]"),
+            "a pending retry reported as {again:?}"
+        );
         // The running nginx kept its last good config.
         assert_traffic_only(&nginx, &["a"]);
 

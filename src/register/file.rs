@@ -36,8 +36,10 @@ pub struct UpstreamFile {
     due: Option<Instant>,
     /// When the reload command last started.
     last_run: Option<Instant>,
-    /// The last reload failed: the next apply runs it again even without a change.
-    failed: bool,
+    /// Why the last reload failed: the next apply runs it again even
+    /// without a change, and until then every process is told this (not
+    /// `ok`, which would reset the caller's backoff and flap in the log).
+    failed: Option<String>,
     /// The processes of the last apply, each told how a later reload went.
     names: Vec<String>,
 }
@@ -59,7 +61,7 @@ impl UpstreamFile {
             written: None,
             due: None,
             last_run: None,
-            failed: false,
+            failed: None,
             names: Vec::new(),
         }
     }
@@ -96,14 +98,14 @@ impl UpstreamFile {
         // At the first apply the file may have been written by an earlier
         // minder that died before its reload: a reload makes sure the
         // balancer reads what the file holds.
-        if !self.config.reload.is_empty() && (changed || first || self.failed) {
+        if !self.config.reload.is_empty() && (changed || first || self.failed.is_some()) {
             let now = Instant::now();
             let earliest = self.last_run.map_or(now, |t| t + DEBOUNCE);
             self.due = Some(earliest);
         }
         match self.due {
             Some(due) if due <= Instant::now() => self.on_timer().await,
-            _ => self.every(Ok(())),
+            _ => self.every(self.failed.clone().map_or(Ok(()), Err)),
         }
     }
 
@@ -122,7 +124,7 @@ impl UpstreamFile {
         self.due = None;
         self.last_run = Some(Instant::now());
         let result = reload(&self.config.reload, &self.config.directory, &self.reaper).await;
-        self.failed = result.is_err();
+        self.failed = result.clone().err();
         self.every(result)
     }
 

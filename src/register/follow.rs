@@ -124,7 +124,8 @@ impl Follower {
         let mut dirty: BTreeSet<String> = self.programs.keys().cloned().collect();
         loop {
             if !dirty.is_empty() {
-                self.refresh(std::mem::take(&mut dirty)).await;
+                let programs = std::mem::take(&mut dirty);
+                self.refresh(programs, &mut transitions, &mut dirty).await;
             }
             tokio::select! {
                 biased;
@@ -175,7 +176,12 @@ impl Follower {
         let Some(program) = self.programs.get(&t.program) else {
             return;
         };
-        self.reasons.insert(t.process.clone(), t.cause.to_string());
+        // A change without words (`starting -> running` after its check)
+        // keeps the reason of the one that led to it (`ctl restart`).
+        let reason = t.cause.to_string();
+        if !reason.is_empty() {
+            self.reasons.insert(t.process.clone(), reason);
+        }
         if !program.leaving {
             dirty.insert(t.program.clone());
             return;
@@ -210,8 +216,15 @@ impl Follower {
     }
 
     /// Asks the supervisor for the statuses of `programs` (those still in
-    /// the config) and hands each its members.
-    async fn refresh(&mut self, programs: BTreeSet<String>) {
+    /// the config) and hands each its members. The statuses may be newer
+    /// than the transitions taken in so far: those that came meanwhile are
+    /// taken in first, so each change is given its own reason.
+    async fn refresh(
+        &mut self,
+        programs: BTreeSet<String>,
+        transitions: &mut broadcast::Receiver<Arc<Transition>>,
+        dirty: &mut BTreeSet<String>,
+    ) {
         let names: Vec<String> = programs
             .into_iter()
             .filter(|p| self.programs.get(p).is_some_and(|p| !p.leaving))
@@ -249,6 +262,15 @@ impl Follower {
         let Ok(Some(seen)) = answer.await else {
             return;
         };
+        loop {
+            match transitions.try_recv() {
+                Ok(t) => self.note(&t, dirty),
+                Err(broadcast::error::TryRecvError::Lagged(_)) => {
+                    dirty.extend(self.programs.keys().cloned());
+                }
+                Err(_) => break,
+            }
+        }
         for name in names {
             let Some(program) = self.programs.get(&name) else {
                 continue;
