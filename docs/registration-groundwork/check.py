@@ -205,6 +205,23 @@ def haproxy_section(ports):
     cnt = count(fe, 20)
     check(cnt == {"b1": 10, "b2": 10}, "roundrobin over two ready servers: %r" % cnt)
 
+    # a keep-alive client connection to the frontend is balanced per request
+    kc = http.client.HTTPConnection("127.0.0.1", fe, timeout=2)
+
+    def kgo(n):
+        cc = collections.Counter()
+        for _ in range(n):
+            kc.request("GET", "/")
+            rr = kc.getresponse()
+            cc[rr.read().decode().strip()] += 1
+        return dict(cc)
+    k1 = kgo(10)
+    hap(sock, "set server web/web_0 state drain")
+    k2 = kgo(10)
+    hap(sock, "set server web/web_0 state ready")
+    kc.close()
+    check(k1 == {"b1": 5, "b2": 5} and k2 == {"b2": 10},
+          "one keep-alive client connection: balanced per request, drain applies to its next request: %r %r" % (k1, k2))
     rtts = []
     for _ in range(20):
         t = time.monotonic()
