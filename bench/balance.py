@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Load balancer registration benchmarks for minder (issue 13, SPEC 5.2).
+"""Load balancer registration benchmarks for minder (SPEC §5.2).
 
 The stack is etc/examples/web-behind-balancers copied to a temp dir with free
 ports, HAProxy and nginx as minder programs, except that the four instances
@@ -680,7 +680,7 @@ def write_section(r, command, args):
   (3.4, JSON gateway) with `ttl = "{e['ttl_s']}s"` (keep-alive every ttl/3); SIGKILL
   half a ttl after the keys appeared, then `/v3/kv/range` polled every 20 ms
   until no key is left; the orphaned children are then SIGKILLed by PID.
-  etcd checks expiries about every 500 ms (issue13-groundwork tag,
+  etcd checks expiries about every 500 ms (see
   docs/registration-groundwork.md).
 - RSS: `/bin/sleep 3600` as one program with `instances = {m['processes']}`,
   `port` set (the address), VmRSS 3 s after all are running (and, with
