@@ -63,6 +63,79 @@ pub fn check_url(url: &str) -> Result<(), String> {
 /// the response's status code. The response body is not read. Callers bound
 /// the time.
 pub async fn request(method: &str, url: &str, body: Option<(&str, &[u8])>) -> Result<u16, String> {
+    let mut stream = send(method, url, body).await?;
+    // The status line fits in the first bytes; read until its end, bounded.
+    let mut head = [0u8; 256];
+    let mut got = 0;
+    while !head[..got].contains(&b'\n') && got < head.len() {
+        match stream.read(&mut head[got..]).await {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) => return Err(describe_io(&e)),
+        }
+    }
+    parse_status_line(&head[..got])
+}
+
+/// Like [`request`], and reads the whole response: its status code and its
+/// body (`Content-Length`, chunked, or up to the close), at most `bound`
+/// bytes. For etcd's JSON gateway: a few small calls now and then, where an
+/// HTTP client crate would cost minder more memory than everything else it
+/// adds (docs/benchmarks.md, "Load balancers").
+pub async fn exchange(
+    method: &str,
+    url: &str,
+    body: Option<(&str, &[u8])>,
+    bound: usize,
+) -> Result<(u16, Vec<u8>), String> {
+    let mut stream = send(method, url, body).await?;
+    let mut response = Vec::new();
+    let mut chunk = vec![0u8; 16 * 1024];
+    loop {
+        match stream.read(&mut chunk).await {
+            Ok(0) => break,
+            Ok(n) => {
+                response.extend_from_slice(&chunk[..n]);
+                if response.len() > bound + MAX_HEAD {
+                    return Err(format!("reply longer than {bound} bytes"));
+                }
+            }
+            Err(e) => return Err(describe_io(&e)),
+        }
+    }
+    let status = parse_status_line(&response)?;
+    let Some(end) = response.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return Err("reply cut before the end of its head".to_string());
+    };
+    let head = String::from_utf8_lossy(&response[..end]).to_ascii_lowercase();
+    let content = &response[end + 4..];
+    let header = |name: &str| {
+        head.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(':').map(str::trim))
+    };
+    let body = if header("transfer-encoding").is_some_and(|t| t.contains("chunked")) {
+        dechunk(content)?
+    } else if let Some(length) = header("content-length") {
+        let length: usize = length
+            .parse()
+            .map_err(|_| format!("bad Content-Length {length:?}"))?;
+        content
+            .get(..length)
+            .ok_or("reply cut before the end of its body")?
+            .to_vec()
+    } else {
+        content.to_vec()
+    };
+    Ok((status, body))
+}
+
+/// Connects and writes the request (`Connection: close`: one request per
+/// connection, so the end of the reply is the end of the connection).
+async fn send(
+    method: &str,
+    url: &str,
+    body: Option<(&str, &[u8])>,
+) -> Result<tokio::net::TcpStream, String> {
     let target = parse_http_url(url)?;
     let mut stream = tokio::net::TcpStream::connect(target.address.as_str())
         .await
@@ -86,17 +159,29 @@ pub async fn request(method: &str, url: &str, body: Option<(&str, &[u8])>) -> Re
         .write_all(&message)
         .await
         .map_err(|e| describe_io(&e))?;
-    // The status line fits in the first bytes; read until its end, bounded.
-    let mut head = [0u8; 256];
-    let mut got = 0;
-    while !head[..got].contains(&b'\n') && got < head.len() {
-        match stream.read(&mut head[got..]).await {
-            Ok(0) => break,
-            Ok(n) => got += n,
-            Err(e) => return Err(describe_io(&e)),
+    Ok(stream)
+}
+
+/// A chunked body (RFC 9112 §7.1) made whole; trailers are ignored.
+fn dechunk(mut data: &[u8]) -> Result<Vec<u8>, String> {
+    let mut body = Vec::new();
+    loop {
+        let line_end = data
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .ok_or("chunked reply cut before a chunk size")?;
+        let size_text = String::from_utf8_lossy(&data[..line_end]);
+        let size_text = size_text.split(';').next().unwrap_or_default().trim();
+        let size = usize::from_str_radix(size_text, 16)
+            .map_err(|_| format!("bad chunk size {size_text:?}"))?;
+        data = &data[line_end + 2..];
+        if size == 0 {
+            return Ok(body);
         }
+        let chunk = data.get(..size).ok_or("chunked reply cut inside a chunk")?;
+        body.extend_from_slice(chunk);
+        data = data.get(size + 2..).unwrap_or_default();
     }
-    parse_status_line(&head[..got])
 }
 
 /// `HTTP/1.1 503 Service Unavailable` -> 503.
@@ -226,6 +311,50 @@ mod tests {
         assert!(parse_status_line(b"").is_err());
         assert!(parse_status_line(b"SSH-2.0-OpenSSH\r\n").is_err());
         assert!(parse_status_line(b"HTTP/1.1 abc\r\n").is_err());
+    }
+
+    #[test]
+    fn chunked_bodies_are_made_whole() {
+        assert_eq!(
+            dechunk(b"5\r\nhello\r\n7;x=y\r\n, world\r\n0\r\nTrailer: a\r\n\r\n").unwrap(),
+            b"hello, world"
+        );
+        assert!(dechunk(b"5\r\nhel").is_err());
+        assert!(dechunk(b"zz\r\n").is_err());
+        assert!(dechunk(b"").is_err());
+    }
+
+    #[tokio::test]
+    async fn a_whole_reply_is_read_by_its_length_or_its_chunks() {
+        for (reply, body) in [
+            (
+                &b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi"[..],
+                &b"hi"[..],
+            ),
+            (
+                b"HTTP/1.1 404 Not Found\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nno\r\n0\r\n\r\n",
+                b"no",
+            ),
+            (b"HTTP/1.0 200 OK\r\n\r\nto the end", b"to the end"),
+        ] {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let url = format!("http://{}/v3/kv/range", listener.local_addr().unwrap());
+            let server = tokio::spawn(async move {
+                let (mut conn, _) = listener.accept().await.unwrap();
+                let (method, path) = read_request_head(&mut conn).await.unwrap();
+                conn.write_all(reply).await.unwrap();
+                (method, path)
+            });
+            let (status, got) = exchange("POST", &url, Some(("application/json", b"{}")), 1024)
+                .await
+                .unwrap();
+            assert_eq!(got, body);
+            assert!(status == 200 || status == 404);
+            assert_eq!(
+                server.await.unwrap(),
+                ("POST".to_string(), "/v3/kv/range".to_string())
+            );
+        }
     }
 
     #[tokio::test]

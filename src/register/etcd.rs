@@ -6,6 +6,12 @@
 //! gives keys and values in base64, int64 fields as JSON strings, and leaves
 //! out fields whose value is zero: a keep-alive reply without `TTL` is how a
 //! lost lease shows.
+//!
+//! Spoken with `crate::http::exchange`: plain HTTP/1.1, one request per
+//! connection (a few small calls every `ttl`/3). An HTTP client crate
+//! (reqwest with rustls) did the same first, and grew the binary from 3.6
+//! to 6.2 MB and minder's memory with 1000 programs by 1.5 MiB, etcd
+//! configured or not (docs/benchmarks.md, "Load balancers").
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -418,8 +424,6 @@ fn prefix_range(prefix: &[u8]) -> (Vec<u8>, Vec<u8>) {
 struct Gateway {
     endpoints: Vec<String>,
     current: usize,
-    /// Built at the first request: a minder without etcd never pays for it.
-    client: Option<reqwest::Client>,
 }
 
 /// One endpoint's outcome: an answer ends the failover, `Next` moves on.
@@ -433,7 +437,6 @@ impl Gateway {
         Gateway {
             endpoints,
             current: 0,
-            client: None,
         }
     }
 
@@ -443,39 +446,18 @@ impl Gateway {
             .map_or("", |e| e.trim_end_matches('/'))
     }
 
-    fn client(&mut self) -> Result<reqwest::Client, Failure> {
-        if let Some(client) = &self.client {
-            return Ok(client.clone());
-        }
-        // ring: aws-lc-rs, rustls' default, needs cmake and clang to build.
-        // Installing fails only when a provider is already there; fine too.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let client = reqwest::Client::builder()
-            .connect_timeout(TIMEOUT)
-            .timeout(TIMEOUT)
-            .redirect(reqwest::redirect::Policy::none())
-            // A proxy from the environment must not stand between minder and
-            // a loopback etcd.
-            .no_proxy()
-            .build()
-            .map_err(|e| Failure::Unreachable(format!("etcd: HTTP client: {}", describe(&e))))?;
-        self.client = Some(client.clone());
-        Ok(client)
-    }
-
     /// POSTs `body` to `path`, endpoint after endpoint until one answers.
     async fn call(&mut self, path: &str, body: &Value) -> Result<Value, Failure> {
         if self.endpoints.is_empty() {
             return Err(Failure::Unreachable("etcd: no endpoints".to_string()));
         }
-        let client = self.client()?;
         let body = body.to_string();
         let n = self.endpoints.len();
         let mut last = String::new();
         for i in 0..n {
             let at = (self.current + i) % n;
             let base = self.endpoints[at].trim_end_matches('/').to_string();
-            match attempt(&client, &base, path, body.clone()).await {
+            match attempt(&base, path, &body).await {
                 Attempt::Answer(result) => {
                     self.current = at;
                     return result;
@@ -487,24 +469,24 @@ impl Gateway {
     }
 }
 
-async fn attempt(client: &reqwest::Client, base: &str, path: &str, body: String) -> Attempt {
-    let response = client
-        .post(format!("{base}{path}"))
-        .header(reqwest::header::CONTENT_TYPE, "application/json")
-        .body(body)
-        .send()
-        .await;
-    let response = match response {
-        Ok(r) => r,
-        Err(e) => return Attempt::Next(describe(&e)),
-    };
-    let status = response.status();
-    let bytes = match response.bytes().await {
-        Ok(b) => b,
-        Err(e) => return Attempt::Next(format!("{path}: reading the reply: {}", describe(&e))),
+/// Longest reply taken: a `range` of every process of a large fleet fits.
+const REPLY_BOUND: usize = 16 << 20;
+
+async fn attempt(base: &str, path: &str, body: &str) -> Attempt {
+    let url = format!("{base}{path}");
+    let sent = crate::http::exchange(
+        "POST",
+        &url,
+        Some(("application/json", body.as_bytes())),
+        REPLY_BOUND,
+    );
+    let (status, bytes) = match tokio::time::timeout(TIMEOUT, sent).await {
+        Ok(Ok(reply)) => reply,
+        Ok(Err(e)) => return Attempt::Next(e),
+        Err(_) => return Attempt::Next(format!("no answer within {TIMEOUT:?}")),
     };
     let reply = parse_reply(&bytes);
-    if status.is_success() {
+    if (200..300).contains(&status) {
         return Attempt::Answer(reply.ok_or_else(|| {
             Failure::Rejected(format!(
                 "etcd {base}: {path}: not a JSON reply: {}",
@@ -518,12 +500,12 @@ async fn attempt(client: &reqwest::Client, base: &str, path: &str, body: String)
         .and_then(|r| r.get("message").or_else(|| r.get("error")))
         .and_then(Value::as_str)
         .map_or_else(|| excerpt(&bytes), str::to_string);
-    let text = format!("{path}: {} {message}", status.as_u16());
-    if status.is_server_error() {
+    let text = format!("{path}: {status} {message}");
+    if status >= 500 {
         return Attempt::Next(text);
     }
     let text = format!("etcd {base}: {text}");
-    Attempt::Answer(Err(if status.as_u16() == 404 && code == 5 {
+    Attempt::Answer(Err(if status == 404 && code == 5 {
         Failure::LeaseLost(text)
     } else {
         Failure::Rejected(text)
@@ -548,30 +530,6 @@ fn excerpt(bytes: &[u8]) -> String {
     match text.char_indices().nth(200) {
         Some((i, _)) => format!("{}...", &text[..i]),
         None => text.to_string(),
-    }
-}
-
-/// The cause at the bottom of reqwest's chain (`connection refused`), not
-/// its "error sending request for url (...)" wrapping.
-fn describe(e: &reqwest::Error) -> String {
-    if e.is_timeout() {
-        return format!("no answer within {TIMEOUT:?}");
-    }
-    let mut cause: &dyn std::error::Error = e;
-    while let Some(source) = cause.source() {
-        cause = source;
-    }
-    let text = cause.to_string();
-    let text = match text.rfind(" (os error ") {
-        Some(i) if text.ends_with(')') => &text[..i],
-        _ => &text,
-    };
-    let mut chars = text.chars();
-    match (chars.next(), chars.next()) {
-        (Some(first), Some(second)) if first.is_uppercase() && second.is_lowercase() => {
-            first.to_lowercase().chain(text.chars().skip(1)).collect()
-        }
-        _ => text.to_string(),
     }
 }
 
