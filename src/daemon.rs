@@ -141,7 +141,7 @@ async fn serve(config: Config, options: Options) -> Result<(), DaemonError> {
     let counters = Arc::new(metrics::Counters::default());
     let registrar = register::follow(
         phase.clone(),
-        transitions.subscribe(),
+        transitions.clone(),
         inputs_tx.clone(),
         Arc::clone(&reaper),
     );

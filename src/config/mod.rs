@@ -293,7 +293,9 @@ pub struct ProgramConfig {
     /// File mode of unix listen sockets.
     pub listen_mode: u32,
     /// `[program.NAME.register]`: the load balancers told which processes may take traffic.
-    pub register: Option<RegisterConfig>,
+    /// Boxed: most programs have none, and a thousand of them should not
+    /// each carry its few hundred bytes.
+    pub register: Option<Box<RegisterConfig>>,
 }
 
 /// `[program.NAME.register]` (SPEC §5.2). A process is *in* exactly while it

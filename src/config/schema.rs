@@ -501,7 +501,8 @@ pub(crate) fn read_program(
         listen_mode: r.get("listen_mode", file_mode).unwrap_or(0o660),
         register: r
             .table("register")
-            .and_then(|(t, span)| super::register::read_register(t, span, has_port, &file_dir)),
+            .and_then(|(t, span)| super::register::read_register(t, span, has_port, &file_dir))
+            .map(Box::new),
     };
     r.finish();
     ProgramDraft {

@@ -19,8 +19,10 @@ use crate::process::Reaper;
 use crate::supervisor::state::{AfterStop, Health, State};
 use crate::supervisor::{Input, Phase, StatusView, Transition};
 
-/// How many standing changes a slow `ctl events` reader may fall behind.
-const CHANGES_QUEUE: usize = 1024;
+/// How many standing changes a slow `ctl events` reader may fall behind
+/// (it is then told how many it missed). Its slots are allocated at start,
+/// registrations or not: 256 keep that small.
+const CHANGES_QUEUE: usize = 256;
 
 /// The registration layer, as the daemon holds it.
 pub struct Registrar {
@@ -52,11 +54,14 @@ impl Registrar {
     }
 }
 
-/// Starts following: subscribe before the supervisor runs so nothing it
-/// publishes is missed.
+/// Starts following; called before the supervisor runs, so nothing it
+/// publishes is missed. The transitions are subscribed to only while some
+/// program has `[register]`: a subscriber makes the supervisor build every
+/// transition and keep it until read, which a minder without registrations
+/// should not pay for.
 pub fn follow(
     phase: watch::Receiver<Phase>,
-    transitions: broadcast::Receiver<Arc<Transition>>,
+    transitions: broadcast::Sender<Arc<Transition>>,
     inputs: mpsc::Sender<Input>,
     reaper: Arc<Reaper>,
 ) -> Registrar {
@@ -117,10 +122,11 @@ impl Follower {
     async fn run(
         mut self,
         mut phase: watch::Receiver<Phase>,
-        mut transitions: broadcast::Receiver<Arc<Transition>>,
+        sender: broadcast::Sender<Arc<Transition>>,
     ) {
         let config = Arc::clone(&self.config);
         self.reconfigure(&config);
+        let mut transitions = self.listen(&sender, None);
         let mut dirty: BTreeSet<String> = self.programs.keys().cloned().collect();
         loop {
             if !dirty.is_empty() {
@@ -129,13 +135,11 @@ impl Follower {
             }
             tokio::select! {
                 biased;
-                received = transitions.recv() => match received {
+                received = next(&mut transitions), if transitions.is_some() => match received {
                     Ok(t) => {
                         self.note(&t, &mut dirty);
                         // Take every transition already queued, then ask once.
-                        while let Ok(t) = transitions.try_recv() {
-                            self.note(&t, &mut dirty);
-                        }
+                        self.take_queued(&mut transitions, &mut dirty);
                     }
                     Err(broadcast::error::RecvError::Lagged(_)) => {
                         dirty.extend(self.programs.keys().cloned());
@@ -150,6 +154,7 @@ impl Follower {
                     if !Arc::ptr_eq(&config, &self.config) {
                         self.config = Arc::clone(&config);
                         self.reconfigure(&config);
+                        transitions = self.listen(&sender, transitions);
                         dirty.extend(self.programs.keys().cloned());
                     }
                 }
@@ -157,15 +162,47 @@ impl Follower {
         }
         // The supervisor is gone, and with it every process minder stops:
         // nothing takes traffic any more.
-        for transition in std::iter::from_fn(|| transitions.try_recv().ok()) {
-            self.note(&transition, &mut BTreeSet::new());
-        }
+        self.take_queued(&mut transitions, &mut BTreeSet::new());
         let names: Vec<String> = self.programs.keys().cloned().collect();
         for name in names {
             self.withdraw(&name);
         }
         for worker in std::mem::take(&mut self.withdrawn) {
             let _ = worker.await;
+        }
+    }
+
+    /// The subscription to keep: one while some program is registered (kept
+    /// if there is one already), none otherwise.
+    fn listen(
+        &self,
+        sender: &broadcast::Sender<Arc<Transition>>,
+        current: Option<broadcast::Receiver<Arc<Transition>>>,
+    ) -> Option<broadcast::Receiver<Arc<Transition>>> {
+        if self.programs.is_empty() {
+            None
+        } else {
+            current.or_else(|| Some(sender.subscribe()))
+        }
+    }
+
+    /// Takes in every transition already queued.
+    fn take_queued(
+        &mut self,
+        transitions: &mut Option<broadcast::Receiver<Arc<Transition>>>,
+        dirty: &mut BTreeSet<String>,
+    ) {
+        let Some(rx) = transitions else {
+            return;
+        };
+        loop {
+            match rx.try_recv() {
+                Ok(t) => self.note(&t, dirty),
+                Err(broadcast::error::TryRecvError::Lagged(_)) => {
+                    dirty.extend(self.programs.keys().cloned());
+                }
+                Err(_) => return,
+            }
         }
     }
 
@@ -222,7 +259,7 @@ impl Follower {
     async fn refresh(
         &mut self,
         programs: BTreeSet<String>,
-        transitions: &mut broadcast::Receiver<Arc<Transition>>,
+        transitions: &mut Option<broadcast::Receiver<Arc<Transition>>>,
         dirty: &mut BTreeSet<String>,
     ) {
         let names: Vec<String> = programs
@@ -262,15 +299,7 @@ impl Follower {
         let Ok(Some(seen)) = answer.await else {
             return;
         };
-        loop {
-            match transitions.try_recv() {
-                Ok(t) => self.note(&t, dirty),
-                Err(broadcast::error::TryRecvError::Lagged(_)) => {
-                    dirty.extend(self.programs.keys().cloned());
-                }
-                Err(_) => break,
-            }
-        }
+        self.take_queued(transitions, dirty);
         for name in names {
             let Some(program) = self.programs.get(&name) else {
                 continue;
@@ -289,7 +318,7 @@ impl Follower {
         if *program.members == members {
             return;
         }
-        let backends = backends_of(program.cfg.register.as_ref());
+        let backends = backends_of(program.cfg.register.as_deref());
         for member in &members {
             let process = &member.registration.name;
             let before = program
@@ -334,8 +363,8 @@ impl Follower {
             };
             match config.programs.iter().find(|p| p.name == name) {
                 Some(cfg) if cfg.register.is_some() => {
-                    let same_backends = backends_config(cfg.register.as_ref())
-                        == backends_config(program.cfg.register.as_ref())
+                    let same_backends = backends_config(cfg.register.as_deref())
+                        == backends_config(program.cfg.register.as_deref())
                         && program.host == *host;
                     if same_backends && !program.leaving {
                         program.cfg = Arc::clone(cfg);
@@ -451,6 +480,16 @@ impl Follower {
         drop(program.sender);
         self.withdrawn.retain(|w| !w.is_finished());
         self.withdrawn.extend(program.workers);
+    }
+}
+
+/// The next transition, from a subscription the caller knows exists.
+async fn next(
+    transitions: &mut Option<broadcast::Receiver<Arc<Transition>>>,
+) -> Result<Arc<Transition>, broadcast::error::RecvError> {
+    match transitions {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
     }
 }
 

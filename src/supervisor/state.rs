@@ -1579,13 +1579,13 @@ mod tests {
     /// A program registered with load balancers, draining `drain_ms` before a stop.
     fn registered(drain_ms: u64, c: ProgramConfig) -> ProgramConfig {
         ProgramConfig {
-            register: Some(crate::config::RegisterConfig {
+            register: Some(Box::new(crate::config::RegisterConfig {
                 address: "127.0.0.1:{port}".into(),
                 drain: Duration::from_millis(drain_ms),
                 haproxy: None,
                 etcd: None,
                 file: None,
-            }),
+            })),
             ..c
         }
     }

@@ -83,12 +83,14 @@ fn program(k: Knobs) -> ProgramConfig {
         } else {
             Vec::new()
         },
-        register: (k.drain_ms > 0).then(|| crate::config::RegisterConfig {
-            address: "127.0.0.1:8080".into(),
-            drain: ms(k.drain_ms),
-            haproxy: None,
-            etcd: None,
-            file: None,
+        register: (k.drain_ms > 0).then(|| {
+            Box::new(crate::config::RegisterConfig {
+                address: "127.0.0.1:8080".into(),
+                drain: ms(k.drain_ms),
+                haproxy: None,
+                etcd: None,
+                file: None,
+            })
         }),
         ..super::tests::cfg()
     }
