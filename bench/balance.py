@@ -687,9 +687,9 @@ def write_section(r, command, args):
   registration, all {m['processes']} keys in etcd and the file written). Pairs
   (without, file only, etcd + file) in MiB: {', '.join(f'({a:.2f}, {c:.2f}, {b:.2f})' for a, b, c in zip(m['rss_without_mib'], m['rss_with_mib'], m['rss_file_mib']))};
   minder's threads (without, file only, etcd + file): {m['threads']['without']}, {m['threads']['file']}, {m['threads']['with']}. The
-  difference was about the same in separate runs with `--processes 10`
-  (+0.86 to +1.09 MiB): a fixed cost of the backends, mostly the etcd HTTP
-  client, not a cost per process.{rss_margin} The
+  difference is mostly a fixed cost (the backends' workers and the code
+  they run), not a cost per process: an earlier build measured about the
+  same with `--processes 10`.{rss_margin} The
   last registered daemon's RSS after the idle window: {m['rss_with_after_idle_mib']:.2f} MiB. CPU:
   utime + stime from /proc (10 ms ticks), in that last daemon.
 """
