@@ -12,6 +12,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use common::haproxy::{eventually, names, traffic, NameServer};
 use common::nginx::Nginx;
+use common::{assert_all_ok, the_error};
 use minder::config::{Registration, UpstreamFileConfig, UpstreamFormat};
 use minder::process::{run_captured, Capture, ProcessEnd, Reaper, SpawnRequest};
 use minder::register::file::UpstreamFile;
@@ -68,24 +69,6 @@ async fn apply_and_reload(file: &mut UpstreamFile, members: &[Member]) -> Applie
         applied = file.on_timer().await;
     }
     applied
-}
-
-fn assert_all_ok(applied: &Applied, expected: &[&str]) {
-    let got: Vec<&str> = applied.iter().map(|(n, _)| n.as_str()).collect();
-    assert_eq!(got, expected, "{applied:?}");
-    for (name, result) in applied {
-        assert!(result.is_ok(), "{name}: {result:?}");
-    }
-}
-
-fn the_error(applied: &Applied) -> String {
-    assert!(!applied.is_empty());
-    let errors: Vec<String> = applied
-        .iter()
-        .map(|(n, r)| r.clone().expect_err(n))
-        .collect();
-    assert!(errors.iter().all(|e| e == &errors[0]), "{errors:?}");
-    errors[0].clone()
 }
 
 /// Requests through nginx reach exactly `expected`.

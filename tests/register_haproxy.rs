@@ -8,9 +8,10 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::haproxy::{eventually, names, Haproxy, NameServer};
+use common::{assert_all_ok, the_error};
 use minder::config::{HaproxyConfig, Registration};
 use minder::register::haproxy::Haproxy as Backend;
-use minder::register::{Applied, Member, Standing};
+use minder::register::{Member, Standing};
 
 fn config(socket: &Path, backend: &str) -> HaproxyConfig {
     HaproxyConfig {
@@ -35,25 +36,6 @@ fn member(instance: u32, address: &str, standing: Standing) -> Member {
         pid: Some(1000 + instance),
         since: None,
     }
-}
-
-fn assert_all_ok(applied: &Applied, names: &[&str]) {
-    let got: Vec<&str> = applied.iter().map(|(n, _)| n.as_str()).collect();
-    assert_eq!(got, names, "{applied:?}");
-    for (name, result) in applied {
-        assert!(result.is_ok(), "{name}: {result:?}");
-    }
-}
-
-/// The error of every result, all the same one.
-fn the_error(applied: &Applied) -> String {
-    assert!(!applied.is_empty());
-    let errors: Vec<String> = applied
-        .iter()
-        .map(|(n, r)| r.clone().expect_err(n))
-        .collect();
-    assert!(errors.iter().all(|e| e == &errors[0]), "{errors:?}");
-    errors[0].clone()
 }
 
 /// `n` requests through the frontend answered only by `expected`, each at least once.

@@ -381,17 +381,7 @@ pub async fn list(endpoints: &[String], prefix: &str) -> Result<Vec<Value>, Stri
 
 /// The stored object of a process that is in.
 fn record(m: &Member) -> String {
-    let r = &m.registration;
-    json!({
-        "name": r.name,
-        "program": r.program,
-        "instance": r.instance,
-        "host": r.host,
-        "address": r.address,
-        "pid": m.pid,
-        "since": m.since.map(|t| humantime::format_rfc3339_seconds(t).to_string()),
-    })
-    .to_string()
+    m.record().to_string()
 }
 
 /// An int64 of a reply: a string in the gateway's JSON, absent when zero.

@@ -161,20 +161,7 @@ fn render(format: UpstreamFormat, upstream: &str, members: &[Member]) -> String 
             text
         }
         UpstreamFormat::Json => {
-            let list: Vec<serde_json::Value> = ins
-                .map(|m| {
-                    let r = &m.registration;
-                    serde_json::json!({
-                        "name": r.name,
-                        "program": r.program,
-                        "instance": r.instance,
-                        "host": r.host,
-                        "address": r.address,
-                        "pid": m.pid,
-                        "since": m.since.map(|t| humantime::format_rfc3339_seconds(t).to_string()),
-                    })
-                })
-                .collect();
+            let list: Vec<serde_json::Value> = ins.map(Member::record).collect();
             let mut text = serde_json::to_string_pretty(&list).unwrap_or_else(|_| "[]".into());
             text.push('\n');
             text

@@ -53,6 +53,24 @@ pub struct Member {
     pub since: Option<SystemTime>,
 }
 
+impl Member {
+    /// The object etcd stores and the JSON upstream file lists (SPEC §5.2):
+    /// `{"name","program","instance","host","address","pid","since"}`,
+    /// `since` in RFC 3339 (UTC, seconds).
+    pub fn record(&self) -> serde_json::Value {
+        let r = &self.registration;
+        serde_json::json!({
+            "name": r.name,
+            "program": r.program,
+            "instance": r.instance,
+            "host": r.host,
+            "address": r.address,
+            "pid": self.pid,
+            "since": self.since.map(|t| humantime::format_rfc3339_seconds(t).to_string()),
+        })
+    }
+}
+
 /// Every process of one program in the config, in instance order; a process
 /// missing from it has left the config (HAProxy `del server`).
 pub type Members = std::sync::Arc<Vec<Member>>;

@@ -989,3 +989,24 @@ pub fn subscribe(d: &Daemon, names: &[&str]) -> BufReader<UnixStream> {
     }
     reader
 }
+
+/// One backend's results (`minder::register::Applied`): every one `Ok`,
+/// for exactly `names`, in order.
+pub fn assert_all_ok(applied: &[(String, Result<(), String>)], names: &[&str]) {
+    let got: Vec<&str> = applied.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(got, names, "{applied:?}");
+    for (name, result) in applied {
+        assert!(result.is_ok(), "{name}: {result:?}");
+    }
+}
+
+/// The error of every result, all the same one.
+pub fn the_error(applied: &[(String, Result<(), String>)]) -> String {
+    assert!(!applied.is_empty());
+    let errors: Vec<String> = applied
+        .iter()
+        .map(|(n, r)| r.clone().expect_err(n))
+        .collect();
+    assert!(errors.iter().all(|e| e == &errors[0]), "{errors:?}");
+    errors[0].clone()
+}
