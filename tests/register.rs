@@ -169,7 +169,7 @@ fn haproxy_and_nginx_take_in_exactly_the_running_healthy_processes() {
 }
 
 #[test]
-fn restart_of_a_registered_program_goes_one_instance_at_a_time() {
+fn restart_and_reload_of_a_registered_program_go_one_instance_at_a_time() {
     let base = free_ports(3);
     let dir = tempfile::tempdir().unwrap();
     let mut haproxy = Haproxy::new(dir.path());
@@ -181,33 +181,33 @@ fn restart_of_a_registered_program_goes_one_instance_at_a_time() {
     let mut events = subscribe(&d, &["web"]);
     d.ctl_ok(&["restart", "web"]);
     let seen = read_until(&mut events, |e| e["name"] == "web:2" && e["to"] == "in");
-    // Each instance is out, stopped, started and in again before the next
-    // one leaves: never more than one out at a time.
-    let mut out = std::collections::BTreeSet::new();
-    let mut order = Vec::new();
-    for e in &seen {
-        let name = e["name"].as_str().unwrap().to_string();
-        match e["to"].as_str().unwrap() {
-            "draining" | "out" => {
-                out.insert(name.clone());
-                assert!(out.len() <= 1, "two out at once: {seen:#?}");
-                if order.last() != Some(&name) {
-                    order.push(name);
-                }
-            }
-            "in" => {
-                out.remove(&name);
-            }
-            _ => {}
-        }
-    }
-    assert_eq!(order, ["web:0", "web:1", "web:2"], "{seen:#?}");
+    assert_one_at_a_time(&seen, &["web:0", "web:1", "web:2"]);
     for e in seen.iter().filter(|e| e["to"] == "draining") {
         assert_eq!(e["reason"], "registration: ctl restart", "{seen:#?}");
     }
     eventually("all three ready in HAProxy", WAIT, || {
         haproxy.servers("web").values().all(|s| s.ready())
     });
+
+    // A reload that changes the program replaces its processes the same way.
+    let before: Vec<i32> = ["web:0", "web:1", "web:2"]
+        .iter()
+        .map(|n| d.proc(n).pid.unwrap())
+        .collect();
+    let changed = web(3, base, "200ms", &haproxy_table(&haproxy)).replace(
+        "instances = 3",
+        "instances = 3\nenvironment = { CHANGED = \"1\" }",
+    );
+    d.write_config(&changed);
+    d.ctl_ok(&["reload"]);
+    let seen = read_until(&mut events, |e| e["name"] == "web:2" && e["to"] == "in");
+    assert_one_at_a_time(&seen, &["web:0", "web:1", "web:2"]);
+    for e in seen.iter().filter(|e| e["to"] == "draining") {
+        assert_eq!(e["reason"], "registration: reload", "{seen:#?}");
+    }
+    for (name, old) in ["web:0", "web:1", "web:2"].iter().zip(before) {
+        assert_ne!(d.proc(name).pid, Some(old), "{name} not replaced");
+    }
 
     // A replacement that never gets healthy (web:1 answers 500 from now
     // on): restart exits 1, and the instance after it is not touched.
@@ -221,6 +221,30 @@ fn restart_of_a_registered_program_goes_one_instance_at_a_time() {
     );
     assert_eq!(d.proc("web:2").pid, Some(pid2), "web:2 was touched");
     assert!(haproxy.servers("web")["web_2"].ready());
+}
+
+/// Each instance is out, stopped, started and in again before the next one
+/// leaves: never more than one out at a time, and all of `order` in turn.
+fn assert_one_at_a_time(seen: &[Value], order: &[&str]) {
+    let mut out = std::collections::BTreeSet::new();
+    let mut left = Vec::new();
+    for e in seen {
+        let name = e["name"].as_str().unwrap().to_string();
+        match e["to"].as_str().unwrap() {
+            "draining" | "out" => {
+                out.insert(name.clone());
+                assert!(out.len() <= 1, "two out at once: {seen:#?}");
+                if left.last() != Some(&name) {
+                    left.push(name);
+                }
+            }
+            "in" => {
+                out.remove(&name);
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(left, order, "{seen:#?}");
 }
 
 #[test]

@@ -5,34 +5,16 @@
 
 mod common;
 
-use std::future::Future;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use common::haproxy::{eventually, names, traffic, NameServer};
 use common::nginx::Nginx;
-use common::{assert_all_ok, the_error};
+use common::{assert_all_ok, the_error, with_reaper};
 use minder::config::{Registration, UpstreamFileConfig, UpstreamFormat};
-use minder::process::{run_captured, Capture, ProcessEnd, Reaper, SpawnRequest};
+use minder::process::{run_captured, Capture, ProcessEnd, SpawnRequest};
 use minder::register::file::UpstreamFile;
 use minder::register::{Applied, Member, Standing};
-
-/// One reaper at a time in this test binary: each collects every child of
-/// the process, so two at once could take each other's reload commands.
-static ONE_REAPER: Mutex<()> = Mutex::new(());
-
-fn with_reaper<F: Future<Output = ()>>(test: impl FnOnce(Arc<Reaper>) -> F) {
-    let _one = ONE_REAPER.lock().unwrap_or_else(|e| e.into_inner());
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    runtime.block_on(async {
-        let reaper = Reaper::start().expect("reaper");
-        test(reaper).await;
-    });
-}
 
 fn config(format: UpstreamFormat, reload: Vec<String>) -> UpstreamFileConfig {
     UpstreamFileConfig {

@@ -2,33 +2,17 @@
 //! pidfds: never a PID it does not hold, which after a child has been
 //! collected may belong to anyone.
 
-use std::future::Future;
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use minder::process::{spawn, ProcessEnd, Reaper, SpawnRequest};
+mod common;
+
+use common::with_reaper;
+use minder::process::{spawn, ProcessEnd, SpawnRequest};
 use nix::errno::Errno;
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
-
-/// One reaper at a time in this test binary: each collects every child of
-/// the process (`waitpid(-1)`), so two at once could take each other's.
-static ONE_REAPER: Mutex<()> = Mutex::new(());
-
-/// Runs `test` with a reaper of its own, no other test's running.
-fn with_reaper<F: Future<Output = ()>>(test: impl FnOnce(Arc<Reaper>) -> F) {
-    let _one = ONE_REAPER.lock().unwrap_or_else(|e| e.into_inner());
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    runtime.block_on(async {
-        let reaper = Reaper::start().expect("reaper");
-        test(reaper).await;
-    });
-}
 
 /// The end of a spawned process, waited for at most 10 s.
 async fn end_of(exit: minder::process::ExitReceiver) -> ProcessEnd {

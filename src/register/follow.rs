@@ -224,31 +224,36 @@ impl Follower {
             return;
         }
         if let crate::supervisor::Change::State { to, .. } = t.change {
-            let name = t.program.clone();
             let live = to.pid().is_some();
-            let members: Vec<Member> = program
-                .members
-                .iter()
-                .filter(|m| m.registration.name != t.process || live)
-                .map(|m| {
-                    let mut m = m.clone();
-                    if m.registration.name == t.process {
-                        m.standing = leaving_standing(m.standing);
-                    }
-                    m
-                })
-                .collect();
-            if !live {
-                self.board.forget(&t.process);
-            }
-            self.publish(&name, members);
-            if self
-                .programs
-                .get(&name)
-                .is_some_and(|p| p.members.is_empty())
-            {
-                self.withdraw(&name);
-            }
+            let program = t.program.clone();
+            self.shrink_leaving(&program, |m| live || m.registration.name != t.process);
+        }
+    }
+
+    /// A program that left the config keeps the processes `up` says are
+    /// still up (draining if they were in) until their stop ends; the
+    /// others are gone, and with the last one the program is withdrawn.
+    fn shrink_leaving(&mut self, name: &str, up: impl Fn(&Member) -> bool) {
+        let Some(program) = self.programs.get(name) else {
+            return;
+        };
+        let (kept, gone): (Vec<&Member>, Vec<&Member>) =
+            program.members.iter().partition(|m| up(m));
+        let members: Vec<Member> = kept
+            .into_iter()
+            .map(|m| Member {
+                standing: leaving_standing(m.standing),
+                ..m.clone()
+            })
+            .collect();
+        let gone: Vec<String> = gone.iter().map(|m| m.registration.name.clone()).collect();
+        for process in gone {
+            self.board.forget(&process);
+        }
+        let empty = members.is_empty();
+        self.publish(name, members);
+        if empty {
+            self.withdraw(name);
         }
     }
 
@@ -378,26 +383,7 @@ impl Follower {
                     // Its processes are being stopped; those already down
                     // are gone at once, the others when their stop ends.
                     program.leaving = true;
-                    let members: Vec<Member> = program
-                        .members
-                        .iter()
-                        .filter(|m| m.pid.is_some())
-                        .map(|m| Member {
-                            standing: leaving_standing(m.standing),
-                            ..m.clone()
-                        })
-                        .collect();
-                    for gone in program.members.iter().filter(|m| m.pid.is_none()) {
-                        self.board.forget(&gone.registration.name);
-                    }
-                    self.publish(&name, members);
-                    if self
-                        .programs
-                        .get(&name)
-                        .is_some_and(|p| p.members.is_empty())
-                    {
-                        self.withdraw(&name);
-                    }
+                    self.shrink_leaving(&name, |m| m.pid.is_some());
                 }
             }
         }

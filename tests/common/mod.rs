@@ -1010,3 +1010,23 @@ pub fn the_error(applied: &[(String, Result<(), String>)]) -> String {
     assert!(errors.iter().all(|e| e == &errors[0]), "{errors:?}");
     errors[0].clone()
 }
+
+/// One reaper at a time in a test binary: each collects every child of the
+/// process (`waitpid(-1)`), so two at once could take each other's.
+static ONE_REAPER: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Runs `test` on a runtime of its own with a reaper of its own, no other
+/// test's running (for tests that call minder's library directly).
+pub fn with_reaper<F: std::future::Future<Output = ()>>(
+    test: impl FnOnce(std::sync::Arc<minder::process::Reaper>) -> F,
+) {
+    let _one = ONE_REAPER.lock().unwrap_or_else(|e| e.into_inner());
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let reaper = minder::process::Reaper::start().expect("reaper");
+        test(reaper).await;
+    });
+}
