@@ -43,7 +43,7 @@ import time
 import urllib.request
 
 import docsection
-from health import Minder, cpu_seconds, free_port, release_binaries, rss_mib
+from health import Minder, cpu_seconds, free_port, release_binaries, rss_mib, stop_daemon
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXAMPLE = os.path.join(ROOT, "etc", "examples", "web-behind-balancers")
@@ -255,14 +255,7 @@ class Stack:
         return None
 
     def stop(self):
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
-        self.log.close()
+        stop_daemon(self.proc, self.log)
 
 
 def bench_steady(stack, seconds, threads):

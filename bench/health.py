@@ -90,14 +90,19 @@ class Minder:
         raise SystemExit(f"timed out waiting for {what}")
 
     def stop(self):
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
-        self.log.close()
+        stop_daemon(self.proc, self.log)
+
+
+def stop_daemon(proc, log):
+    """SIGTERM to a daemon this bench started (SIGKILL after 60 s), then its log closed."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+    log.close()
 
 
 def bench_cpu(binary, child, programs, window):
