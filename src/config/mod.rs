@@ -296,6 +296,35 @@ pub struct ProgramConfig {
     /// Boxed: most programs have none, and a thousand of them should not
     /// each carry its few hundred bytes.
     pub register: Option<Box<RegisterConfig>>,
+    /// Each process in a cgroup (v2) of its own, when minder can make one.
+    pub cgroup: bool,
+    /// `memory_max`, `cpu_max`, `pids_max` and `limits` (SPEC §5.3).
+    /// Boxed: most programs have none.
+    pub resources: Option<Box<Resources>>,
+}
+
+/// What a program's processes may use (SPEC §5.3): cgroup v2 limits, and
+/// resource limits set in the child with setrlimit.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Resources {
+    /// `memory_max`: bytes, written to `memory.max`.
+    pub memory_max: Option<u64>,
+    /// `cpu_max`: percent of one CPU (`"150%"` = 150), written to `cpu.max`.
+    pub cpu_max: Option<u32>,
+    /// `pids_max`: written to `pids.max`.
+    pub pids_max: Option<u64>,
+    /// `limits`: set in the child (soft = hard), in the order written.
+    pub limits: Vec<Rlimit>,
+}
+
+/// One entry of `limits`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rlimit {
+    /// Which limit (`RLIMIT_NOFILE` for `nofile`, ...), as setrlimit numbers it.
+    pub resource: i32,
+    /// The value for both soft and hard limit; `u64::MAX` is unlimited
+    /// (`"infinity"`), RLIM_INFINITY to the kernel.
+    pub value: u64,
 }
 
 /// `[program.NAME.register]` (SPEC §5.2). A process is *in* exactly while it

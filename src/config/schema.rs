@@ -498,6 +498,8 @@ pub(crate) fn read_program(
         watchdog: r.get("watchdog", conv::duration).unwrap_or(Duration::ZERO),
         listen: listen.iter().map(|(a, _)| a.clone()).collect(),
         listen_names,
+        cgroup: r.get("cgroup", conv::boolean).unwrap_or(true),
+        resources: None,
         listen_mode: r.get("listen_mode", file_mode).unwrap_or(0o660),
         register: r
             .table("register")

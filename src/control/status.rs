@@ -147,6 +147,7 @@ mod tests {
             probes: None,
             failures: 0,
             backoff_step: 0,
+            cgroup: None,
         }
     }
 

@@ -127,6 +127,9 @@ pub struct ProcessStatus {
     pub failures: u32,
     /// Position in the backoff sequence (kept across `reexec`).
     pub backoff_step: u32,
+    /// The cgroup of the live process, when it has one: where its CPU and
+    /// memory are read.
+    pub cgroup: Option<Arc<std::path::Path>>,
 }
 
 /// A cheap, cloneable way to reach a process actor.
@@ -925,6 +928,7 @@ fn snapshot(
         probes,
         failures: machine.failures,
         backoff_step: machine.backoff_step,
+        cgroup: None,
     }
 }
 

@@ -1233,6 +1233,8 @@ mod tests {
             listen_names: Vec::new(),
             listen_mode: 0o660,
             register: None,
+            cgroup: true,
+            resources: None,
         }
     }
 
