@@ -1,6 +1,7 @@
 //! OS processes: how minder starts them (one fork/exec path), how it learns that
 //! they ended (one reaper), and how it signals them.
 
+pub mod cgroup;
 mod fd;
 mod reaper;
 mod run;

@@ -347,7 +347,11 @@ const PIDFD_SIGNAL_PROCESS_GROUP: libc::c_uint = 1 << 2;
 
 /// `pidfd_send_signal(2)`: to the process the pidfd was opened on, even if
 /// its PID has since been given to another.
-fn pidfd_send_signal(pidfd: &OwnedFd, sig: Signal, flags: libc::c_uint) -> nix::Result<()> {
+pub(super) fn pidfd_send_signal(
+    pidfd: &OwnedFd,
+    sig: Signal,
+    flags: libc::c_uint,
+) -> nix::Result<()> {
     use std::os::fd::AsRawFd;
     // SAFETY: the system call reads its four arguments only: an open pidfd
     // borrowed for the call, a signal number, a null siginfo (the kernel

@@ -108,6 +108,12 @@ pub struct SpawnRequest {
     pub pid_variables: Vec<&'static str>,
     /// Sockets the child gets as fds 3, 4, ... (the caller keeps them open).
     pub listen_fds: Vec<RawFd>,
+    /// The directory of the cgroup the child starts in (the caller keeps
+    /// it open until `spawn` returns); `None`: minder's own.
+    pub cgroup: Option<RawFd>,
+    /// Resource limits set in the child, soft = hard: (`RLIMIT_*`, value),
+    /// `u64::MAX` for unlimited.
+    pub limits: Vec<(i32, u64)>,
 }
 
 impl SpawnRequest {
@@ -127,6 +133,8 @@ impl SpawnRequest {
             stderr: Output::Null,
             pid_variables: Vec::new(),
             listen_fds: Vec::new(),
+            cgroup: None,
+            limits: Vec::new(),
         }
     }
 }
@@ -186,6 +194,10 @@ spawn_stages! {
     Chdir = 8,
     /// `execve`.
     Exec = 9,
+    /// Making the process's cgroup, or setting its limits there.
+    Cgroup = 10,
+    /// Setting `limits` (setrlimit) in the child.
+    Limits = 11,
 }
 
 impl SpawnStage {
@@ -342,6 +354,7 @@ fn failure_error(stage: SpawnStage, errno: i32, program: &str, directory: &Path)
         SpawnStage::Chdir => format!("chdir {directory:?}"),
         SpawnStage::Identity => "setting user/group".to_string(),
         SpawnStage::Session => "setsid".to_string(),
+        SpawnStage::Limits => "setting limits".to_string(),
         _ => "setting up stdio".to_string(),
     };
     SpawnError::os(stage, Errno::from_raw(errno), what)
@@ -411,7 +424,7 @@ fn start(req: &SpawnRequest, reaper: &Reaper) -> Result<(Spawned, Launch), Spawn
         output_fd(req.stderr, devnull.as_raw_fd()),
     ];
     make_room();
-    let mut launch = Launch::new(&prepared, stdio, &req.listen_fds)
+    let mut launch = Launch::new(&prepared, stdio, &req.listen_fds, &req.limits)
         .map_err(|e| SpawnError::os(SpawnStage::Fork, e, "mmap"))?;
     // Everything the child reads is in the launch's own mapping now.
     drop(prepared);
@@ -432,33 +445,68 @@ fn start(req: &SpawnRequest, reaper: &Reaper) -> Result<(Spawned, Launch), Spawn
         return Err(SpawnError::os(SpawnStage::Fork, e, "blocking signals"));
     }
     let mut owners = reaper.lock();
-    // SAFETY: the launch's mapping (the child's stack and all it reads or
-    // writes) stays mapped and unchanged until the kernel has cleared
-    // `in_use` in it, i.e. until the child has exec'd or exited: `spawn`
-    // waits for that, `sweep` checks it. `child_main` keeps to the rules
-    // stated there, and starts with every signal blocked (above). The
-    // kernel writes the pidfd (`CLONE_PIDFD`) to `pidfd` on this stack
-    // before clone returns, and clears `in_use` (`CLONE_CHILD_CLEARTID`) in
-    // the launch, which outlives the child's use of it.
-    let pid = unsafe {
-        libc::clone(
-            child_main,
-            launch.region.stack_top(),
-            CLONE_FLAGS,
-            launch.args.cast_mut().cast(),
-            &mut pidfd,
-            std::ptr::null_mut::<libc::c_void>(),
-            (*launch.shared).in_use.as_ptr().cast::<libc::pid_t>(),
-        )
+    let (pid, clone_errno) = match req.cgroup {
+        None => {
+            // SAFETY: the launch's mapping (the child's stack and all it
+            // reads or writes) stays mapped and unchanged until the kernel
+            // has cleared `in_use` in it, i.e. until the child has exec'd or
+            // exited: `spawn` waits for that, `sweep` checks it.
+            // `child_main` keeps to the rules stated there, and starts with
+            // every signal blocked (above). The kernel writes the pidfd
+            // (`CLONE_PIDFD`) to `pidfd` on this stack before clone returns,
+            // and clears `in_use` (`CLONE_CHILD_CLEARTID`) in the launch,
+            // which outlives the child's use of it.
+            let pid = unsafe {
+                libc::clone(
+                    child_main,
+                    launch.region.stack_top(),
+                    CLONE_FLAGS,
+                    launch.args.cast_mut().cast(),
+                    &mut pidfd,
+                    std::ptr::null_mut::<libc::c_void>(),
+                    (*launch.shared).in_use.as_ptr().cast::<libc::pid_t>(),
+                )
+            };
+            (pid, Errno::last())
+        }
+        Some(cgroup) => {
+            let clone_args = CloneArgs {
+                flags: CLONE_FLAGS as u32 as u64 & !0xff | CLONE_INTO_CGROUP,
+                pidfd: &mut pidfd as *mut libc::c_int as u64,
+                child_tid: launch.shared().in_use.as_ptr() as u64,
+                parent_tid: 0,
+                exit_signal: libc::SIGCHLD as u64,
+                stack: launch.region.stack_bottom() as u64,
+                stack_size: launch.region.stack_top() as u64 - launch.region.stack_bottom() as u64,
+                tls: 0,
+                set_tid: 0,
+                set_tid_size: 0,
+                cgroup: cgroup as u64,
+            };
+            // SAFETY: as for `clone` above: the same launch, the same child
+            // entry point and rules, the same flags; `clone_args` lives on
+            // this stack for the call, `cgroup` is an open directory fd the
+            // caller keeps open until this returns.
+            let result = unsafe { clone3(&clone_args, child_main, launch.args.cast_mut().cast()) };
+            if result < 0 {
+                (-1, Errno::from_raw(-result as i32))
+            } else {
+                (result as libc::pid_t, Errno::UnknownErrno)
+            }
+        }
     };
-    let clone_errno = Errno::last();
     // Cannot fail: the same call with the same `how` succeeded above.
     let _ = pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&previous), None);
     if pid < 0 {
         // No child: nothing uses the launch.
         drop(owners);
         launch.finish();
-        return Err(SpawnError::os(SpawnStage::Fork, clone_errno, "clone"));
+        let call = if req.cgroup.is_some() {
+            "clone3 into the cgroup"
+        } else {
+            "clone"
+        };
+        return Err(SpawnError::os(SpawnStage::Fork, clone_errno, call));
     }
     let pidfd = if pidfd >= 0 {
         // SAFETY: `CLONE_PIDFD` made this descriptor for this call alone;
@@ -502,6 +550,123 @@ const CLONE_FLAGS: libc::c_int = libc::CLONE_VM
     | libc::CLONE_PIDFD
     | libc::SIGCHLD;
 
+/// `CLONE_INTO_CGROUP` (Linux 5.7): the child starts in the cgroup whose
+/// directory fd is `CloneArgs::cgroup`, so neither it nor anything it forks
+/// is ever outside it.
+const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+
+/// The kernel's `struct clone_args` (version 2, with `cgroup`).
+#[repr(C)]
+struct CloneArgs {
+    flags: u64,
+    pidfd: u64,
+    child_tid: u64,
+    parent_tid: u64,
+    exit_signal: u64,
+    stack: u64,
+    stack_size: u64,
+    tls: u64,
+    set_tid: u64,
+    set_tid_size: u64,
+    cgroup: u64,
+}
+
+/// `clone3`, with the child running `entry(arg)` on the stack `args` gives
+/// (libc has no wrapper: the child starts on a new stack, with no frame of
+/// the caller's to return to, so it must jump to its entry point in the
+/// same piece of assembly). The result is the parent's: the child's PID or
+/// `-errno`.
+///
+/// # Safety
+/// As for `clone(2)` with `CLONE_VM`: `args` must describe a stack (and
+/// everything `entry` reads) that stays valid until the child has exec'd
+/// or exited, and `entry` must keep to the rules of [`child_main`] and never
+/// return.
+#[cfg(target_arch = "x86_64")]
+unsafe fn clone3(
+    args: &CloneArgs,
+    entry: extern "C" fn(*mut libc::c_void) -> libc::c_int,
+    arg: *mut libc::c_void,
+) -> isize {
+    let ret: isize;
+    // SAFETY: the kernel's x86_64 convention (see `sys`). In the child
+    // (rax = 0) the kernel has set rsp to the top of the new stack, 16-byte
+    // aligned as a call needs; r12 and r13 are the parent's values (a new
+    // thread of execution starts with the caller's registers), so the
+    // child calls `entry(arg)`, which never returns (`ud2` if it did). The
+    // parent falls through to label 2 with the result in rax.
+    unsafe {
+        std::arch::asm!(
+            "syscall",
+            "test rax, rax",
+            "jnz 2f",
+            "mov rdi, r13",
+            "call r12",
+            "ud2",
+            "2:",
+            inlateout("rax") libc::SYS_clone3 as isize => ret,
+            in("rdi") args as *const CloneArgs,
+            in("rsi") std::mem::size_of::<CloneArgs>(),
+            in("r12") entry,
+            in("r13") arg,
+            lateout("rcx") _,
+            lateout("r11") _,
+            options(nostack),
+        );
+    }
+    ret
+}
+
+/// `clone3`, with the child running `entry(arg)` (see the x86_64 version).
+///
+/// # Safety
+/// As for the x86_64 version.
+#[cfg(target_arch = "aarch64")]
+unsafe fn clone3(
+    args: &CloneArgs,
+    entry: extern "C" fn(*mut libc::c_void) -> libc::c_int,
+    arg: *mut libc::c_void,
+) -> isize {
+    let ret: isize;
+    // SAFETY: the kernel's aarch64 convention (see `sys`). In the child
+    // (x0 = 0) the kernel has set sp to the top of the new stack, 16-byte
+    // aligned; x20 and x21 are the parent's values, so the child calls
+    // `entry(arg)`, which never returns (`brk` if it did). The parent goes
+    // on at label 2 with the result in x0.
+    unsafe {
+        std::arch::asm!(
+            "svc 0",
+            "cbnz x0, 2f",
+            "mov x0, x21",
+            "blr x20",
+            "brk #1",
+            "2:",
+            in("x8") libc::SYS_clone3,
+            inlateout("x0") args as *const CloneArgs as usize => ret,
+            in("x1") std::mem::size_of::<CloneArgs>(),
+            in("x20") entry,
+            in("x21") arg,
+            lateout("x30") _,
+            options(nostack),
+        );
+    }
+    ret
+}
+
+/// No `clone3` here: [`super::cgroup::CAN_SPAWN_INTO_CGROUP`] is false, so
+/// no request has a cgroup.
+///
+/// # Safety
+/// None needed: it makes no system call.
+#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+unsafe fn clone3(
+    _: &CloneArgs,
+    _: extern "C" fn(*mut libc::c_void) -> libc::c_int,
+    _: *mut libc::c_void,
+) -> isize {
+    -(libc::ENOSYS as isize)
+}
+
 /// One child being started: a mapping holding its stack, all it reads until
 /// its exec and what it shares with minder. Kept until the kernel says the
 /// child is done with it. Nothing of it is on minder's heap, so launches
@@ -524,7 +689,12 @@ unsafe impl Send for Launch {}
 
 impl Launch {
     /// Lays out the child's arguments in a mapping of their own.
-    fn new(prepared: &Prepared, stdio: [RawFd; 3], listen: &[RawFd]) -> Result<Launch, Errno> {
+    fn new(
+        prepared: &Prepared,
+        stdio: [RawFd; 3],
+        listen: &[RawFd],
+        limits: &[(i32, u64)],
+    ) -> Result<Launch, Errno> {
         let strings = |list: &[CString]| {
             list.iter()
                 .map(|s| s.as_bytes_with_nul().len())
@@ -533,7 +703,7 @@ impl Launch {
         let groups = prepared.identity.as_ref().map_or(0, |id| id.groups.len());
         let slots_len: usize = prepared.pid_slots.iter().map(Vec::len).sum();
         // Generous: every item may need up to 8 bytes of alignment padding.
-        let items = 8 + prepared.argv.len() + prepared.envp.len() + 2 * prepared.pid_slots.len();
+        let items = 9 + prepared.argv.len() + prepared.envp.len() + 2 * prepared.pid_slots.len();
         let size = std::mem::size_of::<ChildArgs>()
             + std::mem::size_of::<Shared>()
             + prepared.path.as_bytes_with_nul().len()
@@ -546,6 +716,7 @@ impl Launch {
             + prepared.pid_slots.len() * std::mem::size_of::<(*mut u8, usize)>()
             + groups * std::mem::size_of::<libc::gid_t>()
             + std::mem::size_of_val(listen)
+            + limits.len() * std::mem::size_of::<ChildLimit>()
             + items * 8;
         let region = Region::take(size)?;
         // SAFETY: the data area of a mapping this launch owns and no child
@@ -600,6 +771,16 @@ impl Launch {
             for (i, fd) in listen.iter().enumerate() {
                 *scratch.add(i) = *fd;
             }
+            let limit_list = w.array::<ChildLimit>(limits.len());
+            for (i, (resource, value)) in limits.iter().enumerate() {
+                limit_list.add(i).write(ChildLimit {
+                    resource: *resource as u32,
+                    limit: Rlimit64 {
+                        cur: *value,
+                        max: *value,
+                    },
+                });
+            }
             let args = w.array::<ChildArgs>(1);
             args.write(ChildArgs {
                 path,
@@ -621,6 +802,8 @@ impl Launch {
                 n_slots: prepared.pid_slots.len(),
                 listen: scratch,
                 n_listen: listen.len(),
+                limits: limit_list,
+                n_limits: limits.len(),
                 shared,
             });
             (args.cast_const(), shared.cast_const())
@@ -920,6 +1103,11 @@ impl Region {
         (top & !15) as *mut libc::c_void
     }
 
+    /// The lowest address of the child's stack (above the guard page).
+    fn stack_bottom(&self) -> *mut libc::c_void {
+        (self.base.as_ptr() as usize + self.page) as *mut libc::c_void
+    }
+
     /// The start of the data area (above the stack).
     fn data(&self) -> *mut u8 {
         (self.base.as_ptr() as usize + self.page + STACK_SIZE) as *mut u8
@@ -1108,6 +1296,14 @@ struct Rlimit64 {
     max: u64,
 }
 
+/// One entry of `limits`, as the child sets it with `prlimit64`.
+#[derive(Debug, Clone, Copy)]
+#[repr(C)]
+struct ChildLimit {
+    resource: u32,
+    limit: Rlimit64,
+}
+
 /// What the child reads, as raw C data prepared before clone.
 struct ChildArgs {
     path: *const libc::c_char,
@@ -1127,6 +1323,9 @@ struct ChildArgs {
     /// Sources of fds 3..; rewritten by the child.
     listen: *mut libc::c_int,
     n_listen: usize,
+    /// `limits`, set after the fd limit minder restores.
+    limits: *const ChildLimit,
+    n_limits: usize,
     /// Where a failed step is reported.
     shared: *const Shared,
 }
@@ -1377,6 +1576,27 @@ unsafe fn child(args: &ChildArgs) -> ! {
                     0,
                 ],
             );
+        }
+    }
+    for i in 0..args.n_limits {
+        // SAFETY: `limits` holds `n_limits` entries in the launch
+        // (`Launch::new`); the kernel reads the `Rlimit64` of each (the
+        // layout of its `struct rlimit64`) and writes no old limit (null);
+        // the limit changed is the child's own (pid 0). Set before the
+        // identity changes, so a hard limit may be raised as root. Then the
+        // launch's failure report, as above.
+        unsafe {
+            let entry = &*args.limits.add(i);
+            let set = sys(
+                libc::SYS_prlimit64,
+                [
+                    0,
+                    entry.resource as usize,
+                    &entry.limit as *const Rlimit64 as usize,
+                    0,
+                ],
+            );
+            check(args, SpawnStage::Limits, set);
         }
     }
     if let Some(uid) = args.uid {

@@ -798,6 +798,13 @@ impl ProcessActor {
             stderr: Output::MinderStderr,
             pid_variables,
             listen_fds: Vec::new(),
+            cgroup: None,
+            limits: self
+                .cfg
+                .resources
+                .as_ref()
+                .map(|r| r.limits.iter().map(|l| (l.resource, l.value)).collect())
+                .unwrap_or_default(),
         }
     }
 

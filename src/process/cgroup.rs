@@ -1,0 +1,800 @@
+//! Containment in cgroup v2: each program process in a cgroup of its own,
+//! so that a stop reaches every descendant (`cgroup.kill`), "stopped" means
+//! the cgroup is empty (`cgroup.events`), and processes a killed minder left
+//! behind are found again by the next one.
+//!
+//! The layout, under the cgroup minder was started in (`START`):
+//!
+//! ```text
+//! START/minder-<socket>/              this minder's subtree (named after its control socket)
+//!     supervisor/                     minder itself (and its hooks and exec probes)
+//!     <program>/<instance>/           one process and its descendants
+//!     <program>/<instance>.1/         its successor during a rolling restart
+//! ```
+//!
+//! minder moves itself into a leaf because a cgroup with children may hold
+//! no processes once controllers are enabled below it (the "no internal
+//! processes" rule of cgroup v2), and `cgroup.kill` on a program must never
+//! reach minder. The subtree is named after the control socket because that
+//! is what makes a minder "the same one" across a crash: two daemons never
+//! share a socket, and a new daemon on the same config finds its
+//! predecessor's cgroups where it would make its own.
+
+use std::ffi::OsStr;
+use std::fmt;
+use std::fs::File;
+use std::io::{self, ErrorKind};
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+use nix::unistd::Pid;
+use tokio::io::unix::AsyncFd;
+use tokio::io::Interest;
+
+use super::ProcessEnd;
+use crate::config::Resources;
+
+/// The leaf minder's own process moves into.
+const SUPERVISOR_LEAF: &str = "supervisor";
+
+/// Controllers minder enables for its programs where the host offers them:
+/// what the limits of SPEC §5.3 need, and `memory.current` for `status`.
+const CONTROLLERS: [&str; 3] = ["memory", "cpu", "pids"];
+
+/// How many cgroups of one instance may coexist: the process and the
+/// successor of a rolling restart, and a few left by processes that could
+/// not be killed yet (stuck in an uninterruptible sleep).
+const MAX_GENERATIONS: usize = 8;
+
+/// How long minder waits for a killed cgroup to empty before it says so in
+/// the log (it keeps waiting: a process in uninterruptible sleep dies late).
+const SLOW_EMPTY: Duration = Duration::from_secs(5);
+
+/// Why minder runs without cgroups; said once at start.
+#[derive(Debug)]
+pub enum Off {
+    /// Every program has `cgroup = false`.
+    NotWanted,
+    /// No cgroup2 file system in /proc/self/mountinfo.
+    NoHierarchy,
+    /// minder's own cgroup could not be read.
+    Unknown(io::Error),
+    /// The kernel has no `cgroup.kill` (before Linux 5.14).
+    NoKill,
+    /// Spawning into a cgroup (`clone3`) is not implemented for this architecture.
+    Architecture,
+    /// minder may not make its subtree, or move itself into it.
+    Denied(PathBuf, io::Error),
+}
+
+impl fmt::Display for Off {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Off::NotWanted => f.write_str("every program has cgroup = false"),
+            Off::NoHierarchy => f.write_str("no cgroup v2 file system is mounted"),
+            Off::Unknown(e) => write!(f, "reading /proc/self/cgroup: {e}"),
+            Off::NoKill => f.write_str("the kernel has no cgroup.kill (Linux 5.14 or later)"),
+            Off::Architecture => {
+                f.write_str("spawning into a cgroup is not supported on this architecture")
+            }
+            Off::Denied(path, e) => write!(f, "{}: {e}", path.display()),
+        }
+    }
+}
+
+/// This minder's cgroup subtree.
+#[derive(Debug)]
+pub struct Tree {
+    /// `START/minder-<socket>`.
+    base: PathBuf,
+    /// The cgroup minder was started in, where it goes back at shutdown so
+    /// that its subtree can be removed.
+    start: PathBuf,
+}
+
+impl Tree {
+    /// Finds (after `reexec`, minder is in it already) or makes this minder's subtree
+    /// for the control socket `socket`. Does not move minder yet: processes
+    /// a predecessor left are to be stopped first ([`Tree::leftovers`]),
+    /// then [`Tree::enter`].
+    pub fn open(socket: &Path) -> Result<Tree, Off> {
+        if !CAN_SPAWN_INTO_CGROUP {
+            return Err(Off::Architecture);
+        }
+        let mount = mount_point()
+            .map_err(Off::Unknown)?
+            .ok_or(Off::NoHierarchy)?;
+        let own = own_cgroup(&mount).map_err(Off::Unknown)?;
+        let name = subtree_name(socket);
+        // After `reexec` (or any restart from inside the subtree) minder is
+        // already in its leaf.
+        let inside = own.file_name() == Some(OsStr::new(SUPERVISOR_LEAF))
+            && own
+                .parent()
+                .and_then(Path::file_name)
+                .is_some_and(|n| n == OsStr::new(&name));
+        let (base, start) = if inside {
+            let base = own.parent().map(Path::to_path_buf).unwrap_or(own.clone());
+            let start = base.parent().map(Path::to_path_buf).unwrap_or(mount);
+            (base, start)
+        } else {
+            (own.join(&name), own)
+        };
+        make_dir(&base).map_err(|e| Off::Denied(base.clone(), e))?;
+        if !base.join("cgroup.kill").exists() {
+            return Err(Off::NoKill);
+        }
+        Ok(Tree { base, start })
+    }
+
+    /// The directory of this minder's subtree.
+    pub fn base(&self) -> &Path {
+        &self.base
+    }
+
+    /// Moves minder into its leaf, and enables the controllers the host
+    /// offers for the programs' cgroups.
+    pub fn enter(&self) -> Result<(), Off> {
+        let leaf = self.base.join(SUPERVISOR_LEAF);
+        make_dir(&leaf).map_err(|e| Off::Denied(leaf.clone(), e))?;
+        // "0": the writing process, every thread of it.
+        write_file(&leaf.join("cgroup.procs"), "0")
+            .map_err(|e| Off::Denied(leaf.join("cgroup.procs"), e))?;
+        // Where minder was started may have more processes than minder (a
+        // shell's session): enabling controllers there then fails, and the
+        // limits that need them are spawn errors that say so.
+        enable_controllers(&self.start);
+        enable_controllers(&self.base);
+        Ok(())
+    }
+
+    /// Makes the cgroup of a new process of `program` (instance `instance`),
+    /// with the limits of `resources` written before anything runs in it.
+    pub fn create(
+        &self,
+        program: &str,
+        instance: u32,
+        resources: Option<&Resources>,
+    ) -> Result<Cgroup, CgroupError> {
+        let group = self.base.join(program);
+        match std::fs::create_dir(&group) {
+            Ok(()) => enable_controllers(&group),
+            Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(CgroupError::Create(group, e)),
+        }
+        let mut last = None;
+        for generation in 0..MAX_GENERATIONS {
+            let name = match generation {
+                0 => instance.to_string(),
+                n => format!("{instance}.{n}"),
+            };
+            let path = group.join(name);
+            match std::fs::create_dir(&path) {
+                Ok(()) => {
+                    let cgroup = Cgroup {
+                        path: Arc::from(path),
+                    };
+                    if let Some(resources) = resources {
+                        if let Err(e) = cgroup.limit(resources) {
+                            cgroup.remove();
+                            return Err(e);
+                        }
+                    }
+                    return Ok(cgroup);
+                }
+                // Taken: the predecessor of a rolling restart, or a process
+                // still dying. An empty one is a leftover and is reused.
+                Err(e) if e.kind() == ErrorKind::AlreadyExists => {
+                    let cgroup = Cgroup {
+                        path: Arc::from(path.as_path()),
+                    };
+                    if !cgroup.populated().unwrap_or(true) && cgroup.remove_quietly() {
+                        if let Ok(()) = std::fs::create_dir(&path) {
+                            if let Some(resources) = resources {
+                                if let Err(e) = cgroup.limit(resources) {
+                                    cgroup.remove();
+                                    return Err(e);
+                                }
+                            }
+                            return Ok(cgroup);
+                        }
+                    }
+                    last = Some(path);
+                }
+                Err(e) => return Err(CgroupError::Create(path, e)),
+            }
+        }
+        Err(CgroupError::Create(
+            last.unwrap_or(group),
+            io::Error::new(
+                ErrorKind::AlreadyExists,
+                format!("{MAX_GENERATIONS} cgroups of this instance are still populated"),
+            ),
+        ))
+    }
+
+    /// The cgroup of process `pid` if it is one of this subtree's program
+    /// cgroups (a process kept across `reexec`).
+    pub fn of_process(&self, pid: Pid) -> Option<Cgroup> {
+        let mount = mount_point().ok()??;
+        let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+        let relative = text.lines().find_map(|l| l.strip_prefix("0::"))?;
+        let path = mount.join(relative.trim_start_matches('/'));
+        let inside = path.strip_prefix(&self.base).ok()?;
+        (inside.components().count() == 2).then(|| Cgroup {
+            path: Arc::from(path),
+        })
+    }
+
+    /// Every populated cgroup of the subtree: what a predecessor that died
+    /// left running. Call before [`Tree::enter`].
+    pub fn leftovers(&self) -> Vec<Leftover> {
+        let mut found = Vec::new();
+        let Ok(entries) = std::fs::read_dir(&self.base) else {
+            return found;
+        };
+        for entry in entries.flatten().filter(|e| e.path().is_dir()) {
+            let program = entry.file_name().to_string_lossy().into_owned();
+            let path = entry.path();
+            if program == SUPERVISOR_LEAF {
+                push_leftover(&mut found, &path, None);
+                continue;
+            }
+            let Ok(leaves) = std::fs::read_dir(&path) else {
+                continue;
+            };
+            for leaf in leaves.flatten().filter(|e| e.path().is_dir()) {
+                push_leftover(&mut found, &leaf.path(), Some(program.clone()));
+            }
+        }
+        found
+    }
+
+    /// Removes the empty cgroups of programs no longer running (a program
+    /// left the config, or minder shuts down): nothing is left behind.
+    pub fn prune(&self) {
+        let Ok(entries) = std::fs::read_dir(&self.base) else {
+            return;
+        };
+        for entry in entries.flatten().filter(|e| e.path().is_dir()) {
+            if entry.file_name() == OsStr::new(SUPERVISOR_LEAF) {
+                continue;
+            }
+            let path = entry.path();
+            if let Ok(leaves) = std::fs::read_dir(&path) {
+                for leaf in leaves.flatten().filter(|e| e.path().is_dir()) {
+                    let _ = std::fs::remove_dir(leaf.path());
+                }
+            }
+            let _ = std::fs::remove_dir(&path);
+        }
+    }
+
+    /// At the end of a shutdown: minder goes back where it was started and
+    /// removes its subtree, which is empty by then.
+    pub fn leave(&self) {
+        self.prune();
+        if let Err(e) = write_file(&self.start.join("cgroup.procs"), "0") {
+            // Under systemd, the unit's cgroup may have controllers enabled
+            // for its children and so takes no process: systemd removes the
+            // subtree when the unit stops.
+            tracing::debug!("moving back to {}: {e}", self.start.display());
+            return;
+        }
+        let _ = std::fs::remove_dir(self.base.join(SUPERVISOR_LEAF));
+        if let Err(e) = std::fs::remove_dir(&self.base) {
+            tracing::debug!("removing {}: {e}", self.base.display());
+        }
+    }
+}
+
+fn push_leftover(found: &mut Vec<Leftover>, path: &Path, program: Option<String>) {
+    let cgroup = Cgroup {
+        path: Arc::from(path),
+    };
+    let pids = cgroup.pids();
+    found.push(Leftover {
+        cgroup,
+        program,
+        pids,
+    });
+}
+
+/// A cgroup a predecessor left, and what was found in it.
+#[derive(Debug)]
+pub struct Leftover {
+    /// The cgroup (possibly empty: then it is only removed).
+    pub cgroup: Cgroup,
+    /// Its program, by the directory name (`None` for minder's own leaf).
+    pub program: Option<String>,
+    /// The processes in it when it was found.
+    pub pids: Vec<Pid>,
+}
+
+impl Leftover {
+    /// Stops what is in it: `signal` to every process, then `cgroup.kill`
+    /// after `grace`; returns once it is empty and removed, and whether the
+    /// kill was needed.
+    pub async fn stop(self, signal: Signal, grace: Duration) -> bool {
+        if self.pids.is_empty() && !self.cgroup.populated().unwrap_or(true) {
+            self.cgroup.remove();
+            return false;
+        }
+        for pid in &self.pids {
+            self.cgroup.signal_member(*pid, signal);
+        }
+        let killed = tokio::time::timeout(grace, self.cgroup.emptied())
+            .await
+            .is_err();
+        if killed {
+            self.cgroup.kill();
+            self.cgroup.emptied().await;
+        }
+        self.cgroup.remove();
+        killed
+    }
+}
+
+/// A failure making a process's cgroup; the process is not started.
+#[derive(Debug, thiserror::Error)]
+pub enum CgroupError {
+    /// `mkdir` failed (permission, `cgroup.max.descendants`, ...).
+    #[error("creating cgroup {path}: {error}", path = .0.display(), error = .1)]
+    Create(PathBuf, io::Error),
+    /// A limit needs a controller the cgroup does not have.
+    #[error("{0} needs the cgroup v2 {1} controller")]
+    NoController(&'static str, &'static str),
+    /// Writing a limit failed.
+    #[error("setting {key} in {path}: {error}", key = .0, path = .1.display(), error = .2)]
+    Limit(&'static str, PathBuf, io::Error),
+}
+
+/// The cgroup of one process. Dropping it does not remove it: that is done
+/// once the cgroup is empty ([`Cgroup::remove`]).
+#[derive(Debug, Clone)]
+pub struct Cgroup {
+    path: Arc<Path>,
+}
+
+impl Cgroup {
+    /// Its directory.
+    pub fn path(&self) -> &Arc<Path> {
+        &self.path
+    }
+
+    /// Opens the directory, for `CLONE_INTO_CGROUP`.
+    pub fn open(&self) -> io::Result<OwnedFd> {
+        let fd = nix::fcntl::open(
+            &*self.path,
+            nix::fcntl::OFlag::O_RDONLY
+                | nix::fcntl::OFlag::O_DIRECTORY
+                | nix::fcntl::OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::empty(),
+        )?;
+        Ok(fd)
+    }
+
+    fn limit(&self, resources: &Resources) -> Result<(), CgroupError> {
+        let writes = [
+            (
+                "memory_max",
+                "memory",
+                "memory.max",
+                resources.memory_max.map(|b| b.to_string()),
+            ),
+            (
+                "cpu_max",
+                "cpu",
+                "cpu.max",
+                // Per 100 ms: 150% is 150 ms of CPU time in each 100 ms.
+                resources
+                    .cpu_max
+                    .map(|pct| format!("{} 100000", u64::from(pct) * 1000)),
+            ),
+            (
+                "pids_max",
+                "pids",
+                "pids.max",
+                resources.pids_max.map(|n| n.to_string()),
+            ),
+        ];
+        for (key, controller, file, value) in writes {
+            let Some(value) = value else { continue };
+            let path = self.path.join(file);
+            match write_file(&path, &value) {
+                Ok(()) => {}
+                Err(e) if e.kind() == ErrorKind::NotFound => {
+                    return Err(CgroupError::NoController(key, controller))
+                }
+                Err(e) => return Err(CgroupError::Limit(key, path, e)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether a process is still in it (`populated` of `cgroup.events`).
+    pub fn populated(&self) -> io::Result<bool> {
+        let text = std::fs::read_to_string(self.path.join("cgroup.events"))?;
+        Ok(populated_in(&text))
+    }
+
+    /// SIGKILL to every process in it, at once (`cgroup.kill`).
+    pub fn kill(&self) {
+        if let Err(e) = write_file(&self.path.join("cgroup.kill"), "1") {
+            if e.kind() != ErrorKind::NotFound {
+                tracing::warn!("killing cgroup {}: {e}", self.path.display());
+            }
+        }
+    }
+
+    /// How many times the OOM killer killed a process in it
+    /// (`oom_kill` of `memory.events`; 0 without the memory controller).
+    pub fn oom_kills(&self) -> u64 {
+        std::fs::read_to_string(self.path.join("memory.events"))
+            .ok()
+            .and_then(|text| {
+                text.lines()
+                    .find_map(|l| l.strip_prefix("oom_kill "))
+                    .and_then(|n| n.trim().parse().ok())
+            })
+            .unwrap_or(0)
+    }
+
+    /// The processes in it now.
+    pub fn pids(&self) -> Vec<Pid> {
+        std::fs::read_to_string(self.path.join("cgroup.procs"))
+            .map(|text| {
+                text.lines()
+                    .filter_map(|l| l.trim().parse().ok())
+                    .map(Pid::from_raw)
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Sends `signal` to `pid` if it is in this cgroup: through a pidfd
+    /// opened first, so a PID recycled since it was listed is never hit.
+    pub fn signal_member(&self, pid: Pid, signal: Signal) {
+        let Ok(pidfd) = super::reaper::open_pidfd(pid) else {
+            return;
+        };
+        if self.member(pid) {
+            let _ = super::reaper::pidfd_send_signal(&pidfd, signal, 0);
+        }
+    }
+
+    /// Whether `pid` is in this cgroup, by `/proc/PID/cgroup`.
+    fn member(&self, pid: Pid) -> bool {
+        let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/cgroup")) else {
+            return false;
+        };
+        let Some(relative) = text.lines().find_map(|l| l.strip_prefix("0::")) else {
+            return false;
+        };
+        self.path.ends_with(relative.trim_start_matches('/'))
+    }
+
+    /// Waits until it is empty. Woken by the kernel's notification on
+    /// `cgroup.events`; also looks again every second, so a missed
+    /// notification costs a second, never a hang.
+    pub async fn emptied(&self) {
+        let events = match File::open(self.path.join("cgroup.events")).and_then(|f| {
+            // SAFETY: a File stays open and names the same file until the
+            // AsyncFd owning it is dropped or gives it back.
+            unsafe { AsyncFd::register_with_interest(f, Interest::PRIORITY) }
+                .map_err(|e| io::Error::other(e.to_string()))
+        }) {
+            Ok(events) => events,
+            // Gone: nothing is in it.
+            Err(e) if e.kind() == ErrorKind::NotFound => return,
+            Err(e) => {
+                tracing::warn!("watching {}: {e}", self.path.display());
+                return;
+            }
+        };
+        let mut waited = Duration::ZERO;
+        let mut warned = false;
+        loop {
+            // Read through the watched file: reading it is what resets the
+            // notification (kernfs).
+            let mut buf = [0u8; 256];
+            match events.get_ref().read_at(&mut buf, 0) {
+                Ok(n) if !populated_in(&String::from_utf8_lossy(&buf[..n])) => return,
+                Ok(_) => {}
+                Err(_) => return,
+            }
+            let step = Duration::from_secs(1);
+            if let Ok(Ok(mut guard)) =
+                tokio::time::timeout(step, events.ready(Interest::PRIORITY)).await
+            {
+                guard.clear_ready();
+            } else {
+                waited += step;
+            }
+            if waited >= SLOW_EMPTY && !warned {
+                warned = true;
+                tracing::warn!(
+                    "cgroup {} is not empty {} after its kill; waiting on",
+                    self.path.display(),
+                    crate::text::short_duration(waited)
+                );
+            }
+        }
+    }
+
+    /// Removes it (it must be empty), and its program's directory if that
+    /// is empty too.
+    pub fn remove(&self) {
+        if !self.remove_quietly() {
+            return;
+        }
+        if let Some(parent) = self.path.parent() {
+            // Fails while other processes of the program have theirs.
+            let _ = std::fs::remove_dir(parent);
+        }
+    }
+
+    fn remove_quietly(&self) -> bool {
+        match std::fs::remove_dir(&*self.path) {
+            Ok(()) => true,
+            Err(e) if e.kind() == ErrorKind::NotFound => true,
+            Err(e) => {
+                tracing::warn!("removing cgroup {}: {e}", self.path.display());
+                false
+            }
+        }
+    }
+
+    /// After its main process ended: `None` if the cgroup is empty (it is
+    /// removed, and `end` stands), else whatever is left is killed and the
+    /// returned receiver gives `end` once the cgroup is empty. Descendants
+    /// never outlive the process they belong to.
+    pub fn after_exit(&self, end: ProcessEnd) -> Option<super::ExitReceiver> {
+        match self.populated() {
+            Ok(false) | Err(_) => {
+                self.remove();
+                None
+            }
+            Ok(true) => {
+                self.kill();
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                let cgroup = self.clone();
+                tokio::spawn(async move {
+                    cgroup.emptied().await;
+                    let _ = tx.send(end);
+                });
+                Some(rx)
+            }
+        }
+    }
+}
+
+/// Whether `cgroup.events` text says `populated 1`.
+fn populated_in(text: &str) -> bool {
+    text.lines().any(|l| {
+        l.strip_prefix("populated ")
+            .is_some_and(|v| v.trim() != "0")
+    })
+}
+
+/// Where the cgroup2 file system is mounted, from /proc/self/mountinfo.
+pub fn mount_point() -> io::Result<Option<PathBuf>> {
+    let text = std::fs::read_to_string("/proc/self/mountinfo")?;
+    Ok(mount_point_in(&text))
+}
+
+/// The cgroup2 mount point in mountinfo text (the first, if several).
+fn mount_point_in(text: &str) -> Option<PathBuf> {
+    text.lines().find_map(|line| {
+        let (left, right) = line.split_once(" - ")?;
+        if right.split_whitespace().next()? != "cgroup2" {
+            return None;
+        }
+        let mount = left.split_whitespace().nth(4)?;
+        Some(PathBuf::from(unescape_octal(mount)))
+    })
+}
+
+/// mountinfo writes space, tab, newline and backslash as `\040` etc.
+fn unescape_octal(field: &str) -> String {
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'\\' && i + 4 <= bytes.len() {
+            if let Some(value) = std::str::from_utf8(&bytes[i + 1..i + 4])
+                .ok()
+                .and_then(|digits| u8::from_str_radix(digits, 8).ok())
+            {
+                out.push(value);
+                i += 4;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The directory of minder's own cgroup (the `0::` line of /proc/self/cgroup).
+fn own_cgroup(mount: &Path) -> io::Result<PathBuf> {
+    let text = std::fs::read_to_string("/proc/self/cgroup")?;
+    let relative = text
+        .lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .ok_or_else(|| io::Error::new(ErrorKind::NotFound, "no cgroup v2 line"))?;
+    Ok(mount.join(relative.trim().trim_start_matches('/')))
+}
+
+/// `minder-` and the socket path made into one file name: readable, and
+/// with a hash of the path so that two paths that read alike differ.
+fn subtree_name(socket: &Path) -> String {
+    let text = socket.to_string_lossy();
+    let readable: String = text
+        .trim_start_matches('/')
+        .chars()
+        .map(|c| match c {
+            '/' => '-',
+            c if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') => c,
+            _ => '_',
+        })
+        .take(100)
+        .collect();
+    // FNV-1a, 32 bits: stable across versions, unlike std's hasher.
+    let hash = text.bytes().fold(0x811c_9dc5u32, |h, b| {
+        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+    });
+    format!("minder-{readable}-{hash:08x}")
+}
+
+fn make_dir(path: &Path) -> io::Result<()> {
+    match std::fs::create_dir(path) {
+        Err(e) if e.kind() == ErrorKind::AlreadyExists => Ok(()),
+        other => other,
+    }
+}
+
+/// Enables, below `dir`, those of [`CONTROLLERS`] that `dir` has. One write
+/// each: a controller the parent lacks must not stop the others.
+fn enable_controllers(dir: &Path) {
+    let Ok(available) = std::fs::read_to_string(dir.join("cgroup.controllers")) else {
+        return;
+    };
+    let subtree = dir.join("cgroup.subtree_control");
+    for controller in CONTROLLERS {
+        if available.split_whitespace().any(|c| c == controller) {
+            if let Err(e) = write_file(&subtree, &format!("+{controller}")) {
+                tracing::debug!("enabling {controller} in {}: {e}", subtree.display());
+            }
+        }
+    }
+}
+
+/// One write of `value` to a cgroup interface file.
+fn write_file(path: &Path, value: &str) -> io::Result<()> {
+    let file = std::fs::OpenOptions::new().write(true).open(path)?;
+    file.write_at(value.as_bytes(), 0).map(|_| ())
+}
+
+/// Whether [`super::spawn`] can put a child straight into a cgroup here
+/// (`clone3` with `CLONE_INTO_CGROUP`, which needs a small piece of
+/// assembly per architecture).
+pub const CAN_SPAWN_INTO_CGROUP: bool = cfg!(any(target_arch = "x86_64", target_arch = "aarch64"));
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cgroup2_mount_is_found_among_v1_mounts() {
+        let text = "\
+25 30 0:23 / /sys/fs/cgroup ro,nosuid shared:9 - tmpfs tmpfs ro,mode=755
+26 25 0:24 / /sys/fs/cgroup/unified rw,nosuid shared:10 - cgroup2 cgroup2 rw,nsdelegate
+27 25 0:25 / /sys/fs/cgroup/memory rw,nosuid shared:11 - cgroup cgroup rw,memory
+";
+        assert_eq!(
+            mount_point_in(text),
+            Some(PathBuf::from("/sys/fs/cgroup/unified"))
+        );
+        assert_eq!(mount_point_in("1 2 0:1 / / rw - ext4 /dev/sda rw\n"), None);
+        assert_eq!(
+            mount_point_in("1 2 0:1 / /a\\040b rw - cgroup2 none rw\n"),
+            Some(PathBuf::from("/a b"))
+        );
+    }
+
+    #[test]
+    fn populated_is_read_from_cgroup_events() {
+        assert!(populated_in("populated 1\nfrozen 0\n"));
+        assert!(!populated_in("populated 0\nfrozen 0\n"));
+        assert!(!populated_in(""));
+    }
+
+    #[test]
+    fn the_subtree_is_named_after_the_socket_and_tells_look_alikes_apart() {
+        let a = subtree_name(Path::new("/run/minder/minder.sock"));
+        assert!(a.starts_with("minder-run-minder-minder.sock-"), "{a}");
+        let b = subtree_name(Path::new("/run/minder-minder.sock"));
+        assert_ne!(a, b);
+        let long = subtree_name(&PathBuf::from(format!("/{}", "x".repeat(400))));
+        assert!(long.len() < 130, "{}", long.len());
+        assert!(!subtree_name(Path::new("/a b/\n")).contains(['/', ' ', '\n']));
+    }
+}
+
+/// Spawning into a real cgroup: runs where minder can make one (as root
+/// with a cgroup2 mount), and says so when it cannot.
+#[cfg(test)]
+mod live {
+    use super::*;
+    use crate::process::{spawn, Reaper, SpawnRequest};
+    use std::os::fd::AsRawFd;
+
+    /// A fresh cgroup under this test process's own, or why there is none.
+    fn scratch(name: &str) -> Result<Cgroup, String> {
+        let mount = mount_point()
+            .map_err(|e| e.to_string())?
+            .ok_or("no cgroup2 mount")?;
+        let own = own_cgroup(&mount).map_err(|e| e.to_string())?;
+        let path = own.join(format!("minder-test-{name}-{}", std::process::id()));
+        std::fs::create_dir(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        Ok(Cgroup {
+            path: Arc::from(path),
+        })
+    }
+
+    #[test]
+    fn a_child_starts_in_its_cgroup_and_a_kill_empties_it_setsid_or_not() {
+        let cgroup = match scratch("spawn") {
+            Ok(c) => c,
+            Err(why) => {
+                eprintln!("skipped: cannot make a cgroup here ({why})");
+                return;
+            }
+        };
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let reaper = Reaper::start().unwrap();
+            let dir = cgroup.open().unwrap();
+            let mut request = SpawnRequest::command(vec![
+                "sh".into(),
+                "-c".into(),
+                "setsid sleep 60 & sleep 60".into(),
+            ]);
+            request.cgroup = Some(dir.as_raw_fd());
+            let child = spawn(&request, &reaper).unwrap();
+            drop(dir);
+            let members = cgroup.pids();
+            assert!(cgroup.member(child.pid), "{members:?}");
+            // The grandchild: forked inside, so inside too (wait for the
+            // fork, bounded).
+            let mut seen = members.len();
+            for _ in 0..200 {
+                if seen >= 2 {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                seen = cgroup.pids().len();
+            }
+            assert!(seen >= 2, "{seen} processes in the cgroup");
+            assert!(cgroup.populated().unwrap());
+            cgroup.kill();
+            tokio::time::timeout(Duration::from_secs(10), cgroup.emptied())
+                .await
+                .expect("the cgroup empties after cgroup.kill");
+            assert!(!cgroup.populated().unwrap());
+            let end = child.exit.await.unwrap();
+            assert_eq!(end, ProcessEnd::Signaled(libc::SIGKILL));
+            cgroup.remove();
+            assert!(!cgroup.path.exists());
+        });
+    }
+}
