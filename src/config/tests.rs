@@ -1004,6 +1004,10 @@ fn example_config_loads() {
         .programs
         .iter()
         .any(|p| p.file.ends_with("conf.d/example.toml")));
+    assert!(c
+        .programs
+        .iter()
+        .any(|p| p.resources.as_ref().is_some_and(|r| !r.limits.is_empty())));
 }
 
 #[test]
