@@ -595,6 +595,8 @@ fn below_a_page(bytes: u64, why: &str) -> String {
     )
 }
 
+const CPU_MAX_EXPECTED: &str = "a percentage string like \"150%\"";
+
 /// `cpu_max`: `"N%"`, N percent of one CPU, 1..=[`MAX_CPU_PERCENT`]. A bare
 /// number is refused: `2` could mean two CPUs as well as 2 %.
 fn cpu_max(v: &Value<'_>) -> Result<u32, ValueError> {
@@ -602,20 +604,19 @@ fn cpu_max(v: &Value<'_>) -> Result<u32, ValueError> {
         DeValue::String(s) => s.trim(),
         DeValue::Integer(_) => {
             let n = conv::integer(v)?;
+            if n < 1 {
+                return Err(ValueError::wrong_type(CPU_MAX_EXPECTED, v));
+            }
             return Err(ValueError::invalid(
                 format!(
-                    "write a percentage of one CPU as a string: \"{}%\" for {n} CPUs, \"{n}%\" for {n}% of one",
-                    n.saturating_mul(100)
+                    "write a percentage of one CPU as a string: \"{}%\" for {n} CPU{}, \"{n}%\" for {n}% of one",
+                    n.saturating_mul(100),
+                    if n == 1 { "" } else { "s" }
                 ),
                 v,
             ));
         }
-        _ => {
-            return Err(ValueError::wrong_type(
-                "a percentage string like \"150%\"",
-                v,
-            ))
-        }
+        _ => return Err(ValueError::wrong_type(CPU_MAX_EXPECTED, v)),
     };
     let digits = text.strip_suffix('%').map(str::trim_end).unwrap_or("");
     if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {

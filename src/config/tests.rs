@@ -1515,6 +1515,14 @@ fn cpu_max_errors() {
         );
     }
     assert_error(
+        &program_a("cpu_max = 1"),
+        "3:11: \"cpu_max\": write a percentage of one CPU as a string: \"100%\" for 1 CPU, \"1%\" for 1% of one",
+    );
+    assert_error(
+        &program_a("cpu_max = 0"),
+        "3:11: \"cpu_max\": expected a percentage string like \"150%\", found integer",
+    );
+    assert_error(
         &program_a("cpu_max = true"),
         "3:11: \"cpu_max\": expected a percentage string like \"150%\", found boolean",
     );
