@@ -503,3 +503,54 @@ fn check_rejects_an_address_without_a_port_and_a_register_without_backends() {
         "{out:?}"
     );
 }
+
+#[test]
+fn check_accepts_the_spec_resource_keys() {
+    let dir = tmp();
+    let path = write(
+        dir.path(),
+        "minder.toml",
+        r#"
+[program.web]
+command = ["/bin/sleep", "1000"]
+cgroup = true
+memory_max = "512MiB"
+cpu_max = "150%"
+pids_max = 256
+limits = { nofile = 65536, core = 0, nproc = 4096 }
+
+[program.batch]
+command = ["/bin/true"]
+cgroup = false
+
+[program.batch.limits]
+as = "4GiB"
+cpu = 3600
+stack = "infinity"
+"#,
+    );
+    let out = check(&path);
+    assert_eq!(out.code, 0, "SPEC resource keys rejected: {out:?}");
+}
+
+#[test]
+fn check_rejects_a_bad_cpu_max_and_a_limit_without_a_cgroup() {
+    assert_check_fails(
+        "[program.a]\ncommand = [\"/bin/true\"]\ncpu_max = 150\n[program.b]\ncommand = [\"/bin/true\"]\ncgroup = false\nmemory_max = \"1GiB\"\n",
+        &[
+            (3, 11, "\"cpu_max\": write a percentage of one CPU as a string: \"15000%\" for 150 CPUs, \"150%\" for 150% of one"),
+            (7, 14, "\"memory_max\" needs cgroup = true, and this program has cgroup = false"),
+        ],
+    );
+}
+
+#[test]
+fn check_rejects_an_unknown_limit_naming_the_known_ones() {
+    assert_check_fails(
+        "[program.a]\ncommand = [\"/bin/true\"]\nlimits = { open_files = 1024, nofile = 0 }\n",
+        &[
+            (3, 12, "unknown key \"open_files\" in [program.a.limits] (known limits: as, core, cpu, data, fsize, locks, memlock, msgqueue, nice, nofile, nproc, rss, rtprio, rttime, sigpending, stack)"),
+            (3, 40, "\"nofile\": 0 is below 1: a process needs file descriptors, if only for stdin, stdout and stderr"),
+        ],
+    );
+}

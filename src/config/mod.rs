@@ -317,6 +317,30 @@ pub struct Resources {
     pub limits: Vec<Rlimit>,
 }
 
+impl Resources {
+    /// Whether nothing is limited (then a program's `resources` is `None`).
+    pub fn is_empty(&self) -> bool {
+        self.memory_max.is_none()
+            && self.cpu_max.is_none()
+            && self.pids_max.is_none()
+            && self.limits.is_empty()
+    }
+
+    /// The cgroup limits that are set, by config key, in the order
+    /// `memory_max`, `cpu_max`, `pids_max`: what needs a cgroup (and its
+    /// controller: `memory`, `cpu`, `pids`).
+    pub fn cgroup_keys(&self) -> Vec<&'static str> {
+        [
+            ("memory_max", self.memory_max.is_some()),
+            ("cpu_max", self.cpu_max.is_some()),
+            ("pids_max", self.pids_max.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(key, set)| set.then_some(key))
+        .collect()
+    }
+}
+
 /// One entry of `limits`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Rlimit {
@@ -326,6 +350,66 @@ pub struct Rlimit {
     /// (`"infinity"`), RLIM_INFINITY to the kernel.
     pub value: u64,
 }
+
+impl Rlimit {
+    /// The value meaning "no limit" (`"infinity"` or `"unlimited"` in the config).
+    pub const INFINITY: u64 = u64::MAX;
+
+    /// Its key in `limits` (`"nofile"`), or `"?"` for a number no key maps to.
+    pub fn name(&self) -> &'static str {
+        RLIMITS
+            .iter()
+            .find(|r| r.resource == self.resource)
+            .map_or("?", |r| r.name)
+    }
+
+    /// Whether it is `"infinity"`.
+    pub fn is_unlimited(&self) -> bool {
+        self.value == Self::INFINITY
+    }
+}
+
+/// One key of `limits`: a setrlimit resource.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RlimitKind {
+    /// The key: the resource's name, lower-case, without `RLIMIT_`.
+    pub name: &'static str,
+    /// `libc::RLIMIT_*`.
+    pub resource: i32,
+    /// Counted in bytes, so a size string (`"64MiB"`) is accepted.
+    pub bytes: bool,
+}
+
+/// An [`RlimitKind`]; `RLIMIT_*` are `c_uint` with glibc, `c_int` with musl.
+macro_rules! rlimit_kind {
+    ($name:literal, $resource:ident, $bytes:literal) => {
+        RlimitKind {
+            name: $name,
+            resource: libc::$resource as i32,
+            bytes: $bytes,
+        }
+    };
+}
+
+/// The keys `limits` accepts, in alphabetical order.
+pub const RLIMITS: &[RlimitKind] = &[
+    rlimit_kind!("as", RLIMIT_AS, true),
+    rlimit_kind!("core", RLIMIT_CORE, true),
+    rlimit_kind!("cpu", RLIMIT_CPU, false),
+    rlimit_kind!("data", RLIMIT_DATA, true),
+    rlimit_kind!("fsize", RLIMIT_FSIZE, true),
+    rlimit_kind!("locks", RLIMIT_LOCKS, false),
+    rlimit_kind!("memlock", RLIMIT_MEMLOCK, true),
+    rlimit_kind!("msgqueue", RLIMIT_MSGQUEUE, true),
+    rlimit_kind!("nice", RLIMIT_NICE, false),
+    rlimit_kind!("nofile", RLIMIT_NOFILE, false),
+    rlimit_kind!("nproc", RLIMIT_NPROC, false),
+    rlimit_kind!("rss", RLIMIT_RSS, true),
+    rlimit_kind!("rtprio", RLIMIT_RTPRIO, false),
+    rlimit_kind!("rttime", RLIMIT_RTTIME, false),
+    rlimit_kind!("sigpending", RLIMIT_SIGPENDING, false),
+    rlimit_kind!("stack", RLIMIT_STACK, true),
+];
 
 /// `[program.NAME.register]` (SPEC §5.2). A process is *in* exactly while it
 /// is `running` and its health is `healthy` or `none`.

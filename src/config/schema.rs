@@ -12,7 +12,8 @@ use super::reader::{conv, TableReader, Value, ValueError};
 use super::Defaults;
 use super::{
     placeholder, BackoffConfig, HealthConfig, ListenAddress, LogFormat, LogTarget, LogsConfig,
-    OnUnhealthy, ProbeTarget, ProgramConfig, RestartPolicy, SupervisorConfig,
+    OnUnhealthy, ProbeTarget, ProgramConfig, Resources, RestartPolicy, Rlimit, RlimitKind,
+    SupervisorConfig, RLIMITS,
 };
 use super::{HookAction, HookConfig};
 
@@ -453,6 +454,9 @@ pub(crate) fn read_program(
         None => (LogsConfig::default(), [None, None]),
     };
 
+    let cgroup = r.get("cgroup", conv::boolean).unwrap_or(true);
+    let resources = read_resources(&mut r, cgroup);
+
     let config = ProgramConfig {
         name: name.to_string(),
         file: file.to_path_buf(),
@@ -498,8 +502,8 @@ pub(crate) fn read_program(
         watchdog: r.get("watchdog", conv::duration).unwrap_or(Duration::ZERO),
         listen: listen.iter().map(|(a, _)| a.clone()).collect(),
         listen_names,
-        cgroup: r.get("cgroup", conv::boolean).unwrap_or(true),
-        resources: None,
+        cgroup,
+        resources,
         listen_mode: r.get("listen_mode", file_mode).unwrap_or(0o660),
         register: r
             .table("register")
@@ -513,6 +517,203 @@ pub(crate) fn read_program(
         header,
         depends_on,
         log_spans,
+    }
+}
+
+/// One page: the least `memory_max`, and the least `as`, `data` and `stack`
+/// (no program can be loaded with less).
+const PAGE: u64 = 4096;
+
+/// Upper bound of `pids_max`: the kernel's `PID_MAX_LIMIT`; `pids.max`
+/// refuses anything above.
+const MAX_PIDS: i64 = 4_194_304;
+
+/// Upper bound of `cpu_max`, in percent of one CPU: a thousand CPUs.
+pub(crate) const MAX_CPU_PERCENT: u32 = 100_000;
+
+/// Upper bound of `limits.nofile`: what `fs.nr_open` can be raised to at
+/// most on a 64-bit kernel (`INT_MAX` rounded down to 64), so no host
+/// accepts more.
+const MAX_NOFILE: u64 = 2_147_483_584;
+
+/// `memory_max`, `cpu_max`, `pids_max` and `limits` (SPEC §5.3); `None` when
+/// nothing is limited. With `cgroup = false`, each cgroup limit set is an
+/// error at its value: a limit is never silently left unenforced.
+fn read_resources(r: &mut TableReader<'_, '_>, cgroup: bool) -> Option<Box<Resources>> {
+    let memory_max = r.get_spanned("memory_max", memory_max);
+    let cpu_max = r.get_spanned("cpu_max", cpu_max);
+    let pids_max = r.get_spanned("pids_max", conv::int_in::<u64>(1, MAX_PIDS));
+    let limits = r
+        .table("limits")
+        .map(|(t, _)| read_limits(t))
+        .unwrap_or_default();
+    if !cgroup {
+        let spans = [
+            ("memory_max", memory_max.as_ref().map(|(_, s)| s)),
+            ("cpu_max", cpu_max.as_ref().map(|(_, s)| s)),
+            ("pids_max", pids_max.as_ref().map(|(_, s)| s)),
+        ];
+        for (key, span) in spans {
+            if let Some(span) = span {
+                r.error(
+                    span,
+                    format!("\"{key}\" needs cgroup = true, and this program has cgroup = false"),
+                );
+            }
+        }
+    }
+    let resources = Resources {
+        memory_max: memory_max.map(|(m, _)| m),
+        cpu_max: cpu_max.map(|(c, _)| c),
+        pids_max: pids_max.map(|(p, _)| p),
+        limits,
+    };
+    (!resources.is_empty()).then(|| Box::new(resources))
+}
+
+/// `memory_max`: a size of at least one page.
+fn memory_max(v: &Value<'_>) -> Result<u64, ValueError> {
+    if let Some(s) = v.get_ref().as_str() {
+        if ["max", "infinity", "unlimited"].contains(&s.trim().to_ascii_lowercase().as_str()) {
+            return Err(ValueError::invalid(
+                format!("\"{}\": leave memory_max out for no limit", s.trim()),
+                v,
+            ));
+        }
+    }
+    let bytes = size(v)?;
+    if bytes < PAGE {
+        return Err(ValueError::invalid(below_a_page(bytes, ""), v));
+    }
+    Ok(bytes)
+}
+
+/// Why a size is too small; `why` (empty or `": ..."`) follows the bound.
+fn below_a_page(bytes: u64, why: &str) -> String {
+    format!(
+        "{bytes} bytes is below one page (4096 bytes){why}; a number without a unit counts bytes (write e.g. \"512MiB\")"
+    )
+}
+
+const CPU_MAX_EXPECTED: &str = "a percentage string like \"150%\"";
+
+/// `cpu_max`: `"N%"`, N percent of one CPU, 1..=[`MAX_CPU_PERCENT`]. A bare
+/// number is refused: `2` could mean two CPUs as well as 2 %.
+fn cpu_max(v: &Value<'_>) -> Result<u32, ValueError> {
+    let text = match v.get_ref() {
+        DeValue::String(s) => s.trim(),
+        DeValue::Integer(_) => {
+            let n = conv::integer(v)?;
+            if n < 1 {
+                return Err(ValueError::wrong_type(CPU_MAX_EXPECTED, v));
+            }
+            return Err(ValueError::invalid(
+                format!(
+                    "write a percentage of one CPU as a string: \"{}%\" for {n} CPU{}, \"{n}%\" for {n}% of one",
+                    n.saturating_mul(100),
+                    if n == 1 { "" } else { "s" }
+                ),
+                v,
+            ));
+        }
+        _ => return Err(ValueError::wrong_type(CPU_MAX_EXPECTED, v)),
+    };
+    let digits = text.strip_suffix('%').map(str::trim_end).unwrap_or("");
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(ValueError::invalid(
+            format!("invalid CPU share \"{text}\" (write a whole percentage of one CPU: \"50%\", or \"150%\" for one and a half CPUs)"),
+            v,
+        ));
+    }
+    match digits.parse::<u32>() {
+        Ok(n) if (1..=MAX_CPU_PERCENT).contains(&n) => Ok(n),
+        _ => Err(ValueError::invalid(
+            format!("\"{text}\" is out of range (expected \"1%\" to \"{MAX_CPU_PERCENT}%\", a thousand CPUs)"),
+            v,
+        )),
+    }
+}
+
+/// `limits`: a table of setrlimit resources ([`RLIMITS`]), in the order
+/// written. An unknown key is an error listing the known ones.
+fn read_limits(mut r: TableReader<'_, '_>) -> Vec<Rlimit> {
+    let mut limits: Vec<(Rlimit, Span)> = Vec::new();
+    for kind in RLIMITS {
+        if let Some((value, span)) = r.get_spanned(kind.name, |v| rlimit_value(kind, v)) {
+            let resource = kind.resource;
+            limits.push((Rlimit { resource, value }, span));
+        }
+    }
+    // Read by name above; the spans give back the order written.
+    limits.sort_by_key(|(_, span)| span.start);
+    let known: Vec<&str> = RLIMITS.iter().map(|k| k.name).collect();
+    r.finish_with_hint(&format!(" (known limits: {})", known.join(", ")));
+    limits.into_iter().map(|(l, _)| l).collect()
+}
+
+/// One value of `limits`: a non-negative integer, `"infinity"` or
+/// `"unlimited"` ([`Rlimit::INFINITY`]), or for a limit in bytes a size
+/// string; then the checks of that limit.
+fn rlimit_value(kind: &RlimitKind, v: &Value<'_>) -> Result<u64, ValueError> {
+    let value = match v.get_ref() {
+        DeValue::Integer(_) => conv::int_in::<u64>(0, i64::MAX)(v)?,
+        DeValue::String(s) => {
+            let s = s.trim();
+            if s.eq_ignore_ascii_case("infinity") || s.eq_ignore_ascii_case("unlimited") {
+                Rlimit::INFINITY
+            } else if let Some(bytes) = parse_size(s).filter(|_| kind.bytes) {
+                bytes
+            } else {
+                let expected = if kind.bytes {
+                    "a number of bytes, a size like \"64MiB\" or \"infinity\""
+                } else {
+                    "a number or \"infinity\""
+                };
+                return Err(ValueError::invalid(
+                    format!("invalid value \"{s}\" (expected {expected})"),
+                    v,
+                ));
+            }
+        }
+        _ if kind.bytes => {
+            return Err(ValueError::wrong_type(
+                "a number of bytes, a size like \"64MiB\" or \"infinity\"",
+                v,
+            ))
+        }
+        _ => return Err(ValueError::wrong_type("a number or \"infinity\"", v)),
+    };
+    let problem = match kind.name {
+        "nofile" if value == Rlimit::INFINITY => Some(
+            "cannot be \"infinity\": Linux caps open files at fs.nr_open (1048576 unless raised); give a number"
+                .to_string(),
+        ),
+        "nofile" if value == 0 => Some(
+            "0 is below 1: a process needs file descriptors, if only for stdin, stdout and stderr"
+                .to_string(),
+        ),
+        "nofile" if value > MAX_NOFILE => Some(format!(
+            "{value} is above {MAX_NOFILE}, the most any Linux kernel allows (the ceiling of fs.nr_open)"
+        )),
+        "cpu" if value == 0 => Some(
+            "0 is below 1 (seconds of CPU time; the kernel would take 0 as 1 and stop the process after a second)"
+                .to_string(),
+        ),
+        "nice" if value != Rlimit::INFINITY && value > 40 => Some(format!(
+            "{value} is out of range (expected 0..=40 or \"infinity\": the process may lower its nice value to 20 minus this, so 40 allows -20)"
+        )),
+        "rtprio" if value != Rlimit::INFINITY && value > 99 => Some(format!(
+            "{value} is out of range (expected 0..=99 or \"infinity\": 99 is the highest real-time priority)"
+        )),
+        "as" | "data" | "stack" if value < PAGE => Some(below_a_page(
+            value,
+            ": no program can be loaded with so little",
+        )),
+        _ => None,
+    };
+    match problem {
+        Some(message) => Err(ValueError::invalid(message, v)),
+        None => Ok(value),
     }
 }
 
@@ -831,8 +1032,9 @@ fn log_target(v: &Value<'_>, is_stderr: bool) -> Result<LogTarget, ValueError> {
     })
 }
 
-/// A size: `"50MB"`, `"64KiB"`, `"0"`, or an integer number of bytes.
-/// KB/MB/GB are powers of 1000, KiB/MiB/GiB powers of 1024.
+/// A size: `"50MB"`, `"64KiB"`, `"1G"`, `"0"`, or an integer number of bytes.
+/// KB/MB/GB/TB are powers of 1000; KiB/MiB/GiB/TiB, and K/M/G/T alone (as
+/// cgroup's `memory.max`, systemd and `ulimit` read them), powers of 1024.
 pub(crate) fn size(v: &Value<'_>) -> Result<u64, ValueError> {
     let text = match v.get_ref() {
         DeValue::Integer(_) => return conv::int_in::<u64>(0, i64::MAX)(v),
@@ -859,9 +1061,11 @@ pub(crate) fn parse_size(text: &str) -> Option<u64> {
         "kb" => 1000,
         "mb" => 1000 * 1000,
         "gb" => 1000 * 1000 * 1000,
-        "kib" => 1 << 10,
-        "mib" => 1 << 20,
-        "gib" => 1 << 30,
+        "tb" => 1000 * 1000 * 1000 * 1000,
+        "k" | "kib" => 1 << 10,
+        "m" | "mib" => 1 << 20,
+        "g" | "gib" => 1 << 30,
+        "t" | "tib" => 1 << 40,
         _ => return None,
     };
     n.checked_mul(factor)

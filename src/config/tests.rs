@@ -1004,6 +1004,10 @@ fn example_config_loads() {
         .programs
         .iter()
         .any(|p| p.file.ends_with("conf.d/example.toml")));
+    assert!(c
+        .programs
+        .iter()
+        .any(|p| p.resources.as_ref().is_some_and(|r| !r.limits.is_empty())));
 }
 
 #[test]
@@ -1102,6 +1106,13 @@ fn sizes() {
     assert_eq!(parse_size("1 GiB"), Some(1 << 30));
     assert_eq!(parse_size("10kb"), Some(10_000));
     assert_eq!(parse_size("123"), Some(123));
+    // A lone K/M/G/T is binary, as memory.max, systemd and ulimit read it.
+    assert_eq!(parse_size("1G"), Some(1 << 30));
+    assert_eq!(parse_size("512m"), Some(512 << 20));
+    assert_eq!(parse_size("4k"), Some(4096));
+    assert_eq!(parse_size("2T"), Some(2 << 40));
+    assert_eq!(parse_size("2TiB"), Some(2 << 40));
+    assert_eq!(parse_size("2TB"), Some(2_000_000_000_000));
     assert_eq!(parse_size("MB"), None);
     assert_eq!(parse_size("5 parsecs"), None);
     assert_eq!(parse_size("99999999999999GiB"), None);
@@ -1291,6 +1302,348 @@ fn listen_errors() {
         "[program.web]\ncommand = \"x\"\nlisten = [\"tcp://127.0.0.1:1\"]\nlisten_names = [\"a\", \"b\"]\n",
         "4:16: \"listen_names\": 2 names for 1 listen entries (one name per entry)",
     );
+}
+
+// ---------------------------------------------------------------- resources (SPEC §5.3)
+
+/// `keys` on line 3 of a program `a`.
+fn program_a(keys: &str) -> String {
+    format!("[program.a]\ncommand = \"x\"\n{keys}\n")
+}
+
+fn resources_of(keys: &str) -> Option<Resources> {
+    let c = parse(&program_a(keys));
+    let p = c.program("a").expect("program a");
+    p.resources.as_deref().cloned()
+}
+
+fn rlimit(name: &str, value: u64) -> Rlimit {
+    let kind = RLIMITS
+        .iter()
+        .find(|k| k.name == name)
+        .expect("a known limit");
+    Rlimit {
+        resource: kind.resource,
+        value,
+    }
+}
+
+#[test]
+fn resources_default_to_none_and_cgroup_to_true() {
+    let c = parse(&program_a(""));
+    let p = c.program("a").expect("program a");
+    assert!(p.cgroup);
+    assert_eq!(p.resources, None);
+    assert!(!parse(&program_a("cgroup = false")).programs[0].cgroup);
+    // An empty `limits` limits nothing.
+    assert_eq!(resources_of("limits = {}"), None);
+}
+
+#[test]
+fn resource_keys_of_the_spec() {
+    let r = resources_of(
+        "cgroup = true\nmemory_max = \"512MiB\"\ncpu_max = \"150%\"\npids_max = 256\nlimits = { nofile = 65536, core = 0, nproc = 4096 }",
+    )
+    .expect("resources");
+    assert_eq!(r.memory_max, Some(512 << 20));
+    assert_eq!(r.cpu_max, Some(150));
+    assert_eq!(r.pids_max, Some(256));
+    // In the order written, not alphabetical.
+    assert_eq!(
+        r.limits,
+        vec![
+            rlimit("nofile", 65536),
+            rlimit("core", 0),
+            rlimit("nproc", 4096)
+        ]
+    );
+    assert_eq!(r.limits[0].resource, libc::RLIMIT_NOFILE as i32);
+    assert_eq!(r.limits[1].resource, libc::RLIMIT_CORE as i32);
+    assert_eq!(r.limits[2].resource, libc::RLIMIT_NPROC as i32);
+    assert_eq!(
+        r.limits.iter().map(Rlimit::name).collect::<Vec<_>>(),
+        vec!["nofile", "core", "nproc"]
+    );
+    assert_eq!(r.cgroup_keys(), vec!["memory_max", "cpu_max", "pids_max"]);
+}
+
+#[test]
+fn each_resource_key_alone() {
+    let only = |keys: &str| resources_of(keys).expect("resources");
+    assert_eq!(
+        only("memory_max = 4096"),
+        Resources {
+            memory_max: Some(4096),
+            ..Resources::default()
+        }
+    );
+    assert_eq!(only("memory_max = \"1G\"").memory_max, Some(1 << 30));
+    assert_eq!(only("memory_max = \"2GB\"").memory_max, Some(2_000_000_000));
+    assert_eq!(only("memory_max = \" 64 KiB \"").memory_max, Some(65536));
+    assert_eq!(only("cpu_max = \"1%\"").cpu_max, Some(1));
+    assert_eq!(only("cpu_max = \"100000%\"").cpu_max, Some(100_000));
+    assert_eq!(only("cpu_max = \" 50 % \"").cpu_max, Some(50));
+    assert_eq!(only("pids_max = 1").pids_max, Some(1));
+    assert_eq!(only("pids_max = 4194304").pids_max, Some(4_194_304));
+    let l = only("limits = { cpu = 1 }");
+    assert_eq!((l.memory_max, l.cpu_max, l.pids_max), (None, None, None));
+    assert_eq!(l.cgroup_keys(), Vec::<&str>::new());
+    // rlimits need no cgroup.
+    assert_eq!(
+        only("cgroup = false\nlimits = { nofile = 1 }").limits,
+        vec![rlimit("nofile", 1)]
+    );
+}
+
+#[test]
+fn every_rlimit_is_read_in_the_order_written() {
+    let r = resources_of(
+        "[program.a.limits]\nstack = \"8MiB\"\nas = \"infinity\"\ncore = \"unlimited\"\ncpu = 3600\ndata = \"1GiB\"\nfsize = 0\nlocks = 100\nmemlock = \"64KiB\"\nmsgqueue = 819200\nnice = 40\nnofile = 1024\nnproc = 0\nrss = \"1G\"\nrtprio = 99\nrttime = \"Infinity\"\nsigpending = 128",
+    )
+    .expect("resources");
+    let inf = Rlimit::INFINITY;
+    assert_eq!(
+        r.limits,
+        vec![
+            rlimit("stack", 8 << 20),
+            rlimit("as", inf),
+            rlimit("core", inf),
+            rlimit("cpu", 3600),
+            rlimit("data", 1 << 30),
+            rlimit("fsize", 0),
+            rlimit("locks", 100),
+            rlimit("memlock", 65536),
+            rlimit("msgqueue", 819_200),
+            rlimit("nice", 40),
+            rlimit("nofile", 1024),
+            rlimit("nproc", 0),
+            rlimit("rss", 1 << 30),
+            rlimit("rtprio", 99),
+            rlimit("rttime", inf),
+            rlimit("sigpending", 128),
+        ]
+    );
+    assert!(r.limits[1].is_unlimited() && !r.limits[0].is_unlimited());
+    assert_eq!(r.limits.len(), RLIMITS.len());
+    // Each key maps to its own RLIMIT_* number, and back.
+    let expected = [
+        ("as", libc::RLIMIT_AS),
+        ("core", libc::RLIMIT_CORE),
+        ("cpu", libc::RLIMIT_CPU),
+        ("data", libc::RLIMIT_DATA),
+        ("fsize", libc::RLIMIT_FSIZE),
+        ("locks", libc::RLIMIT_LOCKS),
+        ("memlock", libc::RLIMIT_MEMLOCK),
+        ("msgqueue", libc::RLIMIT_MSGQUEUE),
+        ("nice", libc::RLIMIT_NICE),
+        ("nofile", libc::RLIMIT_NOFILE),
+        ("nproc", libc::RLIMIT_NPROC),
+        ("rss", libc::RLIMIT_RSS),
+        ("rtprio", libc::RLIMIT_RTPRIO),
+        ("rttime", libc::RLIMIT_RTTIME),
+        ("sigpending", libc::RLIMIT_SIGPENDING),
+        ("stack", libc::RLIMIT_STACK),
+    ];
+    for (name, resource) in expected {
+        let l = rlimit(name, 1);
+        assert_eq!(l.resource, resource as i32, "{name}");
+        assert_eq!(l.name(), name);
+    }
+    // Dotted keys are the same table.
+    assert_eq!(
+        resources_of("limits.core = 0\nlimits.nofile = 8")
+            .expect("resources")
+            .limits,
+        vec![rlimit("core", 0), rlimit("nofile", 8)]
+    );
+}
+
+#[test]
+fn memory_max_errors() {
+    assert_error(
+        &program_a("memory_max = 4095"),
+        "3:14: \"memory_max\": 4095 bytes is below one page (4096 bytes); a number without a unit counts bytes (write e.g. \"512MiB\")",
+    );
+    assert_error(
+        &program_a("memory_max = \"0\""),
+        "3:14: \"memory_max\": 0 bytes is below one page (4096 bytes); a number without a unit counts bytes (write e.g. \"512MiB\")",
+    );
+    assert_error(
+        &program_a("memory_max = \"512 parsecs\""),
+        "3:14: \"memory_max\": invalid size \"512 parsecs\" (write e.g. \"50MB\", \"64KiB\", \"1GiB\" or \"0\")",
+    );
+    assert_error(
+        &program_a("memory_max = \"max\""),
+        "3:14: \"memory_max\": \"max\": leave memory_max out for no limit",
+    );
+    assert_error(
+        &program_a("memory_max = -1"),
+        "3:14: \"memory_max\": -1 is out of range (expected 0..=9223372036854775807)",
+    );
+    assert_error(
+        &program_a("memory_max = 1.5"),
+        "3:14: \"memory_max\": expected a size string like \"50MB\", found float",
+    );
+}
+
+#[test]
+fn cpu_max_errors() {
+    assert_error(
+        &program_a("cpu_max = 2"),
+        "3:11: \"cpu_max\": write a percentage of one CPU as a string: \"200%\" for 2 CPUs, \"2%\" for 2% of one",
+    );
+    assert_error(
+        &program_a("cpu_max = \"1.5\""),
+        "3:11: \"cpu_max\": invalid CPU share \"1.5\" (write a whole percentage of one CPU: \"50%\", or \"150%\" for one and a half CPUs)",
+    );
+    assert_error(
+        &program_a("cpu_max = \"12.5%\""),
+        "3:11: \"cpu_max\": invalid CPU share \"12.5%\" (write a whole percentage of one CPU: \"50%\", or \"150%\" for one and a half CPUs)",
+    );
+    assert_error(
+        &program_a("cpu_max = \"%\""),
+        "3:11: \"cpu_max\": invalid CPU share \"%\" (write a whole percentage of one CPU: \"50%\", or \"150%\" for one and a half CPUs)",
+    );
+    assert_error(
+        &program_a("cpu_max = \"-5%\""),
+        "3:11: \"cpu_max\": invalid CPU share \"-5%\" (write a whole percentage of one CPU: \"50%\", or \"150%\" for one and a half CPUs)",
+    );
+    for out in ["0%", "100001%", "99999999999999999999%"] {
+        assert_error(
+            &program_a(&format!("cpu_max = \"{out}\"")),
+            &format!("3:11: \"cpu_max\": \"{out}\" is out of range (expected \"1%\" to \"100000%\", a thousand CPUs)"),
+        );
+    }
+    assert_error(
+        &program_a("cpu_max = 1"),
+        "3:11: \"cpu_max\": write a percentage of one CPU as a string: \"100%\" for 1 CPU, \"1%\" for 1% of one",
+    );
+    assert_error(
+        &program_a("cpu_max = 0"),
+        "3:11: \"cpu_max\": expected a percentage string like \"150%\", found integer",
+    );
+    assert_error(
+        &program_a("cpu_max = true"),
+        "3:11: \"cpu_max\": expected a percentage string like \"150%\", found boolean",
+    );
+}
+
+#[test]
+fn pids_max_errors() {
+    assert_error(
+        &program_a("pids_max = 0"),
+        "3:12: \"pids_max\": 0 is out of range (expected 1..=4194304)",
+    );
+    assert_error(
+        &program_a("pids_max = 4194305"),
+        "3:12: \"pids_max\": 4194305 is out of range (expected 1..=4194304)",
+    );
+    assert_error(
+        &program_a("pids_max = \"256\""),
+        "3:12: \"pids_max\": expected an integer, found string",
+    );
+}
+
+#[test]
+fn cgroup_limits_need_a_cgroup() {
+    let errs = errors(&program_a(
+        "cgroup = false\nmemory_max = \"1GiB\"\ncpu_max = \"50%\"\npids_max = 10\nlimits = { nofile = 10 }",
+    ));
+    assert_eq!(
+        errs,
+        vec![
+            format!("{MAIN}:4:14: \"memory_max\" needs cgroup = true, and this program has cgroup = false"),
+            format!("{MAIN}:5:11: \"cpu_max\" needs cgroup = true, and this program has cgroup = false"),
+            format!("{MAIN}:6:12: \"pids_max\" needs cgroup = true, and this program has cgroup = false"),
+        ]
+    );
+    // Written before `cgroup`, the same.
+    assert_error(
+        "[program.a]\npids_max = 10\ncommand = \"x\"\ncgroup = false\n",
+        "2:12: \"pids_max\" needs cgroup = true, and this program has cgroup = false",
+    );
+    // A bad value is reported once, for what is wrong with it.
+    assert_error(
+        &program_a("cgroup = false\ncpu_max = \"0%\""),
+        "4:11: \"cpu_max\": \"0%\" is out of range (expected \"1%\" to \"100000%\", a thousand CPUs)",
+    );
+}
+
+#[test]
+fn unknown_limit_lists_the_known_ones() {
+    let known = "as, core, cpu, data, fsize, locks, memlock, msgqueue, nice, nofile, nproc, rss, rtprio, rttime, sigpending, stack";
+    assert_error(
+        &program_a("limits = { nofiles = 10 }"),
+        &format!("3:12: unknown key \"nofiles\" in [program.a.limits] (did you mean \"nofile\"?) (known limits: {known})"),
+    );
+    assert_error(
+        &program_a("[program.a.limits]\nRLIMIT_NOFILE = 10"),
+        &format!(
+            "4:1: unknown key \"RLIMIT_NOFILE\" in [program.a.limits] (known limits: {known})"
+        ),
+    );
+    assert_error(
+        &program_a("limits = 5"),
+        "3:10: \"limits\": expected a table, found integer",
+    );
+}
+
+#[test]
+fn rlimit_value_errors() {
+    let t = |limit: &str| program_a(&format!("[program.a.limits]\n{limit}"));
+    let cases = [
+        ("nofile = 0", "4:10: \"nofile\": 0 is below 1: a process needs file descriptors, if only for stdin, stdout and stderr"),
+        ("nofile = \"infinity\"", "4:10: \"nofile\": cannot be \"infinity\": Linux caps open files at fs.nr_open (1048576 unless raised); give a number"),
+        ("nofile = 2147483585", "4:10: \"nofile\": 2147483585 is above 2147483584, the most any Linux kernel allows (the ceiling of fs.nr_open)"),
+        ("nofile = \"64KiB\"", "4:10: \"nofile\": invalid value \"64KiB\" (expected a number or \"infinity\")"),
+        ("nofile = -1", "4:10: \"nofile\": -1 is out of range (expected 0..=9223372036854775807)"),
+        ("nofile = 1.0", "4:10: \"nofile\": expected a number or \"infinity\", found float"),
+        ("cpu = 0", "4:7: \"cpu\": 0 is below 1 (seconds of CPU time; the kernel would take 0 as 1 and stop the process after a second)"),
+        ("cpu = \"1h\"", "4:7: \"cpu\": invalid value \"1h\" (expected a number or \"infinity\")"),
+        ("nice = 41", "4:8: \"nice\": 41 is out of range (expected 0..=40 or \"infinity\": the process may lower its nice value to 20 minus this, so 40 allows -20)"),
+        ("rtprio = 100", "4:10: \"rtprio\": 100 is out of range (expected 0..=99 or \"infinity\": 99 is the highest real-time priority)"),
+        ("as = 0", "4:6: \"as\": 0 bytes is below one page (4096 bytes): no program can be loaded with so little; a number without a unit counts bytes (write e.g. \"512MiB\")"),
+        ("data = \"1KiB\"", "4:8: \"data\": 1024 bytes is below one page (4096 bytes): no program can be loaded with so little; a number without a unit counts bytes (write e.g. \"512MiB\")"),
+        ("stack = 8", "4:9: \"stack\": 8 bytes is below one page (4096 bytes): no program can be loaded with so little; a number without a unit counts bytes (write e.g. \"512MiB\")"),
+        ("core = \"lots\"", "4:8: \"core\": invalid value \"lots\" (expected a number of bytes, a size like \"64MiB\" or \"infinity\")"),
+        ("core = true", "4:8: \"core\": expected a number of bytes, a size like \"64MiB\" or \"infinity\", found boolean"),
+    ];
+    for (limit, expected) in cases {
+        assert_error(&t(limit), expected);
+    }
+    // Every bad entry is reported, not just the first.
+    let errs = errors(&program_a("limits = { nofile = 0, nice = 99, core = 0 }"));
+    assert_eq!(errs.len(), 2, "{errs:?}");
+}
+
+#[test]
+fn a_change_of_a_resource_key_is_a_change_on_reload() {
+    let base = "[program.a]\ncommand = \"x\"\nmemory_max = \"1GiB\"\ncpu_max = \"50%\"\npids_max = 10\nlimits = { nofile = 10, core = 0 }\n";
+    let old = parse(base);
+    assert_eq!(diff(&old, &parse(base)).unchanged, vec!["a"]);
+    let edits = [
+        ("memory_max = \"1GiB\"", "memory_max = \"2GiB\""),
+        ("memory_max = \"1GiB\"", ""),
+        ("cpu_max = \"50%\"", "cpu_max = \"51%\""),
+        ("pids_max = 10", "pids_max = 11"),
+        ("pids_max = 10", ""),
+        ("nofile = 10", "nofile = 11"),
+        ("nofile = 10, core = 0", "core = 0, nofile = 10"),
+        ("core = 0", "core = \"infinity\""),
+        ("core = 0", "core = 0, stack = \"8MiB\""),
+    ];
+    for (from, to) in edits {
+        let new = parse(&base.replace(from, to));
+        assert_eq!(diff(&old, &new).changed, vec!["a"], "{from} -> {to}");
+    }
+    let edited = |from: &str, to: &str| parse(&base.replace(from, to));
+    // Same values, other spellings: nothing changes.
+    let same = edited("memory_max = \"1GiB\"", "memory_max = 1073741824");
+    assert_eq!(diff(&old, &same).unchanged, vec!["a"]);
+    // Switching cgroups off is a change too.
+    let plain = parse("[program.b]\ncommand = \"x\"\n");
+    let off = parse("[program.b]\ncommand = \"x\"\ncgroup = false\n");
+    assert_eq!(diff(&plain, &off).changed, vec!["b"]);
 }
 
 // ---------------------------------------------------------------- bounds on reading
