@@ -16,11 +16,12 @@ use crate::health::Prober;
 use crate::hooks::{self, HookContext};
 use crate::metrics;
 use crate::notify::{self, NotifyRoutes};
-use crate::process::Reaper;
+use crate::process::{cgroup, Reaper};
 use crate::reexec;
 use crate::register;
 use crate::supervisor::{Context, Input, Supervisor, INPUT_QUEUE};
 use crate::systemd::{self, Systemd};
+use nix::sys::signal::Signal;
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 
@@ -108,6 +109,7 @@ async fn serve(config: Config, options: Options) -> Result<(), DaemonError> {
         notify_routes,
         notify_socket: notify_socket.clone(),
         transitions: tokio::sync::broadcast::channel(EVENT_QUEUE).0,
+        cgroups: contain(&config, saved.is_some()).await,
     });
     let metrics_listener = match config.supervisor.metrics {
         Some(address) => Some((
@@ -183,7 +185,13 @@ async fn serve(config: Config, options: Options) -> Result<(), DaemonError> {
     let (open_tx, mut open_rx) = mpsc::channel::<()>(1);
     let server = tokio::spawn(server::serve(socket, shared, open_tx));
 
+    let cgroups = Arc::clone(&context);
     supervisor.run(inputs_rx).await;
+    // Every process is stopped: the subtree goes (unless minder re-execs
+    // itself: then `run` does not return).
+    if let Some(tree) = &cgroups.cgroups {
+        tree.leave();
+    }
 
     // Every process is stopped: the balancers hear it (etcd leases revoked).
     registrar.finish(REGISTER_FINISH).await;
@@ -201,6 +209,69 @@ async fn serve(config: Config, options: Options) -> Result<(), DaemonError> {
     }
     tracing::info!("minder exits");
     Ok(())
+}
+
+/// minder's cgroup subtree, entered, with what a predecessor that died left
+/// in it stopped first (not after `reexec`: those are minder's own
+/// processes, kept). `None`, said once, where cgroups cannot be had.
+async fn contain(config: &Config, handed_over: bool) -> Option<Arc<cgroup::Tree>> {
+    let tree = match cgroup::Tree::open(&config.supervisor.socket) {
+        Ok(tree) => tree,
+        Err(off) => {
+            tracing::warn!("cgroups are off ({off}): processes are stopped by process group");
+            return None;
+        }
+    };
+    if !handed_over {
+        stop_leftovers(config, tree.leftovers()).await;
+    }
+    if let Err(off) = tree.enter() {
+        tracing::warn!("cgroups are off ({off}): processes are stopped by process group");
+        return None;
+    }
+    tracing::debug!("cgroups under {}", tree.base().display());
+    Some(Arc::new(tree))
+}
+
+/// Stops what a predecessor left in its cgroups, all at once, each with its
+/// program's `stop_signal` and `stop_timeout` (SIGTERM and 10 s for a
+/// program no longer configured), and logs every process.
+async fn stop_leftovers(config: &Config, leftovers: Vec<cgroup::Leftover>) {
+    let mut stopping = tokio::task::JoinSet::new();
+    for leftover in leftovers {
+        let program = leftover
+            .program
+            .as_deref()
+            .and_then(|name| config.programs.iter().find(|p| p.name == name));
+        let (signal, grace) = program.map_or((Signal::SIGTERM, Duration::from_secs(10)), |p| {
+            (p.stop_signal, p.stop_timeout)
+        });
+        for pid in &leftover.pids {
+            tracing::warn!(
+                "stopping process {pid} ({}) left in cgroup {} by a minder that ended without stopping it",
+                command_of(*pid),
+                leftover.cgroup.path().display()
+            );
+        }
+        stopping.spawn(leftover.stop(signal, grace));
+    }
+    while let Some(killed) = stopping.join_next().await {
+        if let Ok(true) = killed {
+            tracing::warn!("a leftover process outlived its stop_timeout: killed");
+        }
+    }
+}
+
+/// The command line of `pid`, for the log (bounded, control characters shown escaped).
+fn command_of(pid: nix::unistd::Pid) -> String {
+    let raw = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    let text: String = String::from_utf8_lossy(&raw)
+        .replace('\0', " ")
+        .trim()
+        .chars()
+        .take(200)
+        .collect();
+    crate::text::sanitize(&text).into_owned()
 }
 
 /// How long shutdown waits for the load balancers to be told the last

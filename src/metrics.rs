@@ -133,6 +133,7 @@ impl Collector for Snapshot {
                 let code = match end {
                     crate::process::ProcessEnd::Exited(code) => i64::from(code),
                     crate::process::ProcessEnd::Signaled(sig) => 128 + i64::from(sig),
+                    crate::process::ProcessEnd::OomKilled { .. } => 128 + i64::from(libc::SIGKILL),
                 };
                 gauge(code).encode(family.encode_family(&labels(s))?)?;
             }

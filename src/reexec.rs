@@ -168,6 +168,8 @@ pub fn save(status: &ProcessStatus, now: Instant) -> Result<SavedProcess, String
         last_end: status.last_end.map(|e| match e {
             ProcessEnd::Exited(code) => SavedEnd::Exited(code),
             ProcessEnd::Signaled(sig) => SavedEnd::Signaled(sig),
+            // Its description, saved as text, still says it was the OOM killer.
+            ProcessEnd::OomKilled { .. } => SavedEnd::Signaled(libc::SIGKILL),
         }),
         description: status.description.to_string(),
         changed_ago_ms: ago(status.changed),

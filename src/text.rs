@@ -76,9 +76,33 @@ pub fn short_duration(d: Duration) -> String {
     }
 }
 
+/// A size as a config file would write it: `512MiB`, `1GiB`, or bytes
+/// (`1000000B`) when it is no whole number of a binary unit.
+pub fn bytes(n: u64) -> String {
+    const UNITS: [(u64, &str); 4] = [
+        (1 << 40, "TiB"),
+        (1 << 30, "GiB"),
+        (1 << 20, "MiB"),
+        (1 << 10, "KiB"),
+    ];
+    UNITS
+        .iter()
+        .find(|(size, _)| n >= *size && n % size == 0)
+        .map(|(size, unit)| format!("{}{unit}", n / size))
+        .unwrap_or_else(|| format!("{n}B"))
+}
+
 #[cfg(test)]
 mod tests {
-    use super::{sanitize, short_duration};
+    use super::{bytes, sanitize, short_duration};
+
+    #[test]
+    fn sizes_read_as_written_in_a_config() {
+        assert_eq!(bytes(512 << 20), "512MiB");
+        assert_eq!(bytes(1 << 30), "1GiB");
+        assert_eq!(bytes(1_000_000), "1000000B");
+        assert_eq!(bytes(0), "0B");
+    }
     use std::borrow::Cow;
     use std::time::Duration;
 

@@ -573,6 +573,19 @@ impl Cgroup {
     }
 }
 
+/// The error of the first limit in `resources` that needs a cgroup
+/// controller: what a process that gets no cgroup fails with.
+pub fn needs_controller(resources: &Resources) -> Option<CgroupError> {
+    [
+        (resources.memory_max.is_some(), "memory_max", "memory"),
+        (resources.cpu_max.is_some(), "cpu_max", "cpu"),
+        (resources.pids_max.is_some(), "pids_max", "pids"),
+    ]
+    .into_iter()
+    .find(|(set, _, _)| *set)
+    .map(|(_, key, controller)| CgroupError::NoController(key, controller))
+}
+
 /// Whether `cgroup.events` text says `populated 1`.
 fn populated_in(text: &str) -> bool {
     text.lines().any(|l| {

@@ -25,6 +25,11 @@ pub enum ProcessEnd {
     Exited(i32),
     /// Killed by this signal (a number: real-time signals have no `Signal` variant).
     Signaled(i32),
+    /// Killed (SIGKILL) by the kernel's OOM killer, its cgroup says.
+    OomKilled {
+        /// The program's `memory_max`, if it has one.
+        memory_max: Option<u64>,
+    },
 }
 
 impl ProcessEnd {
@@ -32,7 +37,7 @@ impl ProcessEnd {
     pub fn code(&self) -> Option<i32> {
         match self {
             ProcessEnd::Exited(code) => Some(*code),
-            ProcessEnd::Signaled(_) => None,
+            ProcessEnd::Signaled(_) | ProcessEnd::OomKilled { .. } => None,
         }
     }
 
@@ -41,6 +46,7 @@ impl ProcessEnd {
         match self {
             ProcessEnd::Exited(_) => None,
             ProcessEnd::Signaled(sig) => Some(signal_name(*sig)),
+            ProcessEnd::OomKilled { .. } => Some(signal_name(libc::SIGKILL)),
         }
     }
 }
@@ -50,6 +56,14 @@ impl std::fmt::Display for ProcessEnd {
         match self {
             ProcessEnd::Exited(code) => write!(f, "exited with code {code}"),
             ProcessEnd::Signaled(sig) => write!(f, "killed by {}", signal_name(*sig)),
+            ProcessEnd::OomKilled { memory_max: None } => f.write_str("killed by the OOM killer"),
+            ProcessEnd::OomKilled {
+                memory_max: Some(bytes),
+            } => write!(
+                f,
+                "killed by the OOM killer (memory_max {})",
+                crate::text::bytes(*bytes)
+            ),
         }
     }
 }

@@ -17,11 +17,13 @@ use crate::health::{ProbeResult, ProbeStats, Prober};
 use crate::logs::{LogRequest, LogStats, ProcessLogs};
 use crate::mailbox::{Mailbox, SendError};
 use crate::notify::{NotifyMessage, NotifyRoutes};
+use crate::process::cgroup::{self, Cgroup};
 use crate::process::{
     self, ExitReceiver, Output, ProcessEnd, Reaper, SpawnError, SpawnRequest, SpawnStage,
 };
 use crate::sockets::ListenSet;
 use nix::unistd::Pid;
+use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 
 /// Notify messages queued per process before newer ones are dropped.
@@ -44,6 +46,8 @@ pub struct Context {
     /// Every state and health change (see [`super::events`]). Sending never
     /// waits: a reader that falls behind loses the oldest.
     pub transitions: broadcast::Sender<Arc<Transition>>,
+    /// minder's cgroup subtree; `None` when it runs without cgroups.
+    pub cgroups: Option<Arc<cgroup::Tree>>,
 }
 
 /// Commands queued per process; a full queue is reported as busy.
@@ -225,6 +229,9 @@ pub struct ProcessActor {
     /// The exit of the retiring process of a rolling restart.
     retired_exit: Option<ExitReceiver>,
     exit: Option<ExitReceiver>,
+    /// The cgroup of the current process, and of the retiring one.
+    cgroup: Option<Cgroup>,
+    retired_cgroup: Option<Cgroup>,
     /// Settings before a reconfiguration whose rollout is still in progress
     /// (boxed: rarely there, and large for every process's actor).
     previous: Option<Box<(ProcessSpec, Arc<ProgramConfig>)>>,
@@ -273,6 +280,7 @@ impl ProcessActor {
         let probes = spec.probe.as_ref().map(|_| Arc::new(ProbeStats::default()));
         let (status_tx, status_rx) = watch::channel(snapshot(
             &spec,
+            None,
             &machine,
             0,
             None,
@@ -307,6 +315,8 @@ impl ProcessActor {
             listen,
             retired_exit: None,
             exit: None,
+            cgroup: None,
+            retired_cgroup: None,
             previous: None,
             report: None,
             commands: mailbox,
@@ -319,13 +329,16 @@ impl ProcessActor {
             cause: None,
         };
         let mut actor = actor;
+        let tree = actor.context.cgroups.clone();
         if let Some(pid) = actor.machine.state.pid() {
             // Registered before the runtime polls the reaper, so an exit that
             // happened during the exec is routed here, not lost as an orphan.
             actor.exit = Some(actor.context.reaper.adopt(pid));
+            actor.cgroup = tree.as_ref().and_then(|t| t.of_process(pid));
         }
         if let Some(old) = actor.machine.retiring {
             actor.retired_exit = Some(actor.context.reaper.adopt(old.pid));
+            actor.retired_cgroup = tree.as_ref().and_then(|t| t.of_process(old.pid));
         }
         actor.sync_probing();
         actor.sync_notify_route();
@@ -368,6 +381,7 @@ impl ProcessActor {
                 },
                 end = wait_exit(&mut self.exit) => {
                     self.exit = None;
+                    let Some(end) = self.settle(end, false) else { continue };
                     // A child that could not exec reported why before exiting.
                     let program = self.spec.argv.first().map(String::as_str).unwrap_or_default();
                     let failure = self
@@ -385,6 +399,7 @@ impl ProcessActor {
                 }
                 end = wait_exit(&mut self.retired_exit) => {
                     self.retired_exit = None;
+                    let Some(end) = self.settle(end, true) else { continue };
                     self.feed(Event::RetiredExited(end));
                 }
                 _ = sleep_until(wake.unwrap_or_else(far_future)), if wake.is_some() => {
@@ -564,6 +579,7 @@ impl ProcessActor {
                     }
                     Effect::Retire => {
                         self.retired_exit = self.exit.take();
+                        self.retired_cgroup = self.cgroup.take();
                         self.report = None;
                     }
                     Effect::RolloutFailed(reason) => {
@@ -579,6 +595,7 @@ impl ProcessActor {
                             self.cfg = cfg;
                         }
                         self.exit = self.retired_exit.take();
+                        self.cgroup = self.retired_cgroup.take();
                         self.fail_waiters(Wait::Start, &Failure::Rollout(reason));
                     }
                 }
@@ -840,23 +857,107 @@ impl ProcessActor {
                 }
             },
         };
+        let cgroup = match self.make_cgroup() {
+            Ok(cgroup) => cgroup,
+            Err(e) => {
+                tracing::warn!(process = %self.spec.name, "spawn failed: {e}");
+                return Event::SpawnFailed(e);
+            }
+        };
+        // Held until spawn returns, like the sockets.
+        let directory = match cgroup.as_ref().map(Cgroup::open).transpose() {
+            Ok(directory) => directory,
+            Err(e) => {
+                cgroup.iter().for_each(Cgroup::remove);
+                let e = SpawnError::setup("opening the cgroup", &e);
+                tracing::warn!(process = %self.spec.name, "spawn failed: {e}");
+                return Event::SpawnFailed(e);
+            }
+        };
+        request.cgroup = directory.as_ref().map(|d| d.as_raw_fd());
         let spawned = process::spawn_unconfirmed(&request, &self.context.reaper);
         drop(sockets);
+        drop(directory);
         match spawned {
             Ok((spawned, report)) => {
                 tracing::debug!(process = %self.spec.name, pid = spawned.pid.as_raw(), "spawned");
                 self.exit = Some(spawned.exit);
                 self.report = Some(report);
+                self.cgroup = cgroup;
                 Event::Spawned(spawned.pid)
             }
             Err(e) => {
+                cgroup.iter().for_each(Cgroup::remove);
                 tracing::warn!(process = %self.spec.name, "spawn failed: {e}");
                 Event::SpawnFailed(e)
             }
         }
     }
 
+    /// The end of a process (the current one, or the `retired` one) whose
+    /// main process has ended: `None` while what is left of its cgroup is
+    /// being killed (the end comes again once it is empty), else the end to
+    /// feed, `killed by the OOM killer` where the kernel says so.
+    fn settle(&mut self, end: ProcessEnd, retired: bool) -> Option<ProcessEnd> {
+        let slot = if retired {
+            &mut self.retired_cgroup
+        } else {
+            &mut self.cgroup
+        };
+        let Some(cgroup) = slot.as_ref() else {
+            return Some(end);
+        };
+        // Read before the cgroup goes: its `memory.events` goes with it.
+        let oom = cgroup.oom_kills() > 0;
+        if let Some(later) = cgroup.after_exit(end) {
+            tracing::debug!(process = %self.spec.name, "{end}; killing what is left of its cgroup");
+            if retired {
+                self.retired_exit = Some(later);
+            } else {
+                self.exit = Some(later);
+            }
+            return None;
+        }
+        *slot = None;
+        Some(match end {
+            ProcessEnd::Signaled(libc::SIGKILL) if oom => ProcessEnd::OomKilled {
+                memory_max: self.cfg.resources.as_ref().and_then(|r| r.memory_max),
+            },
+            end => end,
+        })
+    }
+
+    /// The cgroup for a new process, if it gets one; an error (the spawn
+    /// fails with it) when it needs one minder cannot make.
+    fn make_cgroup(&self) -> Result<Option<Cgroup>, SpawnError> {
+        let resources = self.cfg.resources.as_deref();
+        let failed = |e: cgroup::CgroupError| SpawnError::plain(SpawnStage::Cgroup, e.to_string());
+        match &self.context.cgroups {
+            Some(tree) if self.cfg.cgroup => tree
+                .create(&self.spec.program, self.spec.instance, resources)
+                .map(Some)
+                .map_err(failed),
+            _ => match resources.and_then(cgroup::needs_controller) {
+                Some(e) => Err(SpawnError::plain(
+                    SpawnStage::Cgroup,
+                    format!("{e} (minder runs without cgroups)"),
+                )),
+                None => Ok(None),
+            },
+        }
+    }
+
     fn signal(&self, pid: nix::unistd::Pid, signal: Signal, group: bool) {
+        // The final SIGKILL of a stop reaches every process of the cgroup.
+        let cgroup = if self.machine.retiring.is_some_and(|r| r.pid == pid) {
+            self.retired_cgroup.as_ref()
+        } else {
+            self.cgroup.as_ref()
+        };
+        if let (Signal::SIGKILL, Some(cgroup)) = (signal, cgroup) {
+            cgroup.kill();
+            return;
+        }
         if let Err(e) = process::already_gone(self.context.reaper.signal(pid, signal, group)) {
             tracing::warn!(
                 process = %self.spec.name,
@@ -871,6 +972,7 @@ impl ProcessActor {
     fn publish(&mut self) {
         self.status.send_replace(snapshot(
             &self.spec,
+            self.cgroup.as_ref(),
             &self.machine,
             self.stop_epoch,
             self.last_probe.clone(),
@@ -911,6 +1013,7 @@ fn describe(description: &Why) -> String {
 
 fn snapshot(
     spec: &ProcessSpec,
+    cgroup: Option<&Cgroup>,
     machine: &Machine,
     stop_epoch: u64,
     last_probe: Option<ProbeResult>,
@@ -935,7 +1038,7 @@ fn snapshot(
         probes,
         failures: machine.failures,
         backoff_step: machine.backoff_step,
-        cgroup: None,
+        cgroup: cgroup.map(|c| Arc::clone(c.path())),
     }
 }
 

@@ -324,7 +324,7 @@ pub fn wants_restart(cfg: &ProgramConfig, end: ProcessEnd) -> bool {
         RestartPolicy::Never => false,
         RestartPolicy::OnFailure => match end {
             ProcessEnd::Exited(code) => !cfg.exit_codes.contains(&code),
-            ProcessEnd::Signaled(_) => true,
+            ProcessEnd::Signaled(_) | ProcessEnd::OomKilled { .. } => true,
         },
     }
 }

@@ -402,6 +402,18 @@ impl Daemon {
         self.child = Some(child);
     }
 
+    /// Starts a new daemon on the same config and socket once this one has
+    /// exited (after a SIGKILL, say), and waits until it answers.
+    pub fn respawn(&mut self) {
+        assert!(self.try_wait().is_some(), "the daemon is still running");
+        self.child = None;
+        self.exited = None;
+        let previous = self.path("daemon.log.previous");
+        let _ = fs::rename(&self.log_path, previous);
+        self.spawn();
+        self.wait_ready();
+    }
+
     /// Waits until `ctl status` answers (exit 0 or 3), panicking if the daemon dies or hangs.
     pub fn wait_ready(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(10);
