@@ -2,11 +2,13 @@
 //! they ended (one reaper), and how it signals them.
 
 mod fd;
+pub mod ledger;
 mod reaper;
 mod run;
 mod spawn;
 
 pub use fd::set_cloexec;
+pub use ledger::{ledger_path, recover, Ledger, Leftover};
 pub use reaper::{ExitReceiver, Reaper};
 pub use run::{run_captured, Capture, RunError};
 pub use spawn::{
