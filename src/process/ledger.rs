@@ -943,3 +943,409 @@ fn parse(bytes: &[u8], truncated: bool) -> Parsed {
     }
     parsed
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::BufRead;
+    use std::os::unix::process::CommandExt;
+    use std::process::{Child, Command, Stdio};
+
+    /// A program process as minder makes it: `sh -c script` in a session
+    /// (and group) of its own, so its PID is the group's id. The script
+    /// says `ready` once it has set itself up; this returns after that.
+    fn spawn_session(script: &str) -> (Child, Pid) {
+        let mut command = Command::new("sh");
+        command.args(["-c", script]).stdout(Stdio::piped());
+        // SAFETY: between fork and exec the closure only calls setsid(2),
+        // which is async-signal-safe and allocates nothing.
+        unsafe {
+            command.pre_exec(|| nix::unistd::setsid().map(drop).map_err(io::Error::from));
+        }
+        let mut child = command.spawn().expect("spawning sh");
+        let mut line = String::new();
+        io::BufReader::new(child.stdout.take().expect("stdout"))
+            .read_line(&mut line)
+            .expect("reading from sh");
+        assert_eq!(line.trim(), "ready", "the script did not start");
+        let pid = Pid::from_raw(child.id() as i32);
+        (child, pid)
+    }
+
+    /// The processes (PID, start time) of the session `sid`, zombies aside.
+    fn session(sid: Pid) -> Vec<(Pid, u64)> {
+        scan_proc()
+            .into_iter()
+            .filter(|(_, s)| s.sid == sid.as_raw() && !s.zombie)
+            .map(|(p, s)| (Pid::from_raw(p), s.start))
+            .collect()
+    }
+
+    /// Whether the process that had `pid` and `start` still runs (a zombie
+    /// does not).
+    fn runs(pid: Pid, start: u64) -> bool {
+        read_stat(pid).is_ok_and(|s| s.start == start && !s.zombie)
+    }
+
+    /// Waits, for at most 10 s, until `condition` holds; whether it did.
+    fn eventually(mut condition: impl FnMut() -> bool) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if condition() {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Kills what is left of a test's child and reaps it.
+    fn finish(mut child: Child) {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
+    fn start_of(pid: Pid) -> u64 {
+        read_stat(pid).expect("reading the start time").start
+    }
+
+    #[test]
+    fn the_ledger_is_named_after_the_socket() {
+        assert_eq!(
+            ledger_path(Path::new("/run/minder/minder.sock")),
+            PathBuf::from("/run/minder/minder.sock.pids")
+        );
+    }
+
+    #[test]
+    fn a_command_name_with_spaces_and_parentheses_parses() {
+        let mut line =
+            b"4242 (a) (b c)) S 1 4242 4242 0 -1 4194560 1 0 0 0 0 0 0 0 20 0 1 0 ".to_vec();
+        line.extend_from_slice(
+            b"8812345 2412544 229 18446744073709551615 1 1 0 0 0 0 0 0 0 0 0 0 0\n",
+        );
+        let stat = parse_stat(&line).expect("parses");
+        assert_eq!(stat.comm, "a) (b c)");
+        assert_eq!((stat.pgid, stat.sid, stat.start), (4242, 4242, 8812345));
+        assert!(!stat.zombie);
+        assert_eq!(parse_stat(b"12 (x) Z 1"), None);
+        assert_eq!(parse_stat(b"no parentheses"), None);
+        assert_eq!(parse_stat(b") backwards ("), None);
+    }
+
+    #[test]
+    fn recover_stops_every_process_of_the_recorded_sessions() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("minder.sock.pids");
+        let script = "sleep 30 & sleep 30 & echo ready; wait";
+        let (first, first_pid) = spawn_session(script);
+        let (second, second_pid) = spawn_session(script);
+        let ledger = Ledger::open(&path).expect("opening the ledger");
+        ledger.record(first_pid);
+        ledger.record(second_pid);
+        // minder is killed: nothing but the file is left.
+        drop(ledger);
+        let mut processes = session(first_pid);
+        processes.extend(session(second_pid));
+        assert_eq!(processes.len(), 6, "{processes:?}");
+
+        let mut leftovers = recover(&path, Duration::from_secs(5)).expect("recovering");
+        leftovers.sort_by_key(|l| l.pid);
+        let gone = eventually(|| processes.iter().all(|&(p, s)| !runs(p, s)));
+        finish(first);
+        finish(second);
+        assert!(gone, "processes of the sessions are left");
+        let mut expected = [first_pid, second_pid];
+        expected.sort();
+        assert_eq!(leftovers.len(), 2, "{leftovers:?}");
+        for (leftover, pid) in leftovers.iter().zip(expected) {
+            assert_eq!(leftover.pid, pid);
+            assert!(!leftover.killed, "{leftover}");
+            assert!(leftover.leader_alive, "{leftover}");
+            assert_eq!(leftover.processes, 3, "{leftover}");
+            assert_eq!(leftover.command, format!("sh -c {script}"));
+            let shown = leftover.to_string();
+            assert!(shown.contains("with 2 more of its session"), "{shown}");
+            assert!(shown.ends_with("stopped by SIGTERM"), "{shown}");
+        }
+        assert!(!path.exists(), "the ledger is removed");
+        // A second recovery has nothing to do.
+        assert_eq!(recover(&path, Duration::ZERO).expect("again"), Vec::new());
+    }
+
+    #[test]
+    fn a_process_ignoring_sigterm_is_killed_after_the_grace_period() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("minder.sock.pids");
+        // The sleep inherits the ignored SIGTERM.
+        let (child, pid) = spawn_session("trap '' TERM; sleep 30 & echo ready; wait");
+        let processes = session(pid);
+        let ledger = Ledger::open(&path).expect("opening the ledger");
+        ledger.record(pid);
+        drop(ledger);
+
+        let grace = Duration::from_millis(300);
+        let started = Instant::now();
+        let leftovers = recover(&path, grace).expect("recovering");
+        let took = started.elapsed();
+        let gone = eventually(|| processes.iter().all(|&(p, s)| !runs(p, s)));
+        finish(child);
+        assert!(gone, "processes of the session are left");
+        assert!(took >= grace, "SIGKILL came after {took:?}");
+        assert_eq!(leftovers.len(), 1, "{leftovers:?}");
+        assert!(leftovers[0].killed, "{}", leftovers[0]);
+        assert!(leftovers[0].to_string().ends_with("needed SIGKILL"));
+    }
+
+    #[test]
+    fn the_members_of_a_session_whose_leader_died_are_stopped() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("minder.sock.pids");
+        let (mut child, pid) = spawn_session("sleep 30 & sleep 30 & echo ready; wait");
+        let ledger = Ledger::open(&path).expect("opening the ledger");
+        ledger.record(pid);
+        drop(ledger);
+        // The shell alone dies (and is reaped) while no minder runs; its
+        // sleeps live on in its session.
+        child.kill().expect("killing sh");
+        child.wait().expect("reaping sh");
+        // Forked before `ready`, but perhaps not yet `sleep`.
+        let sleeping = eventually(|| {
+            scan_proc()
+                .iter()
+                .filter(|(_, s)| s.sid == pid.as_raw() && s.comm == "sleep")
+                .count()
+                == 2
+        });
+        let members = session(pid);
+        assert_eq!(members.len(), 2, "{members:?}");
+
+        let leftovers = recover(&path, Duration::from_secs(5)).expect("recovering");
+        let gone = eventually(|| members.iter().all(|&(p, s)| !runs(p, s)));
+        if !gone {
+            for &(p, _) in &members {
+                let _ = nix::sys::signal::kill(p, Signal::SIGKILL);
+            }
+        }
+        assert!(gone, "the members are left");
+        assert!(sleeping, "{members:?}");
+        assert_eq!(leftovers.len(), 1, "{leftovers:?}");
+        let leftover = &leftovers[0];
+        assert_eq!(leftover.pid, pid);
+        assert!(!leftover.leader_alive && !leftover.killed, "{leftover}");
+        assert_eq!(leftover.processes, 2);
+        assert_eq!(leftover.command, "sleep 30");
+        assert!(leftover.to_string().starts_with("the session of process"));
+    }
+
+    #[test]
+    fn a_recycled_pid_is_not_touched() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("minder.sock.pids");
+        let (child, pid) = spawn_session("echo ready; exec sleep 30");
+        let start = start_of(pid);
+        // The entry has the right PID but another start time: the process
+        // now holding the number is not the one recorded.
+        let boot = boot_id().map(|b| format!("boot {b}\n")).unwrap_or_default();
+        std::fs::write(&path, format!("{boot}+ {pid} {}\n", start + 1)).expect("writing");
+        let leftovers = recover(&path, Duration::from_millis(100)).expect("recovering");
+        let still = runs(pid, start);
+        finish(child);
+        assert_eq!(leftovers, Vec::new());
+        assert!(still, "a process whose start time differs was stopped");
+        assert!(!path.exists());
+    }
+
+    #[test]
+    fn entries_of_another_boot_are_not_touched() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("minder.sock.pids");
+        let (child, pid) = spawn_session("echo ready; exec sleep 30");
+        let start = start_of(pid);
+        let text = format!("boot 00000000-0000-0000-0000-000000000000\n+ {pid} {start}\n");
+        std::fs::write(&path, &text).expect("writing");
+        let opened = Ledger::open(&path).map(|l| l.live());
+        std::fs::write(&path, &text).expect("writing");
+        let leftovers = recover(&path, Duration::from_millis(100)).expect("recovering");
+        let still = runs(pid, start);
+        finish(child);
+        if boot_id().is_none() {
+            return; // No boot id on this host: nothing to tell boots apart.
+        }
+        assert_eq!(opened.expect("opening"), HashMap::new());
+        assert_eq!(leftovers, Vec::new());
+        assert!(still);
+    }
+
+    #[test]
+    fn open_after_a_reexec_replays_additions_and_removals() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("minder.sock.pids");
+        let children: Vec<(Child, Pid)> = (0..3)
+            .map(|_| spawn_session("echo ready; exec sleep 30"))
+            .collect();
+        let (ended, ended_pid) = spawn_session("echo ready; exec sleep 30");
+        let ledger = Ledger::open(&path).expect("opening the ledger");
+        for (_, pid) in &children {
+            ledger.record(*pid);
+        }
+        ledger.record(ended_pid);
+        ledger.forget(children[1].1);
+        // One that ends while minder re-executes (its exit not yet routed).
+        finish(ended);
+        drop(ledger);
+
+        let reopened = Ledger::open(&path).expect("reopening the ledger");
+        let expected: HashMap<i32, u64> = [children[0].1, children[2].1]
+            .into_iter()
+            .map(|pid| (pid.as_raw(), start_of(pid)))
+            .collect();
+        assert_eq!(reopened.live(), expected);
+        // It carries on appending, and the file says what memory says.
+        reopened.forget(children[0].1);
+        reopened.record(children[1].1);
+        let on_disk = parse(&std::fs::read(&path).expect("reading"), false);
+        let live = reopened.live();
+        for (child, _) in children {
+            finish(child);
+        }
+        assert_eq!(on_disk.malformed, 0);
+        assert_eq!(on_disk.live, live);
+        assert_eq!(on_disk.boot, boot_id());
+        assert_eq!(live.len(), 2);
+        let mode = std::fs::metadata(&path).expect("stat").mode() & 0o777;
+        assert_eq!(mode, 0o600);
+    }
+
+    #[test]
+    fn compaction_keeps_the_live_set() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("minder.sock.pids");
+        let ledger = Ledger::open(&path).expect("opening the ledger");
+        let mut expected = HashMap::new();
+        for round in 0..20u64 {
+            for i in 0..100 {
+                let pid = 100_000 + i;
+                ledger.record_start(pid, round);
+                expected.insert(pid, round);
+            }
+            for i in (0..100).step_by(3) {
+                ledger.forget(Pid::from_raw(100_000 + i));
+                expected.remove(&(100_000 + i));
+            }
+            let text = std::fs::read(&path).expect("reading");
+            let lines = text.iter().filter(|&&b| b == b'\n').count();
+            assert!(
+                lines <= 2 * expected.len() + COMPACT_SLACK + 1,
+                "{lines} lines for {} entries",
+                expected.len()
+            );
+            let parsed = parse(&text, false);
+            assert_eq!(parsed.malformed, 0);
+            assert_eq!(parsed.live, expected, "round {round}");
+        }
+        assert_eq!(ledger.live(), expected);
+        assert!(!dir.path().join("minder.sock.pids.tmp").exists());
+    }
+
+    #[test]
+    fn recording_is_cheap() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("minder.sock.pids");
+        let ledger = Ledger::open(&path).expect("opening the ledger");
+        let me = nix::unistd::getpid();
+        let started = Instant::now();
+        for _ in 0..1000 {
+            ledger.record(me);
+            ledger.forget(me);
+        }
+        let each = started.elapsed() / 2000;
+        // Well under a millisecond even unoptimised on a busy machine.
+        assert!(each < Duration::from_millis(1), "{each:?} a call");
+    }
+
+    #[test]
+    fn a_malformed_file_is_skipped_line_by_line() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("minder.sock.pids");
+        let mut text = b"+ 1 5\n+ 0 1\n+ -7 3\n- x y\n+ 12\n+ 12 3 4\n\xff\xfe\n\n".to_vec();
+        text.extend_from_slice(&[b'9'; 5000]);
+        text.extend_from_slice(b"\nboot late\n+ 4000000000 1\n+ 77 18446744073709551616\n+ 5 6");
+        let parsed = parse(&text, false);
+        assert_eq!(parsed.live, HashMap::new());
+        assert_eq!(parsed.malformed, 13);
+        assert_eq!(parsed.boot, None);
+        std::fs::write(&path, &text).expect("writing");
+        assert_eq!(
+            recover(&path, Duration::ZERO).expect("recovering"),
+            Vec::new()
+        );
+        std::fs::write(&path, &text).expect("writing");
+        let ledger = Ledger::open(&path).expect("opening");
+        assert_eq!(ledger.live(), HashMap::new());
+    }
+
+    #[test]
+    fn a_huge_file_is_read_up_to_the_bound() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("minder.sock.pids");
+        let line = "+ 999999 1\n- 999999 1\n";
+        std::fs::write(&path, line.repeat(200_000)).expect("writing");
+        let contents = read_checked(&path).expect("reading").expect("a file");
+        assert!(contents.truncated);
+        assert_eq!(contents.bytes.len() as u64, MAX_FILE_BYTES);
+        let parsed = parse(&contents.bytes, contents.truncated);
+        assert!(parsed.truncated);
+        assert_eq!(
+            recover(&path, Duration::ZERO).expect("recovering"),
+            Vec::new()
+        );
+    }
+
+    #[test]
+    fn a_symbolic_link_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let target = dir.path().join("elsewhere");
+        std::fs::write(&target, "+ 5 6\n").expect("writing");
+        let path = dir.path().join("minder.sock.pids");
+        std::os::unix::fs::symlink(&target, &path).expect("symlink");
+        let err = Ledger::open(&path).expect_err("a symlink is refused");
+        assert!(err.to_string().contains("symbolic link"), "{err}");
+        let err = recover(&path, Duration::ZERO).expect_err("a symlink is refused");
+        assert!(err.to_string().contains("symbolic link"), "{err}");
+        assert_eq!(
+            std::fs::read_to_string(&target).expect("reading"),
+            "+ 5 6\n"
+        );
+        assert!(path.is_symlink(), "the link is left for the operator");
+    }
+
+    #[test]
+    fn a_hard_link_or_another_users_file_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("minder.sock.pids");
+        std::fs::write(&path, "").expect("writing");
+        let other = dir.path().join("other");
+        std::fs::hard_link(&path, &other).expect("hard link");
+        let err = Ledger::open(&path).expect_err("a hard link is refused");
+        assert!(err.to_string().contains("hard links"), "{err}");
+        std::fs::remove_file(&other).expect("removing");
+        if !nix::unistd::geteuid().is_root() {
+            return; // Only root can give a file away.
+        }
+        nix::unistd::chown(&path, Some(nix::unistd::Uid::from_raw(65534)), None).expect("chown");
+        let err = recover(&path, Duration::ZERO).expect_err("another user's file is refused");
+        assert!(err.to_string().contains("owned by uid 65534"), "{err}");
+        assert!(path.exists(), "a refused file is left in place");
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn parsing_any_bytes_does_not_panic(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..400)) {
+            let parsed = parse(&bytes, false);
+            proptest::prop_assert!(parsed.live.keys().all(|&p| p >= 2));
+        }
+    }
+}
