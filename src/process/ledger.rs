@@ -350,8 +350,10 @@ impl fmt::Display for Leftover {
 /// that would not die) it logs itself.
 ///
 /// `Err` only if the file exists and cannot be read, or is refused (a
-/// symbolic link, another user's, not a regular file); it is then left in
-/// place.
+/// symbolic link, another user's, not a regular file, hard-linked
+/// elsewhere); nothing is signalled then, and the file is left in place
+/// for the operator. Entries that could not be checked (no pidfds, no file
+/// descriptor left) are logged and dropped with the file.
 pub fn recover(path: &Path, grace: Duration) -> io::Result<Vec<Leftover>> {
     let Some(contents) = read_checked(path)? else {
         return Ok(Vec::new());
@@ -368,10 +370,15 @@ pub fn recover(path: &Path, grace: Duration) -> io::Result<Vec<Leftover>> {
     } else {
         stop_all(&parsed.live, grace)
     };
+    // What was stopped is reported even if the file stays: `Ledger::open`
+    // then drops the entries whose process is gone.
     match std::fs::remove_file(path) {
         Ok(()) => {}
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => return Err(annotate(path, "cannot remove", e)),
+        Err(e) => tracing::warn!(
+            path = %path.display(),
+            "cannot remove the process ledger after recovery: {e}"
+        ),
     }
     Ok(leftovers)
 }
@@ -1248,6 +1255,44 @@ mod tests {
         }
         assert_eq!(ledger.live(), expected);
         assert!(!dir.path().join("minder.sock.pids.tmp").exists());
+    }
+
+    #[test]
+    fn a_failed_write_is_made_good_by_the_next_call() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("minder.sock.pids");
+        let ledger = Ledger::open(&path).expect("opening the ledger");
+        ledger.record_start(1000, 1);
+        // The disk fills up: the append fails with ENOSPC.
+        ledger.lock().file = OpenOptions::new()
+            .append(true)
+            .open("/dev/full")
+            .expect("opening /dev/full");
+        ledger.record_start(1001, 2);
+        {
+            let state = ledger.lock();
+            assert!(state.stale && state.warned);
+        }
+        let on_disk = parse(&std::fs::read(&path).expect("reading"), false);
+        assert_eq!(on_disk.live, HashMap::from([(1000, 1)]));
+        // Room again: the next call writes everything, the lost line included.
+        ledger.record_start(1002, 3);
+        let on_disk = parse(&std::fs::read(&path).expect("reading"), false);
+        assert_eq!(
+            on_disk.live,
+            HashMap::from([(1000, 1), (1001, 2), (1002, 3)])
+        );
+        {
+            let state = ledger.lock();
+            assert!(!state.stale && !state.warned);
+        }
+        ledger.forget(Pid::from_raw(1000));
+        let on_disk = parse(&std::fs::read(&path).expect("reading"), false);
+        assert_eq!(on_disk.live, HashMap::from([(1001, 2), (1002, 3)]));
+        let lines = ledger.lock().lines;
+        // Forgetting what is not recorded writes nothing.
+        ledger.forget(Pid::from_raw(4242));
+        assert_eq!(ledger.lock().lines, lines);
     }
 
     #[test]
