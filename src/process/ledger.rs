@@ -440,7 +440,7 @@ fn stop_all(live: &HashMap<i32, u64>, grace: Duration) -> Vec<Leftover> {
     }
     let mut entries: Vec<(i32, u64)> = live.iter().map(|(&p, &s)| (p, s)).collect();
     entries.sort_unstable();
-    let scan = scan_proc();
+    let scan = Scan::new(scan_proc());
     let me = nix::unistd::getpid().as_raw();
     let my_group = nix::unistd::getpgrp().as_raw();
     let mut targets = Vec::new();
@@ -514,8 +514,8 @@ fn stop_all(live: &HashMap<i32, u64>, grace: Duration) -> Vec<Leftover> {
 
 /// What is left of the entry (`pid`, `start`), with a pidfd on each of its
 /// processes found alive; `None` if nothing (or a recycled PID).
-fn find(pid: i32, start: u64, scan: &[(i32, Stat)], me: i32) -> io::Result<Option<Target>> {
-    let leader_stat = scan.iter().find(|(p, _)| *p == pid).map(|(_, s)| s);
+fn find(pid: i32, start: u64, scan: &Scan, me: i32) -> io::Result<Option<Target>> {
+    let leader_stat = scan.process(pid);
     let leader = match leader_stat {
         // Recycled: another process has the number, and its group is its own.
         Some(stat) if stat.start != start => return Ok(None),
@@ -532,7 +532,7 @@ fn find(pid: i32, start: u64, scan: &[(i32, Stat)], me: i32) -> io::Result<Optio
     };
     let mut members = Vec::new();
     let mut oldest: Option<(u64, Pid)> = None;
-    for (member, stat) in scan {
+    for (member, stat) in scan.session(pid) {
         let in_session = stat.sid == pid && *member != pid && *member != me;
         // With the leader gone, only a member no older than it is its.
         if !in_session || stat.zombie || (leader.is_none() && stat.start < start) {
@@ -695,6 +695,41 @@ fn parse_stat(text: &[u8]) -> Option<Stat> {
         sid: fields.get(3)?.parse().ok()?,
         start: fields.get(19)?.parse().ok()?,
     })
+}
+
+/// The processes of one scan of `/proc`, by PID and by session.
+struct Scan {
+    processes: Vec<(i32, Stat)>,
+    by_pid: HashMap<i32, usize>,
+    by_session: HashMap<i32, Vec<usize>>,
+}
+
+impl Scan {
+    fn new(processes: Vec<(i32, Stat)>) -> Scan {
+        let mut by_pid = HashMap::with_capacity(processes.len());
+        let mut by_session: HashMap<i32, Vec<usize>> = HashMap::new();
+        for (i, (pid, stat)) in processes.iter().enumerate() {
+            by_pid.insert(*pid, i);
+            by_session.entry(stat.sid).or_default().push(i);
+        }
+        Scan {
+            processes,
+            by_pid,
+            by_session,
+        }
+    }
+
+    fn process(&self, pid: i32) -> Option<&Stat> {
+        self.by_pid.get(&pid).map(|&i| &self.processes[i].1)
+    }
+
+    fn session(&self, sid: i32) -> impl Iterator<Item = &(i32, Stat)> {
+        self.by_session
+            .get(&sid)
+            .into_iter()
+            .flatten()
+            .map(|&i| &self.processes[i])
+    }
 }
 
 /// Every process in `/proc` whose stat could be read, in one pass.
