@@ -56,8 +56,9 @@
 //!   limit: had the whole session ended, the number been recycled to
 //!   another session leader, and that leader ended too, leaving members,
 //!   those would look the same; this needs the PID space to wrap around
-//!   (`pid_max`, 4 million on 64-bit hosts) in that window, and the
-//!   chance is accepted against leaving a server holding its port. A
+//!   (`pid_max`: 4194304 where systemd sets it, as it does by default) in
+//!   that window, and the chance is accepted against leaving a server
+//!   holding its port. A
 //!   process such a member forks during the grace period is not seen.
 //! - A process that left the session with its own `setsid` is out of
 //!   reach: without a cgroup nothing links it to the program any more.
