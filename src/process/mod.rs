@@ -3,11 +3,13 @@
 
 pub mod cgroup;
 mod fd;
+pub mod ledger;
 mod reaper;
 mod run;
 mod spawn;
 
 pub use fd::set_cloexec;
+pub use ledger::{ledger_path, recover, Ledger, Leftover};
 pub use reaper::{ExitReceiver, Reaper};
 pub use run::{run_captured, Capture, RunError};
 pub use spawn::{
