@@ -16,7 +16,7 @@ use crate::health::Prober;
 use crate::hooks::{self, HookContext};
 use crate::metrics;
 use crate::notify::{self, NotifyRoutes};
-use crate::process::{cgroup, Reaper};
+use crate::process::{cgroup, ledger_path, recover, Ledger, Reaper};
 use crate::reexec;
 use crate::register;
 use crate::supervisor::{Context, Input, Supervisor, INPUT_QUEUE};
@@ -103,13 +103,18 @@ async fn serve(config: Config, options: Options) -> Result<(), DaemonError> {
             (socket, fd)
         }
     };
+    let cgroups = contain(&config, saved.is_some()).await;
     let context = Arc::new(Context {
         prober: Prober::new(Arc::clone(&reaper)),
         reaper: Arc::clone(&reaper),
         notify_routes,
         notify_socket: notify_socket.clone(),
         transitions: tokio::sync::broadcast::channel(EVENT_QUEUE).0,
-        cgroups: contain(&config, saved.is_some()).await,
+        cgroups: cgroups.clone(),
+        ledger: match cgroups {
+            Some(_) => None,
+            None => keep_ledger(&config, saved.is_some()),
+        },
     });
     let metrics_listener = match config.supervisor.metrics {
         Some(address) => Some((
@@ -215,6 +220,12 @@ async fn serve(config: Config, options: Options) -> Result<(), DaemonError> {
 /// in it stopped first (not after `reexec`: those are minder's own
 /// processes, kept). `None`, said once, where cgroups cannot be had.
 async fn contain(config: &Config, handed_over: bool) -> Option<Arc<cgroup::Tree>> {
+    if config.programs.iter().all(|p| !p.cgroup) {
+        // Decided at start: a program a reload adds with `cgroup = true`
+        // then runs without one (and fails to start if it has limits).
+        tracing::info!("cgroups are off ({})", cgroup::Off::NotWanted);
+        return None;
+    }
     let tree = match cgroup::Tree::open(&config.supervisor.socket) {
         Ok(tree) => tree,
         Err(off) => {
@@ -231,6 +242,39 @@ async fn contain(config: &Config, handed_over: bool) -> Option<Arc<cgroup::Tree>
     }
     tracing::debug!("cgroups under {}", tree.base().display());
     Some(Arc::new(tree))
+}
+
+/// Without cgroups: the state file that lets the next minder stop what this
+/// one leaves if it is killed, with what a predecessor left stopped first
+/// (not after `reexec`: then the file lists this minder's own processes).
+fn keep_ledger(config: &Config, handed_over: bool) -> Option<Arc<Ledger>> {
+    let path = ledger_path(&config.supervisor.socket);
+    if !handed_over {
+        let grace = config
+            .programs
+            .iter()
+            .map(|p| p.stop_timeout)
+            .max()
+            .unwrap_or(Duration::from_secs(10));
+        match recover(&path, grace) {
+            Ok(stopped) => {
+                for leftover in stopped {
+                    tracing::warn!("left by a minder that ended without stopping it: {leftover}");
+                }
+            }
+            Err(e) => tracing::warn!("{}: {e}", path.display()),
+        }
+    }
+    match Ledger::open(&path) {
+        Ok(ledger) => Some(Arc::new(ledger)),
+        Err(e) => {
+            tracing::warn!(
+                "{}: {e}; processes left by a killed minder will not be found",
+                path.display()
+            );
+            None
+        }
+    }
 }
 
 /// Stops what a predecessor left in its cgroups, all at once, each with its

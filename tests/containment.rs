@@ -200,3 +200,56 @@ fn after_minder_is_killed_the_next_one_stops_what_it_left_and_starts_clean() {
         );
     }
 }
+
+#[test]
+fn without_cgroups_the_next_minder_stops_what_a_killed_one_left_from_its_state_file() {
+    let port = common::free_port();
+    let body = shell("web", "sleep 300 & exec sleep 300", "cgroup = false")
+        + &common::program(
+            "api",
+            &["--serve-inherited"],
+            &format!("listen = [\"tcp://127.0.0.1:{port}\"]\ncgroup = false"),
+        );
+    let mut d = Daemon::start(&body);
+    for name in ["web", "api"] {
+        d.wait_state(name, "running");
+    }
+    let log = std::fs::read_to_string(&d.log_path).unwrap();
+    assert!(
+        log.contains("cgroups are off (every program has cgroup = false)"),
+        "{log}"
+    );
+    let old: Vec<i32> = ["web", "api"]
+        .iter()
+        .map(|n| d.proc(n).pid.unwrap())
+        .collect();
+    // The background sleep of web: in its session, not its main process.
+    let member = common::descendants(old[0])[0];
+    let ledger = std::fs::read_to_string(d.path("minder.sock.pids")).unwrap();
+    for pid in &old {
+        assert!(
+            ledger.contains(&format!("+ {pid} ")),
+            "{pid} not in\n{ledger}"
+        );
+    }
+    d.signal(libc::SIGKILL);
+    d.wait_exit(Duration::from_secs(10));
+    assert!(old.iter().all(|pid| pid_alive(*pid)));
+    d.respawn();
+    for name in ["web", "api"] {
+        d.wait_state(name, "running");
+    }
+    for pid in old.iter().chain([&member]) {
+        assert_pid_gone(*pid, "a process of the killed minder");
+    }
+    let (code, body) = common::http_get(port, "/").expect("the new api serves on the port");
+    assert!(code < 500, "{code}");
+    assert_eq!(body.trim(), d.proc("api").pid.unwrap().to_string());
+    let log = std::fs::read_to_string(&d.log_path).unwrap();
+    for pid in &old {
+        assert!(
+            log.contains(&format!("process {pid} (")),
+            "no line for {pid}:\n{log}"
+        );
+    }
+}

@@ -53,6 +53,7 @@ fn unit_runs_minder_as_the_issue_and_docs_say() {
             "/usr/bin/minder ctl -c /etc/minder/minder.toml reload",
         ),
         ("KillMode", "mixed"),
+        ("Delegate", "yes"),
         ("Restart", "on-failure"),
         ("RuntimeDirectory", "minder"),
         ("LogsDirectory", "minder"),

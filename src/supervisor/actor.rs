@@ -18,6 +18,7 @@ use crate::logs::{LogRequest, LogStats, ProcessLogs};
 use crate::mailbox::{Mailbox, SendError};
 use crate::notify::{NotifyMessage, NotifyRoutes};
 use crate::process::cgroup::{self, Cgroup};
+use crate::process::Ledger;
 use crate::process::{
     self, ExitReceiver, Output, ProcessEnd, Reaper, SpawnError, SpawnRequest, SpawnStage,
 };
@@ -48,6 +49,9 @@ pub struct Context {
     pub transitions: broadcast::Sender<Arc<Transition>>,
     /// minder's cgroup subtree; `None` when it runs without cgroups.
     pub cgroups: Option<Arc<cgroup::Tree>>,
+    /// Without cgroups: the file listing the processes started, for the
+    /// next minder if this one is killed.
+    pub ledger: Option<Arc<Ledger>>,
 }
 
 /// Commands queued per process; a full queue is reported as busy.
@@ -683,6 +687,11 @@ impl ProcessActor {
     fn adopt(&mut self, pid: Pid) -> Option<Event> {
         tracing::info!(process = %self.spec.name, "main process is now pid {pid} (MAINPID)");
         self.exit = Some(self.context.reaper.adopt(pid));
+        if self.cgroup.is_none() {
+            if let Some(ledger) = &self.context.ledger {
+                ledger.record(pid);
+            }
+        }
         if nix::sys::signal::kill(pid, None) == Err(nix::errno::Errno::ESRCH) {
             // It ended before it was adopted; its status went to the orphan path.
             self.exit = None;
@@ -883,6 +892,11 @@ impl ProcessActor {
                 tracing::debug!(process = %self.spec.name, pid = spawned.pid.as_raw(), "spawned");
                 self.exit = Some(spawned.exit);
                 self.report = Some(report);
+                if cgroup.is_none() {
+                    if let Some(ledger) = &self.context.ledger {
+                        ledger.record(spawned.pid);
+                    }
+                }
                 self.cgroup = cgroup;
                 Event::Spawned(spawned.pid)
             }
@@ -905,6 +919,14 @@ impl ProcessActor {
             &mut self.cgroup
         };
         let Some(cgroup) = slot.as_ref() else {
+            let pid = if retired {
+                self.machine.retiring.map(|r| r.pid)
+            } else {
+                self.machine.state.pid()
+            };
+            if let (Some(ledger), Some(pid)) = (&self.context.ledger, pid) {
+                ledger.forget(pid);
+            }
             return Some(end);
         };
         // Read before the cgroup goes: its `memory.events` goes with it.
