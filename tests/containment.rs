@@ -253,3 +253,116 @@ fn without_cgroups_the_next_minder_stops_what_a_killed_one_left_from_its_state_f
         );
     }
 }
+
+/// The value of `name` in `/proc/PID/limits` text: (soft, hard).
+fn limit<'a>(limits: &'a str, name: &str) -> (&'a str, &'a str) {
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with(name))
+        .unwrap_or_else(|| panic!("no {name} in\n{limits}"));
+    let mut fields = line[name.len()..].split_whitespace();
+    (fields.next().unwrap(), fields.next().unwrap())
+}
+
+#[test]
+fn limits_are_set_in_the_child_soft_and_hard() {
+    let d = Daemon::start(&shell(
+        "web",
+        "cat /proc/self/limits > @TMP@/limits; exec sleep 300",
+        "limits = { nofile = 1234, core = 0, nproc = 777, stack = \"16MiB\", memlock = \"4MiB\" }",
+    ));
+    d.wait_state("web", "running");
+    let limits = wait_file(&d.path("limits"), Duration::from_secs(10));
+    assert_eq!(limit(&limits, "Max open files"), ("1234", "1234"));
+    assert_eq!(limit(&limits, "Max core file size"), ("0", "0"));
+    assert_eq!(limit(&limits, "Max processes"), ("777", "777"));
+    let stack = (16u64 << 20).to_string();
+    assert_eq!(limit(&limits, "Max stack size"), (stack.as_str(), stack.as_str()));
+    let memlock = (4u64 << 20).to_string();
+    assert_eq!(
+        limit(&limits, "Max locked memory"),
+        (memlock.as_str(), memlock.as_str())
+    );
+}
+
+#[test]
+fn a_limit_the_kernel_refuses_fails_the_start_with_the_reason() {
+    // Above fs.nr_open (1048576 by default): even root may not.
+    let nr_open: u64 = std::fs::read_to_string("/proc/sys/fs/nr_open")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let d = Daemon::start(&shell(
+        "web",
+        "exec sleep 300",
+        &format!("limits = {{ nofile = {} }}", nr_open + 1),
+    ));
+    let p = d.wait_for("the start fails", Duration::from_secs(10), |procs| {
+        common::find(procs, "web").is_some_and(|p| p.description.contains("spawn failed"))
+    });
+    let web = common::get(&p, "web");
+    assert!(
+        web.description
+            .contains("spawn failed: setting limits.nofile: Operation not permitted"),
+        "{}",
+        web.description
+    );
+}
+
+/// For each cgroup limit: where the host has its controller, the value is
+/// in the process's cgroup; where not, the start fails naming it.
+#[test]
+fn cgroup_limits_reach_the_cgroup_or_fail_the_start_naming_the_controller() {
+    let cases = [
+        ("memory_max = \"64MiB\"", "memory.max", "67108864", "memory_max", "memory"),
+        ("cpu_max = \"150%\"", "cpu.max", "150000 100000", "cpu_max", "cpu"),
+        ("pids_max = 64", "pids.max", "64", "pids_max", "pids"),
+    ];
+    for (key, file, value, name, controller) in cases {
+        let d = Daemon::start(&shell("web", "exec sleep 300", key));
+        let p = d.wait_for("started or failed", Duration::from_secs(10), |procs| {
+            common::find(procs, "web")
+                .is_some_and(|p| p.state == "running" || p.description.contains("spawn failed"))
+        });
+        let web = common::get(&p, "web");
+        if web.state == "running" {
+            let cgroup = cgroup_of(web.pid.unwrap()).expect("a running process with a limit has a cgroup");
+            let written = std::fs::read_to_string(cgroup.join(file)).unwrap();
+            eprintln!("{controller} controller here: {file} = {}", written.trim());
+            assert_eq!(written.trim(), value);
+        } else {
+            eprintln!("no {controller} controller here: the start fails");
+            let expected = format!("spawn failed: {name} needs the cgroup v2 {controller} controller");
+            assert!(web.description.contains(&expected), "{}", web.description);
+        }
+    }
+}
+
+#[test]
+fn a_process_the_oom_killer_kills_says_so() {
+    // Allocates and touches 256 MiB in a 32 MiB cgroup.
+    let hog = "exec python3 -c 'b = bytearray(256 << 20); import time; time.sleep(300)'";
+    let d = Daemon::start(&shell(
+        "hog",
+        hog,
+        "memory_max = \"32MiB\"\nrestart = \"never\"",
+    ));
+    let p = d.wait_for("the hog ends or cannot start", Duration::from_secs(20), |procs| {
+        common::find(procs, "hog").is_some_and(|p| {
+            p.state == "exited" || p.description.contains("spawn failed")
+        })
+    });
+    let hog = common::get(&p, "hog");
+    if hog.description.contains("spawn failed") {
+        eprintln!("no memory controller here: {}", hog.description);
+        assert!(hog.description.contains("memory_max needs the cgroup v2 memory controller"));
+        return;
+    }
+    eprintln!("memory controller here: {}", hog.description);
+    assert!(
+        hog.description.contains("killed by the OOM killer (memory_max 32MiB)"),
+        "{}",
+        hog.description
+    );
+}

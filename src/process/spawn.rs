@@ -348,13 +348,34 @@ impl Drop for PendingReport {
     }
 }
 
+/// A failed limit reports `errno | (resource + 1) << LIMIT_SHIFT`: errnos
+/// are far below 2^16.
+const LIMIT_SHIFT: u32 = 16;
+
 fn failure_error(stage: SpawnStage, errno: i32, program: &str, directory: &Path) -> SpawnError {
+    if stage == SpawnStage::Limits {
+        let resource = (errno >> LIMIT_SHIFT) - 1;
+        let name = crate::config::RLIMITS
+            .iter()
+            .find(|kind| kind.resource == resource)
+            .map_or("a limit", |kind| kind.name);
+        let errno = Errno::from_raw(errno & ((1 << LIMIT_SHIFT) - 1));
+        let hint = if errno == Errno::EPERM {
+            " (above minder's own hard limit, which needs CAP_SYS_RESOURCE, or, for nofile, above fs.nr_open)"
+        } else {
+            ""
+        };
+        return SpawnError {
+            stage,
+            errno: Some(errno),
+            message: format!("setting limits.{name}: {}{hint}", errno.desc()),
+        };
+    }
     let what = match stage {
         SpawnStage::Exec => format!("exec {program:?}"),
         SpawnStage::Chdir => format!("chdir {directory:?}"),
         SpawnStage::Identity => "setting user/group".to_string(),
         SpawnStage::Session => "setsid".to_string(),
-        SpawnStage::Limits => "setting limits".to_string(),
         _ => "setting up stdio".to_string(),
     };
     SpawnError::os(stage, Errno::from_raw(errno), what)
@@ -1596,7 +1617,9 @@ unsafe fn child(args: &ChildArgs) -> ! {
                     0,
                 ],
             );
-            check(args, SpawnStage::Limits, set);
+            // Which limit it was rides above the errno (see `failure_error`).
+            let which = (entry.resource as isize + 1) << LIMIT_SHIFT;
+            check(args, SpawnStage::Limits, if set < 0 { set - which } else { set });
         }
     }
     if let Some(uid) = args.uid {
