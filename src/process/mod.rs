@@ -5,6 +5,7 @@ mod fd;
 mod reaper;
 mod run;
 mod spawn;
+pub mod usage;
 
 pub use fd::set_cloexec;
 pub use reaper::{ExitReceiver, Reaper};
