@@ -700,12 +700,13 @@ fn reload_summary(reply: &ReloadReply) -> String {
     s
 }
 
-/// The `status` table: NAME STATE PID UPTIME HEALTH RESTARTS DESCRIPTION,
-/// with an indented line under a process for each predecessor still draining
-/// after a rolling restart (part of that process, not a row of its own).
+/// The `status` table: NAME STATE PID UPTIME HEALTH RESTARTS CPU MEM
+/// DESCRIPTION, with an indented line under a process for each predecessor
+/// still draining after a rolling restart (part of that process, not a row of
+/// its own). CPU and MEM are `-` without a live process, MEM also when unknown.
 pub fn status_table(processes: &[ProcessInfo]) -> String {
     let uptime = |secs: f64| crate::text::short_duration(std::time::Duration::from_secs_f64(secs));
-    let rows: Vec<[String; 7]> = processes
+    let rows: Vec<[String; 9]> = processes
         .iter()
         .map(|p| {
             [
@@ -715,6 +716,11 @@ pub fn status_table(processes: &[ProcessInfo]) -> String {
                 p.uptime_secs.map_or("-".to_string(), uptime),
                 p.health.clone(),
                 p.restarts.to_string(),
+                p.pid
+                    .map_or("-".to_string(), |_| crate::text::cpu_time(p.cpu_secs)),
+                p.memory_bytes
+                    .filter(|_| p.pid.is_some())
+                    .map_or("-".to_string(), crate::text::short_bytes),
                 sanitize(&p.description).into_owned(),
             ]
         })
@@ -726,6 +732,8 @@ pub fn status_table(processes: &[ProcessInfo]) -> String {
         "UPTIME",
         "HEALTH",
         "RESTARTS",
+        "CPU",
+        "MEM",
         "DESCRIPTION",
     ]
     .map(String::from);
@@ -735,7 +743,7 @@ pub fn status_table(processes: &[ProcessInfo]) -> String {
             *w = (*w).max(cell.len());
         }
     }
-    let line = |row: &[String; 7]| {
+    let line = |row: &[String; 9]| {
         let mut line = String::new();
         for (i, cell) in row.iter().enumerate() {
             if i + 1 == row.len() {
@@ -784,6 +792,8 @@ mod tests {
             next_start_secs: None,
             draining: Vec::new(),
             dropped_bytes: 0,
+            cpu_secs: 0.0,
+            memory_bytes: None,
             last_probe: None,
             register: None,
         }
@@ -812,6 +822,44 @@ mod tests {
         assert!(lines[3].starts_with("db "), "{table}");
         // The columns are those of the processes alone.
         assert_eq!(lines[1].find("running"), lines[0].find("STATE"), "{table}");
+    }
+
+    #[test]
+    fn cpu_and_mem_are_columns_with_a_dash_when_unknown() {
+        let mut web = entry("web", "running", Some(4242));
+        web.cpu_secs = 185.2;
+        web.memory_bytes = Some(12_900_000);
+        let mut unknown = entry("api", "running", Some(4243));
+        unknown.cpu_secs = 0.4;
+        let table = status_table(&[web, unknown, entry("db", "stopped", None)]);
+        let lines: Vec<&str> = table.lines().collect();
+        let words = |line: &str| {
+            line.split_whitespace()
+                .map(String::from)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            words(lines[0]),
+            [
+                "NAME",
+                "STATE",
+                "PID",
+                "UPTIME",
+                "HEALTH",
+                "RESTARTS",
+                "CPU",
+                "MEM",
+                "DESCRIPTION"
+            ]
+        );
+        assert_eq!(
+            words(lines[1]),
+            ["web", "running", "4242", "2s", "none", "0", "3m05s", "12.3M"]
+        );
+        assert_eq!(words(lines[2])[6..], ["0.4s", "-"]);
+        assert_eq!(words(lines[3])[2..], ["-", "-", "none", "0", "-", "-"]);
+        assert_eq!(lines[1].find("3m05s"), lines[0].find("CPU"), "{table}");
+        assert_eq!(lines[1].find("12.3M"), lines[0].find("MEM"), "{table}");
     }
 
     #[test]

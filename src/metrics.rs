@@ -51,6 +51,8 @@ impl Counters {
 #[derive(Debug)]
 struct Snapshot {
     processes: Vec<ProcessStatus>,
+    /// What each process uses, in the order of `processes`.
+    usage: Vec<crate::process::usage::Usage>,
     counters: std::sync::Arc<Counters>,
     /// Number of configured hooks (each gets a failure series, 0 included).
     hooks: usize,
@@ -119,6 +121,30 @@ impl Collector for Snapshot {
                 let at = self.wall.checked_sub(age).unwrap_or(self.wall);
                 let secs = at.duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO);
                 ConstGauge::new(secs.as_secs_f64()).encode(family.encode_family(&labels(s))?)?;
+            }
+        }
+
+        let mut family = encoder.encode_descriptor(
+            "minder_process_cpu_seconds",
+            "User and system CPU time of the process and all its descendants; 0 without a live process.",
+            None,
+            MetricType::Counter,
+        )?;
+        for (s, usage) in self.processes.iter().zip(&self.usage) {
+            ConstCounter::new(usage.cpu_secs).encode(family.encode_family(&labels(s))?)?;
+        }
+
+        let mut family = encoder.encode_descriptor(
+            "minder_process_memory_bytes",
+            "Resident memory of the process and all its descendants; absent when unknown or without a live process.",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (s, usage) in self.processes.iter().zip(&self.usage) {
+            if let Some(bytes) = usage.memory_bytes {
+                // A gauge is an i64 or an f64: bytes beyond i64 do not exist.
+                let bytes = i64::try_from(bytes).unwrap_or(i64::MAX);
+                gauge(bytes).encode(family.encode_family(&labels(s))?)?;
             }
         }
 
@@ -295,6 +321,7 @@ fn encode(
     let mut text = String::with_capacity(processes.len() * 1024 + 4096);
     let mut registry = Registry::default();
     registry.register_collector(Box::new(Snapshot {
+        usage: crate::control::status::measure_usage(&processes),
         processes,
         counters,
         hooks: phase.config.supervisor.hooks.len(),

@@ -92,9 +92,48 @@ pub fn bytes(n: u64) -> String {
         .unwrap_or_else(|| format!("{n}B"))
 }
 
+/// CPU time for a table column: `0.4s` (one decimal under 10 seconds),
+/// `12s`, `3m05s`, `2h10m`, `4d02h`. Rounded down, so it never shows more
+/// than was used.
+pub fn cpu_time(secs: f64) -> String {
+    let secs = if secs.is_finite() { secs.max(0.0) } else { 0.0 };
+    if secs < 10.0 {
+        // Rounded down to a tenth: 9.99 is 9.9s, never 10.0s.
+        return format!("{:.1}s", (secs * 10.0).floor() / 10.0);
+    }
+    let whole = secs as u64;
+    match whole {
+        0..60 => format!("{whole}s"),
+        60..3600 => format!("{}m{:02}s", whole / 60, whole % 60),
+        3600..86_400 => format!("{}h{:02}m", whole / 3600, whole % 3600 / 60),
+        _ => format!("{}d{:02}h", whole / 86_400, whole % 86_400 / 3600),
+    }
+}
+
+/// A size for a table column, in binary units: `512B`, `980K`, `12.3M`,
+/// `1.1G` (one decimal under 100 of a unit; 1M = 1 MiB).
+pub fn short_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 6] = ["K", "M", "G", "T", "P", "E"];
+    if bytes < 1024 {
+        return format!("{bytes}B");
+    }
+    let mut value = bytes as f64 / 1024.0;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if value < 100.0 {
+        // Rounded down to a tenth, as `cpu_time`: 99.97 is 99.9, not 100.0.
+        format!("{:.1}{}", (value * 10.0).floor() / 10.0, UNITS[unit])
+    } else {
+        format!("{}{}", value as u64, UNITS[unit])
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::{bytes, sanitize, short_duration};
+    use super::{bytes, cpu_time, sanitize, short_bytes, short_duration};
 
     #[test]
     fn sizes_read_as_written_in_a_config() {
@@ -149,5 +188,30 @@ mod tests {
         assert_eq!(short_duration(Duration::from_secs(5)), "5s");
         assert_eq!(short_duration(Duration::from_millis(1500)), "1.5s");
         assert_eq!(short_duration(Duration::from_secs(150)), "2m");
+    }
+
+    #[test]
+    fn cpu_times_are_short() {
+        assert_eq!(cpu_time(0.0), "0.0s");
+        assert_eq!(cpu_time(0.44), "0.4s");
+        assert_eq!(cpu_time(9.99), "9.9s");
+        assert_eq!(cpu_time(12.7), "12s");
+        assert_eq!(cpu_time(185.0), "3m05s");
+        assert_eq!(cpu_time(2.0 * 3600.0 + 10.0 * 60.0 + 59.0), "2h10m");
+        assert_eq!(cpu_time(4.0 * 86_400.0 + 2.0 * 3600.0), "4d02h");
+        assert_eq!(cpu_time(f64::NAN), "0.0s");
+    }
+
+    #[test]
+    fn sizes_are_short() {
+        assert_eq!(short_bytes(0), "0B");
+        assert_eq!(short_bytes(1023), "1023B");
+        assert_eq!(short_bytes(1024), "1.0K");
+        assert_eq!(short_bytes(12_900_000), "12.3M");
+        assert_eq!(short_bytes(1_181_116_006), "1.0G");
+        assert_eq!(short_bytes(1_200_000_000), "1.1G");
+        assert_eq!(short_bytes(512 * 1024 * 1024), "512M");
+        assert_eq!(short_bytes(1024 * 1024 * 1024 - 1), "1023M");
+        assert_eq!(short_bytes(u64::MAX), "16.0E");
     }
 }

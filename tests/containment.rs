@@ -277,7 +277,10 @@ fn limits_are_set_in_the_child_soft_and_hard() {
     assert_eq!(limit(&limits, "Max core file size"), ("0", "0"));
     assert_eq!(limit(&limits, "Max processes"), ("777", "777"));
     let stack = (16u64 << 20).to_string();
-    assert_eq!(limit(&limits, "Max stack size"), (stack.as_str(), stack.as_str()));
+    assert_eq!(
+        limit(&limits, "Max stack size"),
+        (stack.as_str(), stack.as_str())
+    );
     let memlock = (4u64 << 20).to_string();
     assert_eq!(
         limit(&limits, "Max locked memory"),
@@ -315,8 +318,20 @@ fn a_limit_the_kernel_refuses_fails_the_start_with_the_reason() {
 #[test]
 fn cgroup_limits_reach_the_cgroup_or_fail_the_start_naming_the_controller() {
     let cases = [
-        ("memory_max = \"64MiB\"", "memory.max", "67108864", "memory_max", "memory"),
-        ("cpu_max = \"150%\"", "cpu.max", "150000 100000", "cpu_max", "cpu"),
+        (
+            "memory_max = \"64MiB\"",
+            "memory.max",
+            "67108864",
+            "memory_max",
+            "memory",
+        ),
+        (
+            "cpu_max = \"150%\"",
+            "cpu.max",
+            "150000 100000",
+            "cpu_max",
+            "cpu",
+        ),
         ("pids_max = 64", "pids.max", "64", "pids_max", "pids"),
     ];
     for (key, file, value, name, controller) in cases {
@@ -327,13 +342,15 @@ fn cgroup_limits_reach_the_cgroup_or_fail_the_start_naming_the_controller() {
         });
         let web = common::get(&p, "web");
         if web.state == "running" {
-            let cgroup = cgroup_of(web.pid.unwrap()).expect("a running process with a limit has a cgroup");
+            let cgroup =
+                cgroup_of(web.pid.unwrap()).expect("a running process with a limit has a cgroup");
             let written = std::fs::read_to_string(cgroup.join(file)).unwrap();
             eprintln!("{controller} controller here: {file} = {}", written.trim());
             assert_eq!(written.trim(), value);
         } else {
             eprintln!("no {controller} controller here: the start fails");
-            let expected = format!("spawn failed: {name} needs the cgroup v2 {controller} controller");
+            let expected =
+                format!("spawn failed: {name} needs the cgroup v2 {controller} controller");
             assert!(web.description.contains(&expected), "{}", web.description);
         }
     }
@@ -348,20 +365,26 @@ fn a_process_the_oom_killer_kills_says_so() {
         hog,
         "memory_max = \"32MiB\"\nrestart = \"never\"",
     ));
-    let p = d.wait_for("the hog ends or cannot start", Duration::from_secs(20), |procs| {
-        common::find(procs, "hog").is_some_and(|p| {
-            p.state == "exited" || p.description.contains("spawn failed")
-        })
-    });
+    let p = d.wait_for(
+        "the hog ends or cannot start",
+        Duration::from_secs(20),
+        |procs| {
+            common::find(procs, "hog")
+                .is_some_and(|p| p.state == "exited" || p.description.contains("spawn failed"))
+        },
+    );
     let hog = common::get(&p, "hog");
     if hog.description.contains("spawn failed") {
         eprintln!("no memory controller here: {}", hog.description);
-        assert!(hog.description.contains("memory_max needs the cgroup v2 memory controller"));
+        assert!(hog
+            .description
+            .contains("memory_max needs the cgroup v2 memory controller"));
         return;
     }
     eprintln!("memory controller here: {}", hog.description);
     assert!(
-        hog.description.contains("killed by the OOM killer (memory_max 32MiB)"),
+        hog.description
+            .contains("killed by the OOM killer (memory_max 32MiB)"),
         "{}",
         hog.description
     );

@@ -171,6 +171,14 @@ pub struct ProcessInfo {
     /// Captured output lost because its log file could not be written.
     #[serde(default)]
     pub dropped_bytes: u64,
+    /// User + system CPU time of the process and all its descendants, in
+    /// seconds (SPEC §5.1); 0 without a live process.
+    #[serde(default)]
+    pub cpu_secs: f64,
+    /// Resident memory of the process and all its descendants, in bytes;
+    /// `null` when unknown or without a live process.
+    #[serde(default)]
+    pub memory_bytes: Option<u64>,
     /// The latest health probe (absent without a health check).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_probe: Option<LastProbe>,

@@ -5,24 +5,42 @@ use std::collections::BTreeMap;
 use std::time::Instant;
 
 use super::protocol::{DrainingProcess, LastProbe, ProcessInfo, StatusReply};
+use crate::process::usage::Usage;
 use crate::register::{Board, ProcessBoard};
 use crate::supervisor::state::{Retiring, State};
 use crate::supervisor::ProcessStatus;
 use crate::text::short_duration;
 
 /// The `status` reply for these processes, with what their load balancers
-/// show of them.
+/// show of them and what they use now.
 pub fn reply(statuses: &[ProcessStatus], board: &Board) -> StatusReply {
     let now = tokio::time::Instant::now().into_std();
+    let usage = measure_usage(statuses);
     StatusReply {
         processes: statuses
             .iter()
-            .map(|s| ProcessInfo {
+            .zip(usage)
+            .map(|(s, usage)| ProcessInfo {
                 register: board.process(&s.name).map(|p| register_field(&p)),
+                cpu_secs: usage.cpu_secs,
+                memory_bytes: usage.memory_bytes,
                 ..process_info(s, now)
             })
             .collect(),
     }
+}
+
+/// What each process (with its descendants) uses now, in one measurement:
+/// nothing known without a live process.
+pub fn measure_usage(statuses: &[ProcessStatus]) -> Vec<Usage> {
+    let items: Vec<_> = statuses
+        .iter()
+        .map(|s| {
+            let pid = s.state.pid();
+            (pid, pid.and(s.cgroup.as_deref()))
+        })
+        .collect();
+    crate::process::usage::measure_all(&items)
 }
 
 /// `register`: each backend's `"ok"` or last error.
@@ -108,6 +126,9 @@ pub fn process_info(status: &ProcessStatus, now: Instant) -> ProcessInfo {
             .map(|old| draining_info(old, now))
             .collect(),
         dropped_bytes: status.logs.dropped_bytes(),
+        // Measured by `reply`, for every process at once.
+        cpu_secs: 0.0,
+        memory_bytes: None,
         last_probe: status.last_probe.as_ref().map(|p| LastProbe {
             time: humantime::format_rfc3339_millis(p.at).to_string(),
             ok: p.ok,
@@ -185,6 +206,35 @@ mod tests {
         assert_eq!(info.next_start_secs, None);
         let json = serde_json::to_value(&info).unwrap();
         assert!(json["next_start_secs"].is_null(), "present, null: {json}");
+    }
+
+    #[test]
+    fn a_live_process_has_its_usage_and_a_stopped_one_none() {
+        let t0 = Instant::now();
+        // This test process stands for a running one: it holds memory, and
+        // spins until it has used a clock tick of CPU.
+        let me = Some(nix::unistd::getpid());
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while crate::process::usage::measure(me, None).cpu_secs == 0.0 {
+            assert!(Instant::now() < deadline, "no CPU time counted");
+            std::hint::black_box((0..100_000u64).sum::<u64>());
+        }
+        let running = State::Running {
+            pid: nix::unistd::getpid(),
+            started: t0,
+        };
+        let mut stopped = status(State::Stopped, t0);
+        stopped.name = "db".into();
+        let reply = reply(&[status(running, t0), stopped], &Board::default());
+        let [live, stopped] = &reply.processes[..] else {
+            panic!("two entries: {reply:?}");
+        };
+        assert!(live.cpu_secs > 0.0, "{live:?}");
+        assert!(live.memory_bytes.is_some_and(|m| m > 0), "{live:?}");
+        assert_eq!((stopped.cpu_secs, stopped.memory_bytes), (0.0, None));
+        let json = serde_json::to_value(stopped).unwrap();
+        assert_eq!(json["cpu_secs"], serde_json::json!(0.0));
+        assert!(json["memory_bytes"].is_null(), "present, null: {json}");
     }
 
     #[test]

@@ -7,6 +7,7 @@ pub mod ledger;
 mod reaper;
 mod run;
 mod spawn;
+pub mod usage;
 
 pub use fd::set_cloexec;
 pub use ledger::{ledger_path, recover, Ledger, Leftover};

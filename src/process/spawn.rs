@@ -1619,7 +1619,11 @@ unsafe fn child(args: &ChildArgs) -> ! {
             );
             // Which limit it was rides above the errno (see `failure_error`).
             let which = (entry.resource as isize + 1) << LIMIT_SHIFT;
-            check(args, SpawnStage::Limits, if set < 0 { set - which } else { set });
+            check(
+                args,
+                SpawnStage::Limits,
+                if set < 0 { set - which } else { set },
+            );
         }
     }
     if let Some(uid) = args.uid {

@@ -16,6 +16,9 @@
 //! - `--grandchild-ignores-term`  the grandchild ignores SIGTERM and SIGINT
 //! - `--write-env FILE`    write `cwd=<dir>`, then every env var as `KEY=VALUE`, to FILE
 //! - `--write-fds FILE`    write the open fd numbers of this process, one a line, to FILE
+//! - `--alloc-mib N`      allocate N MiB, touch every page, and keep it until exit
+//! - `--burn-ms N`        spin until this process has used N ms of CPU time
+//!   (bounded by its lifetime)
 //! - `--pidfile FILE`      write own PID to FILE; written last, after every other
 //!   setup step, so a test waiting for it knows signals are set up
 //! - `--record FILE`       append `start <CLOCK_MONOTONIC ns> <pid>` at start,
@@ -88,6 +91,8 @@ struct Opts {
     unready_if: Option<PathBuf>,
     serve_inherited: bool,
     request_ms: u64,
+    alloc_mib: usize,
+    burn_ms: u64,
 }
 
 fn parse(args: &[String]) -> Result<Opts, String> {
@@ -155,6 +160,8 @@ fn parse(args: &[String]) -> Result<Opts, String> {
             "--unready-if" => o.unready_if = Some(value()?.into()),
             "--serve-inherited" => o.serve_inherited = true,
             "--request-ms" => o.request_ms = parse_num(&value()?, flag)?,
+            "--alloc-mib" => o.alloc_mib = parse_num(&value()?, flag)?,
+            "--burn-ms" => o.burn_ms = parse_num(&value()?, flag)?,
             "--watchdog-for" => {
                 o.watchdog_for = Some(Duration::from_millis(parse_num(&value()?, flag)?))
             }
@@ -331,6 +338,12 @@ fn run(o: &Opts) -> io::Result<()> {
             }
         });
     }
+    // Written through (not zeroed: zero pages may stay unbacked), so it is
+    // resident; kept until the process exits.
+    let held = std::hint::black_box(vec![0xa5u8; o.alloc_mib * 1024 * 1024]);
+    if o.burn_ms > 0 {
+        burn(Duration::from_millis(o.burn_ms), start + MAX_LIFETIME);
+    }
     if let Some(file) = &o.pidfile {
         write_atomic(file, &format!("{}\n", process::id()))?;
     }
@@ -375,6 +388,7 @@ fn run(o: &Opts) -> io::Result<()> {
             }
         }
     }
+    drop(held);
     if o.exit_after.is_some() {
         if let Some(rec) = &o.record {
             record(rec, "exit")?;
@@ -385,6 +399,27 @@ fn run(o: &Opts) -> io::Result<()> {
         process::exit(o.exit_code);
     }
     process::exit(0);
+}
+
+/// Spins until this process has used `cpu` of CPU time, or until `deadline`.
+fn burn(cpu: Duration, deadline: Instant) {
+    let mut sum = 0u64;
+    while process_cpu_time() < cpu && Instant::now() < deadline {
+        for i in 0..100_000u64 {
+            sum = std::hint::black_box(sum.wrapping_add(i));
+        }
+    }
+}
+
+/// CPU time used by this process so far (all its threads).
+fn process_cpu_time() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid out pointer and clock id.
+    unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }
 
 /// A set of signals, blocked before any helper thread starts (so every
