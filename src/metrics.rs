@@ -110,6 +110,16 @@ impl Collector for Snapshot {
         }
 
         let mut family = encoder.encode_descriptor(
+            "minder_process_oom_kills",
+            "Processes of this name the kernel's OOM killer ended (since minder started).",
+            None,
+            MetricType::Counter,
+        )?;
+        for s in &self.processes {
+            ConstCounter::new(u64::from(s.oom_kills)).encode(family.encode_family(&labels(s))?)?;
+        }
+
+        let mut family = encoder.encode_descriptor(
             "minder_process_start_time_seconds",
             "Start time of the live process, seconds since the Unix epoch.",
             None,

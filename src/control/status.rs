@@ -156,6 +156,7 @@ mod tests {
             instance: 0,
             state,
             restarts: 0,
+            oom_kills: 0,
             last_end: None,
             description: Why::None,
             changed: t0,

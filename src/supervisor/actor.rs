@@ -111,6 +111,8 @@ pub struct ProcessStatus {
     pub state: State,
     /// Automatic restarts so far.
     pub restarts: u32,
+    /// Processes the OOM killer ended so far.
+    pub oom_kills: u32,
     /// How the last run ended.
     pub last_end: Option<ProcessEnd>,
     /// Why it is in this state.
@@ -1048,6 +1050,7 @@ fn snapshot(
         instance: spec.instance,
         state: machine.state,
         restarts: machine.restarts,
+        oom_kills: machine.oom_kills,
         last_end: machine.last_end,
         description: machine.description.clone(),
         changed: machine.changed,

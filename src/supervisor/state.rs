@@ -246,6 +246,8 @@ pub struct Machine {
     pub backoff_step: u32,
     /// Automatic restarts so far.
     pub restarts: u32,
+    /// Processes the kernel's OOM killer ended so far (not kept across `reexec`).
+    pub oom_kills: u32,
     /// How the last run ended.
     pub last_end: Option<ProcessEnd>,
     /// Why the process is in its state.
@@ -337,6 +339,7 @@ impl Machine {
             failures: 0,
             backoff_step: 0,
             restarts: 0,
+            oom_kills: 0,
             last_end: None,
             description: Why::None,
             changed: now,
@@ -399,6 +402,11 @@ impl Machine {
     ) -> Vec<Effect> {
         let before = self.state;
         let mut effects = Vec::new();
+        if let Event::Exited(ProcessEnd::OomKilled { .. })
+        | Event::RetiredExited(ProcessEnd::OomKilled { .. }) = event
+        {
+            self.oom_kills += 1;
+        }
         let event = match event {
             Event::Deadline => {
                 effects.extend(self.retiring_deadline(cfg, now));
@@ -2223,5 +2231,29 @@ mod tests {
         // The replacement failing now takes the normal path: backoff.
         b.feed(Event::Exited(ProcessEnd::Exited(1)));
         assert_eq!(b.state(), "backoff");
+    }
+
+    #[test]
+    fn an_oom_kill_is_counted_described_and_restarted_like_a_crash() {
+        let mut b = Bench::new(ProgramConfig {
+            restart: RestartPolicy::OnFailure,
+            ..cfg()
+        });
+        b.started();
+        b.at(2000).feed(Event::Deadline);
+        b.feed(Event::Exited(ProcessEnd::OomKilled {
+            memory_max: Some(512 << 20),
+        }));
+        assert_eq!(b.m.oom_kills, 1);
+        assert_eq!(b.state(), "backoff", "on-failure restarts it");
+        assert_eq!(
+            b.m.description.to_string(),
+            "killed by the OOM killer (memory_max 512MiB)"
+        );
+        // Plain SIGKILLs are not OOM kills.
+        b.at(10_000).feed(Event::Deadline);
+        b.feed(Event::Spawned(PID));
+        b.feed(Event::Exited(ProcessEnd::Signaled(libc::SIGKILL)));
+        assert_eq!(b.m.oom_kills, 1);
     }
 }
