@@ -331,7 +331,7 @@ fn encode(
     let mut text = String::with_capacity(processes.len() * 1024 + 4096);
     let mut registry = Registry::default();
     registry.register_collector(Box::new(Snapshot {
-        usage: crate::control::status::measure_usage(&processes),
+        usage: ProcessStatus::usage(&processes),
         processes,
         counters,
         hooks: phase.config.supervisor.hooks.len(),

@@ -5,7 +5,6 @@ use std::collections::BTreeMap;
 use std::time::Instant;
 
 use super::protocol::{DrainingProcess, LastProbe, ProcessInfo, StatusReply};
-use crate::process::usage::Usage;
 use crate::register::{Board, ProcessBoard};
 use crate::supervisor::state::{Retiring, State};
 use crate::supervisor::ProcessStatus;
@@ -15,7 +14,7 @@ use crate::text::short_duration;
 /// show of them and what they use now.
 pub fn reply(statuses: &[ProcessStatus], board: &Board) -> StatusReply {
     let now = tokio::time::Instant::now().into_std();
-    let usage = measure_usage(statuses);
+    let usage = ProcessStatus::usage(statuses);
     StatusReply {
         processes: statuses
             .iter()
@@ -28,19 +27,6 @@ pub fn reply(statuses: &[ProcessStatus], board: &Board) -> StatusReply {
             })
             .collect(),
     }
-}
-
-/// What each process (with its descendants) uses now, in one measurement:
-/// nothing known without a live process.
-pub fn measure_usage(statuses: &[ProcessStatus]) -> Vec<Usage> {
-    let items: Vec<_> = statuses
-        .iter()
-        .map(|s| {
-            let pid = s.state.pid();
-            (pid, pid.and(s.cgroup.as_deref()))
-        })
-        .collect();
-    crate::process::usage::measure_all(&items)
 }
 
 /// `register`: each backend's `"ok"` or last error.

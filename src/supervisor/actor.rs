@@ -142,6 +142,21 @@ pub struct ProcessStatus {
     pub cgroup: Option<Arc<std::path::Path>>,
 }
 
+impl ProcessStatus {
+    /// What each of these processes (with its descendants) uses now, in one
+    /// measurement: nothing known without a live process.
+    pub fn usage(statuses: &[ProcessStatus]) -> Vec<process::usage::Usage> {
+        let items: Vec<_> = statuses
+            .iter()
+            .map(|s| {
+                let pid = s.state.pid();
+                (pid, pid.and(s.cgroup.as_deref()))
+            })
+            .collect();
+        process::usage::measure_all(&items)
+    }
+}
+
 /// A cheap, cloneable way to reach a process actor.
 #[derive(Debug, Clone)]
 pub struct ProcessHandle {
