@@ -389,3 +389,30 @@ fn a_process_the_oom_killer_kills_says_so() {
         hog.description
     );
 }
+
+#[test]
+fn after_a_reexec_the_same_cgroups_contain_the_same_processes() {
+    let d = Daemon::start(&shell("web", &escaping("@TMP@/gc.pid"), ""));
+    d.wait_state("web", "running");
+    if !contained(&d, "web") {
+        return;
+    }
+    let main = d.proc("web").pid.unwrap();
+    let cgroup = cgroup_of(main).unwrap();
+    let leaf = cgroup_of(d.pid());
+    assert_eq!(leaf, None, "minder is in its own leaf, not a program's");
+    let grandchild = common::read_pid(&d.path("gc.pid"));
+    let out = d.ctl(&["reexec"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(d.proc("web").pid, Some(main));
+    // The new image found its leaf: no second subtree inside the first.
+    let own = std::fs::read_to_string(format!("/proc/{}/cgroup", d.pid())).unwrap();
+    assert_eq!(own.matches("/minder-").count(), 1, "{own}");
+    assert!(own.trim_end().ends_with("/supervisor"), "{own}");
+    d.ctl_ok(&["stop", "web"]);
+    assert!(
+        !pid_alive(grandchild),
+        "the grandchild survived a stop after reexec"
+    );
+    assert!(!cgroup.exists(), "{} left behind", cgroup.display());
+}

@@ -166,50 +166,36 @@ impl Tree {
             Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
             Err(e) => return Err(CgroupError::Create(group, e)),
         }
-        let mut last = None;
         for generation in 0..MAX_GENERATIONS {
             let name = match generation {
                 0 => instance.to_string(),
                 n => format!("{instance}.{n}"),
             };
-            let path = group.join(name);
-            match std::fs::create_dir(&path) {
-                Ok(()) => {
-                    let cgroup = Cgroup {
-                        path: Arc::from(path),
-                    };
-                    if let Some(resources) = resources {
-                        if let Err(e) = cgroup.limit(resources) {
-                            cgroup.remove();
-                            return Err(e);
-                        }
-                    }
-                    return Ok(cgroup);
-                }
+            let cgroup = Cgroup {
+                path: Arc::from(group.join(name)),
+            };
+            match std::fs::create_dir(&*cgroup.path) {
+                Ok(()) => {}
                 // Taken: the predecessor of a rolling restart, or a process
-                // still dying. An empty one is a leftover and is reused.
+                // still dying. An empty one is a leftover and is made anew.
                 Err(e) if e.kind() == ErrorKind::AlreadyExists => {
-                    let cgroup = Cgroup {
-                        path: Arc::from(path.as_path()),
-                    };
-                    if !cgroup.populated().unwrap_or(true) && cgroup.remove_quietly() {
-                        if let Ok(()) = std::fs::create_dir(&path) {
-                            if let Some(resources) = resources {
-                                if let Err(e) = cgroup.limit(resources) {
-                                    cgroup.remove();
-                                    return Err(e);
-                                }
-                            }
-                            return Ok(cgroup);
-                        }
+                    if cgroup.populated().unwrap_or(true)
+                        || !cgroup.remove_quietly()
+                        || std::fs::create_dir(&*cgroup.path).is_err()
+                    {
+                        continue;
                     }
-                    last = Some(path);
                 }
-                Err(e) => return Err(CgroupError::Create(path, e)),
+                Err(e) => return Err(CgroupError::Create(cgroup.path.to_path_buf(), e)),
             }
+            if let Err(e) = resources.map_or(Ok(()), |r| cgroup.limit(r)) {
+                cgroup.remove();
+                return Err(e);
+            }
+            return Ok(cgroup);
         }
         Err(CgroupError::Create(
-            last.unwrap_or(group),
+            group,
             io::Error::new(
                 ErrorKind::AlreadyExists,
                 format!("{MAX_GENERATIONS} cgroups of this instance are still populated"),
@@ -379,31 +365,13 @@ impl Cgroup {
     }
 
     fn limit(&self, resources: &Resources) -> Result<(), CgroupError> {
-        let writes = [
-            (
-                "memory_max",
-                "memory",
-                "memory.max",
-                resources.memory_max.map(|b| b.to_string()),
-            ),
-            (
-                "cpu_max",
-                "cpu",
-                "cpu.max",
-                // Per 100 ms: 150% is 150 ms of CPU time in each 100 ms.
-                resources
-                    .cpu_max
-                    .map(|pct| format!("{} 100000", u64::from(pct) * 1000)),
-            ),
-            (
-                "pids_max",
-                "pids",
-                "pids.max",
-                resources.pids_max.map(|n| n.to_string()),
-            ),
-        ];
-        for (key, controller, file, value) in writes {
-            let Some(value) = value else { continue };
+        for Limit {
+            key,
+            controller,
+            file,
+            value,
+        } in limits(resources)
+        {
             let path = self.path.join(file);
             match write_file(&path, &value) {
                 Ok(()) => {}
@@ -576,14 +544,58 @@ impl Cgroup {
 /// The error of the first limit in `resources` that needs a cgroup
 /// controller: what a process that gets no cgroup fails with.
 pub fn needs_controller(resources: &Resources) -> Option<CgroupError> {
+    limits(resources)
+        .next()
+        .map(|limit| CgroupError::NoController(limit.key, limit.controller))
+}
+
+/// One limit of SPEC §5.3 as the cgroup takes it.
+struct Limit {
+    /// The config key.
+    key: &'static str,
+    /// The controller that provides `file`.
+    controller: &'static str,
+    /// The interface file.
+    file: &'static str,
+    /// What is written to it.
+    value: String,
+}
+
+/// The cgroup limits `resources` sets.
+fn limits(resources: &Resources) -> impl Iterator<Item = Limit> {
+    let limit = |key, controller, file, value: Option<String>| {
+        value.map(|value| Limit {
+            key,
+            controller,
+            file,
+            value,
+        })
+    };
     [
-        (resources.memory_max.is_some(), "memory_max", "memory"),
-        (resources.cpu_max.is_some(), "cpu_max", "cpu"),
-        (resources.pids_max.is_some(), "pids_max", "pids"),
+        limit(
+            "memory_max",
+            "memory",
+            "memory.max",
+            resources.memory_max.map(|b| b.to_string()),
+        ),
+        // Per 100 ms: 150% is 150 ms of CPU time in each 100 ms.
+        limit(
+            "cpu_max",
+            "cpu",
+            "cpu.max",
+            resources
+                .cpu_max
+                .map(|pct| format!("{} 100000", u64::from(pct) * 1000)),
+        ),
+        limit(
+            "pids_max",
+            "pids",
+            "pids.max",
+            resources.pids_max.map(|n| n.to_string()),
+        ),
     ]
     .into_iter()
-    .find(|(set, _, _)| *set)
-    .map(|(_, key, controller)| CgroupError::NoController(key, controller))
+    .flatten()
 }
 
 /// Whether `cgroup.events` text says `populated 1`.
