@@ -416,3 +416,40 @@ fn after_a_reexec_the_same_cgroups_contain_the_same_processes() {
     );
     assert!(!cgroup.exists(), "{} left behind", cgroup.display());
 }
+
+#[test]
+fn a_cgroup_that_cannot_be_made_fails_only_that_start_with_the_reason() {
+    let d =
+        Daemon::start(&(shell("web", "exec sleep 300", "") + &shell("db", "exec sleep 300", "")));
+    d.wait_state("web", "running");
+    d.wait_state("db", "running");
+    if !contained(&d, "web") {
+        return;
+    }
+    let db = d.proc("db").pid.unwrap();
+    let base = cgroup_of(db)
+        .unwrap()
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    // supervisor, db and db/0 stay; web and web/0 go with the stop.
+    d.ctl_ok(&["stop", "web"]);
+    std::fs::write(base.join("cgroup.max.descendants"), "3").unwrap();
+    let out = d.ctl(&["start", "web"]);
+    std::fs::write(base.join("cgroup.max.descendants"), "max").unwrap();
+    assert_ne!(out.code, 0, "{out:?}");
+    let web = d.proc("web");
+    assert!(
+        web.description.contains("spawn failed: creating cgroup")
+            && web
+                .description
+                .contains("/web: Resource temporarily unavailable"),
+        "{}",
+        web.description
+    );
+    assert_eq!(d.proc("db").pid, Some(db), "the other program is untouched");
+    // With room again, the next attempt starts it.
+    d.wait_state("web", "running");
+}

@@ -988,10 +988,15 @@ impl ProcessActor {
 
     fn signal(&self, pid: nix::unistd::Pid, signal: Signal, group: bool) {
         // The final SIGKILL of a stop reaches every process of the cgroup.
+        // Only a live process's own: the machine's SIGKILL to the group of
+        // a process that has just exited (see `sync_group_kill`) must not
+        // reach the cgroup of its successor.
         let cgroup = if self.machine.retiring.is_some_and(|r| r.pid == pid) {
             self.retired_cgroup.as_ref()
-        } else {
+        } else if self.machine.state.pid() == Some(pid) {
             self.cgroup.as_ref()
+        } else {
+            None
         };
         if let (Signal::SIGKILL, Some(cgroup)) = (signal, cgroup) {
             cgroup.kill();
