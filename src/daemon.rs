@@ -235,6 +235,7 @@ async fn contain(config: &Config, handed_over: bool) -> Option<Arc<cgroup::Tree>
     };
     if !handed_over {
         stop_leftovers(config, tree.leftovers()).await;
+        tree.prune();
     }
     if let Err(off) = tree.enter() {
         tracing::warn!("cgroups are off ({off}): processes are stopped by process group");

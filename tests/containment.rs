@@ -434,9 +434,9 @@ fn a_cgroup_that_cannot_be_made_fails_only_that_start_with_the_reason() {
         .parent()
         .unwrap()
         .to_path_buf();
-    // supervisor, db and db/0 stay; web and web/0 go with the stop.
+    // supervisor, db, db/0 and web stay; web/0 goes with the stop.
     d.ctl_ok(&["stop", "web"]);
-    std::fs::write(base.join("cgroup.max.descendants"), "3").unwrap();
+    std::fs::write(base.join("cgroup.max.descendants"), "4").unwrap();
     let out = d.ctl(&["start", "web"]);
     std::fs::write(base.join("cgroup.max.descendants"), "max").unwrap();
     assert_ne!(out.code, 0, "{out:?}");
@@ -445,7 +445,7 @@ fn a_cgroup_that_cannot_be_made_fails_only_that_start_with_the_reason() {
         web.description.contains("spawn failed: creating cgroup")
             && web
                 .description
-                .contains("/web: Resource temporarily unavailable"),
+                .contains("/web/0: Resource temporarily unavailable (a cgroup.max.descendants"),
         "{}",
         web.description
     );

@@ -240,8 +240,23 @@ impl Tree {
         found
     }
 
-    /// Removes the empty cgroups of programs no longer running (a program
-    /// left the config, or minder shuts down): nothing is left behind.
+    /// Removes the directory of `program`, which left the config, once its
+    /// last process is gone (it stays while another instance has a cgroup).
+    pub fn remove_program(&self, program: &str) {
+        match std::fs::remove_dir(self.base.join(program)) {
+            Ok(()) => {}
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::ENOTEMPTY | libc::EBUSY | libc::ENOENT)
+                ) => {}
+            Err(e) => tracing::warn!("removing the cgroup of {program}: {e}"),
+        }
+    }
+
+    /// Removes every empty cgroup below the subtree but minder's own leaf
+    /// (after stopping a predecessor's leftovers, and at shutdown): nothing
+    /// is left behind.
     pub fn prune(&self) {
         let Ok(entries) = std::fs::read_dir(&self.base) else {
             return;
@@ -329,14 +344,29 @@ impl Leftover {
 #[derive(Debug, thiserror::Error)]
 pub enum CgroupError {
     /// `mkdir` failed (permission, `cgroup.max.descendants`, ...).
-    #[error("creating cgroup {path}: {error}", path = .0.display(), error = .1)]
+    #[error("creating cgroup {path}: {error}", path = .0.display(), error = plain(.1))]
     Create(PathBuf, io::Error),
     /// A limit needs a controller the cgroup does not have.
     #[error("{0} needs the cgroup v2 {1} controller")]
     NoController(&'static str, &'static str),
     /// Writing a limit failed.
-    #[error("setting {key} in {path}: {error}", key = .0, path = .1.display(), error = .2)]
+    #[error("setting {key} in {path}: {error}", key = .0, path = .1.display(), error = plain(.2))]
     Limit(&'static str, PathBuf, io::Error),
+}
+
+/// An OS error as the system describes it, without Rust's `(os error N)`,
+/// and what EAGAIN means for a cgroup.
+fn plain(e: &io::Error) -> String {
+    let text = e.to_string();
+    let text = match text.rfind(" (os error ") {
+        Some(at) => &text[..at],
+        None => &text,
+    };
+    if e.raw_os_error() == Some(libc::EAGAIN) {
+        format!("{text} (a cgroup.max.descendants or cgroup.max.depth above it is reached)")
+    } else {
+        text.to_string()
+    }
 }
 
 /// The cgroup of one process. Dropping it does not remove it: that is done
@@ -494,16 +524,11 @@ impl Cgroup {
         }
     }
 
-    /// Removes it (it must be empty), and its program's directory if that
-    /// is empty too.
+    /// Removes it (it must be empty). Its program's directory stays for
+    /// the next process ([`Tree::remove_program`] when the program goes):
+    /// making it again would enable its controllers again at every restart.
     pub fn remove(&self) {
-        if !self.remove_quietly() {
-            return;
-        }
-        if let Some(parent) = self.path.parent() {
-            // Fails while other processes of the program have theirs.
-            let _ = std::fs::remove_dir(parent);
-        }
+        self.remove_quietly();
     }
 
     fn remove_quietly(&self) -> bool {

@@ -445,6 +445,9 @@ impl ProcessActor {
                 }
             }
         }
+        if let Some(tree) = &self.context.cgroups {
+            tree.remove_program(&self.spec.program);
+        }
         // Queued requests are dropped: their requesters hear "no longer supervised".
         self.commands.close();
         self.commands.clear();
