@@ -195,7 +195,7 @@ async fn serve(config: Config, options: Options) -> Result<(), DaemonError> {
     // Every process is stopped: the subtree goes (unless minder re-execs
     // itself: then `run` does not return).
     if let Some(tree) = &cgroups.cgroups {
-        tree.leave();
+        tree.leave(Duration::from_secs(5)).await;
     }
 
     // Every process is stopped: the balancers hear it (etcd leases revoked).

@@ -276,8 +276,32 @@ impl Tree {
     }
 
     /// At the end of a shutdown: minder goes back where it was started and
-    /// removes its subtree, which is empty by then.
-    pub fn leave(&self) {
+    /// removes its subtree. Every process has been stopped by then; a
+    /// cgroup that is not empty all the same (a process minder no longer
+    /// watched) is killed and waited for, within `bound`, and named in the
+    /// log: nothing minder started outlives it.
+    pub async fn leave(&self, bound: Duration) {
+        let left: Vec<Leftover> = self
+            .leftovers()
+            .into_iter()
+            .filter(|l| l.program.is_some() && l.cgroup.populated().unwrap_or(false))
+            .collect();
+        for leftover in &left {
+            tracing::warn!(
+                "cgroup {} still holds {:?} at shutdown: killed",
+                leftover.cgroup.path.display(),
+                leftover.pids
+            );
+            leftover.cgroup.kill();
+        }
+        let emptied = async {
+            for leftover in &left {
+                leftover.cgroup.emptied().await;
+            }
+        };
+        if tokio::time::timeout(bound, emptied).await.is_err() {
+            tracing::error!("cgroups still populated after their kill at shutdown");
+        }
         self.prune();
         if let Err(e) = write_file(&self.start.join("cgroup.procs"), "0") {
             // Under systemd, the unit's cgroup may have controllers enabled
