@@ -9,7 +9,7 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use common::{assert_pid_gone, pid_alive, toml_array, wait_file, Daemon};
@@ -31,14 +31,7 @@ fn escaping(file: &str) -> String {
 
 /// The cgroup directory of `pid`, if it is in one of minder's.
 fn cgroup_of(pid: i32) -> Option<PathBuf> {
-    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-    let mount = mountinfo.lines().find_map(|l| {
-        let (left, right) = l.split_once(" - ")?;
-        (right.split_whitespace().next()? == "cgroup2").then(|| left.split_whitespace().nth(4))?
-    })?;
-    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
-    let relative = text.lines().find_map(|l| l.strip_prefix("0::"))?;
-    let path = Path::new(mount).join(relative.trim_start_matches('/'));
+    let path = common::cgroup_dir(pid)?;
     // A process without a cgroup of its own is in minder's leaf.
     (path.to_string_lossy().contains("/minder-") && !path.ends_with("supervisor")).then_some(path)
 }
@@ -451,5 +444,39 @@ fn a_cgroup_that_cannot_be_made_fails_only_that_start_with_the_reason() {
     );
     assert_eq!(d.proc("db").pid, Some(db), "the other program is untouched");
     // With room again, the next attempt starts it.
+    d.wait_state("web", "running");
+}
+
+#[test]
+fn a_second_daemon_on_the_socket_of_a_live_one_is_refused() {
+    let d = Daemon::start(&shell("web", "exec sleep 300", ""));
+    let out = common::run_with_timeout(
+        std::process::Command::new(common::MINDER)
+            .args(["daemon", "-c"])
+            .arg(&d.config_path),
+        Duration::from_secs(20),
+    );
+    assert_ne!(out.code, 0, "{out:?}");
+    assert!(
+        out.stderr
+            .contains("another minder is already listening on"),
+        "{out:?}"
+    );
+    d.wait_state("web", "running");
+}
+
+#[test]
+fn a_socket_that_takes_connections_but_never_answers_is_not_a_live_minder() {
+    // What a killed minder leaves for a moment: a child cloned but not yet
+    // exec'd holds the listening socket, and nobody accepts on it.
+    let mut d = Daemon::prepare("", &shell("web", "exec sleep 300", ""));
+    let holder = std::os::unix::net::UnixListener::bind(&d.sock).unwrap();
+    let released = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(500));
+        drop(holder);
+    });
+    d.spawn();
+    d.wait_ready();
+    released.join().unwrap();
     d.wait_state("web", "running");
 }

@@ -130,6 +130,39 @@ fn resolve_group(name: &str) -> Result<Gid, BindError> {
     }
 }
 
+/// How often, and how long each time, [`answers`] tries a socket that
+/// takes connections but no requests.
+const LIVENESS_TRIES: u32 = 10;
+const LIVENESS_WAIT: Duration = Duration::from_millis(200);
+
+/// Whether a daemon serves on `path`. A connection alone does not say so:
+/// after a minder was killed, a child it had just cloned still holds a copy
+/// of the listening socket until its exec closes it, and the kernel queues
+/// connections to it that nobody accepts. A live minder answers a `pid`
+/// request; a socket that takes connections but never answers is asked
+/// again for about two seconds (an exec takes far less), and counts as in
+/// use only if it still takes them then.
+fn answers(path: &Path) -> bool {
+    use std::io::{BufRead, Write};
+    for _ in 0..LIVENESS_TRIES {
+        let Ok(mut stream) = std::os::unix::net::UnixStream::connect(path) else {
+            return false;
+        };
+        let _ = stream.set_read_timeout(Some(LIVENESS_WAIT));
+        let _ = stream.set_write_timeout(Some(LIVENESS_WAIT));
+        if stream.write_all(b"{\"cmd\":\"pid\"}\n").is_ok() {
+            let mut line = String::new();
+            if std::io::BufReader::new(&stream)
+                .read_line(&mut line)
+                .is_ok_and(|n| n > 0)
+            {
+                return true;
+            }
+        }
+    }
+    std::os::unix::net::UnixStream::connect(path).is_ok()
+}
+
 /// Removes a socket left by a daemon that is gone; refuses if one still answers.
 fn remove_stale(path: &Path) -> Result<(), BindError> {
     let Ok(meta) = std::fs::symlink_metadata(path) else {
@@ -138,7 +171,7 @@ fn remove_stale(path: &Path) -> Result<(), BindError> {
     if !meta.file_type().is_socket() {
         return Err(BindError::NotASocket(path.to_path_buf()));
     }
-    if std::os::unix::net::UnixStream::connect(path).is_ok() {
+    if answers(path) {
         return Err(BindError::InUse(path.to_path_buf()));
     }
     std::fs::remove_file(path).map_err(|source| BindError::Io {

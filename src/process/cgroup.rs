@@ -501,8 +501,10 @@ impl Cgroup {
     }
 
     /// Waits until it is empty. Woken by the kernel's notification on
-    /// `cgroup.events`; also looks again every second, so a missed
-    /// notification costs a second, never a hang.
+    /// `cgroup.events`, which it sends at most once per 10 ms per cgroup
+    /// (the one for the spawn may hold back the one for the kill), so it
+    /// also looks again after 1, 2, 4, ... ms, up to every second: a
+    /// delayed or missed notification costs little, never a hang.
     pub async fn emptied(&self) {
         let events = match File::open(self.path.join("cgroup.events")).and_then(|f| {
             // SAFETY: a File stays open and names the same file until the
@@ -518,7 +520,8 @@ impl Cgroup {
                 return;
             }
         };
-        let mut waited = Duration::ZERO;
+        let started = tokio::time::Instant::now();
+        let mut step = Duration::from_millis(1);
         let mut warned = false;
         loop {
             // Read through the watched file: reading it is what resets the
@@ -529,14 +532,11 @@ impl Cgroup {
                 Ok(_) => {}
                 Err(_) => return,
             }
-            let step = Duration::from_secs(1);
-            if let Ok(Ok(mut guard)) =
-                tokio::time::timeout(step, events.ready(Interest::PRIORITY)).await
-            {
-                guard.clear_ready();
-            } else {
-                waited += step;
+            match tokio::time::timeout(step, events.ready(Interest::PRIORITY)).await {
+                Ok(Ok(mut guard)) => guard.clear_ready(),
+                _ => step = (step * 2).min(Duration::from_secs(1)),
             }
+            let waited = started.elapsed();
             if waited >= SLOW_EMPTY && !warned {
                 warned = true;
                 tracing::warn!(

@@ -649,7 +649,30 @@ impl Daemon {
                 unsafe { libc::kill(pid, libc::SIGKILL) };
             }
         }
+        self.remove_empty_cgroups();
         self.exited
+    }
+
+    /// Removes what is left, empty, of this daemon's cgroup subtree (a
+    /// daemon a test killed cannot): the host's cgroup tree stays tidy.
+    fn remove_empty_cgroups(&self) {
+        let Some(parent) = own_cgroup() else { return };
+        let prefix = format!(
+            "minder-{}-",
+            self.sock
+                .display()
+                .to_string()
+                .trim_start_matches('/')
+                .replace('/', "-")
+        );
+        let Ok(entries) = fs::read_dir(&parent) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            if entry.file_name().to_string_lossy().starts_with(&prefix) {
+                remove_empty_dirs(&entry.path(), 3);
+            }
+        }
     }
 }
 
@@ -660,6 +683,44 @@ impl Drop for Daemon {
         }
         self.stop();
     }
+}
+
+/// Where the cgroup2 file system is mounted, if it is.
+pub fn cgroup_mount() -> Option<PathBuf> {
+    let mountinfo = fs::read_to_string("/proc/self/mountinfo").ok()?;
+    mountinfo.lines().find_map(|l| {
+        let (left, right) = l.split_once(" - ")?;
+        (right.split_whitespace().next()? == "cgroup2")
+            .then(|| left.split_whitespace().nth(4).map(PathBuf::from))?
+    })
+}
+
+/// The cgroup (v2) directory of process `pid`.
+pub fn cgroup_dir(pid: i32) -> Option<PathBuf> {
+    let text = fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    let relative = text.lines().find_map(|l| l.strip_prefix("0::"))?;
+    Some(cgroup_mount()?.join(relative.trim_start_matches('/')))
+}
+
+/// The cgroup (v2) directory of the test process.
+fn own_cgroup() -> Option<PathBuf> {
+    cgroup_dir(std::process::id() as i32)
+}
+
+/// rmdir of `dir` and the directories below it, deepest first; a cgroup
+/// that still holds a process (or a file system entry that is not a
+/// cgroup) stays.
+fn remove_empty_dirs(dir: &Path, depth: usize) {
+    if depth > 0 {
+        if let Ok(entries) = fs::read_dir(dir) {
+            for entry in entries.flatten() {
+                if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                    remove_empty_dirs(&entry.path(), depth - 1);
+                }
+            }
+        }
+    }
+    let _ = fs::remove_dir(dir);
 }
 
 fn read_tail(path: &Path, max: usize) -> String {
