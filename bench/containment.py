@@ -258,7 +258,8 @@ def cgroup_of(pid):
 # 1. setsid survivors
 
 
-def bench_setsid(a, tmp, cgroup, rounds):
+def bench_setsid(a, tmp, cgroup, rounds, pause=0.0):
+    """pause: seconds between the grandchild being in place and `ctl stop`."""
     d = tempfile.mkdtemp(prefix=f"setsid-{'cg' if cgroup else 'nocg'}-", dir=tmp)
     gcdir = os.path.join(d, "gc")
     os.mkdir(gcdir)
@@ -317,6 +318,20 @@ def bench_setsid(a, tmp, cgroup, rounds):
                 time.sleep(0.001)
             if gst is None:
                 raise RuntimeError(f"round {r}: grandchild {gc} never became a setsid sleep")
+            # ... and until the main process has exec'd sleep: the subshell
+            # (and its mv) are gone, only the two sleeps are left.
+            for _ in range(5000):
+                try:
+                    with open(f"/proc/{main}/comm") as f:
+                        if f.read().strip() == "sleep":
+                            break
+                except OSError:
+                    break
+                time.sleep(0.001)
+            else:
+                raise RuntimeError(f"round {r}: main process {main} never exec'd sleep")
+            if pause:
+                time.sleep(pause)
             t0 = time.perf_counter()
             cp = m.ctl("stop", "g")
             t = time.perf_counter() - t0
@@ -342,7 +357,7 @@ def bench_setsid(a, tmp, cgroup, rounds):
             if not pending or time.monotonic() > deadline:
                 break
             time.sleep(0.01)
-    res = {"cgroup": cgroup, "rounds": len(lat), "survivors": len(survivors), "exiting": exiting,
+    res = {"cgroup": cgroup, "pause_ms": pause * 1000, "rounds": len(lat), "survivors": len(survivors), "exiting": exiting,
            "killed_by_bench": killed, "errors": errors, "cgroup_path": cg_seen}
     if lat:
         ms = [x * 1000 for x in lat]
@@ -616,31 +631,42 @@ def doc(a, meta, r):
          f"there: {meta['cg']['controllers']}",
          f"- load average (1 min) {meta['load_start']} at the start, {meta['load_end']} at the end "
          "(other builds share the machine)", ""]
-    s_cg, s_no = r.get("setsid_cg"), r.get("setsid_nocg")
+    s_cg, s_no, s_pa = r.get("setsid_cg"), r.get("setsid_nocg"), r.get("setsid_cg_pause")
     L += ["### 1. A `setsid` grandchild and `ctl stop`", "",
           "One program, `sh -c '(setsid /bin/sleep 600 & echo $! > DIR/$$) ; exec /bin/sleep 600'`: "
           "the subshell forks the grandchild and exits, the grandchild calls `setsid` (its own "
           "session and process group). Each round: `ctl start g`, poll `status --json` until "
           "running, read the grandchild's PID, wait until it has called `setsid` and is "
-          "`sleep`, record its start time (`/proc/PID/stat`), then time `ctl stop g` (which "
+          "`sleep` and the main process has exec'd `sleep` (nothing else is left running), record the grandchild's start time (`/proc/PID/stat`), then time `ctl stop g` (which "
           "replies once the process is stopped) and, the moment it returns, check the "
           "grandchild by PID and start time. *Survivor*: the same process, not a zombie and "
           "not exiting. *Exiting*: `PF_EXITING` set (killed, past the point of no return, not "
           "yet a zombie). Survivors of `cgroup = false` are SIGKILLed by the bench afterwards.", "",
           "| | rounds | survivors | exiting at the check | `ctl stop` median | p99 | max |",
           "|---|---:|---:|---:|---:|---:|---:|"]
-    for label, s in (("cgroup (default)", s_cg), ("`cgroup = false`", s_no)):
+    for label, s in (("cgroup (default)", s_cg), ("`cgroup = false`", s_no),
+                     (f"cgroup, `ctl stop` {a.pause_ms:g} ms later", s_pa)):
         if s:
             L.append(f"| {label} | {s['rounds']} | {s['survivors']} | {s['exiting']} | "
                      f"{f3(s.get('median_ms'), '{:.2f} ms')} | {f3(s.get('p99_ms'), '{:.2f} ms')} | "
                      f"{f3(s.get('max_ms'), '{:.2f} ms')} |")
-    for s in (s_cg, s_no):
+    for s in (s_cg, s_no, s_pa):
         if s and s.get("errors"):
             L += [""] + [f"- {e}" for e in s["errors"]]
     if s_cg:
         L += ["", f"Target: 0 survivors with cgroups — "
               f"{'met' if s_cg['survivors'] == 0 and s_cg['rounds'] == a.rounds else '**missed**'}. "
               f"The main process's cgroup was `{s_cg.get('cgroup_path')}`."]
+    if s_cg and s_pa and s_cg.get("median_ms") and s_pa.get("median_ms"):
+        L += ["", f"The last row waits {a.pause_ms:g} ms between the grandchild being in place and "
+              "`ctl stop`; otherwise it is the first row. minder learns that a cgroup is empty from "
+              "the kernel's notification on `cgroup.events`, and the kernel sends at most one "
+              "notification per `cgroup.events` file every 10 ms (`CGROUP_FILE_NOTIFY_MIN_INTV`, "
+              "kernel/cgroup/cgroup.c) and holds back a later one until then. The cgroup became "
+              "populated when the process was spawned a few milliseconds before the stop, so the "
+              "\"empty\" notification of a stop that soon after a start waits out the rest of those "
+              f"10 ms: median {s_cg['median_ms']:.2f} ms right after the start, "
+              f"{s_pa['median_ms']:.2f} ms {a.pause_ms:g} ms later."]
     L.append("")
 
     rc = r.get("recovery_cg", [])
@@ -759,7 +785,8 @@ def reading(a, r, cg):
                    f"{s_no['rounds']} did, because a stop by process group cannot reach a process "
                    "that left the group. The stop with cgroups includes emptying the cgroup "
                    "(`cgroup.kill` of the grandchild once the main process has exited, then waiting "
-                   "for `populated 0`) and removing it.")
+                   "for `populated 0`) and removing it; a stop within 10 ms of the start also waits "
+                   "for the kernel's rate limit on `cgroup.events` notifications (see section 1).")
     rc = [x for x in r.get("recovery_cg", []) if "all_running_s" in x]
     rn = [x for x in r.get("recovery_nocg", []) if "all_running_s" in x]
     if rc and rn:
@@ -769,12 +796,19 @@ def reading(a, r, cg):
                    "file); the listen ports are free again because the old processes holding "
                    "them are gone, and the new ones answer.")
     ps = r.get("per_spawn")
-    if ps and ps.get("restart_ms") is not None:
-        out.append(f"The cgroup costs {ps['restart_ms']:+.3f} ms per restart and "
-                   f"{ps['start_ms']:+.3f} ms per process when {a.cost_programs} start (a mkdir, "
-                   "`clone3` into it, and an rmdir once empty); differences of this size are within "
-                   "the run-to-run spread on a shared 2-CPU machine when they are a few tenths of "
-                   "a millisecond, so read the per-run figures as well as the medians.")
+    if ps and ps.get("restart_ms") is not None and ps.get("start_ms") is not None:
+        def overlap(key):
+            g = [x[key] for x in r.get("cost_cg", []) if x.get(key) is not None]
+            n = [x[key] for x in r.get("cost_nocg", []) if x.get(key) is not None]
+            if not g or not n:
+                return "?"
+            return ("the per-run figures of the two modes overlap (within this machine's noise)"
+                    if min(g) <= max(n) and min(n) <= max(g)
+                    else "the per-run figures of the two modes do not overlap")
+        out.append(f"Per spawn the cgroup (a mkdir, `clone3` into it, an rmdir once empty) "
+                   f"costs {ps['restart_ms']:+.3f} ms on a restart ({overlap('crash_median_ms')}) "
+                   f"and {ps['start_ms']:+.3f} ms per process when {a.cost_programs} start "
+                   f"({overlap('start_all_s')}).")
     if "memory" not in cg["controllers"]:
         out.append(f"On this host ({cg['kind']}) the v2 hierarchy at `{cg['mount']}` offers "
                    f"no memory, cpu or pids controller (`cgroup.controllers`: {cg['controllers']}): "
@@ -798,6 +832,9 @@ def main():
     ap.add_argument("--target-dir", default=tgt)
     ap.add_argument("--rounds", type=int, default=1000, help="setsid rounds with cgroups")
     ap.add_argument("--rounds-nocg", type=int, default=50, help="setsid rounds with cgroup = false")
+    ap.add_argument("--rounds-pause", type=int, default=200,
+                    help="setsid rounds with cgroups and --pause-ms before each stop")
+    ap.add_argument("--pause-ms", type=float, default=20.0)
     ap.add_argument("--setsid-secs", type=float, default=600, help="time bound of each setsid run")
     ap.add_argument("--recoveries", type=int, default=5, help="kill -9 recoveries per mode")
     ap.add_argument("--recovery-programs", type=int, default=100)
@@ -843,6 +880,8 @@ def main():
         if "setsid" not in skip:
             r["setsid_cg"] = bench_setsid(a, tmp, True, a.rounds)
             r["setsid_nocg"] = bench_setsid(a, tmp, False, a.rounds_nocg)
+            if a.rounds_pause:
+                r["setsid_cg_pause"] = bench_setsid(a, tmp, True, a.rounds_pause, a.pause_ms / 1000)
         if "recovery" not in skip:
             r["recovery_cg"], r["recovery_nocg"] = [], []
             for rep in range(a.recoveries):
