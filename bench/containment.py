@@ -467,11 +467,15 @@ def bench_recovery(a, tmp, cgroup, rep):
         # Restart= with its default RestartSec= would), at most
         # --recovery-attempts times; every refusal is counted and reported.
         t_first = None
-        refusals, holders = 0, []
+        refusals, holders, early = 0, [], []
         for attempt in range(a.recovery_attempts):
             new.start(f"new{attempt}.log")
             if t_first is None:
                 t_first = new.t_start
+                # Who still holds the control socket as the new minder starts
+                # (its own PID left out): a reading of the cause of a refusal.
+                early = [h for h in socket_holders(old.sock)
+                         if h.split()[0] != str(new.proc.pid)]
             try:
                 st = new.wait_for(lambda s: len(s) == n and all(p["state"] == "running" for p in s.values()),
                                   60, f"{n} running (second minder)")
@@ -486,7 +490,7 @@ def bench_recovery(a, tmp, cgroup, rep):
         else:
             raise RuntimeError(f"the new minder refused to start {refusals} times: control socket in use")
         t_all = time.monotonic() - t_first
-        res.update(refusals=refusals, holders=holders[:4],
+        res.update(refusals=refusals, holders=holders[:4], holders_at_start=early[:4],
                    all_running_last_attempt_s=time.monotonic() - new.t_start)
         states = [same_alive(p, s) for p, s in gen]
         res.update(all_running_s=t_all, old_procs=len(gen),
@@ -713,7 +717,9 @@ def doc(a, meta, r):
             if x.get("refusals"):
                 L.append(f"- {label}: {x['refusals']} refused start(s), then all running "
                          f"{x['all_running_last_attempt_s']:.3f} s after the last start; holding the "
-                         f"control socket at the refusal: {', '.join(x.get('holders') or ['(gone by the scan)'])}")
+                         f"control socket as the new minder started: "
+                         f"{', '.join(x.get('holders_at_start') or ['none found'])}; at the refusal: "
+                         f"{', '.join(x.get('holders') or ['none left'])}")
             if x.get("port_errors"):
                 L.append(f"- {label}: ports: {'; '.join(x['port_errors'])}")
     worst = [x["all_running_s"] for x in rc + rn if "all_running_s" in x]
@@ -802,13 +808,30 @@ def reading(a, r, cg):
             n = [x[key] for x in r.get("cost_nocg", []) if x.get(key) is not None]
             if not g or not n:
                 return "?"
-            return ("the per-run figures of the two modes overlap (within this machine's noise)"
+            return ("the per-run figures of the two modes overlap: within this machine's noise"
                     if min(g) <= max(n) and min(n) <= max(g)
                     else "the per-run figures of the two modes do not overlap")
         out.append(f"Per spawn the cgroup (a mkdir, `clone3` into it, an rmdir once empty) "
                    f"costs {ps['restart_ms']:+.3f} ms on a restart ({overlap('crash_median_ms')}) "
                    f"and {ps['start_ms']:+.3f} ms per process when {a.cost_programs} start "
                    f"({overlap('start_all_s')}).")
+    allr = r.get("recovery_cg", []) + r.get("recovery_nocg", [])
+    refused = sum(x.get("refusals", 0) for x in allr)
+    seen = [h for x in allr for h in x.get("holders_at_start") or []]
+    if refused:
+        out.append(f"The new minder refused to start {refused} time(s) in "
+                   f"{len(allr)} recoveries. It decides that another minder is alive when a "
+                   "connect to the control socket succeeds, and a listening Unix socket accepts "
+                   "connections into its backlog for as long as any process holds a copy of it. "
+                   "minder's spawn does not wait for the child's exec, so a child the killed minder "
+                   "had just cloned, not yet exec'd, still holds every descriptor of minder, the "
+                   "listening control socket included (close-on-exec takes effect at the exec); a "
+                   "new minder started within those few milliseconds takes it for a live "
+                   "predecessor and exits 1."
+                   + (f" Holders seen as the new minder started: {', '.join(seen[:4])}." if seen else "")
+                   + " Started again, it recovers as usual. Under systemd this does not arise: "
+                   "systemd kills what is left of the unit's cgroup before `Restart=` starts minder "
+                   "again.")
     if "memory" not in cg["controllers"]:
         out.append(f"On this host ({cg['kind']}) the v2 hierarchy at `{cg['mount']}` offers "
                    f"no memory, cpu or pids controller (`cgroup.controllers`: {cg['controllers']}): "
