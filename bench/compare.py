@@ -257,6 +257,8 @@ class Minder(Daemon):
             lines.append(f"[program.{p['name']}]")
             lines.append("command = [" + ", ".join(q(a) for a in p["argv"]) + "]")
             lines.append('start_secs = "0s"')
+            if self.bench.args.program_extra:
+                lines.append(self.bench.args.program_extra)
             if p.get("crash"):
                 lines += ["", f"[program.{p['name']}.backoff]", 'initial = "0s"', "jitter = 0.0"]
             lines.append("")
@@ -1006,6 +1008,8 @@ def main():
     ap.add_argument("--sv-status-runs", type=int, default=20)
     ap.add_argument("--start-repeat", type=int, default=3, help="fresh daemons timed for the start of all programs")
     ap.add_argument("--repeat", type=int, default=5, help="repetitions of stop all / shutdown with 100")
+    ap.add_argument("--program-extra", default="",
+                    help="TOML line(s) added to every minder program, e.g. 'cgroup = false'")
     ap.add_argument("--skip", default="", help="comma list of idle,crash,small")
     ap.add_argument("--doc", default=os.path.join(REPO, "docs", "benchmarks.md"))
     ap.add_argument("--no-doc", action="store_true", help="do not write docs/benchmarks.md")
