@@ -152,29 +152,53 @@ impl Tree {
         Ok(())
     }
 
-    /// Makes the cgroup of a new process of `program` (instance `instance`),
-    /// with the limits of `resources` written before anything runs in it.
+    /// Where the processes of `program`'s instance `instance` get their
+    /// cgroup ([`Tree::create`]). Made once per process, with its other
+    /// long-lived allocations, rather than at each spawn among the spawn's
+    /// temporaries, where a thousand small lasting allocations would pin
+    /// pages of freed ones.
+    pub fn home(&self, program: &str, instance: u32) -> Cgroup {
+        Cgroup {
+            path: Arc::from(self.base.join(program).join(instance.to_string())),
+        }
+    }
+
+    /// Makes the cgroup of a new process whose [`Tree::home`] is `home`,
+    /// with the limits of `resources` written before anything runs in it:
+    /// `home` itself, unless a predecessor (a rolling restart) or a process
+    /// still dying holds it.
     pub fn create(
         &self,
-        program: &str,
-        instance: u32,
+        home: &Cgroup,
         resources: Option<&Resources>,
     ) -> Result<Cgroup, CgroupError> {
-        let group = self.base.join(program);
-        match std::fs::create_dir(&group) {
-            Ok(()) => enable_controllers(&group),
-            Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
-            Err(e) => return Err(CgroupError::Create(group, e)),
-        }
+        // The common case allocates nothing: `home`, free, in the program's
+        // directory, which exists from the program's first process on.
+        let group = home.path.parent().unwrap_or(&self.base);
         for generation in 0..MAX_GENERATIONS {
-            let name = match generation {
-                0 => instance.to_string(),
-                n => format!("{instance}.{n}"),
+            let cgroup = match generation {
+                0 => home.clone(),
+                n => {
+                    let mut name = home.path.file_name().unwrap_or_default().to_os_string();
+                    name.push(format!(".{n}"));
+                    Cgroup {
+                        path: Arc::from(group.join(name)),
+                    }
+                }
             };
-            let cgroup = Cgroup {
-                path: Arc::from(group.join(name)),
-            };
-            match std::fs::create_dir(&*cgroup.path) {
+            let mut made = std::fs::create_dir(&*cgroup.path);
+            if made
+                .as_ref()
+                .is_err_and(|e| e.kind() == ErrorKind::NotFound)
+            {
+                match std::fs::create_dir(group) {
+                    Ok(()) => enable_controllers(group),
+                    Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
+                    Err(e) => return Err(CgroupError::Create(group.to_path_buf(), e)),
+                }
+                made = std::fs::create_dir(&*cgroup.path);
+            }
+            match made {
                 Ok(()) => {}
                 // Taken: the predecessor of a rolling restart, or a process
                 // still dying. An empty one is a leftover and is made anew.
@@ -195,7 +219,7 @@ impl Tree {
             return Ok(cgroup);
         }
         Err(CgroupError::Create(
-            group,
+            group.to_path_buf(),
             io::Error::new(
                 ErrorKind::AlreadyExists,
                 format!("{MAX_GENERATIONS} cgroups of this instance are still populated"),

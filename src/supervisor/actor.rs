@@ -252,6 +252,8 @@ pub struct ProcessActor {
     exit: Option<ExitReceiver>,
     /// The cgroup of the current process, and of the retiring one.
     cgroup: Option<Cgroup>,
+    /// Where this process's cgroups go ([`cgroup::Tree::home`]).
+    cgroup_home: Option<Cgroup>,
     retired_cgroup: Option<Cgroup>,
     /// Settings before a reconfiguration whose rollout is still in progress
     /// (boxed: rarely there, and large for every process's actor).
@@ -337,6 +339,7 @@ impl ProcessActor {
             retired_exit: None,
             exit: None,
             cgroup: None,
+            cgroup_home: None,
             retired_cgroup: None,
             previous: None,
             report: None,
@@ -351,6 +354,9 @@ impl ProcessActor {
         };
         let mut actor = actor;
         let tree = actor.context.cgroups.clone();
+        actor.cgroup_home = tree
+            .as_ref()
+            .map(|t| t.home(&actor.spec.program, actor.spec.instance));
         if let Some(pid) = actor.machine.state.pid() {
             // Registered before the runtime polls the reaper, so an exit that
             // happened during the exec is routed here, not lost as an orphan.
@@ -975,10 +981,13 @@ impl ProcessActor {
         let resources = self.cfg.resources.as_deref();
         let failed = |e: cgroup::CgroupError| SpawnError::plain(SpawnStage::Cgroup, e.to_string());
         match &self.context.cgroups {
-            Some(tree) if self.cfg.cgroup => tree
-                .create(&self.spec.program, self.spec.instance, resources)
-                .map(Some)
-                .map_err(failed),
+            Some(tree) if self.cfg.cgroup => {
+                let home = match &self.cgroup_home {
+                    Some(home) => home.clone(),
+                    None => tree.home(&self.spec.program, self.spec.instance),
+                };
+                tree.create(&home, resources).map(Some).map_err(failed)
+            }
             _ => match resources.and_then(cgroup::needs_controller) {
                 Some(e) => Err(SpawnError::plain(
                     SpawnStage::Cgroup,
