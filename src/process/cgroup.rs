@@ -89,8 +89,8 @@ impl fmt::Display for Off {
 /// This minder's cgroup subtree.
 #[derive(Debug)]
 pub struct Tree {
-    /// `START/minder-<socket>`.
-    base: PathBuf,
+    /// `START/minder-<socket>`, shared by every [`Cgroup`] below it.
+    base: Arc<Path>,
     /// The cgroup minder was started in, where it goes back at shutdown so
     /// that its subtree can be removed.
     start: PathBuf,
@@ -128,7 +128,10 @@ impl Tree {
         if !base.join("cgroup.kill").exists() {
             return Err(Off::NoKill);
         }
-        Ok(Tree { base, start })
+        Ok(Tree {
+            base: Arc::from(base),
+            start,
+        })
     }
 
     /// The directory of this minder's subtree.
@@ -158,8 +161,14 @@ impl Tree {
     /// temporaries, where a thousand small lasting allocations would pin
     /// pages of freed ones.
     pub fn home(&self, program: &str, instance: u32) -> Cgroup {
+        self.cgroup(&format!("{program}/{instance}"))
+    }
+
+    /// The cgroup `name` (`web/0`) below the subtree.
+    fn cgroup(&self, name: &str) -> Cgroup {
         Cgroup {
-            path: Arc::from(self.base.join(program).join(instance.to_string())),
+            base: Arc::clone(&self.base),
+            name: Arc::from(name),
         }
     }
 
@@ -172,21 +181,18 @@ impl Tree {
         home: &Cgroup,
         resources: Option<&Resources>,
     ) -> Result<Cgroup, CgroupError> {
-        // The common case allocates nothing: `home`, free, in the program's
-        // directory, which exists from the program's first process on.
-        let group = home.path.parent().unwrap_or(&self.base);
+        // The common case allocates only paths for the system calls: `home`,
+        // free, in the program's directory, which exists from the program's
+        // first process on.
+        let home_path = home.path();
+        let group = home_path.parent().unwrap_or(&self.base);
         for generation in 0..MAX_GENERATIONS {
             let cgroup = match generation {
                 0 => home.clone(),
-                n => {
-                    let mut name = home.path.file_name().unwrap_or_default().to_os_string();
-                    name.push(format!(".{n}"));
-                    Cgroup {
-                        path: Arc::from(group.join(name)),
-                    }
-                }
+                n => self.cgroup(&format!("{}.{n}", home.name)),
             };
-            let mut made = std::fs::create_dir(&*cgroup.path);
+            let path = cgroup.path();
+            let mut made = std::fs::create_dir(&path);
             if made
                 .as_ref()
                 .is_err_and(|e| e.kind() == ErrorKind::NotFound)
@@ -196,7 +202,7 @@ impl Tree {
                     Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
                     Err(e) => return Err(CgroupError::Create(group.to_path_buf(), e)),
                 }
-                made = std::fs::create_dir(&*cgroup.path);
+                made = std::fs::create_dir(&path);
             }
             match made {
                 Ok(()) => {}
@@ -205,12 +211,12 @@ impl Tree {
                 Err(e) if e.kind() == ErrorKind::AlreadyExists => {
                     if cgroup.populated().unwrap_or(true)
                         || !cgroup.remove_quietly()
-                        || std::fs::create_dir(&*cgroup.path).is_err()
+                        || std::fs::create_dir(&path).is_err()
                     {
                         continue;
                     }
                 }
-                Err(e) => return Err(CgroupError::Create(cgroup.path.to_path_buf(), e)),
+                Err(e) => return Err(CgroupError::Create(path, e)),
             }
             if let Err(e) = resources.map_or(Ok(()), |r| cgroup.limit(r)) {
                 cgroup.remove();
@@ -235,9 +241,7 @@ impl Tree {
         let relative = text.lines().find_map(|l| l.strip_prefix("0::"))?;
         let path = mount.join(relative.trim_start_matches('/'));
         let inside = path.strip_prefix(&self.base).ok()?;
-        (inside.components().count() == 2).then(|| Cgroup {
-            path: Arc::from(path),
-        })
+        (inside.components().count() == 2).then(|| self.cgroup(&inside.to_string_lossy()))
     }
 
     /// Every populated cgroup of the subtree: what a predecessor that died
@@ -251,14 +255,15 @@ impl Tree {
             let program = entry.file_name().to_string_lossy().into_owned();
             let path = entry.path();
             if program == SUPERVISOR_LEAF {
-                push_leftover(&mut found, &path, None);
+                found.push(Leftover::of(self.cgroup(SUPERVISOR_LEAF), None));
                 continue;
             }
             let Ok(leaves) = std::fs::read_dir(&path) else {
                 continue;
             };
             for leaf in leaves.flatten().filter(|e| e.path().is_dir()) {
-                push_leftover(&mut found, &leaf.path(), Some(program.clone()));
+                let name = format!("{program}/{}", leaf.file_name().to_string_lossy());
+                found.push(Leftover::of(self.cgroup(&name), Some(program.clone())));
             }
         }
         found
@@ -313,7 +318,7 @@ impl Tree {
         for leftover in &left {
             tracing::warn!(
                 "cgroup {} still holds {:?} at shutdown: killed",
-                leftover.cgroup.path.display(),
+                leftover.cgroup.path().display(),
                 leftover.pids
             );
             leftover.cgroup.kill();
@@ -341,18 +346,6 @@ impl Tree {
     }
 }
 
-fn push_leftover(found: &mut Vec<Leftover>, path: &Path, program: Option<String>) {
-    let cgroup = Cgroup {
-        path: Arc::from(path),
-    };
-    let pids = cgroup.pids();
-    found.push(Leftover {
-        cgroup,
-        program,
-        pids,
-    });
-}
-
 /// A cgroup a predecessor left, and what was found in it.
 #[derive(Debug)]
 pub struct Leftover {
@@ -365,6 +358,16 @@ pub struct Leftover {
 }
 
 impl Leftover {
+    /// `cgroup`, with the processes in it now.
+    fn of(cgroup: Cgroup, program: Option<String>) -> Leftover {
+        let pids = cgroup.pids();
+        Leftover {
+            cgroup,
+            program,
+            pids,
+        }
+    }
+
     /// Stops what is in it: `signal` to every process, then `cgroup.kill`
     /// after `grace`; returns once it is empty and removed, and whether the
     /// kill was needed.
@@ -421,19 +424,30 @@ fn plain(e: &io::Error) -> String {
 /// once the cgroup is empty ([`Cgroup::remove`]).
 #[derive(Debug, Clone)]
 pub struct Cgroup {
-    path: Arc<Path>,
+    /// The subtree's directory, shared by all its cgroups.
+    base: Arc<Path>,
+    /// Below it: `web/0`. Kept apart from `base` so that a thousand
+    /// processes do not each hold a copy of the long common part.
+    name: Arc<str>,
 }
 
 impl Cgroup {
     /// Its directory.
-    pub fn path(&self) -> &Arc<Path> {
-        &self.path
+    pub fn path(&self) -> PathBuf {
+        self.base.join(&*self.name)
+    }
+
+    /// The interface file `name` of it.
+    fn file(&self, name: &str) -> PathBuf {
+        let mut path = self.path();
+        path.push(name);
+        path
     }
 
     /// Opens the directory, for `CLONE_INTO_CGROUP`.
     pub fn open(&self) -> io::Result<OwnedFd> {
         let fd = nix::fcntl::open(
-            &*self.path,
+            &self.path(),
             nix::fcntl::OFlag::O_RDONLY
                 | nix::fcntl::OFlag::O_DIRECTORY
                 | nix::fcntl::OFlag::O_CLOEXEC,
@@ -450,7 +464,7 @@ impl Cgroup {
             value,
         } in limits(resources)
         {
-            let path = self.path.join(file);
+            let path = self.file(file);
             match write_file(&path, &value) {
                 Ok(()) => {}
                 Err(e) if e.kind() == ErrorKind::NotFound => {
@@ -464,15 +478,15 @@ impl Cgroup {
 
     /// Whether a process is still in it (`populated` of `cgroup.events`).
     pub fn populated(&self) -> io::Result<bool> {
-        let text = std::fs::read_to_string(self.path.join("cgroup.events"))?;
+        let text = std::fs::read_to_string(self.file("cgroup.events"))?;
         Ok(populated_in(&text))
     }
 
     /// SIGKILL to every process in it, at once (`cgroup.kill`).
     pub fn kill(&self) {
-        if let Err(e) = write_file(&self.path.join("cgroup.kill"), "1") {
+        if let Err(e) = write_file(&self.file("cgroup.kill"), "1") {
             if e.kind() != ErrorKind::NotFound {
-                tracing::warn!("killing cgroup {}: {e}", self.path.display());
+                tracing::warn!("killing cgroup {}: {e}", self.path().display());
             }
         }
     }
@@ -480,7 +494,7 @@ impl Cgroup {
     /// How many times the OOM killer killed a process in it
     /// (`oom_kill` of `memory.events`; 0 without the memory controller).
     pub fn oom_kills(&self) -> u64 {
-        std::fs::read_to_string(self.path.join("memory.events"))
+        std::fs::read_to_string(self.file("memory.events"))
             .ok()
             .and_then(|text| {
                 text.lines()
@@ -492,7 +506,7 @@ impl Cgroup {
 
     /// The processes in it now.
     pub fn pids(&self) -> Vec<Pid> {
-        std::fs::read_to_string(self.path.join("cgroup.procs"))
+        std::fs::read_to_string(self.file("cgroup.procs"))
             .map(|text| {
                 text.lines()
                     .filter_map(|l| l.trim().parse().ok())
@@ -521,7 +535,7 @@ impl Cgroup {
         let Some(relative) = text.lines().find_map(|l| l.strip_prefix("0::")) else {
             return false;
         };
-        self.path.ends_with(relative.trim_start_matches('/'))
+        self.path().ends_with(relative.trim_start_matches('/'))
     }
 
     /// Waits until it is empty. Woken by the kernel's notification on
@@ -530,7 +544,7 @@ impl Cgroup {
     /// also looks again after 1, 2, 4, ... ms, up to every second: a
     /// delayed or missed notification costs little, never a hang.
     pub async fn emptied(&self) {
-        let events = match File::open(self.path.join("cgroup.events")).and_then(|f| {
+        let events = match File::open(self.file("cgroup.events")).and_then(|f| {
             // SAFETY: a File stays open and names the same file until the
             // AsyncFd owning it is dropped or gives it back.
             unsafe { AsyncFd::register_with_interest(f, Interest::PRIORITY) }
@@ -540,7 +554,7 @@ impl Cgroup {
             // Gone: nothing is in it.
             Err(e) if e.kind() == ErrorKind::NotFound => return,
             Err(e) => {
-                tracing::warn!("watching {}: {e}", self.path.display());
+                tracing::warn!("watching {}: {e}", self.path().display());
                 return;
             }
         };
@@ -565,7 +579,7 @@ impl Cgroup {
                 warned = true;
                 tracing::warn!(
                     "cgroup {} is not empty {} after its kill; waiting on",
-                    self.path.display(),
+                    self.path().display(),
                     crate::text::short_duration(waited)
                 );
             }
@@ -580,11 +594,11 @@ impl Cgroup {
     }
 
     fn remove_quietly(&self) -> bool {
-        match std::fs::remove_dir(&*self.path) {
+        match std::fs::remove_dir(self.path()) {
             Ok(()) => true,
             Err(e) if e.kind() == ErrorKind::NotFound => true,
             Err(e) => {
-                tracing::warn!("removing cgroup {}: {e}", self.path.display());
+                tracing::warn!("removing cgroup {}: {e}", self.path().display());
                 false
             }
         }
@@ -842,7 +856,8 @@ mod live {
         let path = own.join(format!("minder-test-{name}-{}", std::process::id()));
         std::fs::create_dir(&path).map_err(|e| format!("{}: {e}", path.display()))?;
         Ok(Cgroup {
-            path: Arc::from(path),
+            base: Arc::from(own),
+            name: Arc::from(path.file_name().unwrap().to_string_lossy().as_ref()),
         })
     }
 
@@ -892,7 +907,7 @@ mod live {
             let end = child.exit.await.unwrap();
             assert_eq!(end, ProcessEnd::Signaled(libc::SIGKILL));
             cgroup.remove();
-            assert!(!cgroup.path.exists());
+            assert!(!cgroup.path().exists());
         });
     }
 }

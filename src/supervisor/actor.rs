@@ -139,18 +139,23 @@ pub struct ProcessStatus {
     pub backoff_step: u32,
     /// The cgroup of the live process, when it has one: where its CPU and
     /// memory are read.
-    pub cgroup: Option<Arc<std::path::Path>>,
+    pub cgroup: Option<Cgroup>,
 }
 
 impl ProcessStatus {
     /// What each of these processes (with its descendants) uses now, in one
     /// measurement: nothing known without a live process.
     pub fn usage(statuses: &[ProcessStatus]) -> Vec<process::usage::Usage> {
+        let paths: Vec<_> = statuses
+            .iter()
+            .map(|s| s.cgroup.as_ref().map(Cgroup::path))
+            .collect();
         let items: Vec<_> = statuses
             .iter()
-            .map(|s| {
+            .zip(&paths)
+            .map(|(s, path)| {
                 let pid = s.state.pid();
-                (pid, pid.and(s.cgroup.as_deref()))
+                (pid, pid.and(path.as_deref()))
             })
             .collect();
         process::usage::measure_all(&items)
@@ -1095,7 +1100,7 @@ fn snapshot(
         probes,
         failures: machine.failures,
         backoff_step: machine.backoff_step,
-        cgroup: cgroup.map(|c| Arc::clone(c.path())),
+        cgroup: cgroup.cloned(),
     }
 }
 
