@@ -7,7 +7,9 @@
 //!   v2 has it, no controller needed; it keeps the time of processes that
 //!   already left). Memory is `memory.current` when the memory controller is
 //!   enabled there, else the sum of the resident memory of the processes in
-//!   the cgroup and its sub-cgroups.
+//!   the cgroup (`cgroup.procs`; minder delegates no cgroup to a program, so
+//!   it has no sub-cgroups of its own making, and walking a cgroup directory
+//!   for them would cost more than the rest of the measurement).
 //! - Without one: the process tree from the main PID, by the parent links of
 //!   one scan of `/proc`. CPU is user+system time of every process of the
 //!   tree, plus the time of the children each of them has waited for
@@ -39,10 +41,6 @@ pub struct Usage {
 const MAX_PROC_ENTRIES: usize = 1 << 22;
 /// At most this many processes are counted in one tree or one cgroup.
 const MAX_PROCESSES: usize = 100_000;
-/// At most this many levels of sub-cgroups are walked under a process's cgroup.
-const MAX_CGROUP_DEPTH: usize = 8;
-/// At most this many cgroups are walked under a process's cgroup.
-const MAX_CGROUPS: usize = 1000;
 
 /// What one measurement needs of a process: its main PID (`None` without a
 /// live process) and its cgroup directory (absolute path), if it has one.
@@ -58,10 +56,11 @@ pub fn measure(pid: Option<Pid>, cgroup: Option<&Path>) -> Usage {
 /// scanned at most once per call, and only when some item needs it. An item
 /// with neither (no live process) is `cpu_secs` 0 and `memory_bytes` `None`.
 pub fn measure_all(items: &[Item<'_>]) -> Vec<Usage> {
+    let mut reader = Reader::default();
     let mut out: Vec<Option<Usage>> = items
         .iter()
         .map(|(pid, cgroup)| match (pid, cgroup) {
-            (_, Some(dir)) => from_cgroup(dir),
+            (_, Some(dir)) => reader.cgroup(dir),
             (None, None) => Some(Usage::default()),
             (Some(_), None) => None,
         })
@@ -205,63 +204,91 @@ impl ProcTable {
     }
 }
 
-/// The usage of the processes of the cgroup `dir`; `None` when its
-/// `cpu.stat` cannot be read (no such cgroup any more).
-fn from_cgroup(dir: &Path) -> Option<Usage> {
-    let cpu_stat = std::fs::read_to_string(dir.join("cpu.stat")).ok()?;
-    let usec: u64 = cpu_stat.lines().find_map(|line| {
-        let value = line.strip_prefix("usage_usec")?;
-        value.trim().parse().ok()
-    })?;
-    let memory_bytes = match std::fs::read_to_string(dir.join("memory.current")) {
-        Ok(text) => text.trim().parse().ok(),
-        Err(_) => cgroup_rss(dir),
-    };
-    Some(Usage {
-        cpu_secs: usec as f64 / 1e6,
-        memory_bytes,
-    })
+/// Reads the cgroup files of one measurement, cheaply: a `status` of a
+/// thousand processes reads a few thousand of them.
+#[derive(Default)]
+struct Reader {
+    /// Reused for every file.
+    buf: Vec<u8>,
+    /// `memory.current` was missing in one cgroup: the memory controller is
+    /// not enabled in minder's subtree, so it is missing in all of them.
+    no_memory_current: bool,
 }
 
-/// The resident memory of the processes in `dir` and its sub-cgroups
-/// (bounded); `None` when not even `dir`'s `cgroup.procs` can be read.
-fn cgroup_rss(dir: &Path) -> Option<u64> {
-    let mut pages = 0u64;
-    let mut processes = 0usize;
-    let mut walked = 0usize;
-    let mut stack = vec![(dir.to_path_buf(), 0usize)];
-    let mut readable = false;
-    while let Some((cgroup, depth)) = stack.pop() {
-        if walked >= MAX_CGROUPS {
-            break;
-        }
-        walked += 1;
-        let Ok(procs) = std::fs::read_to_string(cgroup.join("cgroup.procs")) else {
-            continue;
+impl Reader {
+    /// The usage of the processes of the cgroup `dir`; `None` when its
+    /// `cpu.stat` cannot be read (no such cgroup any more).
+    fn cgroup(&mut self, dir: &Path) -> Option<Usage> {
+        let usec: u64 = self.read(&dir.join("cpu.stat"))?.lines().find_map(|line| {
+            let value = line.strip_prefix("usage_usec")?;
+            value.trim().parse().ok()
+        })?;
+        let current = if self.no_memory_current {
+            None
+        } else {
+            let current = self
+                .read(&dir.join("memory.current"))
+                .and_then(|text| text.trim().parse().ok());
+            self.no_memory_current = current.is_none();
+            current
         };
-        readable = true;
-        for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
-            if processes >= MAX_PROCESSES {
-                break;
-            }
-            processes += 1;
-            if let Some(stat) = read_stat(pid) {
+        let memory_bytes = current.or_else(|| self.rss(dir));
+        Some(Usage {
+            cpu_secs: usec as f64 / 1e6,
+            memory_bytes,
+        })
+    }
+
+    /// The resident memory of the processes in `dir`; `None` when its
+    /// `cgroup.procs` cannot be read.
+    fn rss(&mut self, dir: &Path) -> Option<u64> {
+        let pids: Vec<i32> = self
+            .read(&dir.join("cgroup.procs"))?
+            .lines()
+            .filter_map(|l| l.trim().parse().ok())
+            .take(MAX_PROCESSES)
+            .collect();
+        let mut pages = 0u64;
+        for pid in pids {
+            let stat = self
+                .read(Path::new(&format!("/proc/{pid}/stat")))
+                .and_then(parse_stat);
+            if let Some(stat) = stat {
                 pages = pages.saturating_add(stat.rss_pages);
             }
         }
-        if depth < MAX_CGROUP_DEPTH {
-            let Ok(entries) = std::fs::read_dir(&cgroup) else {
-                continue;
-            };
-            for entry in entries.take(MAX_CGROUPS).flatten() {
-                if entry.file_type().is_ok_and(|t| t.is_dir()) {
-                    stack.push((entry.path(), depth + 1));
+        Some(pages.saturating_mul(page_size()))
+    }
+
+    /// The text of a small kernel file (cgroup, /proc): open, read, close.
+    /// std's `read_to_string` first asks for the file's size, one system
+    /// call more per file for files that report none.
+    fn read(&mut self, path: &Path) -> Option<&str> {
+        use std::io::Read;
+        let mut file = std::fs::File::open(path).ok()?;
+        self.buf.clear();
+        let mut chunk = [0u8; 4096];
+        loop {
+            match file.read(&mut chunk) {
+                Ok(0) => break,
+                Ok(n) => {
+                    self.buf.extend_from_slice(&chunk[..n]);
+                    // These files hand over all they have in one read
+                    // unless it does not fit; a bound for hostile sizes.
+                    if n < chunk.len() || self.buf.len() >= MAX_FILE {
+                        break;
+                    }
                 }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => return None,
             }
         }
+        std::str::from_utf8(&self.buf).ok()
     }
-    readable.then(|| pages.saturating_mul(page_size()))
 }
+
+/// At most this much of one file is read (a `cgroup.procs` of 100k PIDs).
+const MAX_FILE: usize = 1 << 20;
 
 #[cfg(test)]
 mod tests {
