@@ -14,8 +14,9 @@ pub use ledger::{ledger_path, recover, Ledger, Leftover};
 pub use reaper::{ExitReceiver, Reaper};
 pub use run::{run_captured, Capture, RunError};
 pub use spawn::{
-    child_fd_limit, set_child_fd_limit, spawn, spawn_unconfirmed, Output, PendingReport,
-    SpawnError, SpawnRequest, SpawnStage, Spawned, HANDOVER_NOFILE_ENV, HANDOVER_STATE_FD_ENV,
+    child_fd_limit, set_child_fd_limit, set_clone3, spawn, spawn_unconfirmed, Output,
+    PendingReport, SpawnError, SpawnRequest, SpawnStage, Spawned, HANDOVER_NOFILE_ENV,
+    HANDOVER_STATE_FD_ENV,
 };
 
 use nix::sys::signal::Signal;

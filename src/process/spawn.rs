@@ -376,6 +376,7 @@ fn failure_error(stage: SpawnStage, errno: i32, program: &str, directory: &Path)
         SpawnStage::Chdir => format!("chdir {directory:?}"),
         SpawnStage::Identity => "setting user/group".to_string(),
         SpawnStage::Session => "setsid".to_string(),
+        SpawnStage::Cgroup => "joining the cgroup".to_string(),
         _ => "setting up stdio".to_string(),
     };
     SpawnError::os(stage, Errno::from_raw(errno), what)
@@ -467,30 +468,10 @@ fn start(req: &SpawnRequest, reaper: &Reaper) -> Result<(Spawned, Launch), Spawn
     }
     let mut owners = reaper.lock();
     let (pid, clone_errno) = match req.cgroup {
-        None => {
-            // SAFETY: the launch's mapping (the child's stack and all it
-            // reads or writes) stays mapped and unchanged until the kernel
-            // has cleared `in_use` in it, i.e. until the child has exec'd or
-            // exited: `spawn` waits for that, `sweep` checks it.
-            // `child_main` keeps to the rules stated there, and starts with
-            // every signal blocked (above). The kernel writes the pidfd
-            // (`CLONE_PIDFD`) to `pidfd` on this stack before clone returns,
-            // and clears `in_use` (`CLONE_CHILD_CLEARTID`) in the launch,
-            // which outlives the child's use of it.
-            let pid = unsafe {
-                libc::clone(
-                    child_main,
-                    launch.region.stack_top(),
-                    CLONE_FLAGS,
-                    launch.args.cast_mut().cast(),
-                    &mut pidfd,
-                    std::ptr::null_mut::<libc::c_void>(),
-                    (*launch.shared).in_use.as_ptr().cast::<libc::pid_t>(),
-                )
-            };
-            (pid, Errno::last())
-        }
-        Some(cgroup) => {
+        // SAFETY: every signal is blocked (above), and the launch is kept
+        // until the child is done with it (`spawn` waits, `sweep` checks).
+        None => unsafe { clone_joining(&launch, &mut pidfd) },
+        Some(cgroup) if CLONE3.load(Ordering::Relaxed) => {
             let clone_args = CloneArgs {
                 flags: CLONE_FLAGS as u32 as u64 & !0xff | CLONE_INTO_CGROUP,
                 pidfd: &mut pidfd as *mut libc::c_int as u64,
@@ -509,12 +490,32 @@ fn start(req: &SpawnRequest, reaper: &Reaper) -> Result<(Spawned, Launch), Spawn
             // this stack for the call, `cgroup` is an open directory fd the
             // caller keeps open until this returns.
             let result = unsafe { clone3(&clone_args, child_main, launch.args.cast_mut().cast()) };
-            if result < 0 {
-                (-1, Errno::from_raw(-result as i32))
-            } else {
-                (result as libc::pid_t, Errno::UnknownErrno)
+            match Errno::from_raw(-result as i32) {
+                _ if result >= 0 => (result as libc::pid_t, Errno::UnknownErrno),
+                // A seccomp filter that refuses clone3 (Docker's default
+                // answers ENOSYS, for libcs to fall back to clone): from
+                // now on the child joins its cgroup itself.
+                Errno::ENOSYS | Errno::EPERM => {
+                    CLONE3.store(false, Ordering::Relaxed);
+                    tracing::info!(
+                        "clone3 is refused here: children join their cgroup themselves before exec"
+                    );
+                    // SAFETY: no child exists yet, so the launch's arguments
+                    // are minder's alone to change; then as for `None`.
+                    unsafe {
+                        (*launch.args.cast_mut()).join_cgroup = cgroup;
+                        clone_joining(&launch, &mut pidfd)
+                    }
+                }
+                errno => (-1, errno),
             }
         }
+        // SAFETY: no child exists yet, so the launch's arguments are
+        // minder's alone to change; then as for `None`.
+        Some(cgroup) => unsafe {
+            (*launch.args.cast_mut()).join_cgroup = cgroup;
+            clone_joining(&launch, &mut pidfd)
+        },
     };
     // Cannot fail: the same call with the same `how` succeeded above.
     let _ = pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&previous), None);
@@ -553,6 +554,37 @@ fn start(req: &SpawnRequest, reaper: &Reaper) -> Result<(Spawned, Launch), Spawn
     ))
 }
 
+/// `clone` of the launch's child (which joins its cgroup itself, before
+/// its exec, when its arguments say so): its PID, or -1 and the error.
+///
+/// # Safety
+/// Every signal must be blocked in the calling thread (the child starts
+/// with the caller's mask and must run none of minder's handlers), and the
+/// launch must be kept, unchanged, until the kernel has cleared its
+/// `in_use` (the child has exec'd or exited): `spawn` waits for that,
+/// `sweep` checks it.
+unsafe fn clone_joining(launch: &Launch, pidfd: &mut libc::c_int) -> (libc::pid_t, Errno) {
+    // SAFETY: the launch's mapping (the child's stack and all it reads or
+    // writes) stays mapped and unchanged until the child is done with it,
+    // and the child starts with every signal blocked (this function's
+    // contract); `child_main` keeps to the rules stated there. The kernel
+    // writes the pidfd (`CLONE_PIDFD`) to `pidfd`, the caller's, before
+    // clone returns, and clears `in_use` (`CLONE_CHILD_CLEARTID`) in the
+    // launch, which outlives the child's use of it.
+    let pid = unsafe {
+        libc::clone(
+            child_main,
+            launch.region.stack_top(),
+            CLONE_FLAGS,
+            launch.args.cast_mut().cast(),
+            pidfd,
+            std::ptr::null_mut::<libc::c_void>(),
+            (*launch.shared).in_use.as_ptr().cast::<libc::pid_t>(),
+        )
+    };
+    (pid, Errno::last())
+}
+
 /// `CLONE_VM`: the child shares minder's memory (no copy); no `CLONE_FILES`,
 /// `CLONE_FS`, `CLONE_SIGHAND` or `CLONE_THREAD`, so its fd table, cwd,
 /// signal handlers and credentials are its own. `SIGCHLD` on exit, like a
@@ -570,6 +602,16 @@ const CLONE_FLAGS: libc::c_int = libc::CLONE_VM
     | libc::CLONE_CHILD_CLEARTID
     | libc::CLONE_PIDFD
     | libc::SIGCHLD;
+
+/// Whether `clone3` may be used; false once a seccomp filter refused it.
+static CLONE3: AtomicBool = AtomicBool::new(true);
+
+/// Makes spawns take the way of a host whose seccomp filter refuses
+/// `clone3`, or the usual one again; for tests of that way.
+#[doc(hidden)]
+pub fn set_clone3(allowed: bool) {
+    CLONE3.store(allowed, Ordering::Relaxed);
+}
 
 /// `CLONE_INTO_CGROUP` (Linux 5.7): the child starts in the cgroup whose
 /// directory fd is `CloneArgs::cgroup`, so neither it nor anything it forks
@@ -825,6 +867,7 @@ impl Launch {
                 n_listen: listen.len(),
                 limits: limit_list,
                 n_limits: limits.len(),
+                join_cgroup: -1,
                 shared,
             });
             (args.cast_const(), shared.cast_const())
@@ -1347,6 +1390,9 @@ struct ChildArgs {
     /// `limits`, set after the fd limit minder restores.
     limits: *const ChildLimit,
     n_limits: usize,
+    /// A cgroup directory (fd of minder's) the child moves itself into
+    /// first, where `clone3` could not start it there; -1 for none.
+    join_cgroup: libc::c_int,
     /// Where a failed step is reported.
     shared: *const Shared,
 }
@@ -1518,6 +1564,34 @@ unsafe fn child(args: &ChildArgs) -> ! {
                 8,
             ],
         );
+    }
+    if args.join_cgroup >= 0 {
+        // Before anything of the program runs, and so before anything can
+        // fork: the child is never outside its cgroup while it runs code
+        // that is not minder's.
+        // SAFETY: openat reads the NUL-terminated name (a static of the
+        // binary, mapped for the child too) relative to `join_cgroup`, an
+        // open directory fd of the child's own copy of minder's fd table;
+        // write reads one byte of a static; close closes the fd just
+        // opened. Then the launch's failure report, as above.
+        unsafe {
+            let procs = sys(
+                libc::SYS_openat,
+                [
+                    args.join_cgroup as usize,
+                    c"cgroup.procs".as_ptr() as usize,
+                    (libc::O_WRONLY | libc::O_CLOEXEC) as usize,
+                    0,
+                ],
+            );
+            check(args, SpawnStage::Cgroup, procs);
+            let joined = sys(
+                libc::SYS_write,
+                [procs as usize, b"0".as_ptr() as usize, 1, 0],
+            );
+            check(args, SpawnStage::Cgroup, joined);
+            sys(libc::SYS_close, [procs as usize, 0, 0, 0]);
+        }
     }
     // SAFETY: setsid takes no argument and changes only the child's session.
     let session = unsafe { sys(libc::SYS_setsid, [0; 4]) };
