@@ -33,7 +33,7 @@ fn escaping(file: &str) -> String {
 fn cgroup_of(pid: i32) -> Option<PathBuf> {
     let path = common::cgroup_dir(pid)?;
     // A process without a cgroup of its own is in minder's leaf.
-    (path.to_string_lossy().contains("/minder-") && !path.ends_with("supervisor")).then_some(path)
+    (path.to_string_lossy().contains("/minder-") && !path.ends_with(":supervisor")).then_some(path)
 }
 
 /// Whether the daemon runs with cgroups; prints which path this test takes.
@@ -412,7 +412,7 @@ fn after_a_reexec_the_same_cgroups_contain_the_same_processes() {
     // The new image found its leaf: no second subtree inside the first.
     let own = std::fs::read_to_string(format!("/proc/{}/cgroup", d.pid())).unwrap();
     assert_eq!(own.matches("/minder-").count(), 1, "{own}");
-    assert!(own.trim_end().ends_with("/supervisor"), "{own}");
+    assert!(own.trim_end().ends_with("/:supervisor"), "{own}");
     d.ctl_ok(&["stop", "web"]);
     assert!(
         !pid_alive(grandchild),
@@ -490,4 +490,20 @@ fn a_socket_that_takes_connections_but_never_answers_is_not_a_live_minder() {
     d.wait_ready();
     released.join().unwrap();
     d.wait_state("web", "running");
+}
+
+#[test]
+fn a_program_may_be_called_supervisor() {
+    // minder's own leaf is `:supervisor`, a name no program can have.
+    let d = Daemon::start(&shell("supervisor", "exec sleep 300", ""));
+    d.wait_state("supervisor", "running");
+    if !contained(&d, "supervisor") {
+        return;
+    }
+    let cgroup = cgroup_of(d.proc("supervisor").pid.unwrap()).unwrap();
+    assert!(cgroup.ends_with("supervisor/0"), "{}", cgroup.display());
+    let own = common::cgroup_dir(d.pid()).unwrap();
+    assert!(own.ends_with(":supervisor"), "{}", own.display());
+    d.ctl_ok(&["stop", "supervisor"]);
+    assert!(!cgroup.exists());
 }

@@ -7,7 +7,7 @@
 //!
 //! ```text
 //! START/minder-<socket>/              this minder's subtree (named after its control socket)
-//!     supervisor/                     minder itself (and its hooks and exec probes)
+//!     :supervisor/                    minder itself (and its hooks and exec probes)
 //!     <program>/<instance>/           one process and its descendants
 //!     <program>/<instance>.1/         its successor during a rolling restart
 //! ```
@@ -39,7 +39,9 @@ use super::ProcessEnd;
 use crate::config::Resources;
 
 /// The leaf minder's own process moves into.
-const SUPERVISOR_LEAF: &str = "supervisor";
+/// Named with a `:`, which no program name has: a program may be called
+/// `supervisor`.
+const SUPERVISOR_LEAF: &str = ":supervisor";
 
 /// Controllers minder enables for its programs where the host offers them:
 /// what the limits of SPEC §5.3 need, and `memory.current` for `status`.

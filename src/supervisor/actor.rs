@@ -257,7 +257,9 @@ pub struct ProcessActor {
     exit: Option<ExitReceiver>,
     /// The cgroup of the current process, and of the retiring one.
     cgroup: Option<Cgroup>,
-    /// Where this process's cgroups go ([`cgroup::Tree::home`]).
+    /// Where this process's cgroups go ([`cgroup::Tree::home`]); made with
+    /// the actor whenever minder has cgroups (`cgroup` may be changed by a
+    /// reload).
     cgroup_home: Option<Cgroup>,
     retired_cgroup: Option<Cgroup>,
     /// Settings before a reconfiguration whose rollout is still in progress
@@ -985,13 +987,9 @@ impl ProcessActor {
     fn make_cgroup(&self) -> Result<Option<Cgroup>, SpawnError> {
         let resources = self.cfg.resources.as_deref();
         let failed = |e: cgroup::CgroupError| SpawnError::plain(SpawnStage::Cgroup, e.to_string());
-        match &self.context.cgroups {
-            Some(tree) if self.cfg.cgroup => {
-                let home = match &self.cgroup_home {
-                    Some(home) => home.clone(),
-                    None => tree.home(&self.spec.program, self.spec.instance),
-                };
-                tree.create(&home, resources).map(Some).map_err(failed)
+        match (&self.context.cgroups, &self.cgroup_home) {
+            (Some(tree), Some(home)) if self.cfg.cgroup => {
+                tree.create(home, resources).map(Some).map_err(failed)
             }
             _ => match resources.and_then(cgroup::needs_controller) {
                 Some(e) => Err(SpawnError::plain(
