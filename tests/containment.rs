@@ -9,7 +9,7 @@
 
 mod common;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::{assert_pid_gone, pid_alive, toml_array, wait_file, Daemon};
@@ -506,4 +506,82 @@ fn a_program_may_be_called_supervisor() {
     assert!(own.ends_with(":supervisor"), "{}", own.display());
     d.ctl_ok(&["stop", "supervisor"]);
     assert!(!cgroup.exists());
+}
+
+#[test]
+fn without_permission_for_cgroups_minder_says_why_once_and_keeps_a_state_file() {
+    // As `nobody`, minder may not make its subtree.
+    if unsafe { libc::geteuid() } != 0 || !Path::new("/usr/bin/setpriv").exists() {
+        eprintln!("skipped: needs root and setpriv to run minder as nobody");
+        return;
+    }
+    let dir = tempfile::Builder::new()
+        .prefix("minder-it.")
+        .tempdir()
+        .unwrap();
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o777),
+    )
+    .unwrap();
+    let config = dir.path().join("minder.toml");
+    let socket = dir.path().join("minder.sock");
+    std::fs::write(
+        &config,
+        format!(
+            "[supervisor]\nsocket = {:?}\nlog_dir = {:?}\n{}",
+            socket,
+            dir.path().join("logs"),
+            shell("web", "exec sleep 300", "")
+        ),
+    )
+    .unwrap();
+    let log = dir.path().join("daemon.log");
+    let out = std::fs::File::create(&log).unwrap();
+    let daemon = std::process::Command::new("/usr/bin/setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            common::MINDER,
+            "daemon",
+            "-c",
+        ])
+        .arg(&config)
+        .current_dir(dir.path())
+        .stdout(out.try_clone().unwrap())
+        .stderr(out)
+        .spawn()
+        .unwrap();
+    // Stopped by PID whatever happens below.
+    struct Stopping(std::process::Child);
+    impl Drop for Stopping {
+        fn drop(&mut self) {
+            if let Ok(None) = self.0.try_wait() {
+                // SAFETY: kill(2) on the daemon this test started, not yet reaped.
+                unsafe { libc::kill(self.0.id() as i32, libc::SIGKILL) };
+                let _ = self.0.wait();
+            }
+        }
+    }
+    let mut daemon = Stopping(daemon);
+    let text = common::wait_file_until(&log, "web running", |t| {
+        t.contains("-> running process=web")
+    });
+    let ledger = std::fs::read_to_string(dir.path().join("minder.sock.pids")).unwrap_or_default();
+    // SAFETY: kill(2) on the daemon this test started, not yet waited for.
+    unsafe { libc::kill(daemon.0.id() as i32, libc::SIGTERM) };
+    let status = daemon.0.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    let off: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("cgroups are off ("))
+        .collect();
+    assert_eq!(off.len(), 1, "{text}");
+    assert!(
+        off[0].contains("Permission denied") && !off[0].contains("os error"),
+        "{}",
+        off[0]
+    );
+    assert!(ledger.lines().any(|l| l.starts_with("+ ")), "{ledger}");
 }

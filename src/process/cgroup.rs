@@ -78,12 +78,12 @@ impl fmt::Display for Off {
         match self {
             Off::NotWanted => f.write_str("every program has cgroup = false"),
             Off::NoHierarchy => f.write_str("no cgroup v2 file system is mounted"),
-            Off::Unknown(e) => write!(f, "reading /proc/self/cgroup: {e}"),
+            Off::Unknown(e) => write!(f, "reading /proc/self/cgroup: {}", plain(e)),
             Off::NoKill => f.write_str("the kernel has no cgroup.kill (Linux 5.14 or later)"),
             Off::Architecture => {
                 f.write_str("spawning into a cgroup is not supported on this architecture")
             }
-            Off::Denied(path, e) => write!(f, "{}: {e}", path.display()),
+            Off::Denied(path, e) => write!(f, "{}: {}", path.display(), plain(e)),
         }
     }
 }
