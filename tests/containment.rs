@@ -511,7 +511,9 @@ fn a_program_may_be_called_supervisor() {
 #[test]
 fn without_permission_for_cgroups_minder_says_why_once_and_keeps_a_state_file() {
     // As `nobody`, minder may not make its subtree.
-    if unsafe { libc::geteuid() } != 0 || !Path::new("/usr/bin/setpriv").exists() {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    if !root || !Path::new("/usr/bin/setpriv").exists() {
         eprintln!("skipped: needs root and setpriv to run minder as nobody");
         return;
     }
