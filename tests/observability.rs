@@ -677,8 +677,14 @@ fn hook_and_metrics_config_errors_are_reported_by_check() {
     let d = Daemon::prepare(
         "metrics = \"nowhere\"",
         &format!(
-            "{}{}",
+            "{}{}{}",
             hook(&["exploded"], &["ghost"], "command = \"true\"", "1s"),
+            hook(
+                &["fatal"],
+                &[],
+                "webhook = \"http://127.0.0.1:9/\"\nsecret_file = \"missing.secret\"",
+                "1s"
+            ),
             program("a", &[], "")
         ),
     );
@@ -688,12 +694,34 @@ fn hook_and_metrics_config_errors_are_reported_by_check() {
         "\"metrics\": \"nowhere\" is not IP:PORT",
         "\"on\": unknown event \"exploded\"",
         "\"programs\": unknown program \"ghost\"",
+        "\"secret_file\": cannot read ",
     ] {
         assert!(
             out.stdout.contains(needle) || out.stderr.contains(needle),
             "{needle}: {out:?}"
         );
     }
+    // FILE:LINE:COL of the value, naming the file looked for.
+    let missing = d.config_path.with_file_name("missing.secret");
+    let all = format!("{}{}", out.stdout, out.stderr);
+    let line = all
+        .lines()
+        .find(|l| l.contains("\"secret_file\""))
+        .unwrap_or_else(|| panic!("{out:?}"));
+    let prefix = format!("{}:", d.config_path.display());
+    let position = line
+        .strip_prefix(&prefix)
+        .unwrap_or_else(|| panic!("{line}"));
+    let mut parts = position.splitn(3, ':');
+    assert!(parts.next().unwrap().parse::<u32>().is_ok(), "{line}");
+    assert!(parts.next().unwrap().parse::<u32>().is_ok(), "{line}");
+    assert!(
+        line.ends_with(&format!(
+            "cannot read {}: no such file or directory",
+            missing.display()
+        )),
+        "{line}"
+    );
 }
 
 #[test]
