@@ -4,6 +4,7 @@
 //! No message here ever holds the key, only the file's path.
 
 use std::io::Read;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -15,7 +16,12 @@ use super::Secret;
 /// can change or read (see [`check_secret_file`]).
 pub(crate) fn read_secret(path: &Path) -> Result<Secret, String> {
     let shown = path.display();
-    let file = std::fs::File::open(path)
+    // Non-blocking: a FIFO put there must not hold up loading; it is
+    // refused below as not a regular file.
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
         .map_err(|e| format!("cannot read {shown}: {}", crate::http::describe_io(&e)))?;
     let meta = file
         .metadata()
@@ -93,6 +99,18 @@ mod tests {
     }
 
     #[test]
+    fn a_fifo_or_a_directory_is_refused_at_once() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let fifo = dir.path().join("fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600))
+            .expect("mkfifo");
+        let err = read_secret(&fifo).unwrap_err();
+        assert!(err.ends_with("is not a regular file"), "{err}");
+        let err = read_secret(dir.path()).unwrap_err();
+        assert!(err.ends_with("is not a regular file"), "{err}");
+    }
+
+    #[test]
     fn a_secret_never_shows_in_debug_output() {
         let f = file_with(b"hunter2\n", 0o600);
         let secret = read_secret(f.path()).unwrap();
@@ -129,5 +147,17 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn as_root_a_key_owned_by_another_user_is_refused() {
+        if !nix::unistd::geteuid().is_root() {
+            return;
+        }
+        let f = file_with(b"k", 0o600);
+        nix::unistd::chown(f.path(), Some(nix::unistd::Uid::from_raw(4242)), None).expect("chown");
+        let err = read_secret(f.path()).expect_err("a key uid 4242 could change");
+        assert!(err.contains("is owned by uid 4242, not root"), "{err}");
+        assert!(err.contains("chown root"), "{err}");
     }
 }
