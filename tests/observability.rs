@@ -576,6 +576,54 @@ fn a_signed_webhook_carries_the_hmac_of_its_exact_body() {
 }
 
 #[test]
+fn a_reload_reads_the_webhook_key_again() {
+    let (_secret_dir, secret) = secret_file("first\n");
+    let (port, requests) = webhook_server(vec![200; 11]);
+    let body = format!(
+        "{}{}",
+        hook(
+            &["running"],
+            &[],
+            &format!("webhook = \"http://127.0.0.1:{port}/hook\"\nsecret_file = {secret:?}"),
+            "5s"
+        ),
+        program("web", &[], ""),
+    );
+    let d = Daemon::start(&body);
+    let signed_with = |request: &str, key: &[u8]| {
+        use hmac::Mac;
+        let (head, body) = request.split_once("\r\n\r\n").unwrap();
+        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(key).unwrap();
+        mac.update(body.as_bytes());
+        let hex: String = (mac.finalize().into_bytes().iter())
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        head.contains(&format!("\r\nX-Minder-Signature: sha256={hex}\r\n"))
+    };
+    let first = requests.recv_timeout(WAIT).expect("a POST");
+    assert!(signed_with(&first, b"first"), "{first}");
+    // The same config text, a new key: the reload reads it.
+    std::fs::write(&secret, "second\n").unwrap();
+    d.ctl_ok(&["reload"]);
+    // The hooks are replaced by a task that follows reloads: an event right
+    // after `reload` returns may still go to the old ones, with the old key.
+    for attempt in 1.. {
+        d.ctl_ok(&["restart", "web"]);
+        let next = requests
+            .recv_timeout(WAIT)
+            .expect("a POST after the restart");
+        if signed_with(&next, b"second") {
+            break;
+        }
+        assert!(
+            signed_with(&next, b"first"),
+            "signed with neither key: {next}"
+        );
+        assert!(attempt < 10, "still the old key after {attempt} restarts");
+    }
+}
+
+#[test]
 fn a_dead_webhook_drops_and_counts_what_its_queue_cannot_hold() {
     // Accepts connections (the kernel's backlog) and never answers: every
     // delivery waits out its timeout.
