@@ -13,7 +13,7 @@ use std::time::Duration;
 use tokio::sync::{broadcast, mpsc, watch};
 use tokio::task::JoinHandle;
 
-use crate::config::{HookAction, HookConfig};
+use crate::config::{HookAction, HookConfig, Secret, Webhook};
 use crate::control::protocol::StateEvent;
 use crate::metrics::Counters;
 use crate::process::{self, Capture, ProcessEnd, Reaper, RunError, SpawnRequest};
@@ -131,7 +131,10 @@ async fn dispatch(
                 continue;
             }
             if queue.try_send(Arc::clone(&event)).is_err() {
-                counters.hook_failed(index);
+                match hook.action {
+                    HookAction::Webhook(_) => counters.webhook_dropped(index),
+                    HookAction::Command(_) => counters.hook_failed(index),
+                }
                 tracing::warn!(
                     "hook {index} ({}): busy, dropping the event {} {} -> {}",
                     describe(&hook.action),
@@ -153,7 +156,7 @@ async fn worker(
     while let Some(event) = queue.recv().await {
         let result = match &hook.action {
             HookAction::Command(argv) => run_command(&hook, argv, &event, &context.reaper).await,
-            HookAction::Webhook(url) => post(url, &event, hook.timeout).await,
+            HookAction::Webhook(webhook) => post(webhook, &event, hook.timeout).await,
         };
         let action = describe(&hook.action);
         match result {
@@ -180,7 +183,7 @@ async fn worker(
 fn describe(action: &HookAction) -> String {
     match action {
         HookAction::Command(argv) => argv.first().cloned().unwrap_or_default(),
-        HookAction::Webhook(url) => url.clone(),
+        HookAction::Webhook(webhook) => webhook.url.clone(),
     }
 }
 
@@ -261,15 +264,46 @@ fn event_on_a_pipe(event: &StateEvent) -> Result<std::os::fd::OwnedFd, String> {
     Ok(read)
 }
 
-/// POSTs the event, retrying a failed attempt with a growing pause.
-async fn post(url: &str, event: &StateEvent, timeout: Duration) -> Result<(), String> {
+/// The header a signed webhook request carries.
+const SIGNATURE_HEADER: &str = "X-Minder-Signature";
+
+/// `X-Minder-Signature`'s value for `body`: `sha256=` and the lower-case hex
+/// of HMAC-SHA256 (RFC 2104) of the body's exact bytes, keyed with `secret`.
+fn signature(secret: &Secret, body: &[u8]) -> String {
+    use hmac::Mac;
+    use std::fmt::Write;
+    // HMAC takes a key of any length (a longer one is hashed first).
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.bytes())
+        .expect("HMAC accepts keys of any length");
+    mac.update(body);
+    let digest = mac.finalize().into_bytes();
+    let mut text = String::with_capacity("sha256=".len() + 2 * digest.len());
+    text.push_str("sha256=");
+    for byte in digest {
+        let _ = write!(text, "{byte:02x}");
+    }
+    text
+}
+
+/// POSTs the event (signed when the hook has a secret), retrying a failed
+/// attempt with a growing pause. Every attempt sends the same bytes.
+async fn post(webhook: &Webhook, event: &StateEvent, timeout: Duration) -> Result<(), String> {
+    let url = webhook.url.as_str();
     let body = serde_json::to_vec(event).map_err(|e| e.to_string())?;
+    let signed = webhook
+        .secret
+        .as_ref()
+        .map(|secret| signature(secret, &body));
+    let headers: Vec<(&str, &str)> = signed
+        .iter()
+        .map(|value| (SIGNATURE_HEADER, value.as_str()))
+        .collect();
     let mut pause = WEBHOOK_BACKOFF;
     let mut last = String::new();
     for attempt in 1..=WEBHOOK_ATTEMPTS {
         let sent = tokio::time::timeout(
             timeout,
-            crate::http::request("POST", url, Some(("application/json", &body))),
+            crate::http::request("POST", url, Some(("application/json", &body)), &headers),
         )
         .await;
         last = match sent {
@@ -325,6 +359,121 @@ mod tests {
             ..hook
         };
         assert!(matches(&any, &event("db", "fatal")));
+    }
+
+    /// A secret holding `key`, as `secret_file` would give.
+    fn secret(key: &[u8]) -> Secret {
+        let file = tempfile::NamedTempFile::new().expect("temp file");
+        std::fs::write(file.path(), key).expect("write");
+        let text = format!(
+            "[[supervisor.hooks]]\non = [\"fatal\"]\nwebhook = \"http://127.0.0.1:9/\"\nsecret_file = {:?}\n",
+            file.path().display().to_string()
+        );
+        let config = crate::config::parse_str(
+            &text,
+            std::path::Path::new("/cfg/minder.toml"),
+            &crate::config::Defaults {
+                socket: "/s".into(),
+                log_dir: "/l".into(),
+            },
+        )
+        .expect("config");
+        match &config.supervisor.hooks[0].action {
+            HookAction::Webhook(webhook) => webhook.secret.clone().expect("a secret"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_signature_is_hmac_sha256_in_lower_case_hex() {
+        // RFC 4231, test case 2: pins the primitive.
+        assert_eq!(
+            signature(&secret(b"Jefe"), b"what do ya want for nothing?"),
+            "sha256=5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
+        // The key as read from a file: its trailing newline is not part of it.
+        assert_eq!(
+            signature(&secret(b"Jefe\n"), b"what do ya want for nothing?"),
+            signature(&secret(b"Jefe"), b"what do ya want for nothing?"),
+        );
+    }
+
+    /// A server taking `replies.len()` requests, answering each with its
+    /// status; returns the URL and the requests as received.
+    async fn recording_server(
+        replies: Vec<u16>,
+    ) -> (String, tokio::task::JoinHandle<Vec<Vec<u8>>>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        let server = tokio::spawn(async move {
+            let mut requests = Vec::new();
+            for status in replies {
+                let (mut conn, _) = listener.accept().await.unwrap();
+                let mut request = Vec::new();
+                let mut chunk = [0u8; 4096];
+                // The head, then the body up to its Content-Length.
+                loop {
+                    let n = conn.read(&mut chunk).await.unwrap();
+                    assert!(n > 0, "request cut: {request:?}");
+                    request.extend_from_slice(&chunk[..n]);
+                    let text = String::from_utf8_lossy(&request).to_string();
+                    if let Some(end) = text.find("\r\n\r\n") {
+                        let length: usize = text
+                            .lines()
+                            .find_map(|l| l.strip_prefix("Content-Length: "))
+                            .unwrap()
+                            .parse()
+                            .unwrap();
+                        if request.len() >= end + 4 + length {
+                            break;
+                        }
+                    }
+                }
+                let reply = format!("HTTP/1.1 {status} X\r\nContent-Length: 0\r\n\r\n");
+                conn.write_all(reply.as_bytes()).await.unwrap();
+                requests.push(request);
+            }
+            requests
+        });
+        (url, server)
+    }
+
+    #[tokio::test]
+    async fn every_attempt_sends_the_same_signed_bytes() {
+        let (url, server) = recording_server(vec![503, 200]).await;
+        let key = secret(b"hook key");
+        let webhook = Webhook {
+            url,
+            secret: Some(key.clone()),
+        };
+        post(&webhook, &event("web", "fatal"), Duration::from_secs(5))
+            .await
+            .expect("delivered on the retry");
+        let requests = server.await.unwrap();
+        assert_eq!(requests[0], requests[1], "a retry sends the same bytes");
+        let text = String::from_utf8(requests[0].clone()).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        assert_eq!(
+            body.as_bytes(),
+            serde_json::to_vec(&event("web", "fatal")).unwrap()
+        );
+        let header = head
+            .lines()
+            .find_map(|l| l.strip_prefix("X-Minder-Signature: "))
+            .expect("signature header");
+        assert_eq!(header, signature(&key, body.as_bytes()));
+    }
+
+    #[tokio::test]
+    async fn without_a_secret_nothing_is_signed() {
+        let (url, server) = recording_server(vec![200]).await;
+        let webhook = Webhook { url, secret: None };
+        post(&webhook, &event("web", "fatal"), Duration::from_secs(5))
+            .await
+            .expect("delivered");
+        let text = String::from_utf8(server.await.unwrap().remove(0)).unwrap();
+        assert!(!text.contains("X-Minder-Signature"), "{text}");
     }
 
     #[test]

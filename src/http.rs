@@ -59,11 +59,16 @@ pub fn check_url(url: &str) -> Result<(), String> {
     parse_http_url(url).map(|_| ())
 }
 
-/// Sends `method url` (with `body` as `(content type, bytes)`) and returns
-/// the response's status code. The response body is not read. Callers bound
-/// the time.
-pub async fn request(method: &str, url: &str, body: Option<(&str, &[u8])>) -> Result<u16, String> {
-    let mut stream = send(method, url, body).await?;
+/// Sends `method url` (with `body` as `(content type, bytes)`, and
+/// `headers` besides minder's own) and returns the response's status code.
+/// The response body is not read. Callers bound the time.
+pub async fn request(
+    method: &str,
+    url: &str,
+    body: Option<(&str, &[u8])>,
+    headers: &[(&str, &str)],
+) -> Result<u16, String> {
+    let mut stream = send(method, url, body, headers).await?;
     // The status line fits in the first bytes; read until its end, bounded.
     let mut head = [0u8; 256];
     let mut got = 0;
@@ -88,7 +93,7 @@ pub async fn exchange(
     body: Option<(&str, &[u8])>,
     bound: usize,
 ) -> Result<(u16, Vec<u8>), String> {
-    let mut stream = send(method, url, body).await?;
+    let mut stream = send(method, url, body, &[]).await?;
     let mut response = Vec::new();
     let mut chunk = vec![0u8; 16 * 1024];
     loop {
@@ -131,10 +136,12 @@ pub async fn exchange(
 
 /// Connects and writes the request (`Connection: close`: one request per
 /// connection, so the end of the reply is the end of the connection).
+/// `headers` are minder's own (names and values without line breaks).
 async fn send(
     method: &str,
     url: &str,
     body: Option<(&str, &[u8])>,
+    headers: &[(&str, &str)],
 ) -> Result<tokio::net::TcpStream, String> {
     let target = parse_http_url(url)?;
     let mut stream = tokio::net::TcpStream::connect(target.address.as_str())
@@ -146,6 +153,10 @@ async fn send(
         target.authority,
         env!("CARGO_PKG_VERSION")
     );
+    for (name, value) in headers {
+        debug_assert!(!format!("{name}{value}").contains(['\r', '\n']));
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
     if let Some((content_type, bytes)) = body {
         head.push_str(&format!(
             "Content-Type: {content_type}\r\nContent-Length: {}\r\n",

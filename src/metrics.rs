@@ -28,23 +28,45 @@ use crate::supervisor::{Input, Phase, ProcessStatus, ReloadGate, StatusView};
 pub struct Counters {
     /// Failed runs per hook, by its position in the config.
     hook_failures: Mutex<Vec<u64>>,
+    /// Events dropped per webhook hook because its queue was full.
+    webhook_drops: Mutex<Vec<u64>>,
 }
 
 impl Counters {
     /// Counts a failed run of hook number `hook`.
     pub fn hook_failed(&self, hook: usize) {
-        let mut failures = self.hook_failures.lock().unwrap_or_else(|e| e.into_inner());
-        if failures.len() <= hook {
-            failures.resize(hook + 1, 0);
-        }
-        failures[hook] += 1;
+        add(&self.hook_failures, hook);
     }
 
     /// Failed runs of hook number `hook` so far.
     pub fn hook_failures(&self, hook: usize) -> u64 {
-        let failures = self.hook_failures.lock().unwrap_or_else(|e| e.into_inner());
-        failures.get(hook).copied().unwrap_or(0)
+        read(&self.hook_failures, hook)
     }
+
+    /// Counts an event webhook hook number `hook` had no room for.
+    pub fn webhook_dropped(&self, hook: usize) {
+        add(&self.webhook_drops, hook);
+    }
+
+    /// Events dropped by webhook hook number `hook` so far.
+    pub fn webhook_drops(&self, hook: usize) -> u64 {
+        read(&self.webhook_drops, hook)
+    }
+}
+
+/// Adds one to counter number `index` of `counters`.
+fn add(counters: &Mutex<Vec<u64>>, index: usize) {
+    let mut counters = counters.lock().unwrap_or_else(|e| e.into_inner());
+    if counters.len() <= index {
+        counters.resize(index + 1, 0);
+    }
+    counters[index] += 1;
+}
+
+/// Counter number `index` of `counters` (0 until counted).
+fn read(counters: &Mutex<Vec<u64>>, index: usize) -> u64 {
+    let counters = counters.lock().unwrap_or_else(|e| e.into_inner());
+    counters.get(index).copied().unwrap_or(0)
 }
 
 /// What one scrape shows: the processes' status and minder's counters.
@@ -56,6 +78,8 @@ struct Snapshot {
     counters: std::sync::Arc<Counters>,
     /// Number of configured hooks (each gets a failure series, 0 included).
     hooks: usize,
+    /// Positions of the webhook hooks (each gets a dropped series, 0 included).
+    webhooks: Vec<usize>,
     /// Reloads finished so far, and whether the last one was rejected.
     reloads: (u64, bool),
     /// Registration with load balancers.
@@ -251,6 +275,18 @@ impl Collector for Snapshot {
         }
 
         let mut family = encoder.encode_descriptor(
+            "minder_hook_webhook_dropped",
+            "Events a webhook hook dropped because its queue (64 events) was full, by the hook's position in the config.",
+            None,
+            MetricType::Counter,
+        )?;
+        for &hook in &self.webhooks {
+            let set = [("hook", hook.to_string())];
+            ConstCounter::new(self.counters.webhook_drops(hook))
+                .encode(family.encode_family(&set)?)?;
+        }
+
+        let mut family = encoder.encode_descriptor(
             "minder_register_in",
             "1 while the process is in its load balancers (running and healthy or unchecked), 0 otherwise (programs with [register]).",
             None,
@@ -335,6 +371,10 @@ fn encode(
         processes,
         counters,
         hooks: phase.config.supervisor.hooks.len(),
+        webhooks: (phase.config.supervisor.hooks.iter().enumerate())
+            .filter(|(_, hook)| matches!(hook.action, crate::config::HookAction::Webhook(_)))
+            .map(|(index, _)| index)
+            .collect(),
         reloads: (
             phase.reloads_finished,
             matches!(phase.last_reload, Some(Err(_))),

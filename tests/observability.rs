@@ -526,6 +526,167 @@ fn a_webhook_posts_the_event_and_retries_a_failure() {
     }
 }
 
+/// A private file holding `key`, in a directory of its own (as root, minder
+/// refuses a key others may read).
+fn secret_file(key: &str) -> (tempfile::TempDir, String) {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("hook.secret");
+    std::fs::write(&file, key).unwrap();
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let path = file.display().to_string();
+    (dir, path)
+}
+
+#[test]
+fn a_signed_webhook_carries_the_hmac_of_its_exact_body() {
+    use hmac::Mac;
+    let (_secret_dir, secret) = secret_file("s3cret key\n");
+    let (port, requests) = webhook_server(vec![200]);
+    let body = format!(
+        "{}{}",
+        hook(
+            &["running"],
+            &[],
+            &format!("webhook = \"http://127.0.0.1:{port}/hook\"\nsecret_file = {secret:?}"),
+            "5s"
+        ),
+        program("web", &[], ""),
+    );
+    let _d = Daemon::start(&body);
+    let request = requests.recv_timeout(WAIT).expect("a POST");
+    let (head, body) = request.split_once("\r\n\r\n").unwrap();
+    let header = head
+        .lines()
+        .find_map(|l| l.strip_prefix("X-Minder-Signature: "))
+        .unwrap_or_else(|| panic!("no signature in {head}"));
+    // What a receiver does: the HMAC of the bytes received, with the key
+    // (its trailing newline is not part of it).
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(b"s3cret key").unwrap();
+    mac.update(body.as_bytes());
+    let expected: String = mac
+        .finalize()
+        .into_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert_eq!(header, format!("sha256={expected}"));
+    let event: Value = serde_json::from_str(body).unwrap();
+    assert_eq!(event["to"], "running");
+}
+
+#[test]
+fn a_reload_reads_the_webhook_key_again() {
+    let (_secret_dir, secret) = secret_file("first\n");
+    let (port, requests) = webhook_server(vec![200; 11]);
+    let body = format!(
+        "{}{}",
+        hook(
+            &["running"],
+            &[],
+            &format!("webhook = \"http://127.0.0.1:{port}/hook\"\nsecret_file = {secret:?}"),
+            "5s"
+        ),
+        program("web", &[], ""),
+    );
+    let d = Daemon::start(&body);
+    let signed_with = |request: &str, key: &[u8]| {
+        use hmac::Mac;
+        let (head, body) = request.split_once("\r\n\r\n").unwrap();
+        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(key).unwrap();
+        mac.update(body.as_bytes());
+        let hex: String = (mac.finalize().into_bytes().iter())
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        head.contains(&format!("\r\nX-Minder-Signature: sha256={hex}\r\n"))
+    };
+    let first = requests.recv_timeout(WAIT).expect("a POST");
+    assert!(signed_with(&first, b"first"), "{first}");
+    // The same config text, a new key: the reload reads it.
+    std::fs::write(&secret, "second\n").unwrap();
+    d.ctl_ok(&["reload"]);
+    // The hooks are replaced by a task that follows reloads: an event right
+    // after `reload` returns may still go to the old ones, with the old key.
+    for attempt in 1.. {
+        d.ctl_ok(&["restart", "web"]);
+        let next = requests
+            .recv_timeout(WAIT)
+            .expect("a POST after the restart");
+        if signed_with(&next, b"second") {
+            break;
+        }
+        assert!(
+            signed_with(&next, b"first"),
+            "signed with neither key: {next}"
+        );
+        assert!(attempt < 10, "still the old key after {attempt} restarts");
+    }
+}
+
+#[test]
+fn a_dead_webhook_drops_and_counts_what_its_queue_cannot_hold() {
+    // Accepts connections (the kernel's backlog) and never answers: every
+    // delivery waits out its timeout.
+    let silent = TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead = silent.local_addr().unwrap().port();
+    let metrics = free_port();
+    let body = format!(
+        "{}{}",
+        hook(
+            &["starting", "running", "stopping", "stopped"],
+            &[],
+            &format!("webhook = \"http://127.0.0.1:{dead}/hook\""),
+            "60s"
+        ),
+        // 40 processes, each starting and running: 80 events, more than the
+        // 64 the queue holds besides the one being delivered.
+        program("web", &[], "instances = 40"),
+    );
+    let d = Daemon::start_with(&format!("metrics = \"127.0.0.1:{metrics}\""), &body);
+    d.wait_for("all running", WAIT, |ps| {
+        ps.iter().filter(|p| p.state == "running").count() == 40
+    });
+    // 80 more: stopping and stopped for each.
+    d.ctl_ok(&["stop", "web"]);
+    // The counter once it reaches `least` (or when WAIT is over).
+    let dropped_reaching = |least: f64| {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let m = scrape(metrics);
+            let dropped = value(&m, "minder_hook_webhook_dropped_total", &[("hook", "0")])
+                .expect("a dropped series for the webhook hook");
+            if dropped >= least || Instant::now() > deadline {
+                return dropped;
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+    };
+    let dropped = dropped_reaching(95.0);
+    // 160 events: 64 queued and the one in delivery are kept (or 64 and
+    // none, if the second came before the worker took the first).
+    assert!((95.0..=96.0).contains(&dropped), "dropped {dropped}");
+    // The supervisor answers at once all the while.
+    let asked = Instant::now();
+    let procs = d.status();
+    assert!(
+        asked.elapsed() < Duration::from_secs(2),
+        "status took {:?}",
+        asked.elapsed()
+    );
+    assert!(procs.iter().all(|p| p.state == "stopped"), "{procs:?}");
+    d.ctl_ok(&["start", "web"]);
+    // The queue is still full: each of the 80 new events is dropped.
+    let more = dropped_reaching(dropped + 80.0);
+    assert!(more >= dropped + 80.0, "dropped {dropped}, then {more}");
+    let m = scrape(metrics);
+    // Drops are not failed runs, and the delivery in progress has not failed yet.
+    assert_eq!(
+        value(&m, "minder_hook_failures_total", &[("hook", "0")]),
+        Some(0.0)
+    );
+    drop(silent);
+}
+
 #[test]
 fn a_hanging_hook_is_killed_at_its_timeout_and_supervision_goes_on() {
     let port = free_port();
@@ -564,8 +725,14 @@ fn hook_and_metrics_config_errors_are_reported_by_check() {
     let d = Daemon::prepare(
         "metrics = \"nowhere\"",
         &format!(
-            "{}{}",
+            "{}{}{}",
             hook(&["exploded"], &["ghost"], "command = \"true\"", "1s"),
+            hook(
+                &["fatal"],
+                &[],
+                "webhook = \"http://127.0.0.1:9/\"\nsecret_file = \"missing.secret\"",
+                "1s"
+            ),
             program("a", &[], "")
         ),
     );
@@ -575,12 +742,34 @@ fn hook_and_metrics_config_errors_are_reported_by_check() {
         "\"metrics\": \"nowhere\" is not IP:PORT",
         "\"on\": unknown event \"exploded\"",
         "\"programs\": unknown program \"ghost\"",
+        "\"secret_file\": cannot read ",
     ] {
         assert!(
             out.stdout.contains(needle) || out.stderr.contains(needle),
             "{needle}: {out:?}"
         );
     }
+    // FILE:LINE:COL of the value, naming the file looked for.
+    let missing = d.config_path.with_file_name("missing.secret");
+    let all = format!("{}{}", out.stdout, out.stderr);
+    let line = all
+        .lines()
+        .find(|l| l.contains("\"secret_file\""))
+        .unwrap_or_else(|| panic!("{out:?}"));
+    let prefix = format!("{}:", d.config_path.display());
+    let position = line
+        .strip_prefix(&prefix)
+        .unwrap_or_else(|| panic!("{line}"));
+    let mut parts = position.splitn(3, ':');
+    assert!(parts.next().unwrap().parse::<u32>().is_ok(), "{line}");
+    assert!(parts.next().unwrap().parse::<u32>().is_ok(), "{line}");
+    assert!(
+        line.ends_with(&format!(
+            "cannot read {}: no such file or directory",
+            missing.display()
+        )),
+        "{line}"
+    );
 }
 
 #[test]

@@ -30,6 +30,7 @@ mod reader;
 mod register;
 pub use register::DEFAULT_KEY as DEFAULT_ETCD_KEY;
 mod schema;
+mod secret;
 mod signal;
 #[cfg(test)]
 mod tests;
@@ -103,8 +104,41 @@ pub struct HookConfig {
 pub enum HookAction {
     /// Runs this argv with the event on stdin and `MINDER_EVENT_*` variables.
     Command(Vec<String>),
-    /// POSTs the event as JSON to this `http://` URL.
-    Webhook(String),
+    /// POSTs the event as JSON to a URL.
+    Webhook(Box<Webhook>),
+}
+
+/// A webhook hook: where its events are POSTed and how they are signed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Webhook {
+    /// The `http://` URL the event is POSTed to.
+    pub url: String,
+    /// `secret_file`'s key: with it, each request carries
+    /// `X-Minder-Signature: sha256=<hex HMAC-SHA256 of the body>`.
+    pub secret: Option<Secret>,
+    // The TLS settings of an `https://` URL (`ca_file`, `server_name`,
+    // `insecure`, `client_cert` + `client_key`) belong here.
+}
+
+/// A key read from a file (trailing newlines trimmed, never empty). Its
+/// `Debug` prints `<secret>`, so no log or error shows it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(Arc<[u8]>);
+
+impl Secret {
+    /// Longest secret accepted, in bytes.
+    pub const MAX_LEN: usize = 4096;
+
+    /// The key's bytes.
+    pub fn bytes(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<secret>")
+    }
 }
 
 /// What `on` of a hook may name: the states of SPEC §3 and the two health changes.

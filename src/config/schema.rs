@@ -15,7 +15,7 @@ use super::{
     OnUnhealthy, ProbeTarget, ProgramConfig, Resources, RestartPolicy, Rlimit, RlimitKind,
     SupervisorConfig, RLIMITS,
 };
-use super::{HookAction, HookConfig};
+use super::{HookAction, HookConfig, Webhook};
 
 /// Upper bound for `instances`: far above any sane use, low enough that a
 /// typo cannot make minder try to start millions of processes.
@@ -172,6 +172,7 @@ fn read_hooks(
         let programs = r.get("programs", conv::text_list).unwrap_or_default();
         let command = r.get_spanned("command", conv::command);
         let webhook = r.get_spanned("webhook", conv::text);
+        let secret_file = r.get_spanned("secret_file", conv::text);
         let timeout = r.get("timeout", positive_duration).unwrap_or(HOOK_TIMEOUT);
         let on = match on {
             Some((list, _)) if !list.is_empty() => {
@@ -204,9 +205,17 @@ fn read_hooks(
             }
         };
         let action = match (command, webhook) {
-            (Some((argv, _)), None) => Some(HookAction::Command(
-                argv.into_iter().map(|(a, _)| a).collect(),
-            )),
+            (Some((argv, _)), None) => {
+                if let Some((_, span)) = &secret_file {
+                    r.error(
+                        span,
+                        "\"secret_file\": only a \"webhook\" hook is signed (a \"command\" hook gets the event on its stdin)",
+                    );
+                }
+                Some(HookAction::Command(
+                    argv.into_iter().map(|(a, _)| a).collect(),
+                ))
+            }
             (None, Some((url, span))) => {
                 if url.starts_with("https://") {
                     r.error(
@@ -221,7 +230,12 @@ fn read_hooks(
                         ),
                     );
                 }
-                Some(HookAction::Webhook(url))
+                let secret = secret_file.and_then(|(file, span)| {
+                    super::secret::read_secret(&dir.join(file))
+                        .map_err(|why| r.error(&span, format!("\"secret_file\": {why}")))
+                        .ok()
+                });
+                Some(HookAction::Webhook(Box::new(Webhook { url, secret })))
             }
             (None, None) => {
                 r.error(

@@ -583,7 +583,10 @@ fn metrics_address_and_hooks_are_read() {
             HookConfig {
                 on: vec!["running".into()],
                 programs: vec![],
-                action: HookAction::Webhook("http://127.0.0.1:9000/hook".into()),
+                action: HookAction::Webhook(Box::new(Webhook {
+                    url: "http://127.0.0.1:9000/hook".into(),
+                    secret: None,
+                })),
                 timeout: Duration::from_secs(2),
                 directory: PathBuf::from("/cfg"),
             },
@@ -633,6 +636,96 @@ fn metrics_and_hook_errors_name_the_cause() {
         "[supervisor]\nhooks = 1\n",
         "2:9: \"hooks\": expected an array of tables ([[supervisor.hooks]]), found integer",
     );
+}
+
+/// A webhook hook signed with the key in `file` (line 4 holds `secret_file`).
+fn signed_hook(file: &str) -> String {
+    format!(
+        "[[supervisor.hooks]]\non = [\"fatal\"]\nwebhook = \"http://127.0.0.1:9000/x\"\nsecret_file = {file:?}\n"
+    )
+}
+
+/// A private directory holding `hook.secret` with `content` and `mode`.
+fn secret_dir(content: &[u8], mode: u32) -> (tempfile::TempDir, String) {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("hook.secret");
+    std::fs::write(&file, content).expect("write");
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(mode)).expect("chmod");
+    let path = file.display().to_string();
+    (dir, path)
+}
+
+#[test]
+fn a_webhook_secret_is_read_when_the_config_is() {
+    let (_dir, file) = secret_dir(b"k3y\n", 0o600);
+    let config = parse(&signed_hook(&file));
+    let HookAction::Webhook(webhook) = &config.supervisor.hooks[0].action else {
+        panic!("not a webhook: {config:?}");
+    };
+    assert_eq!(webhook.url, "http://127.0.0.1:9000/x");
+    assert_eq!(
+        webhook.secret.as_ref().map(Secret::bytes),
+        Some(&b"k3y"[..])
+    );
+    assert!(!format!("{config:?}").contains("k3y"));
+    // Read anew on each load: a reload picks up a new key.
+    std::fs::write(&file, "other\n").expect("write");
+    assert_ne!(parse(&signed_hook(&file)), config);
+}
+
+#[test]
+fn webhook_secret_errors_name_the_file_and_never_the_key() {
+    assert_error(
+        "[[supervisor.hooks]]\non = [\"fatal\"]\ncommand = \"x\"\nsecret_file = \"/etc/k\"\n",
+        "4:15: \"secret_file\": only a \"webhook\" hook is signed (a \"command\" hook gets the event on its stdin)",
+    );
+    // Relative to the config's directory.
+    assert_error(
+        &signed_hook("hook.secret"),
+        "4:15: \"secret_file\": cannot read /cfg/hook.secret: no such file or directory",
+    );
+    let (_dir, file) = secret_dir(b"\n", 0o600);
+    assert_error(
+        &signed_hook(&file),
+        &format!("4:15: \"secret_file\": {file} is empty: write the key into it"),
+    );
+    let (_dir, file) = secret_dir(&[b'x'; 5000], 0o600);
+    assert_error(
+        &signed_hook(&file),
+        &format!(
+            "4:15: \"secret_file\": {file} is longer than 4096 bytes: a key is a line, not a document"
+        ),
+    );
+    // As root only: as another user, minder runs nothing with more rights.
+    if !nix::unistd::geteuid().is_root() {
+        return;
+    }
+    let (_dir, file) = secret_dir(b"hunter2\n", 0o644);
+    let errs = errors(&signed_hook(&file));
+    {
+        assert_eq!(
+            errs,
+            vec![format!(
+                "{MAIN}:4:15: \"secret_file\": secret file {file} is readable by others (mode 0644), \
+                 so anyone on this machine could read the key; fix it with `chmod o-r {file}`"
+            )]
+        );
+    }
+    assert!(!errs.concat().contains("hunter2"));
+    let (_dir, file) = secret_dir(b"hunter2\n", 0o666);
+    let errs = errors(&signed_hook(&file));
+    {
+        assert_eq!(
+            errs,
+            vec![format!(
+                "{MAIN}:4:15: \"secret_file\": secret file {file} is writable by group and others (mode 0666), \
+                 so others than root could choose or read the key minder signs webhooks with; \
+                 fix it with `chmod go-w {file}`"
+            )]
+        );
+    }
+    assert!(!errs.concat().contains("hunter2"));
 }
 
 #[test]

@@ -17,8 +17,10 @@ const STICKY: u32 = 0o1000;
 pub enum Untrusted {
     /// The file, or a directory above it, is writable by group or others.
     #[error(
-        "{what} {path} is writable by {by} (mode {mode:04o}), so others than root could make minder \
-         run anything as root; fix it with `chmod go-w {path}`, or start minder with --insecure-config"
+        "{what} {path} is writable by {by} (mode {mode:04o}), so others than root could {}; \
+         fix it with `chmod go-w {path}`{}",
+        risk(.what),
+        escape(.what)
     )]
     Writable {
         /// `config file` or `directory`.
@@ -32,8 +34,10 @@ pub enum Untrusted {
     },
     /// The file, or a directory above it, belongs to another user than root.
     #[error(
-        "{what} {path} is owned by uid {uid}, not root, so that user could make minder run anything \
-         as root; fix it with `chown root {path}`, or start minder with --insecure-config"
+        "{what} {path} is owned by uid {uid}, not root, so that user could {}; \
+         fix it with `chown root {path}`{}",
+        risk(.what),
+        escape(.what)
     )]
     Owner {
         /// `config file` or `directory`.
@@ -43,6 +47,19 @@ pub enum Untrusted {
         /// Its owner.
         uid: u32,
     },
+    /// A secret file others may read.
+    #[error(
+        "{what} {path} is readable by others (mode {mode:04o}), so anyone on this machine could \
+         read the key; fix it with `chmod o-r {path}`"
+    )]
+    Readable {
+        /// `secret file`.
+        what: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+    },
     /// The file could not be examined.
     #[error("cannot check the permissions of {path}: {source}")]
     Io {
@@ -51,6 +68,58 @@ pub enum Untrusted {
         /// What went wrong.
         source: std::io::Error,
     },
+}
+
+/// What a webhook's key file is named as in messages.
+const SECRET_FILE: &str = "secret file";
+
+/// What others than root could do with a file they can change.
+fn risk(what: &str) -> &'static str {
+    if what == SECRET_FILE {
+        "choose or read the key minder signs webhooks with"
+    } else {
+        "make minder run anything as root"
+    }
+}
+
+/// The way around the check, where there is one: a secret that others can
+/// read or change is no secret, so there is none for secret files.
+fn escape(what: &str) -> &'static str {
+    if what == SECRET_FILE {
+        ""
+    } else {
+        ", or start minder with --insecure-config"
+    }
+}
+
+/// When minder runs as root: a secret file (`secret_file` of a webhook),
+/// judged by `meta` (taken from the opened file, so the file judged is the
+/// file read), must be owned by root, not writable by group or others, and
+/// not readable by others. As another user there is nothing to check, as for
+/// config files.
+pub(crate) fn check_secret_file(path: &Path, meta: &std::fs::Metadata) -> Result<(), Untrusted> {
+    let euid = nix::unistd::geteuid();
+    if !euid.is_root() {
+        return Ok(());
+    }
+    judge_secret(path, meta, euid.as_raw())
+}
+
+pub(super) fn judge_secret(
+    path: &Path,
+    meta: &std::fs::Metadata,
+    owner: u32,
+) -> Result<(), Untrusted> {
+    judge(path, meta, SECRET_FILE, owner)?;
+    let mode = meta.mode() & 0o7777;
+    if mode & 0o004 != 0 {
+        return Err(Untrusted::Readable {
+            what: SECRET_FILE,
+            path: path.to_path_buf(),
+            mode,
+        });
+    }
+    Ok(())
 }
 
 /// When minder runs as root: every file of `config` (the main file and each
@@ -99,6 +168,16 @@ fn check_one(path: &Path, what: &'static str, owner: u32) -> Result<(), Untruste
         path: path.to_path_buf(),
         source,
     })?;
+    judge(path, &meta, what, owner)
+}
+
+/// The owner and write permission checks of one file or directory.
+fn judge(
+    path: &Path,
+    meta: &std::fs::Metadata,
+    what: &'static str,
+    owner: u32,
+) -> Result<(), Untrusted> {
     if meta.uid() != 0 && meta.uid() != owner {
         return Err(Untrusted::Owner {
             what,

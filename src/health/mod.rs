@@ -97,7 +97,7 @@ impl Prober {
 /// crate: with 1000 programs probed every second, a full client spent over
 /// 5 % of a core on per-request machinery (see docs/benchmarks.md).
 async fn http(url: &str, timeout: Duration) -> (bool, String) {
-    match tokio::time::timeout(timeout, crate::http::request("GET", url, None)).await {
+    match tokio::time::timeout(timeout, crate::http::request("GET", url, None, &[])).await {
         Err(_) => (false, timed_out(timeout)),
         Ok(Err(why)) => (false, format!("GET {url}: {why}")),
         Ok(Ok(status)) => (
