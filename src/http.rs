@@ -63,7 +63,18 @@ pub fn check_url(url: &str) -> Result<(), String> {
 /// the response's status code. The response body is not read. Callers bound
 /// the time.
 pub async fn request(method: &str, url: &str, body: Option<(&str, &[u8])>) -> Result<u16, String> {
-    let mut stream = send(method, url, body).await?;
+    request_with(method, url, &[], body).await
+}
+
+/// Like [`request`], with `headers` added to the request (one named like a
+/// default header, `Host`, `User-Agent` or `Accept`, replaces it).
+pub async fn request_with(
+    method: &str,
+    url: &str,
+    headers: &[(String, String)],
+    body: Option<(&str, &[u8])>,
+) -> Result<u16, String> {
+    let mut stream = send(method, url, headers, body).await?;
     // The status line fits in the first bytes; read until its end, bounded.
     let mut head = [0u8; 256];
     let mut got = 0;
@@ -88,7 +99,48 @@ pub async fn exchange(
     body: Option<(&str, &[u8])>,
     bound: usize,
 ) -> Result<(u16, Vec<u8>), String> {
-    let mut stream = send(method, url, body).await?;
+    let stream = send(method, url, &[], body).await?;
+    read_reply(stream, bound, Overflow::Refuse).await
+}
+
+/// Like [`request_with`] without a body, and reads the status code and the
+/// first `bound` bytes of the response body (for a health probe's `body`
+/// check); the rest is left unread.
+pub async fn read_start(
+    method: &str,
+    url: &str,
+    headers: &[(String, String)],
+    bound: usize,
+) -> Result<(u16, Vec<u8>), String> {
+    let stream = send(method, url, headers, None).await?;
+    read_reply(stream, bound, Overflow::Cut).await
+}
+
+/// What [`read_reply`] does with a body longer than its bound.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Overflow {
+    /// Fail: the caller needs all of it.
+    Refuse,
+    /// Keep the start: the caller looks at the first bytes only.
+    Cut,
+}
+
+/// Room for chunk sizes when a chunked body is cut: with chunks of 1 KiB
+/// or more (what servers send), the first `bound` bytes of content arrive
+/// within `bound` plus this many raw bytes.
+const CHUNK_SLACK: usize = 4 * 1024;
+
+/// Reads a reply on `stream`: its status code and body (see [`exchange`]),
+/// at most `bound` body bytes, the head at most [`MAX_HEAD`].
+async fn read_reply(
+    mut stream: tokio::net::TcpStream,
+    bound: usize,
+    overflow: Overflow,
+) -> Result<(u16, Vec<u8>), String> {
+    let limit = match overflow {
+        Overflow::Refuse => bound + MAX_HEAD,
+        Overflow::Cut => bound + MAX_HEAD + CHUNK_SLACK,
+    };
     let mut response = Vec::new();
     let mut chunk = vec![0u8; 16 * 1024];
     loop {
@@ -96,13 +148,18 @@ pub async fn exchange(
             Ok(0) => break,
             Ok(n) => {
                 response.extend_from_slice(&chunk[..n]);
-                if response.len() > bound + MAX_HEAD {
-                    return Err(format!("reply longer than {bound} bytes"));
+                if response.len() > limit {
+                    if overflow == Overflow::Refuse {
+                        return Err(format!("reply longer than {bound} bytes"));
+                    }
+                    response.truncate(limit);
+                    break;
                 }
             }
             Err(e) => return Err(describe_io(&e)),
         }
     }
+    let cut = overflow == Overflow::Cut;
     let status = parse_status_line(&response)?;
     let Some(end) = response.windows(4).position(|w| w == b"\r\n\r\n") else {
         return Err("reply cut before the end of its head".to_string());
@@ -113,44 +170,62 @@ pub async fn exchange(
         head.lines()
             .find_map(|l| l.strip_prefix(name)?.strip_prefix(':').map(str::trim))
     };
-    let body = if header("transfer-encoding").is_some_and(|t| t.contains("chunked")) {
-        dechunk(content)?
+    let mut body = if header("transfer-encoding").is_some_and(|t| t.contains("chunked")) {
+        dechunk(content, cut)?
     } else if let Some(length) = header("content-length") {
         let length: usize = length
             .parse()
             .map_err(|_| format!("bad Content-Length {length:?}"))?;
-        content
-            .get(..length)
-            .ok_or("reply cut before the end of its body")?
-            .to_vec()
+        match content.get(..length) {
+            Some(whole) => whole.to_vec(),
+            None if cut => content.to_vec(),
+            None => return Err("reply cut before the end of its body".to_string()),
+        }
     } else {
         content.to_vec()
     };
+    if cut {
+        body.truncate(bound);
+    }
     Ok((status, body))
 }
 
 /// Connects and writes the request (`Connection: close`: one request per
 /// connection, so the end of the reply is the end of the connection).
+/// `headers` are written after the default ones, which they replace by name.
 async fn send(
     method: &str,
     url: &str,
+    headers: &[(String, String)],
     body: Option<(&str, &[u8])>,
 ) -> Result<tokio::net::TcpStream, String> {
     let target = parse_http_url(url)?;
     let mut stream = tokio::net::TcpStream::connect(target.address.as_str())
         .await
         .map_err(|e| describe_io(&e))?;
-    let mut head = format!(
-        "{method} {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: minder/{}\r\nAccept: */*\r\nConnection: close\r\n",
-        target.path,
-        target.authority,
-        env!("CARGO_PKG_VERSION")
-    );
-    if let Some((content_type, bytes)) = body {
-        head.push_str(&format!(
+    let mut head = format!("{method} {} HTTP/1.1\r\n", target.path);
+    let user_agent = concat!("minder/", env!("CARGO_PKG_VERSION"));
+    for (name, value) in [
+        ("Host", target.authority),
+        ("User-Agent", user_agent),
+        ("Accept", "*/*"),
+    ] {
+        if !headers.iter().any(|(n, _)| n.eq_ignore_ascii_case(name)) {
+            head.push_str(&format!("{name}: {value}\r\n"));
+        }
+    }
+    for (name, value) in headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    head.push_str("Connection: close\r\n");
+    match body {
+        Some((content_type, bytes)) => head.push_str(&format!(
             "Content-Type: {content_type}\r\nContent-Length: {}\r\n",
             bytes.len()
-        ));
+        )),
+        // A POST says its body is empty (servers may want 411 otherwise).
+        None if method == "POST" => head.push_str("Content-Length: 0\r\n"),
+        None => {}
     }
     head.push_str("\r\n");
     let mut message = head.into_bytes();
@@ -162,14 +237,17 @@ async fn send(
     Ok(stream)
 }
 
-/// A chunked body (RFC 9112 §7.1) made whole; trailers are ignored.
-fn dechunk(mut data: &[u8]) -> Result<Vec<u8>, String> {
+/// A chunked body (RFC 9112 §7.1) made whole; trailers are ignored. With
+/// `cut`, `data` may end anywhere and what it holds of the body is returned.
+fn dechunk(mut data: &[u8], cut: bool) -> Result<Vec<u8>, String> {
     let mut body = Vec::new();
     loop {
-        let line_end = data
-            .windows(2)
-            .position(|w| w == b"\r\n")
-            .ok_or("chunked reply cut before a chunk size")?;
+        let Some(line_end) = data.windows(2).position(|w| w == b"\r\n") else {
+            if cut {
+                return Ok(body);
+            }
+            return Err("chunked reply cut before a chunk size".to_string());
+        };
         let size_text = String::from_utf8_lossy(&data[..line_end]);
         let size_text = size_text.split(';').next().unwrap_or_default().trim();
         let size = usize::from_str_radix(size_text, 16)
@@ -178,7 +256,13 @@ fn dechunk(mut data: &[u8]) -> Result<Vec<u8>, String> {
         if size == 0 {
             return Ok(body);
         }
-        let chunk = data.get(..size).ok_or("chunked reply cut inside a chunk")?;
+        let Some(chunk) = data.get(..size) else {
+            if cut {
+                body.extend_from_slice(data);
+                return Ok(body);
+            }
+            return Err("chunked reply cut inside a chunk".to_string());
+        };
         body.extend_from_slice(chunk);
         data = data.get(size + 2..).unwrap_or_default();
     }
@@ -316,12 +400,20 @@ mod tests {
     #[test]
     fn chunked_bodies_are_made_whole() {
         assert_eq!(
-            dechunk(b"5\r\nhello\r\n7;x=y\r\n, world\r\n0\r\nTrailer: a\r\n\r\n").unwrap(),
+            dechunk(
+                b"5\r\nhello\r\n7;x=y\r\n, world\r\n0\r\nTrailer: a\r\n\r\n",
+                false
+            )
+            .unwrap(),
             b"hello, world"
         );
-        assert!(dechunk(b"5\r\nhel").is_err());
-        assert!(dechunk(b"zz\r\n").is_err());
-        assert!(dechunk(b"").is_err());
+        assert!(dechunk(b"5\r\nhel", false).is_err());
+        assert!(dechunk(b"zz\r\n", false).is_err());
+        assert!(dechunk(b"", false).is_err());
+        // Cut: what arrived of the body.
+        assert_eq!(dechunk(b"5\r\nhel", true).unwrap(), b"hel");
+        assert_eq!(dechunk(b"2\r\nhi\r\n", true).unwrap(), b"hi");
+        assert!(dechunk(b"zz\r\n", true).is_err());
     }
 
     #[tokio::test]
