@@ -131,7 +131,9 @@ enum Overflow {
 const CHUNK_SLACK: usize = 4 * 1024;
 
 /// Reads a reply on `stream`: its status code and body (see [`exchange`]),
-/// at most `bound` body bytes, the head at most [`MAX_HEAD`].
+/// at most `bound` body bytes, the head at most [`MAX_HEAD`]. Reading stops
+/// at the end of the reply by its own framing, so a server that keeps the
+/// connection open despite `Connection: close` is not waited for.
 async fn read_reply(
     mut stream: tokio::net::TcpStream,
     bound: usize,
@@ -155,12 +157,28 @@ async fn read_reply(
                     response.truncate(limit);
                     break;
                 }
+                if matches!(parse_reply(&response, false), Ok((_, _, true))) {
+                    break;
+                }
             }
             Err(e) => return Err(describe_io(&e)),
         }
     }
     let cut = overflow == Overflow::Cut;
-    let status = parse_status_line(&response)?;
+    let (status, mut body, _) = parse_reply(&response, cut)?;
+    if cut {
+        body.truncate(bound);
+    }
+    Ok((status, body))
+}
+
+/// A reply's status code and body, and whether its framing says it is
+/// whole (`Content-Length`, chunked, no body for 1xx, 204 and 304; `false`
+/// for a body that ends with the connection). Without `cut`, a reply its
+/// framing says is incomplete is an error; with `cut`, `response` may end
+/// anywhere in the body and what it holds is returned.
+fn parse_reply(response: &[u8], cut: bool) -> Result<(u16, Vec<u8>, bool), String> {
+    let status = parse_status_line(response)?;
     let Some(end) = response.windows(4).position(|w| w == b"\r\n\r\n") else {
         return Err("reply cut before the end of its head".to_string());
     };
@@ -170,24 +188,28 @@ async fn read_reply(
         head.lines()
             .find_map(|l| l.strip_prefix(name)?.strip_prefix(':').map(str::trim))
     };
-    let mut body = if header("transfer-encoding").is_some_and(|t| t.contains("chunked")) {
-        dechunk(content, cut)?
-    } else if let Some(length) = header("content-length") {
-        let length: usize = length
-            .parse()
-            .map_err(|_| format!("bad Content-Length {length:?}"))?;
-        match content.get(..length) {
-            Some(whole) => whole.to_vec(),
-            None if cut => content.to_vec(),
-            None => return Err("reply cut before the end of its body".to_string()),
-        }
-    } else {
-        content.to_vec()
-    };
-    if cut {
-        body.truncate(bound);
+    if status < 200 || status == 204 || status == 304 {
+        return Ok((status, Vec::new(), true));
     }
-    Ok((status, body))
+    if header("transfer-encoding").is_some_and(|t| t.contains("chunked")) {
+        // Whole when it parses without leniency.
+        return match dechunk(content, false) {
+            Ok(body) => Ok((status, body, true)),
+            Err(_) if cut => Ok((status, dechunk(content, true)?, false)),
+            Err(why) => Err(why),
+        };
+    }
+    let Some(length) = header("content-length") else {
+        return Ok((status, content.to_vec(), false));
+    };
+    let length: usize = length
+        .parse()
+        .map_err(|_| format!("bad Content-Length {length:?}"))?;
+    match content.get(..length) {
+        Some(whole) => Ok((status, whole.to_vec(), true)),
+        None if cut => Ok((status, content.to_vec(), false)),
+        None => Err("reply cut before the end of its body".to_string()),
+    }
 }
 
 /// Connects and writes the request (`Connection: close`: one request per
@@ -447,6 +469,112 @@ mod tests {
                 ("POST".to_string(), "/v3/kv/range".to_string())
             );
         }
+    }
+
+    /// A loopback server that writes `reply` to the first connection and
+    /// keeps it open until the client hangs up; the request head it read.
+    async fn serve_once(reply: Vec<u8>) -> (String, tokio::task::JoinHandle<(String, String)>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/health", listener.local_addr().unwrap());
+        let server = tokio::spawn(async move {
+            let (mut conn, _) = listener.accept().await.unwrap();
+            let head = read_request_head(&mut conn).await.unwrap();
+            // The client may hang up before all of it is written.
+            let _ = conn.write_all(&reply).await;
+            // Held open: the client must stop by the reply's framing.
+            let mut rest = [0u8; 64];
+            let _ = conn.read(&mut rest).await;
+            head
+        });
+        (url, server)
+    }
+
+    #[tokio::test]
+    async fn the_start_of_a_long_body_is_read_and_the_rest_left() {
+        let bound = 64 * 1024;
+        let mut text = vec![b'a'; 100 * 1024];
+        text[bound - 2..bound].copy_from_slice(b"ok");
+        text[bound..bound + 6].copy_from_slice(b"beyond");
+        let mut reply =
+            format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", text.len()).into_bytes();
+        reply.extend_from_slice(&text);
+        let (url, server) = serve_once(reply).await;
+        let headers = [("X-A".to_string(), "1".to_string())];
+        let (status, body) = read_start("GET", &url, &headers, bound).await.unwrap();
+        assert_eq!(status, 200);
+        assert_eq!(body.len(), bound);
+        assert!(body.ends_with(b"ok"));
+        let (method, path) = server.await.unwrap();
+        assert_eq!((method.as_str(), path.as_str()), ("GET", "/health"));
+
+        // Chunked, cut inside a chunk.
+        let mut reply = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+        for _ in 0..100 {
+            reply.extend_from_slice(b"400\r\n");
+            reply.extend_from_slice(&[b'b'; 1024]);
+            reply.extend_from_slice(b"\r\n");
+        }
+        reply.extend_from_slice(b"0\r\n\r\n");
+        let (url, _server) = serve_once(reply).await;
+        let (status, body) = read_start("GET", &url, &[], bound).await.unwrap();
+        assert_eq!((status, body.len()), (200, bound));
+        assert!(body.iter().all(|b| *b == b'b'));
+    }
+
+    #[tokio::test]
+    async fn a_reply_ends_by_its_framing_on_a_connection_left_open() {
+        for (reply, body) in [
+            (
+                &b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"[..],
+                &b"ok"[..],
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+                b"ok",
+            ),
+            (b"HTTP/1.1 204 No Content\r\n\r\n", b""),
+        ] {
+            let (url, _server) = serve_once(reply.to_vec()).await;
+            let got = tokio::time::timeout(
+                std::time::Duration::from_secs(10),
+                read_start("GET", &url, &[], 1024),
+            )
+            .await
+            .expect("the reply's end is noticed without the close")
+            .unwrap();
+            assert_eq!(got.1, body);
+        }
+    }
+
+    #[tokio::test]
+    async fn configured_headers_replace_the_defaults_by_name() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/", listener.local_addr().unwrap());
+        let server = tokio::spawn(async move {
+            let (mut conn, _) = listener.accept().await.unwrap();
+            let mut got = Vec::new();
+            let mut chunk = [0u8; 1024];
+            while !got.windows(4).any(|w| w == b"\r\n\r\n") && got.len() < MAX_HEAD {
+                let n = conn.read(&mut chunk).await.unwrap();
+                if n == 0 {
+                    break;
+                }
+                got.extend_from_slice(&chunk[..n]);
+            }
+            conn.write_all(b"HTTP/1.1 200 OK\r\n\r\n").await.unwrap();
+            String::from_utf8(got).unwrap()
+        });
+        let headers = [
+            ("host".to_string(), "web.example".to_string()),
+            ("X-Probe".to_string(), "web:0".to_string()),
+        ];
+        assert_eq!(request_with("POST", &url, &headers, None).await, Ok(200));
+        let head = server.await.unwrap();
+        let expected = format!(
+            "POST / HTTP/1.1\r\nUser-Agent: minder/{}\r\nAccept: */*\r\nhost: web.example\r\nX-Probe: web:0\r\nConnection: close\r\nContent-Length: 0\r\n\r\n",
+            env!("CARGO_PKG_VERSION")
+        );
+        assert_eq!(head, expected);
     }
 
     #[tokio::test]

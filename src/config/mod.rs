@@ -668,13 +668,6 @@ pub struct TlsConfig {
     pub client_key: Option<PathBuf>,
 }
 
-impl TlsConfig {
-    /// Whether any TLS key is set.
-    pub fn is_set(&self) -> bool {
-        *self != TlsConfig::default()
-    }
-}
-
 /// What an unhealthy process leads to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OnUnhealthy {
