@@ -294,16 +294,16 @@ async fn post(webhook: &Webhook, event: &StateEvent, timeout: Duration) -> Resul
         .secret
         .as_ref()
         .map(|secret| signature(secret, &body));
-    let headers: Vec<(&str, &str)> = signed
-        .iter()
-        .map(|value| (SIGNATURE_HEADER, value.as_str()))
+    let headers: Vec<(String, String)> = signed
+        .into_iter()
+        .map(|value| (SIGNATURE_HEADER.to_string(), value))
         .collect();
     let mut pause = WEBHOOK_BACKOFF;
     let mut last = String::new();
     for attempt in 1..=WEBHOOK_ATTEMPTS {
         let sent = tokio::time::timeout(
             timeout,
-            crate::http::request("POST", url, Some(("application/json", &body)), &headers),
+            crate::http::request_with("POST", url, &headers, Some(("application/json", &body))),
         )
         .await;
         last = match sent {

@@ -1,8 +1,10 @@
 //! The little HTTP/1.1 minder speaks: a request on a fresh connection
-//! (health probes' GET, webhooks' POST) and the server side of `/metrics`.
+//! (health probes' GET, HEAD or POST with their configured headers,
+//! webhooks' POST) and the server side of `/metrics`.
 //!
 //! Written out rather than taken from an HTTP crate: minder's requests go to
-//! local programs, need a status line and nothing else, and with 1000
+//! local programs, need a status line and at most the start of a body (a
+//! probe's `body` check, etcd's small JSON replies), and with 1000
 //! programs probed every second a full client spent over 5 % of a core on
 //! per-request machinery (see docs/benchmarks.md). Plain `http://` only: no
 //! TLS, no redirects, no proxy, no pooling (a dead server is noticed at once).
@@ -59,16 +61,22 @@ pub fn check_url(url: &str) -> Result<(), String> {
     parse_http_url(url).map(|_| ())
 }
 
-/// Sends `method url` (with `body` as `(content type, bytes)`, and
-/// `headers` besides minder's own) and returns the response's status code.
-/// The response body is not read. Callers bound the time.
-pub async fn request(
+/// Sends `method url` (with `body` as `(content type, bytes)`) and returns
+/// the response's status code. The response body is not read. Callers bound
+/// the time.
+pub async fn request(method: &str, url: &str, body: Option<(&str, &[u8])>) -> Result<u16, String> {
+    request_with(method, url, &[], body).await
+}
+
+/// Like [`request`], with `headers` added to the request (one named like a
+/// default header, `Host`, `User-Agent` or `Accept`, replaces it).
+pub async fn request_with(
     method: &str,
     url: &str,
+    headers: &[(String, String)],
     body: Option<(&str, &[u8])>,
-    headers: &[(&str, &str)],
 ) -> Result<u16, String> {
-    let mut stream = send(method, url, body, headers).await?;
+    let mut stream = send(method, url, headers, body).await?;
     // The status line fits in the first bytes; read until its end, bounded.
     let mut head = [0u8; 256];
     let mut got = 0;
@@ -93,7 +101,50 @@ pub async fn exchange(
     body: Option<(&str, &[u8])>,
     bound: usize,
 ) -> Result<(u16, Vec<u8>), String> {
-    let mut stream = send(method, url, body, &[]).await?;
+    let stream = send(method, url, &[], body).await?;
+    read_reply(stream, bound, Overflow::Refuse).await
+}
+
+/// Like [`request_with`] without a body, and reads the status code and the
+/// first `bound` bytes of the response body (for a health probe's `body`
+/// check); the rest is left unread.
+pub async fn read_start(
+    method: &str,
+    url: &str,
+    headers: &[(String, String)],
+    bound: usize,
+) -> Result<(u16, Vec<u8>), String> {
+    let stream = send(method, url, headers, None).await?;
+    read_reply(stream, bound, Overflow::Cut).await
+}
+
+/// What [`read_reply`] does with a body longer than its bound.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Overflow {
+    /// Fail: the caller needs all of it.
+    Refuse,
+    /// Keep the start: the caller looks at the first bytes only.
+    Cut,
+}
+
+/// Room for chunk sizes when a chunked body is cut: with chunks of 1 KiB
+/// or more (what servers send), the first `bound` bytes of content arrive
+/// within `bound` plus this many raw bytes.
+const CHUNK_SLACK: usize = 4 * 1024;
+
+/// Reads a reply on `stream`: its status code and body (see [`exchange`]),
+/// at most `bound` body bytes, the head at most [`MAX_HEAD`]. Reading stops
+/// at the end of the reply by its own framing, so a server that keeps the
+/// connection open despite `Connection: close` is not waited for.
+async fn read_reply(
+    mut stream: tokio::net::TcpStream,
+    bound: usize,
+    overflow: Overflow,
+) -> Result<(u16, Vec<u8>), String> {
+    let limit = match overflow {
+        Overflow::Refuse => bound + MAX_HEAD,
+        Overflow::Cut => bound + MAX_HEAD + CHUNK_SLACK,
+    };
     let mut response = Vec::new();
     let mut chunk = vec![0u8; 16 * 1024];
     loop {
@@ -101,14 +152,35 @@ pub async fn exchange(
             Ok(0) => break,
             Ok(n) => {
                 response.extend_from_slice(&chunk[..n]);
-                if response.len() > bound + MAX_HEAD {
-                    return Err(format!("reply longer than {bound} bytes"));
+                if response.len() > limit {
+                    if overflow == Overflow::Refuse {
+                        return Err(format!("reply longer than {bound} bytes"));
+                    }
+                    response.truncate(limit);
+                    break;
+                }
+                if matches!(parse_reply(&response, false), Ok((_, _, true))) {
+                    break;
                 }
             }
             Err(e) => return Err(describe_io(&e)),
         }
     }
-    let status = parse_status_line(&response)?;
+    let cut = overflow == Overflow::Cut;
+    let (status, mut body, _) = parse_reply(&response, cut)?;
+    if cut {
+        body.truncate(bound);
+    }
+    Ok((status, body))
+}
+
+/// A reply's status code and body, and whether its framing says it is
+/// whole (`Content-Length`, chunked, no body for 1xx, 204 and 304; `false`
+/// for a body that ends with the connection). Without `cut`, a reply its
+/// framing says is incomplete is an error; with `cut`, `response` may end
+/// anywhere in the body and what it holds is returned.
+fn parse_reply(response: &[u8], cut: bool) -> Result<(u16, Vec<u8>, bool), String> {
+    let status = parse_status_line(response)?;
     let Some(end) = response.windows(4).position(|w| w == b"\r\n\r\n") else {
         return Err("reply cut before the end of its head".to_string());
     };
@@ -118,50 +190,66 @@ pub async fn exchange(
         head.lines()
             .find_map(|l| l.strip_prefix(name)?.strip_prefix(':').map(str::trim))
     };
-    let body = if header("transfer-encoding").is_some_and(|t| t.contains("chunked")) {
-        dechunk(content)?
-    } else if let Some(length) = header("content-length") {
-        let length: usize = length
-            .parse()
-            .map_err(|_| format!("bad Content-Length {length:?}"))?;
-        content
-            .get(..length)
-            .ok_or("reply cut before the end of its body")?
-            .to_vec()
-    } else {
-        content.to_vec()
+    if status < 200 || status == 204 || status == 304 {
+        return Ok((status, Vec::new(), true));
+    }
+    if header("transfer-encoding").is_some_and(|t| t.contains("chunked")) {
+        // Whole when it parses without leniency.
+        return match dechunk(content, false) {
+            Ok(body) => Ok((status, body, true)),
+            Err(_) if cut => Ok((status, dechunk(content, true)?, false)),
+            Err(why) => Err(why),
+        };
+    }
+    let Some(length) = header("content-length") else {
+        return Ok((status, content.to_vec(), false));
     };
-    Ok((status, body))
+    let length: usize = length
+        .parse()
+        .map_err(|_| format!("bad Content-Length {length:?}"))?;
+    match content.get(..length) {
+        Some(whole) => Ok((status, whole.to_vec(), true)),
+        None if cut => Ok((status, content.to_vec(), false)),
+        None => Err("reply cut before the end of its body".to_string()),
+    }
 }
 
 /// Connects and writes the request (`Connection: close`: one request per
 /// connection, so the end of the reply is the end of the connection).
-/// `headers` are minder's own (names and values without line breaks).
+/// `headers` are written after the default ones, which they replace by name.
 async fn send(
     method: &str,
     url: &str,
+    headers: &[(String, String)],
     body: Option<(&str, &[u8])>,
-    headers: &[(&str, &str)],
 ) -> Result<tokio::net::TcpStream, String> {
     let target = parse_http_url(url)?;
     let mut stream = tokio::net::TcpStream::connect(target.address.as_str())
         .await
         .map_err(|e| describe_io(&e))?;
-    let mut head = format!(
-        "{method} {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: minder/{}\r\nAccept: */*\r\nConnection: close\r\n",
-        target.path,
-        target.authority,
-        env!("CARGO_PKG_VERSION")
-    );
+    let mut head = format!("{method} {} HTTP/1.1\r\n", target.path);
+    let user_agent = concat!("minder/", env!("CARGO_PKG_VERSION"));
+    for (name, value) in [
+        ("Host", target.authority),
+        ("User-Agent", user_agent),
+        ("Accept", "*/*"),
+    ] {
+        if !headers.iter().any(|(n, _)| n.eq_ignore_ascii_case(name)) {
+            head.push_str(&format!("{name}: {value}\r\n"));
+        }
+    }
     for (name, value) in headers {
-        debug_assert!(!format!("{name}{value}").contains(['\r', '\n']));
         head.push_str(&format!("{name}: {value}\r\n"));
     }
-    if let Some((content_type, bytes)) = body {
-        head.push_str(&format!(
+    head.push_str("Connection: close\r\n");
+    match body {
+        Some((content_type, bytes)) => head.push_str(&format!(
             "Content-Type: {content_type}\r\nContent-Length: {}\r\n",
             bytes.len()
-        ));
+        )),
+        // A POST says its body is empty (servers may want 411 otherwise).
+        None if method == "POST" => head.push_str("Content-Length: 0\r\n"),
+        None => {}
     }
     head.push_str("\r\n");
     let mut message = head.into_bytes();
@@ -173,14 +261,17 @@ async fn send(
     Ok(stream)
 }
 
-/// A chunked body (RFC 9112 §7.1) made whole; trailers are ignored.
-fn dechunk(mut data: &[u8]) -> Result<Vec<u8>, String> {
+/// A chunked body (RFC 9112 §7.1) made whole; trailers are ignored. With
+/// `cut`, `data` may end anywhere and what it holds of the body is returned.
+fn dechunk(mut data: &[u8], cut: bool) -> Result<Vec<u8>, String> {
     let mut body = Vec::new();
     loop {
-        let line_end = data
-            .windows(2)
-            .position(|w| w == b"\r\n")
-            .ok_or("chunked reply cut before a chunk size")?;
+        let Some(line_end) = data.windows(2).position(|w| w == b"\r\n") else {
+            if cut {
+                return Ok(body);
+            }
+            return Err("chunked reply cut before a chunk size".to_string());
+        };
         let size_text = String::from_utf8_lossy(&data[..line_end]);
         let size_text = size_text.split(';').next().unwrap_or_default().trim();
         let size = usize::from_str_radix(size_text, 16)
@@ -189,7 +280,13 @@ fn dechunk(mut data: &[u8]) -> Result<Vec<u8>, String> {
         if size == 0 {
             return Ok(body);
         }
-        let chunk = data.get(..size).ok_or("chunked reply cut inside a chunk")?;
+        let Some(chunk) = data.get(..size) else {
+            if cut {
+                body.extend_from_slice(data);
+                return Ok(body);
+            }
+            return Err("chunked reply cut inside a chunk".to_string());
+        };
         body.extend_from_slice(chunk);
         data = data.get(size + 2..).unwrap_or_default();
     }
@@ -327,12 +424,20 @@ mod tests {
     #[test]
     fn chunked_bodies_are_made_whole() {
         assert_eq!(
-            dechunk(b"5\r\nhello\r\n7;x=y\r\n, world\r\n0\r\nTrailer: a\r\n\r\n").unwrap(),
+            dechunk(
+                b"5\r\nhello\r\n7;x=y\r\n, world\r\n0\r\nTrailer: a\r\n\r\n",
+                false
+            )
+            .unwrap(),
             b"hello, world"
         );
-        assert!(dechunk(b"5\r\nhel").is_err());
-        assert!(dechunk(b"zz\r\n").is_err());
-        assert!(dechunk(b"").is_err());
+        assert!(dechunk(b"5\r\nhel", false).is_err());
+        assert!(dechunk(b"zz\r\n", false).is_err());
+        assert!(dechunk(b"", false).is_err());
+        // Cut: what arrived of the body.
+        assert_eq!(dechunk(b"5\r\nhel", true).unwrap(), b"hel");
+        assert_eq!(dechunk(b"2\r\nhi\r\n", true).unwrap(), b"hi");
+        assert!(dechunk(b"zz\r\n", true).is_err());
     }
 
     #[tokio::test]
@@ -366,6 +471,112 @@ mod tests {
                 ("POST".to_string(), "/v3/kv/range".to_string())
             );
         }
+    }
+
+    /// A loopback server that writes `reply` to the first connection and
+    /// keeps it open until the client hangs up; the request head it read.
+    async fn serve_once(reply: Vec<u8>) -> (String, tokio::task::JoinHandle<(String, String)>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/health", listener.local_addr().unwrap());
+        let server = tokio::spawn(async move {
+            let (mut conn, _) = listener.accept().await.unwrap();
+            let head = read_request_head(&mut conn).await.unwrap();
+            // The client may hang up before all of it is written.
+            let _ = conn.write_all(&reply).await;
+            // Held open: the client must stop by the reply's framing.
+            let mut rest = [0u8; 64];
+            let _ = conn.read(&mut rest).await;
+            head
+        });
+        (url, server)
+    }
+
+    #[tokio::test]
+    async fn the_start_of_a_long_body_is_read_and_the_rest_left() {
+        let bound = 64 * 1024;
+        let mut text = vec![b'a'; 100 * 1024];
+        text[bound - 2..bound].copy_from_slice(b"ok");
+        text[bound..bound + 6].copy_from_slice(b"beyond");
+        let mut reply =
+            format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", text.len()).into_bytes();
+        reply.extend_from_slice(&text);
+        let (url, server) = serve_once(reply).await;
+        let headers = [("X-A".to_string(), "1".to_string())];
+        let (status, body) = read_start("GET", &url, &headers, bound).await.unwrap();
+        assert_eq!(status, 200);
+        assert_eq!(body.len(), bound);
+        assert!(body.ends_with(b"ok"));
+        let (method, path) = server.await.unwrap();
+        assert_eq!((method.as_str(), path.as_str()), ("GET", "/health"));
+
+        // Chunked, cut inside a chunk.
+        let mut reply = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+        for _ in 0..100 {
+            reply.extend_from_slice(b"400\r\n");
+            reply.extend_from_slice(&[b'b'; 1024]);
+            reply.extend_from_slice(b"\r\n");
+        }
+        reply.extend_from_slice(b"0\r\n\r\n");
+        let (url, _server) = serve_once(reply).await;
+        let (status, body) = read_start("GET", &url, &[], bound).await.unwrap();
+        assert_eq!((status, body.len()), (200, bound));
+        assert!(body.iter().all(|b| *b == b'b'));
+    }
+
+    #[tokio::test]
+    async fn a_reply_ends_by_its_framing_on_a_connection_left_open() {
+        for (reply, body) in [
+            (
+                &b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"[..],
+                &b"ok"[..],
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+                b"ok",
+            ),
+            (b"HTTP/1.1 204 No Content\r\n\r\n", b""),
+        ] {
+            let (url, _server) = serve_once(reply.to_vec()).await;
+            let got = tokio::time::timeout(
+                std::time::Duration::from_secs(10),
+                read_start("GET", &url, &[], 1024),
+            )
+            .await
+            .expect("the reply's end is noticed without the close")
+            .unwrap();
+            assert_eq!(got.1, body);
+        }
+    }
+
+    #[tokio::test]
+    async fn configured_headers_replace_the_defaults_by_name() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/", listener.local_addr().unwrap());
+        let server = tokio::spawn(async move {
+            let (mut conn, _) = listener.accept().await.unwrap();
+            let mut got = Vec::new();
+            let mut chunk = [0u8; 1024];
+            while !got.windows(4).any(|w| w == b"\r\n\r\n") && got.len() < MAX_HEAD {
+                let n = conn.read(&mut chunk).await.unwrap();
+                if n == 0 {
+                    break;
+                }
+                got.extend_from_slice(&chunk[..n]);
+            }
+            conn.write_all(b"HTTP/1.1 200 OK\r\n\r\n").await.unwrap();
+            String::from_utf8(got).unwrap()
+        });
+        let headers = [
+            ("host".to_string(), "web.example".to_string()),
+            ("X-Probe".to_string(), "web:0".to_string()),
+        ];
+        assert_eq!(request_with("POST", &url, &headers, None).await, Ok(200));
+        let head = server.await.unwrap();
+        let expected = format!(
+            "POST / HTTP/1.1\r\nUser-Agent: minder/{}\r\nAccept: */*\r\nhost: web.example\r\nX-Probe: web:0\r\nConnection: close\r\nContent-Length: 0\r\n\r\n",
+            env!("CARGO_PKG_VERSION")
+        );
+        assert_eq!(head, expected);
     }
 
     #[tokio::test]

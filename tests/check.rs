@@ -554,3 +554,54 @@ fn check_rejects_an_unknown_limit_naming_the_known_ones() {
         ],
     );
 }
+
+#[test]
+fn http_probe_options_are_checked_at_file_line_col() {
+    let dir = tmp();
+    fs::write(dir.path().join("client.pem"), "pem").expect("writing the certificate");
+    let path = write(
+        dir.path(),
+        "minder.toml",
+        r#"[program.web]
+command = ["/bin/true"]
+[program.web.health]
+http = "https://127.0.0.1:8443/health"
+status = "200-2x"
+ca_file = "missing-ca.pem"
+client_cert = "client.pem"
+"#,
+    );
+    let out = check(&path);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert_eq!(
+        diagnostics(&out, &path),
+        vec![
+            (
+                4,
+                8,
+                "\"http\": https is not supported: health checks talk to local programs over plain http"
+                    .to_string()
+            ),
+            (
+                5,
+                10,
+                "\"status\": malformed status \"200-2x\": \"2x\" is not a code or a range like \"200-299\""
+                    .to_string()
+            ),
+            (
+                6,
+                11,
+                format!(
+                    "\"ca_file\": {} does not exist",
+                    dir.path().join("missing-ca.pem").display()
+                )
+            ),
+            (
+                7,
+                15,
+                "\"client_cert\" needs \"client_key\" (its private key) for mutual TLS".to_string()
+            ),
+        ],
+        "{out:?}"
+    );
+}

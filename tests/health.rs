@@ -4,6 +4,11 @@
 mod common;
 
 use std::fs;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 
 use common::*;
 
@@ -301,4 +306,234 @@ fn depends_on_waits_for_readiness() {
         "top started {gap_ms}ms after base, before base was ready"
     );
     d.wait_state("top", "running");
+}
+
+/// A loopback HTTP server that answers every request with the reply set
+/// last and records the head of each request it received.
+struct RecordingServer {
+    port: u16,
+    reply: Arc<Mutex<(u16, String)>>,
+    heads: Arc<Mutex<Vec<String>>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl RecordingServer {
+    /// Far more connections than a test's probes open; the thread ends there at the latest.
+    const MAX_CONNECTIONS: usize = 100_000;
+
+    fn start(status: u16, body: &str) -> RecordingServer {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("binding a loopback port");
+        let port = listener.local_addr().expect("local address").port();
+        let reply = Arc::new(Mutex::new((status, body.to_string())));
+        let heads = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let (reply, heads, stop) = (reply.clone(), heads.clone(), stop.clone());
+            std::thread::spawn(move || {
+                for _ in 0..Self::MAX_CONNECTIONS {
+                    let Ok((conn, _)) = listener.accept() else {
+                        continue;
+                    };
+                    if stop.load(Ordering::SeqCst) {
+                        return;
+                    }
+                    let reply = reply.lock().expect("reply lock").clone();
+                    if let Some(head) = Self::answer(conn, &reply) {
+                        heads.lock().expect("heads lock").push(head);
+                    }
+                }
+            })
+        };
+        RecordingServer {
+            port,
+            reply,
+            heads,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Reads one request head (at most 8 KiB) and writes `reply`; the head.
+    fn answer(mut conn: TcpStream, (status, body): &(u16, String)) -> Option<String> {
+        conn.set_read_timeout(Some(WAIT)).ok()?;
+        let mut head = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 8 * 1024 {
+            let n = conn.read(&mut buf).ok()?;
+            if n == 0 {
+                return None;
+            }
+            head.extend_from_slice(&buf[..n]);
+        }
+        let head = String::from_utf8_lossy(&head).into_owned();
+        let mut out = format!(
+            "HTTP/1.1 {status} Test\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        );
+        if !head.starts_with("HEAD ") {
+            out.push_str(body);
+        }
+        // The prober may have hung up already (it reads what it needs).
+        let _ = conn.write_all(out.as_bytes());
+        Some(head)
+    }
+
+    fn set_reply(&self, status: u16, body: &str) {
+        *self.reply.lock().expect("reply lock") = (status, body.to_string());
+    }
+
+    /// The head of the last request received.
+    fn last_head(&self) -> String {
+        self.heads
+            .lock()
+            .expect("heads lock")
+            .last()
+            .cloned()
+            .expect("a request was received")
+    }
+}
+
+impl Drop for RecordingServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        // Wakes the accept; the thread sees `stop` and ends.
+        let _ = TcpStream::connect(("127.0.0.1", self.port));
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The values of header `name` (any case) in a request head.
+fn header_values(head: &str, name: &str) -> Vec<String> {
+    head.lines()
+        .filter_map(|l| {
+            let (n, v) = l.split_once(':')?;
+            n.eq_ignore_ascii_case(name).then(|| v.trim().to_string())
+        })
+        .collect()
+}
+
+fn probe_message(p: &Proc) -> String {
+    p.raw["last_probe"]["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+#[test]
+fn http_probe_options_shape_the_request_and_what_is_accepted() {
+    let web = RecordingServer::start(200, "all ok here");
+    let ping = RecordingServer::start(204, "");
+    let post = RecordingServer::start(301, "");
+    let health = |name: &str, lines: &str| {
+        format!(
+            "[program.{name}.health]\n{lines}\ninterval = \"100ms\"\nstart_period = \"10s\"\nfailure_threshold = 1\non_unhealthy = \"none\"\n"
+        )
+    };
+    let d = Daemon::start(&format!(
+        "{}{}{}",
+        program(
+            "web",
+            &[],
+            &health(
+                "web",
+                &format!(
+                    "http = \"http://127.0.0.1:{}/health\"\nheaders = {{ Host = \"web.example\", X-Probe = \"{{name}}\" }}\nstatus = \"200-299\"\nbody = \"ok\"",
+                    web.port
+                )
+            )
+        ),
+        program(
+            "ping",
+            &[],
+            &health(
+                "ping",
+                &format!(
+                    "http = \"http://127.0.0.1:{}/ping\"\nmethod = \"HEAD\"\nstatus = \"204\"",
+                    ping.port
+                )
+            )
+        ),
+        program(
+            "post",
+            &[],
+            &health(
+                "post",
+                &format!(
+                    "http = \"http://127.0.0.1:{}/hook\"\nmethod = \"POST\"",
+                    post.port
+                )
+            )
+        ),
+    ));
+    let web_url = format!("http://127.0.0.1:{}/health", web.port);
+    let ping_url = format!("http://127.0.0.1:{}/ping", ping.port);
+
+    // Accepted: 200 with the body, 204 by `status`, 301 by the default 200-399.
+    let all = d.wait_for("every probe healthy", WAIT, |ps| {
+        ["web", "ping", "post"]
+            .iter()
+            .all(|n| get(ps, n).health == "healthy")
+    });
+    assert_eq!(
+        probe_message(get(&all, "web")),
+        format!("GET {web_url}: 200")
+    );
+    assert_eq!(
+        probe_message(get(&all, "ping")),
+        format!("HEAD {ping_url}: 204")
+    );
+
+    // What was sent: the method, the configured headers, Host replaced.
+    let head = web.last_head();
+    assert!(head.starts_with("GET /health HTTP/1.1\r\n"), "{head}");
+    assert_eq!(header_values(&head, "host"), vec!["web.example"], "{head}");
+    assert_eq!(header_values(&head, "x-probe"), vec!["web"], "{head}");
+    assert_eq!(header_values(&head, "connection"), vec!["close"], "{head}");
+    let head = ping.last_head();
+    assert!(head.starts_with("HEAD /ping HTTP/1.1\r\n"), "{head}");
+    assert_eq!(
+        header_values(&head, "host"),
+        vec![format!("127.0.0.1:{}", ping.port)],
+        "the default Host: {head}"
+    );
+    let head = post.last_head();
+    assert!(head.starts_with("POST /hook HTTP/1.1\r\n"), "{head}");
+    assert_eq!(header_values(&head, "content-length"), vec!["0"], "{head}");
+
+    // Refused by `status`.
+    web.set_reply(503, "ok");
+    ping.set_reply(200, "");
+    let sick = d.wait_for("web and ping unhealthy", WAIT, |ps| {
+        get(ps, "web").health == "unhealthy" && get(ps, "ping").health == "unhealthy"
+    });
+    assert_eq!(
+        get(&sick, "web").description,
+        format!("unhealthy: GET {web_url}: 503 (expected 200-299)")
+    );
+    assert_eq!(
+        get(&sick, "ping").description,
+        format!("unhealthy: HEAD {ping_url}: 200 (expected 204)")
+    );
+    assert_eq!(get(&sick, "post").health, "healthy");
+
+    // An accepted status with a body that does not match.
+    web.set_reply(200, "all is well");
+    let mismatch = d.wait_for("web's body refused", WAIT, |ps| {
+        get(ps, "web").description.contains("but the body")
+    });
+    assert_eq!(
+        get(&mismatch, "web").description,
+        format!("unhealthy: GET {web_url}: 200 but the body does not contain \"ok\"")
+    );
+    assert_eq!(get(&mismatch, "web").health, "unhealthy");
+
+    // The text anywhere in the first 64 KiB will do.
+    web.set_reply(200, &format!("{}ok", "x".repeat(60 * 1024)));
+    let back = d.wait_for("web healthy again", WAIT, |ps| {
+        get(ps, "web").health == "healthy"
+    });
+    assert_eq!(get(&back, "web").description, "");
 }

@@ -548,12 +548,158 @@ impl std::fmt::Display for ListenAddress {
 /// [`ProgramConfig::processes`] expands them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ProbeTarget {
-    /// GET this URL; healthy iff the status is 200..=399.
-    Http(String),
+    /// An HTTP request; healthy iff its status (and body) are as configured.
+    Http(Box<HttpProbe>),
     /// Connect to this `host:port`.
     Tcp(String),
     /// Run this argv; healthy iff it exits 0.
     Exec(Vec<String>),
+}
+
+/// `health.http` and the keys that shape its request and what it accepts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpProbe {
+    /// The URL (placeholders expanded per process).
+    pub url: String,
+    /// The request method.
+    pub method: HttpMethod,
+    /// Headers to send, in file order (placeholders expanded per process);
+    /// one named like a default header (`Host`, `User-Agent`, `Accept`)
+    /// replaces it.
+    pub headers: Vec<(String, String)>,
+    /// The status codes that count as healthy.
+    pub status: StatusSet,
+    /// Text the first [`BODY_LIMIT`] bytes of the body must contain.
+    pub body: Option<String>,
+    /// TLS settings for an `https://` URL.
+    pub tls: TlsConfig,
+}
+
+impl HttpProbe {
+    /// A `GET url` probe with every other key at its default.
+    pub fn get(url: impl Into<String>) -> HttpProbe {
+        HttpProbe {
+            url: url.into(),
+            method: HttpMethod::Get,
+            headers: Vec::new(),
+            status: StatusSet::default(),
+            body: None,
+            tls: TlsConfig::default(),
+        }
+    }
+}
+
+/// How much of a probe's response body `body` is looked for in (64 KiB).
+pub const BODY_LIMIT: usize = 64 * 1024;
+
+/// The method of an HTTP probe (`method`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum HttpMethod {
+    /// `GET` (the default).
+    #[default]
+    Get,
+    /// `HEAD`: the status only (no `body` check).
+    Head,
+    /// `POST`, with an empty body.
+    Post,
+}
+
+impl HttpMethod {
+    /// The method as it goes on the request line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HttpMethod::Get => "GET",
+            HttpMethod::Head => "HEAD",
+            HttpMethod::Post => "POST",
+        }
+    }
+}
+
+/// Accepted status codes (`status`): inclusive ranges, e.g. `200,204,301-302`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatusSet(Vec<(u16, u16)>);
+
+impl Default for StatusSet {
+    /// 200..=399: success and redirects (redirects are not followed).
+    fn default() -> StatusSet {
+        StatusSet(vec![(200, 399)])
+    }
+}
+
+impl StatusSet {
+    /// Whether `code` is accepted.
+    pub fn contains(&self, code: u16) -> bool {
+        self.0.iter().any(|(lo, hi)| (*lo..=*hi).contains(&code))
+    }
+
+    /// Parses `"200"`, `"200-299"` or `"200,204,301-302"`: comma-separated
+    /// codes or ranges of 100..=599 (spaces around each part allowed), each
+    /// range's low end at most its high end.
+    pub fn parse(text: &str) -> Result<StatusSet, String> {
+        let malformed = |why: String| format!("malformed status {text:?}: {why}");
+        let code = |part: &str| -> Result<u16, String> {
+            let part = part.trim();
+            match part.parse::<u16>() {
+                Ok(c) if (100..=599).contains(&c) => Ok(c),
+                Ok(_) => Err(malformed(format!(
+                    "{part} is not a status code (100..=599)"
+                ))),
+                Err(_) => Err(malformed(format!(
+                    "{part:?} is not a code or a range like \"200-299\""
+                ))),
+            }
+        };
+        let mut ranges = Vec::new();
+        for part in text.split(',') {
+            let (lo, hi) = match part.split_once('-') {
+                Some((lo, hi)) => (code(lo)?, code(hi)?),
+                None => {
+                    let c = code(part)?;
+                    (c, c)
+                }
+            };
+            if lo > hi {
+                return Err(malformed(format!("the range {lo}-{hi} is empty")));
+            }
+            ranges.push((lo, hi));
+        }
+        Ok(StatusSet(ranges))
+    }
+}
+
+impl std::fmt::Display for StatusSet {
+    /// As written in the config: `200-299`, `200,204,301-302`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, (lo, hi)) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(",")?;
+            }
+            if lo == hi {
+                write!(f, "{lo}")?;
+            } else {
+                write!(f, "{lo}-{hi}")?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// TLS settings of an `https://` request: `ca_file`, `server_name`,
+/// `insecure`, `client_cert`, `client_key`. Used by HTTP health probes and,
+/// with the same keys, by webhooks. Paths are absolute (resolved against the
+/// config file's directory) and were found to exist at load time.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct TlsConfig {
+    /// PEM certificates trusted in addition to the system roots.
+    pub ca_file: Option<PathBuf>,
+    /// The name the server's certificate must be valid for (default: the URL's host).
+    pub server_name: Option<String>,
+    /// No certificate check at all.
+    pub insecure: bool,
+    /// PEM client certificate chain for mutual TLS (always with `client_key`).
+    pub client_cert: Option<PathBuf>,
+    /// PEM private key of `client_cert`.
+    pub client_key: Option<PathBuf>,
 }
 
 /// What an unhealthy process leads to.
@@ -730,7 +876,15 @@ impl ProgramConfig {
             ..vars
         };
         let probe = self.health.as_ref().map(|h| match &h.probe {
-            ProbeTarget::Http(url) => ProbeTarget::Http(placeholder::expand(url, &vars)),
+            ProbeTarget::Http(http) => ProbeTarget::Http(Box::new(HttpProbe {
+                url: placeholder::expand(&http.url, &vars),
+                headers: http
+                    .headers
+                    .iter()
+                    .map(|(k, v)| (k.clone(), placeholder::expand(v, &vars)))
+                    .collect(),
+                ..(**http).clone()
+            })),
             ProbeTarget::Tcp(addr) => ProbeTarget::Tcp(placeholder::expand(addr, &vars)),
             ProbeTarget::Exec(argv) => {
                 ProbeTarget::Exec(argv.iter().map(|a| placeholder::expand(a, &vars)).collect())

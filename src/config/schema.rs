@@ -11,9 +11,9 @@ use super::diagnostic::Span;
 use super::reader::{conv, TableReader, Value, ValueError};
 use super::Defaults;
 use super::{
-    placeholder, BackoffConfig, HealthConfig, ListenAddress, LogFormat, LogTarget, LogsConfig,
-    OnUnhealthy, ProbeTarget, ProgramConfig, Resources, RestartPolicy, Rlimit, RlimitKind,
-    SupervisorConfig, RLIMITS,
+    placeholder, BackoffConfig, HealthConfig, HttpMethod, HttpProbe, ListenAddress, LogFormat,
+    LogTarget, LogsConfig, OnUnhealthy, ProbeTarget, ProgramConfig, Resources, RestartPolicy,
+    Rlimit, RlimitKind, StatusSet, SupervisorConfig, TlsConfig, BODY_LIMIT, RLIMITS,
 };
 use super::{HookAction, HookConfig, Webhook};
 
@@ -423,7 +423,7 @@ pub(crate) fn read_program(
     };
     let health = r
         .table("health")
-        .and_then(|(h, span)| read_health(h, span, has_port));
+        .and_then(|(h, span)| read_health(h, span, has_port, &file_dir));
     let listen: Vec<(ListenAddress, Span)> = r
         .get("listen", conv::text_list)
         .unwrap_or_default()
@@ -821,7 +821,12 @@ fn positive_duration(v: &Value<'_>) -> Result<Duration, ValueError> {
 }
 
 /// `[program.NAME.health]`: exactly one of `http`, `tcp`, `exec`.
-fn read_health(mut r: TableReader<'_, '_>, header: Span, has_port: bool) -> Option<HealthConfig> {
+fn read_health(
+    mut r: TableReader<'_, '_>,
+    header: Span,
+    has_port: bool,
+    file_dir: &Path,
+) -> Option<HealthConfig> {
     let http = r.get_spanned("http", conv::text);
     let tcp = r.get_spanned("tcp", conv::text);
     let exec = r.get_spanned("exec", conv::command);
@@ -839,6 +844,7 @@ fn read_health(mut r: TableReader<'_, '_>, header: Span, has_port: bool) -> Opti
                 OnUnhealthy::Restart
             }
         });
+    let options = read_http_options(&mut r, has_port, file_dir);
 
     let mut checks: Vec<(ProbeTarget, Span)> = Vec::new();
     if let Some((url, span)) = http {
@@ -846,7 +852,12 @@ fn read_health(mut r: TableReader<'_, '_>, header: Span, has_port: bool) -> Opti
             r.error(&span, format!("\"http\": {problem}"));
         }
         match url.split_once("://") {
-            Some(("http", rest)) if !rest.is_empty() => {}
+            Some(("http", rest)) if !rest.is_empty() => {
+                // TLS keys on a plain URL would be silently ignored.
+                if let Some((key, key_span)) = options.tls_keys.first() {
+                    r.error(key_span, format!("\"{key}\" needs an https:// URL"));
+                }
+            }
             Some(("https", _)) => r.error(
                 &span,
                 "\"http\": https is not supported: health checks talk to local programs over plain http",
@@ -856,7 +867,30 @@ fn read_health(mut r: TableReader<'_, '_>, header: Span, has_port: bool) -> Opti
                 format!("\"http\": {url:?} is not an http:// URL (e.g. \"http://127.0.0.1:8080/health\")"),
             ),
         }
-        checks.push((ProbeTarget::Http(url), span));
+        let HttpOptions {
+            method,
+            headers,
+            status,
+            body,
+            tls,
+            ..
+        } = options;
+        checks.push((
+            ProbeTarget::Http(Box::new(HttpProbe {
+                url,
+                method,
+                headers,
+                status,
+                body,
+                tls,
+            })),
+            span,
+        ));
+    } else if let Some((key, key_span)) = options.keys.first() {
+        r.error(
+            key_span,
+            format!("\"{key}\" applies to an \"http\" check only"),
+        );
     }
     if let Some((addr, span)) = tcp {
         for problem in placeholder::check(&addr, has_port) {
@@ -909,6 +943,224 @@ fn read_health(mut r: TableReader<'_, '_>, header: Span, has_port: bool) -> Opti
         success_threshold: success_threshold.unwrap_or(1),
         on_unhealthy: on_unhealthy.unwrap_or(OnUnhealthy::Restart),
     })
+}
+
+/// The keys of an `http` check besides the URL, with where each is set.
+struct HttpOptions {
+    method: HttpMethod,
+    headers: Vec<(String, String)>,
+    status: StatusSet,
+    body: Option<String>,
+    tls: TlsConfig,
+    /// Every one of these keys present, with its span (for "applies to http only").
+    keys: Vec<(&'static str, Span)>,
+    /// The TLS keys present, with their spans (for "needs an https:// URL").
+    tls_keys: Vec<(&'static str, Span)>,
+}
+
+/// Headers minder writes itself from the request's framing: configuring
+/// them could make the request say something other than what is sent.
+const FRAMING_HEADERS: &[&str] = &["content-length", "transfer-encoding", "connection"];
+
+/// `method`, `headers`, `status`, `body` and the TLS keys of `[health]`.
+fn read_http_options(r: &mut TableReader<'_, '_>, has_port: bool, dir: &Path) -> HttpOptions {
+    let mut keys: Vec<(&'static str, Span)> = Vec::new();
+    let mut tls_keys: Vec<(&'static str, Span)> = Vec::new();
+    for key in ["method", "headers", "status", "body"] {
+        if let Some((span, _)) = r.raw(key) {
+            keys.push((key, span));
+        }
+    }
+    for key in [
+        "ca_file",
+        "server_name",
+        "insecure",
+        "client_cert",
+        "client_key",
+    ] {
+        if let Some((span, _)) = r.raw(key) {
+            keys.push((key, span.clone()));
+            tls_keys.push((key, span));
+        }
+    }
+    // HTTP methods are case-sensitive (RFC 9110 §9.1): "get" is not GET.
+    let method = r.get_spanned("method", conv::one_of(&["GET", "HEAD", "POST"]));
+    let method = match method {
+        Some((1, _)) => HttpMethod::Head,
+        Some((2, _)) => HttpMethod::Post,
+        _ => HttpMethod::Get,
+    };
+    let headers = read_headers(r, has_port);
+    let status = r
+        .get("status", |v| {
+            let text = match v.get_ref() {
+                DeValue::Integer(_) => conv::integer(v)?.to_string(),
+                DeValue::String(s) => s.to_string(),
+                _ => {
+                    return Err(ValueError::wrong_type(
+                        "a status code or a list like \"200,204,301-302\"",
+                        v,
+                    ))
+                }
+            };
+            StatusSet::parse(&text).map_err(|why| ValueError::invalid(why, v))
+        })
+        .unwrap_or_default();
+    let body = r.get_spanned("body", |v| {
+        let s = conv::string(v)?;
+        if s.is_empty() {
+            Err(ValueError::invalid(
+                "must not be empty (leave \"body\" out to check the status only)",
+                v,
+            ))
+        } else if s.len() > BODY_LIMIT {
+            Err(ValueError::invalid(
+                format!(
+                    "is {} bytes long: only the first {BODY_LIMIT} bytes of a reply are searched",
+                    s.len()
+                ),
+                v,
+            ))
+        } else {
+            Ok(s)
+        }
+    });
+    if let (Some((_, span)), HttpMethod::Head) = (&body, method) {
+        r.error(
+            span,
+            "\"body\": a HEAD request gets no body to check (use method = \"GET\")",
+        );
+    }
+    let body = body.map(|(b, _)| b);
+
+    let file = |r: &mut TableReader<'_, '_>, key: &'static str| {
+        let (path, span) = r.get_spanned(key, conv::text)?;
+        let path = dir.join(path);
+        match std::fs::metadata(&path) {
+            Ok(m) if m.is_dir() => {
+                r.error(
+                    &span,
+                    format!("\"{key}\": {} is a directory", path.display()),
+                );
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                r.error(
+                    &span,
+                    format!("\"{key}\": {} does not exist", path.display()),
+                );
+            }
+            Err(e) => r.error(
+                &span,
+                format!(
+                    "\"{key}\": {}: {}",
+                    path.display(),
+                    crate::http::describe_io(&e)
+                ),
+            ),
+        }
+        Some((path, span))
+    };
+    let ca_file = file(r, "ca_file").map(|(p, _)| p);
+    let server_name = r.get("server_name", conv::text);
+    let insecure = r.get("insecure", conv::boolean).unwrap_or(false);
+    let client_cert = file(r, "client_cert");
+    let client_key = file(r, "client_key");
+    match (&client_cert, &client_key) {
+        (Some((_, span)), None) => r.error(
+            span,
+            "\"client_cert\" needs \"client_key\" (its private key) for mutual TLS",
+        ),
+        (None, Some((_, span))) => r.error(
+            span,
+            "\"client_key\" needs \"client_cert\" (its certificate) for mutual TLS",
+        ),
+        _ => {}
+    }
+    HttpOptions {
+        method,
+        headers,
+        status,
+        body,
+        tls: TlsConfig {
+            ca_file,
+            server_name,
+            insecure,
+            client_cert: client_cert.map(|(p, _)| p),
+            client_key: client_key.map(|(p, _)| p),
+        },
+        keys,
+        tls_keys,
+    }
+}
+
+/// Whether `name` is an HTTP token (RFC 9110 §5.6.2), as a header name must be.
+fn is_token(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+/// `headers`: a table of strings, in file order. A value may hold
+/// placeholders; none may hold a line break (it would end the header and
+/// start another, or the body: request smuggling).
+fn read_headers(r: &mut TableReader<'_, '_>, has_port: bool) -> Vec<(String, String)> {
+    let Some((mut table, _)) = r.table("headers") else {
+        return Vec::new();
+    };
+    let mut out: Vec<(String, String)> = Vec::new();
+    for (key, value) in table.take_rest() {
+        let name = *key.get_ref();
+        if !is_token(name) {
+            table.error(
+                &key.span(),
+                format!("\"headers\": {name:?} is not a valid header name (letters, digits and !#$%&'*+-.^_`|~)"),
+            );
+            continue;
+        }
+        if FRAMING_HEADERS.contains(&name.to_ascii_lowercase().as_str()) {
+            table.error(
+                &key.span(),
+                format!("\"headers\": \"{name}\" is set by minder and cannot be configured"),
+            );
+            continue;
+        }
+        if out.iter().any(|(n, _)| n.eq_ignore_ascii_case(name)) {
+            table.error(
+                &key.span(),
+                format!("\"headers\": \"{name}\" is given twice (header names ignore case)"),
+            );
+            continue;
+        }
+        let text = match conv::string(value) {
+            Ok(s) => s,
+            Err(e) => {
+                table.error(&value.span(), format!("\"{name}\": {e}"));
+                continue;
+            }
+        };
+        if text.contains(['\r', '\n']) {
+            table.error(
+                &value.span(),
+                format!("\"{name}\": a header value must not contain a line break (CR or LF)"),
+            );
+            continue;
+        }
+        if text.chars().any(|c| c.is_control() && c != '\t') {
+            table.error(
+                &value.span(),
+                format!("\"{name}\": a header value must not contain control characters"),
+            );
+            continue;
+        }
+        for problem in placeholder::check(&text, has_port) {
+            table.error(&value.span(), format!("\"{name}\": {problem}"));
+        }
+        out.push((name.to_string(), text));
+    }
+    table.finish();
+    out
 }
 
 /// `[program.NAME.backoff]`.

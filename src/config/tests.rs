@@ -1287,8 +1287,12 @@ on_unhealthy = "none"
     assert_eq!(
         probes,
         vec![
-            Some(ProbeTarget::Http("http://127.0.0.1:8000/health".into())),
-            Some(ProbeTarget::Http("http://127.0.0.1:8001/health".into())),
+            Some(ProbeTarget::Http(Box::new(HttpProbe::get(
+                "http://127.0.0.1:8000/health"
+            )))),
+            Some(ProbeTarget::Http(Box::new(HttpProbe::get(
+                "http://127.0.0.1:8001/health"
+            )))),
         ]
     );
 }
@@ -1966,4 +1970,282 @@ fn an_explicit_log_name_or_path_too_long_is_reported_at_the_value() {
         "[program.a]\ncommand = \"x\"\nlogs.stdout = \"{}\"\n",
         "y".repeat(255)
     ));
+}
+
+// ------------------------------------------------------- http probe options
+
+/// `[program.web.health]` with `http = "http://a/"` and `extra` lines, as
+/// the body of a config (the options start on line 5).
+fn http_health(extra: &str) -> String {
+    format!("[program.web]\ncommand = \"x\"\n[program.web.health]\nhttp = \"http://a/\"\n{extra}")
+}
+
+#[test]
+fn http_probe_options_are_read_and_expanded_per_process() {
+    let cfg = parse(
+        r#"
+[program.web]
+command = "web"
+port = 8000
+instances = 2
+[program.web.health]
+http = "http://127.0.0.1:{port}/health"
+method = "POST"
+headers = { Host = "web.example", X-Instance = "{name}", Authorization = "Bearer t0k\ten" }
+status = "200,204, 301-302"
+body = "ok"
+"#,
+    );
+    let probes: Vec<_> = cfg.programs[0]
+        .processes()
+        .into_iter()
+        .map(|p| p.probe)
+        .collect();
+    let Some(ProbeTarget::Http(first)) = &probes[0] else {
+        panic!("an http probe: {probes:?}");
+    };
+    assert_eq!(first.url, "http://127.0.0.1:8000/health");
+    assert_eq!(first.method, HttpMethod::Post);
+    assert_eq!(
+        first.headers,
+        vec![
+            ("Host".to_string(), "web.example".to_string()),
+            ("X-Instance".to_string(), "web:0".to_string()),
+            ("Authorization".to_string(), "Bearer t0k\ten".to_string()),
+        ]
+    );
+    assert_eq!(first.status.to_string(), "200,204,301-302");
+    assert_eq!(first.body.as_deref(), Some("ok"));
+    assert_eq!(first.tls, TlsConfig::default());
+    let Some(ProbeTarget::Http(second)) = &probes[1] else {
+        panic!("an http probe: {probes:?}");
+    };
+    assert_eq!(second.url, "http://127.0.0.1:8001/health");
+    assert_eq!(second.headers[1].1, "web:1");
+
+    // HEAD and an integer status.
+    let cfg = parse(&http_health("method = \"HEAD\"\nstatus = 204\n"));
+    let Some(HealthConfig {
+        probe: ProbeTarget::Http(probe),
+        ..
+    }) = &cfg.programs[0].health
+    else {
+        panic!("an http probe");
+    };
+    assert_eq!(
+        (probe.method, probe.method.as_str()),
+        (HttpMethod::Head, "HEAD")
+    );
+    assert_eq!(probe.status.to_string(), "204");
+    assert!(probe.status.contains(204) && !probe.status.contains(200));
+}
+
+#[test]
+fn status_sets_parse_codes_and_ranges() {
+    let default = StatusSet::default();
+    assert_eq!(default.to_string(), "200-399");
+    assert!(default.contains(200) && default.contains(399));
+    assert!(!default.contains(199) && !default.contains(400));
+
+    let set = StatusSet::parse("200,204,301-302").unwrap();
+    for (code, inside) in [
+        (200, true),
+        (201, false),
+        (204, true),
+        (300, false),
+        (301, true),
+        (302, true),
+        (303, false),
+    ] {
+        assert_eq!(set.contains(code), inside, "{code}");
+    }
+    assert_eq!(
+        StatusSet::parse(" 200 - 299 ").unwrap().to_string(),
+        "200-299"
+    );
+    assert_eq!(StatusSet::parse("100-599").unwrap().to_string(), "100-599");
+    for (text, why) in [
+        ("", "malformed status \"\": \"\" is not a code or a range like \"200-299\""),
+        ("ok", "malformed status \"ok\": \"ok\" is not a code or a range like \"200-299\""),
+        ("200,", "malformed status \"200,\": \"\" is not a code or a range like \"200-299\""),
+        ("2xx", "malformed status \"2xx\": \"2xx\" is not a code or a range like \"200-299\""),
+        ("600", "malformed status \"600\": 600 is not a status code (100..=599)"),
+        ("99-200", "malformed status \"99-200\": 99 is not a status code (100..=599)"),
+        ("299-200", "malformed status \"299-200\": the range 299-200 is empty"),
+        ("200-300-400", "malformed status \"200-300-400\": \"300-400\" is not a code or a range like \"200-299\""),
+    ] {
+        assert_eq!(StatusSet::parse(text), Err(why.to_string()), "{text:?}");
+    }
+}
+
+#[test]
+fn http_probe_option_errors_at_their_position() {
+    for (extra, expected) in [
+        (
+            "method = \"get\"\n",
+            "5:10: \"method\": unknown value \"get\" (expected one of \"GET\", \"HEAD\", \"POST\")",
+        ),
+        (
+            "method = \"PUT\"\n",
+            "5:10: \"method\": unknown value \"PUT\" (expected one of \"GET\", \"HEAD\", \"POST\")",
+        ),
+        (
+            "status = \"299-200\"\n",
+            "5:10: \"status\": malformed status \"299-200\": the range 299-200 is empty",
+        ),
+        (
+            "status = 600\n",
+            "5:10: \"status\": malformed status \"600\": 600 is not a status code (100..=599)",
+        ),
+        (
+            "status = [200]\n",
+            "5:10: \"status\": expected a status code or a list like \"200,204,301-302\", found array",
+        ),
+        (
+            "body = \"\"\n",
+            "5:8: \"body\": must not be empty (leave \"body\" out to check the status only)",
+        ),
+        (
+            "method = \"HEAD\"\nbody = \"ok\"\n",
+            "6:8: \"body\": a HEAD request gets no body to check (use method = \"GET\")",
+        ),
+        (
+            "headers = { \"Bad Name\" = \"x\" }\n",
+            "5:13: \"headers\": \"Bad Name\" is not a valid header name (letters, digits and !#$%&'*+-.^_`|~)",
+        ),
+        (
+            "headers = { X-A = \"1\\r\\nX-Smuggled: 2\" }\n",
+            "5:19: \"X-A\": a header value must not contain a line break (CR or LF)",
+        ),
+        (
+            "headers = { X-A = \"a\\u0007\" }\n",
+            "5:19: \"X-A\": a header value must not contain control characters",
+        ),
+        (
+            "headers = { Content-Length = \"5\" }\n",
+            "5:13: \"headers\": \"Content-Length\" is set by minder and cannot be configured",
+        ),
+        (
+            "headers = { Host = \"a\", host = \"b\" }\n",
+            "5:25: \"headers\": \"host\" is given twice (header names ignore case)",
+        ),
+        (
+            "headers = { X-A = 1 }\n",
+            "5:19: \"X-A\": expected a string, found integer",
+        ),
+        (
+            "headers = { X-A = \"{port}\" }\n",
+            "5:19: \"X-A\": placeholder {port} needs the program's \"port\" key",
+        ),
+        ("headers = \"Host: a\"\n", "5:11: \"headers\": expected a table, found string"),
+        ("server_name = \"a\"\n", "5:1: \"server_name\" needs an https:// URL"),
+        ("insecure = true\n", "5:1: \"insecure\" needs an https:// URL"),
+    ] {
+        assert_error(&http_health(extra), expected);
+    }
+    // A body longer than what is searched can never match.
+    let long = "x".repeat(BODY_LIMIT + 1);
+    assert_error(
+        &http_health(&format!("body = \"{long}\"\n")),
+        "5:8: \"body\": is 65537 bytes long: only the first 65536 bytes of a reply are searched",
+    );
+    assert_eq!(
+        parse(&http_health(&format!("body = \"{}\"\n", &long[1..])))
+            .programs
+            .len(),
+        1
+    );
+    // Options of an http check on another kind of check.
+    assert_error(
+        "[program.web]\ncommand = \"x\"\n[program.web.health]\ntcp = \"a:1\"\nstatus = \"200\"\n",
+        "5:1: \"status\" applies to an \"http\" check only",
+    );
+    assert_error(
+        "[program.web]\ncommand = \"x\"\n[program.web.health]\nexec = \"true\"\ninsecure = true\n",
+        "5:1: \"insecure\" applies to an \"http\" check only",
+    );
+}
+
+#[test]
+fn tls_keys_name_missing_files_and_unpaired_client_keys() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    for name in ["ca.pem", "client.pem", "client.key"] {
+        std::fs::write(dir.path().join(name), "pem").expect("writing a file");
+    }
+    let main = dir.path().join("minder.toml");
+    let errors_of = |extra: &str| -> Vec<String> {
+        let text = format!(
+            "[program.web]\ncommand = \"x\"\n[program.web.health]\nhttp = \"https://a/\"\n{extra}"
+        );
+        match parse_str(&text, &main, &defaults()) {
+            Ok(_) => Vec::new(),
+            Err(diags) => diags.iter().map(|d| d.to_string()).collect(),
+        }
+    };
+    let https = format!(
+        "{}:4:8: \"http\": https is not supported: health checks talk to local programs over plain http",
+        main.display()
+    );
+    // Every TLS key valid, relative paths found next to the config: only
+    // https itself is refused (until the TLS client lands).
+    assert_eq!(
+        errors_of(&format!(
+            "ca_file = \"ca.pem\"\nserver_name = \"web.example\"\ninsecure = false\nclient_cert = \"client.pem\"\nclient_key = \"{}\"\n",
+            dir.path().join("client.key").display()
+        )),
+        vec![https.clone()]
+    );
+    assert_eq!(
+        errors_of("ca_file = \"missing.pem\"\n"),
+        vec![
+            https.clone(),
+            format!(
+                "{}:5:11: \"ca_file\": {} does not exist",
+                main.display(),
+                dir.path().join("missing.pem").display()
+            )
+        ]
+    );
+    assert_eq!(
+        errors_of("ca_file = \".\"\n"),
+        vec![
+            https.clone(),
+            format!(
+                "{}:5:11: \"ca_file\": {} is a directory",
+                main.display(),
+                dir.path().join(".").display()
+            )
+        ]
+    );
+    assert_eq!(
+        errors_of("client_cert = \"client.pem\"\n"),
+        vec![
+            https.clone(),
+            format!(
+                "{}:5:15: \"client_cert\" needs \"client_key\" (its private key) for mutual TLS",
+                main.display()
+            )
+        ]
+    );
+    assert_eq!(
+        errors_of("client_key = \"client.key\"\n"),
+        vec![
+            https.clone(),
+            format!(
+                "{}:5:14: \"client_key\" needs \"client_cert\" (its certificate) for mutual TLS",
+                main.display()
+            )
+        ]
+    );
+    // On a plain URL the TLS keys are refused at the first one.
+    let text = "[program.web]\ncommand = \"x\"\n[program.web.health]\nhttp = \"http://a/\"\nca_file = \"ca.pem\"\n";
+    assert_eq!(
+        parse_str(text, &main, &defaults())
+            .err()
+            .map(|d| d.iter().map(|d| d.to_string()).collect::<Vec<_>>()),
+        Some(vec![format!(
+            "{}:5:1: \"ca_file\" needs an https:// URL",
+            main.display()
+        )])
+    );
 }

@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use crate::config::ProbeTarget;
+use crate::config::{HttpProbe, ProbeTarget, BODY_LIMIT};
 use crate::http::describe_io;
 use crate::process::{self, Capture, ProcessEnd, Reaper, RunError, SpawnRequest};
 use crate::text::short_duration;
@@ -50,7 +50,7 @@ impl Prober {
     ) -> ProbeResult {
         let start = Instant::now();
         let (ok, message) = match target {
-            ProbeTarget::Http(url) => http(url, timeout).await,
+            ProbeTarget::Http(probe) => http(probe, timeout).await,
             ProbeTarget::Tcp(addr) => tcp(addr, timeout).await,
             ProbeTarget::Exec(argv) => self.exec(argv, timeout, exec_like).await,
         };
@@ -88,22 +88,58 @@ impl Prober {
     }
 }
 
-/// `GET url`: healthy iff the status is 200..=399 within `timeout`.
+/// `method url` with the probe's headers: healthy iff, within `timeout`,
+/// the status is in `status` and, with `body`, the first [`BODY_LIMIT`]
+/// bytes of the body contain it.
 ///
-/// A probe needs a status line and nothing else, so this is a plain HTTP/1.1
-/// request on a fresh connection (`Connection: close`): no pooling, so a dead
-/// server is noticed; no redirects followed; no proxy (checks are local); the
-/// body is never read. Written out rather than taken from an HTTP client
-/// crate: with 1000 programs probed every second, a full client spent over
-/// 5 % of a core on per-request machinery (see docs/benchmarks.md).
-async fn http(url: &str, timeout: Duration) -> (bool, String) {
-    match tokio::time::timeout(timeout, crate::http::request("GET", url, None, &[])).await {
+/// A probe needs a status line and, at most, the start of the body, so this
+/// is a plain HTTP/1.1 request on a fresh connection (`Connection: close`):
+/// no pooling, so a dead server is noticed; no redirects followed; no proxy
+/// (checks are local); without `body` the body is never read. Written out
+/// rather than taken from an HTTP client crate: with 1000 programs probed
+/// every second, a full client spent over 5 % of a core on per-request
+/// machinery (see docs/benchmarks.md).
+async fn http(probe: &HttpProbe, timeout: Duration) -> (bool, String) {
+    let method = probe.method.as_str();
+    let url = probe.url.as_str();
+    let exchange = async {
+        match &probe.body {
+            None => crate::http::request_with(method, url, &probe.headers, None)
+                .await
+                .map(|status| (status, None)),
+            Some(_) => crate::http::read_start(method, url, &probe.headers, BODY_LIMIT)
+                .await
+                .map(|(status, body)| (status, Some(body))),
+        }
+    };
+    match tokio::time::timeout(timeout, exchange).await {
         Err(_) => (false, timed_out(timeout)),
-        Ok(Err(why)) => (false, format!("GET {url}: {why}")),
-        Ok(Ok(status)) => (
-            (200..=399).contains(&status),
-            format!("GET {url}: {status}"),
+        Ok(Err(why)) => (false, format!("{method} {url}: {why}")),
+        Ok(Ok((status, _))) if !probe.status.contains(status) => (
+            false,
+            format!("{method} {url}: {status} (expected {})", probe.status),
         ),
+        Ok(Ok((status, Some(body)))) => match &probe.body {
+            Some(needle) if memchr::memmem::find(&body, needle.as_bytes()).is_none() => (
+                false,
+                format!(
+                    "{method} {url}: {status} but the body does not contain {}",
+                    quoted_start(needle)
+                ),
+            ),
+            _ => (true, format!("{method} {url}: {status}")),
+        },
+        Ok(Ok((status, None))) => (true, format!("{method} {url}: {status}")),
+    }
+}
+
+/// `text` quoted, cut to its first 60 characters: a description stays one
+/// readable line even for a long `body`.
+fn quoted_start(text: &str) -> String {
+    const SHOWN: usize = 60;
+    match text.char_indices().nth(SHOWN) {
+        Some((end, _)) => format!("{:?}...", &text[..end]),
+        None => format!("{text:?}"),
     }
 }
 

@@ -65,7 +65,9 @@ fn program(k: Knobs) -> ProgramConfig {
         },
         health: match k.ready {
             ReadyBy::Probe(on_unhealthy) => Some(HealthConfig {
-                probe: ProbeTarget::Http("http://127.0.0.1:8080/health".into()),
+                probe: ProbeTarget::Http(Box::new(crate::config::HttpProbe::get(
+                    "http://127.0.0.1:8080/health",
+                ))),
                 interval: ms(1000),
                 timeout: ms(500),
                 start_period: ms(3000),
