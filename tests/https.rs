@@ -1,0 +1,404 @@
+//! minder's HTTPS client against real TLS servers on 127.0.0.1, with a
+//! private CA and certificates made by the test: trust through `ca_file`,
+//! certificate problems named, `server_name`, `insecure`, mutual TLS and
+//! connection reuse.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use minder::http::{Client, TlsSettings};
+use rcgen::{
+    BasicConstraints, Certificate, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa,
+    KeyPair,
+};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// A private CA and what it signed, written as PEM files in a temporary
+/// directory.
+struct Pki {
+    dir: tempfile::TempDir,
+    ca: Certificate,
+    ca_key: KeyPair,
+}
+
+/// A certificate and its key, in DER for a test server and as PEM files for
+/// minder.
+struct Issued {
+    der: CertificateDer<'static>,
+    key: PrivateKeyDer<'static>,
+    cert_file: PathBuf,
+    key_file: PathBuf,
+}
+
+impl Pki {
+    fn new() -> Pki {
+        Pki::named("minder test CA")
+    }
+
+    fn named(name: &str) -> Pki {
+        let dir = tempfile::tempdir().unwrap();
+        let ca_key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.distinguished_name.push(DnType::CommonName, name);
+        let ca = params.self_signed(&ca_key).unwrap();
+        std::fs::write(dir.path().join("ca.pem"), ca.pem()).unwrap();
+        Pki { dir, ca, ca_key }
+    }
+
+    fn ca_file(&self) -> PathBuf {
+        self.dir.path().join("ca.pem")
+    }
+
+    /// A certificate for `names` (DNS names or IP addresses), for a server or a client.
+    fn issue(&self, file: &str, names: &[&str], client: bool, expired: bool) -> Issued {
+        let key = KeyPair::generate().unwrap();
+        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        let mut params = CertificateParams::new(names).unwrap();
+        params.distinguished_name.push(DnType::CommonName, file);
+        params.extended_key_usages = vec![if client {
+            ExtendedKeyUsagePurpose::ClientAuth
+        } else {
+            ExtendedKeyUsagePurpose::ServerAuth
+        }];
+        if expired {
+            params.not_before = rcgen::date_time_ymd(2001, 1, 1);
+            params.not_after = rcgen::date_time_ymd(2002, 1, 1);
+        }
+        let cert = params.signed_by(&key, &self.ca, &self.ca_key).unwrap();
+        let cert_file = self.dir.path().join(format!("{file}.pem"));
+        let key_file = self.dir.path().join(format!("{file}.key"));
+        std::fs::write(&cert_file, cert.pem()).unwrap();
+        std::fs::write(&key_file, key.serialize_pem()).unwrap();
+        Issued {
+            der: cert.der().clone(),
+            key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+            cert_file,
+            key_file,
+        }
+    }
+}
+
+/// A TLS server on 127.0.0.1 answering every HTTP/1.1 request with `200 ok`
+/// on a kept connection; it counts the connections it accepted and keeps the
+/// heads of the requests it read.
+struct Server {
+    addr: SocketAddr,
+    connections: Arc<AtomicUsize>,
+    requests: Arc<Mutex<Vec<String>>>,
+}
+
+impl Server {
+    /// `client_ca`: a client certificate signed by this CA is required.
+    async fn start(cert: &Issued, client_ca: Option<&Path>) -> Server {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .unwrap();
+        let builder = match client_ca {
+            None => builder.with_no_client_auth(),
+            Some(ca) => {
+                let mut roots = rustls::RootCertStore::empty();
+                let pem = std::fs::read(ca).unwrap();
+                for c in rustls::pki_types::pem::PemObject::pem_slice_iter(&pem) {
+                    roots.add(c.unwrap()).unwrap();
+                }
+                let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                    roots.into(),
+                    provider,
+                )
+                .build()
+                .unwrap();
+                builder.with_client_cert_verifier(verifier)
+            }
+        };
+        let config = builder
+            .with_single_cert(vec![cert.der.clone()], cert.key.clone_key())
+            .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let connections = Arc::new(AtomicUsize::new(0));
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let (counted, recorded) = (connections.clone(), requests.clone());
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                counted.fetch_add(1, Ordering::SeqCst);
+                let acceptor = acceptor.clone();
+                let recorded = recorded.clone();
+                tokio::spawn(async move {
+                    let Ok(mut tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let mut pending = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    // At most 100 requests on one connection.
+                    for _ in 0..100 {
+                        let end = loop {
+                            if let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
+                                break end;
+                            }
+                            match tls.read(&mut chunk).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => pending.extend_from_slice(&chunk[..n]),
+                            }
+                        };
+                        let head = String::from_utf8_lossy(&pending[..end]).to_string();
+                        pending.drain(..end + 4);
+                        recorded.lock().unwrap().push(head);
+                        let reply = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+                        if tls.write_all(reply).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        Server {
+            addr,
+            connections,
+            requests,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("https://127.0.0.1:{}/health", self.addr.port())
+    }
+}
+
+async fn get(tls: TlsSettings, url: &str) -> Result<u16, String> {
+    Client::new(tls)
+        .request("GET", url, &[], None, 1024)
+        .await
+        .map(|r| r.status)
+}
+
+#[tokio::test]
+async fn a_server_trusted_through_ca_file_answers() {
+    let pki = Pki::new();
+    let server = Server::start(&pki.issue("ip", &["127.0.0.1"], false, false), None).await;
+    let tls = TlsSettings {
+        ca_file: Some(pki.ca_file()),
+        ..TlsSettings::default()
+    };
+    let response = Client::new(tls)
+        .request("GET", &server.url(), &[("X-Probe", "1")], None, 1024)
+        .await
+        .unwrap();
+    assert_eq!(
+        (response.status, response.body.as_slice()),
+        (200, &b"ok"[..])
+    );
+    let heads = server.requests.lock().unwrap().clone();
+    assert_eq!(heads.len(), 1);
+    assert!(
+        heads[0].starts_with("GET /health HTTP/1.1\r\n"),
+        "{heads:?}"
+    );
+    assert!(heads[0].contains("\r\nX-Probe: 1"), "{heads:?}");
+}
+
+#[tokio::test]
+async fn an_unknown_authority_is_named() {
+    let pki = Pki::new();
+    let server = Server::start(&pki.issue("ip", &["127.0.0.1"], false, false), None).await;
+    let why = get(TlsSettings::default(), &server.url())
+        .await
+        .unwrap_err();
+    assert_eq!(why, "certificate signed by an unknown authority");
+    assert!(server.requests.lock().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn an_expired_certificate_is_named() {
+    let pki = Pki::new();
+    let server = Server::start(&pki.issue("old", &["127.0.0.1"], false, true), None).await;
+    let tls = TlsSettings {
+        ca_file: Some(pki.ca_file()),
+        ..TlsSettings::default()
+    };
+    assert_eq!(
+        get(tls, &server.url()).await.unwrap_err(),
+        "certificate expired"
+    );
+}
+
+#[tokio::test]
+async fn server_name_is_the_name_verified() {
+    let pki = Pki::new();
+    let server = Server::start(&pki.issue("web", &["web.test"], false, false), None).await;
+    let with_name = |name: Option<&str>| TlsSettings {
+        ca_file: Some(pki.ca_file()),
+        server_name: name.map(str::to_string),
+        ..TlsSettings::default()
+    };
+    assert_eq!(
+        get(with_name(Some("web.test")), &server.url()).await,
+        Ok(200)
+    );
+    assert_eq!(
+        get(with_name(Some("api.test")), &server.url())
+            .await
+            .unwrap_err(),
+        "certificate not valid for \"api.test\""
+    );
+    // Without server_name, the URL's host (127.0.0.1) is not in the certificate.
+    assert_eq!(
+        get(with_name(None), &server.url()).await.unwrap_err(),
+        "certificate not valid for \"127.0.0.1\""
+    );
+}
+
+#[tokio::test]
+async fn insecure_accepts_an_untrusted_server() {
+    let pki = Pki::new();
+    let server = Server::start(&pki.issue("web", &["web.test"], false, false), None).await;
+    let tls = TlsSettings {
+        insecure: true,
+        ..TlsSettings::default()
+    };
+    assert_eq!(get(tls, &server.url()).await, Ok(200));
+    assert_eq!(server.requests.lock().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn mutual_tls_with_and_without_a_client_certificate() {
+    let pki = Pki::new();
+    let server_cert = pki.issue("ip", &["127.0.0.1"], false, false);
+    let server = Server::start(&server_cert, Some(&pki.ca_file())).await;
+    let client = pki.issue("client", &["minder.test"], true, false);
+    let with_cert = TlsSettings {
+        ca_file: Some(pki.ca_file()),
+        client_cert: Some(client.cert_file.clone()),
+        client_key: Some(client.key_file.clone()),
+        ..TlsSettings::default()
+    };
+    assert_eq!(get(with_cert, &server.url()).await, Ok(200));
+    let without = TlsSettings {
+        ca_file: Some(pki.ca_file()),
+        ..TlsSettings::default()
+    };
+    assert_eq!(
+        get(without, &server.url()).await.unwrap_err(),
+        "the server wants a client certificate"
+    );
+    // A certificate from another CA is refused by the server.
+    let other_ca = Pki::named("another CA");
+    let other = other_ca.issue("stranger", &["minder.test"], true, false);
+    let stranger = TlsSettings {
+        ca_file: Some(pki.ca_file()),
+        client_cert: Some(other.cert_file.clone()),
+        client_key: Some(other.key_file.clone()),
+        ..TlsSettings::default()
+    };
+    assert_eq!(
+        get(stranger, &server.url()).await.unwrap_err(),
+        "the server refused the client certificate"
+    );
+    assert_eq!(server.requests.lock().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn a_target_keeps_its_connection() {
+    let pki = Pki::new();
+    let server = Server::start(&pki.issue("ip", &["127.0.0.1"], false, false), None).await;
+    let client = Client::new(TlsSettings {
+        ca_file: Some(pki.ca_file()),
+        ..TlsSettings::default()
+    });
+    for _ in 0..5 {
+        let response = client
+            .request("GET", &server.url(), &[], None, 1024)
+            .await
+            .unwrap();
+        assert_eq!(response.status, 200);
+    }
+    assert_eq!(server.requests.lock().unwrap().len(), 5);
+    assert_eq!(server.connections.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn a_connection_the_server_closed_is_replaced_once() {
+    // A plain server that answers one request per connection and then
+    // closes it without saying so (no `Connection: close`).
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/x", listener.local_addr().unwrap());
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let counted = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            counted.fetch_add(1, Ordering::SeqCst);
+            let head = minder::http::read_request_head(&mut tcp).await;
+            if head.is_ok() {
+                let _ = tcp.write_all(b"HTTP/1.1 204 No Content\r\n\r\n").await;
+            }
+            // Dropped: closed after one answer.
+        }
+    });
+    let client = Client::new(TlsSettings::default());
+    for _ in 0..3 {
+        let response = client.request("GET", &url, &[], None, 1024).await.unwrap();
+        assert_eq!(response.status, 204);
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), 3);
+}
+
+#[tokio::test]
+async fn bodies_past_the_bound_are_cut_and_the_connection_kept() {
+    // A plain server on one kept connection: a body by its length, then a
+    // chunked one, both longer than the client's bound.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/", listener.local_addr().unwrap());
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let counted = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            counted.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let page = "x".repeat(3000);
+                let replies = [
+                    format!("HTTP/1.1 200 OK\r\nContent-Length: 3000\r\n\r\n{page}"),
+                    format!(
+                        "HTTP/1.1 503 Busy\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n{:x}\r\n{page}\r\n0\r\n\r\n",
+                        page.len()
+                    ),
+                    "HTTP/1.1 204 No Content\r\n\r\n".to_string(),
+                ];
+                let mut pending = Vec::new();
+                let mut chunk = [0u8; 1024];
+                for reply in replies {
+                    let end = loop {
+                        if let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
+                            break end;
+                        }
+                        match tcp.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => pending.extend_from_slice(&chunk[..n]),
+                        }
+                    };
+                    pending.drain(..end + 4);
+                    if tcp.write_all(reply.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let client = Client::new(TlsSettings::default());
+    let first = client.request("GET", &url, &[], None, 10).await.unwrap();
+    assert_eq!(
+        (first.status, first.body.as_slice()),
+        (200, &b"xxxxxxxxxx"[..])
+    );
+    let second = client.request("GET", &url, &[], None, 10).await.unwrap();
+    assert_eq!(
+        (second.status, second.body.as_slice()),
+        (503, &b"helloxxxxx"[..])
+    );
+    let third = client.request("GET", &url, &[], None, 10).await.unwrap();
+    assert_eq!((third.status, third.body.len()), (204, 0));
+    assert_eq!(accepted.load(Ordering::SeqCst), 1);
+}
