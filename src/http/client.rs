@@ -328,11 +328,18 @@ async fn exchange_on(
     method: &str,
     bound: usize,
 ) -> Result<(Response, bool), Failure> {
-    if let Err(e) = conn.stream.write_all(message).await {
-        return Err(Failure::Stale(describe_tls(&e, "")));
-    }
-    if let Err(e) = conn.stream.flush().await {
-        return Err(Failure::Stale(describe_tls(&e, "")));
+    let written = match conn.stream.write_all(message).await {
+        Ok(()) => conn.stream.flush().await,
+        Err(e) => Err(e),
+    };
+    if let Err(e) = written {
+        // A TLS alert the server sent before closing (it wants a client
+        // certificate) says more than the broken pipe: one read for it.
+        let why = match read_more(conn).await {
+            Err(alert) if alert.contains("certificate") => alert,
+            _ => describe_tls(&e, ""),
+        };
+        return Err(Failure::Stale(why));
     }
     // The head.
     let head_end = loop {
@@ -368,9 +375,10 @@ async fn exchange_on(
     };
     let mut keep =
         !header("connection").is_some_and(|c| c.contains("close")) && !head.starts_with("http/1.0");
-    if status < 200 && status != 101 {
-        // An interim response (100 Continue) before the real one: rare for
-        // these requests; not worth a loop, and the connection is not kept.
+    if status < 200 {
+        // An interim response (100 Continue) before the real one: minder
+        // sends no `Expect`, so a server that does this is odd; its status
+        // is the answer, and the connection is not kept.
         keep = false;
     }
     let no_body =
