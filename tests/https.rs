@@ -402,3 +402,23 @@ async fn bodies_past_the_bound_are_cut_and_the_connection_kept() {
     assert_eq!((third.status, third.body.len()), (204, 0));
     assert_eq!(accepted.load(Ordering::SeqCst), 1);
 }
+
+#[tokio::test]
+async fn a_missing_ca_file_is_named_before_the_server_is_tried() {
+    // Nothing listens on this port once the listener is gone.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("https://{}/", listener.local_addr().unwrap());
+    drop(listener);
+    let tls = TlsSettings {
+        ca_file: Some("/nonexistent/ca.pem".into()),
+        ..TlsSettings::default()
+    };
+    assert_eq!(
+        get(tls, &url).await.unwrap_err(),
+        "ca_file /nonexistent/ca.pem: no such file or directory"
+    );
+    assert_eq!(
+        get(TlsSettings::default(), &url).await.unwrap_err(),
+        "connection refused"
+    );
+}

@@ -251,17 +251,23 @@ impl Client {
     }
 
     async fn connect(&self, target: &Target) -> Result<Conn, String> {
+        // Before connecting: a missing ca_file is the problem to report
+        // whether the server is up or not.
+        let config = if target.https {
+            Some(self.config()?)
+        } else {
+            None
+        };
         let tcp = tokio::net::TcpStream::connect((target.host.as_str(), target.port))
             .await
             .map_err(|e| describe_io(&e))?;
         let _ = tcp.set_nodelay(true);
-        if !target.https {
+        let Some(config) = config else {
             return Ok(Conn {
                 stream: Box::new(tcp),
                 buffer: Vec::new(),
             });
-        }
-        let config = self.config()?;
+        };
         let name = self.tls.server_name.as_deref().unwrap_or(&target.host);
         let server_name = ServerName::try_from(name.to_string())
             .map_err(|_| format!("{name:?} is not a valid TLS server name"))?;
