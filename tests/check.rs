@@ -577,12 +577,6 @@ client_cert = "client.pem"
         diagnostics(&out, &path),
         vec![
             (
-                4,
-                8,
-                "\"http\": https is not supported: health checks talk to local programs over plain http"
-                    .to_string()
-            ),
-            (
                 5,
                 10,
                 "\"status\": malformed status \"200-2x\": \"2x\" is not a code or a range like \"200-299\""

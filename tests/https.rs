@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
+mod common;
+
 use minder::http::{Client, TlsSettings};
 use rcgen::{
     BasicConstraints, Certificate, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa,
@@ -421,4 +423,58 @@ async fn a_missing_ca_file_is_named_before_the_server_is_tried() {
         get(TlsSettings::default(), &url).await.unwrap_err(),
         "connection refused"
     );
+}
+
+/// Through the daemon: an `https://` check trusted through `ca_file` and
+/// verified for `server_name` makes its process healthy on one kept
+/// connection; without the CA the check names the certificate problem.
+#[tokio::test]
+async fn a_daemon_probes_https_on_a_kept_connection_and_names_a_certificate_problem() {
+    let pki = Pki::new();
+    let cert = pki.issue("web", &["web.test"], false, false);
+    let good = Server::start(&cert, None).await;
+    let bad = Server::start(&cert, None).await;
+    let check = |url: &str, tls: &str| {
+        format!(
+            "[program.{{name}}.health]\nhttp = {url:?}\ninterval = \"100ms\"\nstart_period = \"30s\"\n{tls}"
+        )
+    };
+    let body = common::program(
+        "good",
+        &[],
+        &check(
+            &good.url(),
+            &format!(
+                "ca_file = {:?}\nserver_name = \"web.test\"",
+                pki.ca_file().display().to_string()
+            ),
+        )
+        .replace("{name}", "good"),
+    ) + &common::program("bad", &[], &check(&bad.url(), "").replace("{name}", "bad"));
+    // The daemon's harness waits with blocking sleeps: off the runtime's threads.
+    let good_connections = good.connections.clone();
+    let good_requests = good.requests.clone();
+    tokio::task::spawn_blocking(move || {
+        let d = common::Daemon::start(&body);
+        let web = d.wait_state("good", "running");
+        assert_eq!(web.health, "healthy", "{web:?}");
+        d.wait_for("a few probes", common::WAIT, |_| {
+            good_requests.lock().unwrap().len() >= 4
+        });
+        assert_eq!(
+            good_connections.load(Ordering::SeqCst),
+            1,
+            "every probe on one kept connection"
+        );
+        let procs = d.wait_for("the bad check's words", common::WAIT, |procs| {
+            common::find(procs, "bad").is_some_and(|p| {
+                p.description
+                    .contains("certificate signed by an unknown authority")
+            })
+        });
+        let bad = common::get(&procs, "bad");
+        assert_eq!(bad.state, "starting", "{bad:?}");
+    })
+    .await
+    .unwrap();
 }

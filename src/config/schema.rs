@@ -858,10 +858,8 @@ fn read_health(
                     r.error(key_span, format!("\"{key}\" needs an https:// URL"));
                 }
             }
-            Some(("https", _)) => r.error(
-                &span,
-                "\"http\": https is not supported: health checks talk to local programs over plain http",
-            ),
+            // The TLS keys apply; the URL is checked like an http:// one.
+            Some(("https", rest)) if !rest.is_empty() => {}
             _ => r.error(
                 &span,
                 format!("\"http\": {url:?} is not an http:// URL (e.g. \"http://127.0.0.1:8080/health\")"),

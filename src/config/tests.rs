@@ -1339,8 +1339,8 @@ fn health_errors_at_their_position() {
         "5:7: [health] takes exactly one of \"http\", \"tcp\" or \"exec\"",
     );
     assert_error(
-        "[program.web]\ncommand = \"x\"\n[program.web.health]\nhttp = \"https://a/\"\n",
-        "4:8: \"http\": https is not supported: health checks talk to local programs over plain http",
+        "[program.web]\ncommand = \"x\"\n[program.web.health]\nhttp = \"ftp://a/\"\n",
+        "4:8: \"http\": \"ftp://a/\" is not an http:// URL (e.g. \"http://127.0.0.1:8080/health\")",
     );
     assert_error(
         "[program.web]\ncommand = \"x\"\n[program.web.health]\ntcp = \"nohost\"\n",
@@ -2182,60 +2182,43 @@ fn tls_keys_name_missing_files_and_unpaired_client_keys() {
             Err(diags) => diags.iter().map(|d| d.to_string()).collect(),
         }
     };
-    let https = format!(
-        "{}:4:8: \"http\": https is not supported: health checks talk to local programs over plain http",
-        main.display()
-    );
-    // Every TLS key valid, relative paths found next to the config: only
-    // https itself is refused (until the TLS client lands).
+    // Every TLS key valid, relative paths found next to the config.
     assert_eq!(
         errors_of(&format!(
             "ca_file = \"ca.pem\"\nserver_name = \"web.example\"\ninsecure = false\nclient_cert = \"client.pem\"\nclient_key = \"{}\"\n",
             dir.path().join("client.key").display()
         )),
-        vec![https.clone()]
+        Vec::<String>::new()
     );
     assert_eq!(
         errors_of("ca_file = \"missing.pem\"\n"),
-        vec![
-            https.clone(),
-            format!(
-                "{}:5:11: \"ca_file\": {} does not exist",
-                main.display(),
-                dir.path().join("missing.pem").display()
-            )
-        ]
+        vec![format!(
+            "{}:5:11: \"ca_file\": {} does not exist",
+            main.display(),
+            dir.path().join("missing.pem").display()
+        )]
     );
     assert_eq!(
         errors_of("ca_file = \".\"\n"),
-        vec![
-            https.clone(),
-            format!(
-                "{}:5:11: \"ca_file\": {} is a directory",
-                main.display(),
-                dir.path().join(".").display()
-            )
-        ]
+        vec![format!(
+            "{}:5:11: \"ca_file\": {} is a directory",
+            main.display(),
+            dir.path().join(".").display()
+        )]
     );
     assert_eq!(
         errors_of("client_cert = \"client.pem\"\n"),
-        vec![
-            https.clone(),
-            format!(
-                "{}:5:15: \"client_cert\" needs \"client_key\" (its private key) for mutual TLS",
-                main.display()
-            )
-        ]
+        vec![format!(
+            "{}:5:15: \"client_cert\" needs \"client_key\" (its private key) for mutual TLS",
+            main.display()
+        )]
     );
     assert_eq!(
         errors_of("client_key = \"client.key\"\n"),
-        vec![
-            https.clone(),
-            format!(
-                "{}:5:14: \"client_key\" needs \"client_cert\" (its certificate) for mutual TLS",
-                main.display()
-            )
-        ]
+        vec![format!(
+            "{}:5:14: \"client_key\" needs \"client_cert\" (its certificate) for mutual TLS",
+            main.display()
+        )]
     );
     // On a plain URL the TLS keys are refused at the first one.
     let text = "[program.web]\ncommand = \"x\"\n[program.web.health]\nhttp = \"http://a/\"\nca_file = \"ca.pem\"\n";

@@ -7,8 +7,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use crate::config::{HttpProbe, ProbeTarget, BODY_LIMIT};
-use crate::http::describe_io;
+use crate::config::{HttpProbe, ProbeTarget, TlsConfig, BODY_LIMIT};
+use crate::http::{describe_io, Client, TlsSettings};
 use crate::process::{self, Capture, ProcessEnd, Reaper, RunError, SpawnRequest};
 use crate::text::short_duration;
 
@@ -42,15 +42,18 @@ impl Prober {
 
     /// Runs one probe within `timeout`. `exec_like` is the program's spawn
     /// request: an exec probe runs with its user, environment and directory.
+    /// `https` is the client of an `https://` check, kept by its process
+    /// between probes (and with it the connection and its TLS session).
     pub async fn probe(
         &self,
         target: &ProbeTarget,
         timeout: Duration,
         exec_like: &SpawnRequest,
+        https: Option<&Client>,
     ) -> ProbeResult {
         let start = Instant::now();
         let (ok, message) = match target {
-            ProbeTarget::Http(probe) => http(probe, timeout).await,
+            ProbeTarget::Http(probe) => http(probe, timeout, https).await,
             ProbeTarget::Tcp(addr) => tcp(addr, timeout).await,
             ProbeTarget::Exec(argv) => self.exec(argv, timeout, exec_like).await,
         };
@@ -99,15 +102,31 @@ impl Prober {
 /// rather than taken from an HTTP client crate: with 1000 programs probed
 /// every second, a full client spent over 5 % of a core on per-request
 /// machinery (see docs/benchmarks.md).
-async fn http(probe: &HttpProbe, timeout: Duration) -> (bool, String) {
+/// `https://` goes through `https`, the process's own [`Client`], which
+/// keeps the connection between probes so a TLS handshake is not paid every
+/// interval; a certificate problem is the message (`GET https://…:
+/// certificate not valid for "web.test"`).
+async fn http(probe: &HttpProbe, timeout: Duration, https: Option<&Client>) -> (bool, String) {
     let method = probe.method.as_str();
     let url = probe.url.as_str();
     let exchange = async {
-        match &probe.body {
-            None => crate::http::request_with(method, url, &probe.headers, None)
+        match (&probe.body, https) {
+            (_, Some(client)) if url.starts_with("https://") => {
+                let headers: Vec<(&str, &str)> = probe
+                    .headers
+                    .iter()
+                    .map(|(name, value)| (name.as_str(), value.as_str()))
+                    .collect();
+                let bound = if probe.body.is_some() { BODY_LIMIT } else { 0 };
+                client
+                    .request(method, url, &headers, None, bound)
+                    .await
+                    .map(|r| (r.status, probe.body.as_ref().map(|_| r.body)))
+            }
+            (None, _) => crate::http::request_with(method, url, &probe.headers, None)
                 .await
                 .map(|status| (status, None)),
-            Some(_) => crate::http::read_start(method, url, &probe.headers, BODY_LIMIT)
+            (Some(_), _) => crate::http::read_start(method, url, &probe.headers, BODY_LIMIT)
                 .await
                 .map(|(status, body)| (status, Some(body))),
         }
@@ -130,6 +149,17 @@ async fn http(probe: &HttpProbe, timeout: Duration) -> (bool, String) {
             _ => (true, format!("{method} {url}: {status}")),
         },
         Ok(Ok((status, None))) => (true, format!("{method} {url}: {status}")),
+    }
+}
+
+/// The settings of the HTTP client for a check's (or a webhook's) TLS keys.
+pub fn tls_settings(tls: &TlsConfig) -> TlsSettings {
+    TlsSettings {
+        ca_file: tls.ca_file.clone(),
+        server_name: tls.server_name.clone(),
+        insecure: tls.insecure,
+        client_cert: tls.client_cert.clone(),
+        client_key: tls.client_key.clone(),
     }
 }
 

@@ -12,7 +12,7 @@ use tokio::time::sleep_until;
 use super::events::{Action, Cause, Change, Origin, Transition};
 use super::state::{Effect, Event, Failure, Health, Machine, Outcome, Retiring, State, Why};
 use super::watch;
-use crate::config::{ProcessSpec, ProgramConfig};
+use crate::config::{ProbeTarget, ProcessSpec, ProgramConfig};
 use crate::health::{ProbeResult, ProbeStats, Prober};
 use crate::logs::{LogRequest, LogStats, ProcessLogs};
 use crate::mailbox::{Mailbox, SendError};
@@ -243,6 +243,9 @@ pub struct ProcessActor {
     /// The probe in flight and the process it probes; never more than one.
     probe: Option<(Pid, tokio::task::JoinHandle<ProbeResult>)>,
     last_probe: Option<ProbeResult>,
+    /// The client of an `https://` check, kept between probes (and so its
+    /// connection); made at the first, again when its TLS settings change.
+    https: Option<Arc<crate::http::Client>>,
     /// Notify messages from our main process (programs with notify/watchdog only).
     notify: Option<mpsc::Receiver<(Pid, NotifyMessage)>>,
     notify_tx: Option<mpsc::Sender<(Pid, NotifyMessage)>>,
@@ -338,6 +341,7 @@ impl ProcessActor {
             next_probe: None,
             probe: None,
             last_probe: None,
+            https: None,
             notify,
             notify_tx,
             routed: None,
@@ -783,8 +787,26 @@ impl ProcessActor {
         };
         let prober = self.context.prober.clone();
         let timeout = health.timeout;
+        let https = match &target {
+            ProbeTarget::Http(probe) if probe.url.starts_with("https://") => {
+                let tls = crate::health::tls_settings(&probe.tls);
+                match &self.https {
+                    Some(client) if *client.tls() == tls => Some(Arc::clone(client)),
+                    _ => {
+                        let client = Arc::new(crate::http::Client::new(tls));
+                        self.https = Some(Arc::clone(&client));
+                        Some(client)
+                    }
+                }
+            }
+            _ => None,
+        };
         let request = self.spawn_request();
-        let task = tokio::spawn(async move { prober.probe(&target, timeout, &request).await });
+        let task = tokio::spawn(async move {
+            prober
+                .probe(&target, timeout, &request, https.as_deref())
+                .await
+        });
         self.probe = Some((pid, task));
     }
 
