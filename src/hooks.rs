@@ -153,10 +153,20 @@ async fn worker(
     mut queue: mpsc::Receiver<Arc<StateEvent>>,
     context: HookContext,
 ) {
+    // An https:// webhook's client, kept (with its connection) for the
+    // hook's life: one per set of hooks, made again on a reload.
+    let https = match &hook.action {
+        HookAction::Webhook(webhook) if webhook.url.starts_with("https://") => {
+            Some(crate::http::Client::new(webhook.tls.settings()))
+        }
+        _ => None,
+    };
     while let Some(event) = queue.recv().await {
         let result = match &hook.action {
             HookAction::Command(argv) => run_command(&hook, argv, &event, &context.reaper).await,
-            HookAction::Webhook(webhook) => post(webhook, &event, hook.timeout).await,
+            HookAction::Webhook(webhook) => {
+                post(webhook, https.as_ref(), &event, hook.timeout).await
+            }
         };
         let action = describe(&hook.action);
         match result {
@@ -287,7 +297,14 @@ fn signature(secret: &Secret, body: &[u8]) -> String {
 
 /// POSTs the event (signed when the hook has a secret), retrying a failed
 /// attempt with a growing pause. Every attempt sends the same bytes.
-async fn post(webhook: &Webhook, event: &StateEvent, timeout: Duration) -> Result<(), String> {
+/// `https://` goes through `https` (its connection kept between events),
+/// `http://` on a fresh connection each time.
+async fn post(
+    webhook: &Webhook,
+    https: Option<&crate::http::Client>,
+    event: &StateEvent,
+    timeout: Duration,
+) -> Result<(), String> {
     let url = webhook.url.as_str();
     let body = serde_json::to_vec(event).map_err(|e| e.to_string())?;
     let signed = webhook
@@ -301,11 +318,23 @@ async fn post(webhook: &Webhook, event: &StateEvent, timeout: Duration) -> Resul
     let mut pause = WEBHOOK_BACKOFF;
     let mut last = String::new();
     for attempt in 1..=WEBHOOK_ATTEMPTS {
-        let sent = tokio::time::timeout(
-            timeout,
-            crate::http::request_with("POST", url, &headers, Some(("application/json", &body))),
-        )
-        .await;
+        let once = async {
+            let body = Some(("application/json", body.as_slice()));
+            match https {
+                Some(client) => {
+                    let headers: Vec<(&str, &str)> = headers
+                        .iter()
+                        .map(|(name, value)| (name.as_str(), value.as_str()))
+                        .collect();
+                    client
+                        .request("POST", url, &headers, body, 0)
+                        .await
+                        .map(|response| response.status)
+                }
+                None => crate::http::request_with("POST", url, &headers, body).await,
+            }
+        };
+        let sent = tokio::time::timeout(timeout, once).await;
         last = match sent {
             Ok(Ok(status)) if (200..300).contains(&status) => return Ok(()),
             Ok(Ok(status)) => format!("POST {url}: {status}"),
@@ -446,10 +475,16 @@ mod tests {
         let webhook = Webhook {
             url,
             secret: Some(key.clone()),
+            tls: Default::default(),
         };
-        post(&webhook, &event("web", "fatal"), Duration::from_secs(5))
-            .await
-            .expect("delivered on the retry");
+        post(
+            &webhook,
+            None,
+            &event("web", "fatal"),
+            Duration::from_secs(5),
+        )
+        .await
+        .expect("delivered on the retry");
         let requests = server.await.unwrap();
         assert_eq!(requests[0], requests[1], "a retry sends the same bytes");
         let text = String::from_utf8(requests[0].clone()).unwrap();
@@ -468,10 +503,19 @@ mod tests {
     #[tokio::test]
     async fn without_a_secret_nothing_is_signed() {
         let (url, server) = recording_server(vec![200]).await;
-        let webhook = Webhook { url, secret: None };
-        post(&webhook, &event("web", "fatal"), Duration::from_secs(5))
-            .await
-            .expect("delivered");
+        let webhook = Webhook {
+            url,
+            secret: None,
+            tls: Default::default(),
+        };
+        post(
+            &webhook,
+            None,
+            &event("web", "fatal"),
+            Duration::from_secs(5),
+        )
+        .await
+        .expect("delivered");
         let text = String::from_utf8(server.await.unwrap().remove(0)).unwrap();
         assert!(!text.contains("X-Minder-Signature"), "{text}");
     }

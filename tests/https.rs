@@ -150,7 +150,26 @@ impl Server {
                         };
                         let head = String::from_utf8_lossy(&pending[..end]).to_string();
                         pending.drain(..end + 4);
-                        recorded.lock().unwrap().push(head);
+                        // A body (a webhook's POST) is recorded after the head.
+                        let length: usize = head
+                            .lines()
+                            .find_map(|l| {
+                                let (name, value) = l.split_once(':')?;
+                                name.eq_ignore_ascii_case("content-length")
+                                    .then(|| value.trim().parse().ok())?
+                            })
+                            .unwrap_or(0);
+                        while pending.len() < length {
+                            match tls.read(&mut chunk).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => pending.extend_from_slice(&chunk[..n]),
+                            }
+                        }
+                        let body: Vec<u8> = pending.drain(..length).collect();
+                        recorded
+                            .lock()
+                            .unwrap()
+                            .push(format!("{head}\r\n\r\n{}", String::from_utf8_lossy(&body)));
                         let reply = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
                         if tls.write_all(reply).await.is_err() {
                             return;
@@ -477,4 +496,51 @@ async fn a_daemon_probes_https_on_a_kept_connection_and_names_a_certificate_prob
     })
     .await
     .unwrap();
+}
+
+/// An `https://` webhook through the daemon: trusted through `ca_file` for
+/// `server_name`, signed with `secret_file`; the test recomputes the
+/// signature from the body the server received.
+#[tokio::test]
+async fn an_https_webhook_is_delivered_signed() {
+    use hmac::{Hmac, Mac};
+    let pki = Pki::new();
+    let server = Server::start(&pki.issue("hook", &["hooks.test"], false, false), None).await;
+    let secret = pki.dir.path().join("hook.secret");
+    std::fs::write(&secret, "hook key\n").unwrap();
+    std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let hooks = format!(
+        "[[supervisor.hooks]]\non = [\"exited\"]\nwebhook = {:?}\nca_file = {:?}\nserver_name = \"hooks.test\"\nsecret_file = {:?}\n",
+        server.url().replace("/health", "/hook"),
+        pki.ca_file().display().to_string(),
+        secret.display().to_string(),
+    );
+    let body = common::program("once", &["--exit-after", "200"], "restart = \"never\"");
+    let requests = server.requests.clone();
+    let recorded = tokio::task::spawn_blocking(move || {
+        let d = common::Daemon::start(&format!("{body}\n{hooks}"));
+        d.wait_state("once", "exited");
+        d.wait_for("the webhook", common::WAIT, |_| {
+            !requests.lock().unwrap().is_empty()
+        });
+        requests.lock().unwrap()[0].clone()
+    })
+    .await
+    .unwrap();
+    let (head, sent) = recorded.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("POST /hook HTTP/1.1"), "{head}");
+    let signature = head
+        .lines()
+        .find_map(|l| l.strip_prefix("X-Minder-Signature: sha256="))
+        .unwrap_or_else(|| panic!("no signature in {head}"));
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(b"hook key").unwrap();
+    mac.update(sent.as_bytes());
+    let expected: String = mac
+        .finalize()
+        .into_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert_eq!(signature, expected);
+    assert!(sent.contains("\"to\":\"exited\""), "{sent}");
 }

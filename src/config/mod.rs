@@ -111,13 +111,14 @@ pub enum HookAction {
 /// A webhook hook: where its events are POSTed and how they are signed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Webhook {
-    /// The `http://` URL the event is POSTed to.
+    /// The `http://` or `https://` URL the event is POSTed to.
     pub url: String,
     /// `secret_file`'s key: with it, each request carries
     /// `X-Minder-Signature: sha256=<hex HMAC-SHA256 of the body>`.
     pub secret: Option<Secret>,
-    // The TLS settings of an `https://` URL (`ca_file`, `server_name`,
-    // `insecure`, `client_cert` + `client_key`) belong here.
+    /// How an `https://` URL is trusted (`ca_file`, `server_name`,
+    /// `insecure`, `client_cert` + `client_key`).
+    pub tls: TlsConfig,
 }
 
 /// A key read from a file (trailing newlines trimmed, never empty). Its
@@ -444,6 +445,19 @@ pub const RLIMITS: &[RlimitKind] = &[
     rlimit_kind!("sigpending", RLIMIT_SIGPENDING, false),
     rlimit_kind!("stack", RLIMIT_STACK, true),
 ];
+
+impl TlsConfig {
+    /// The HTTP client's settings for these keys.
+    pub fn settings(&self) -> crate::http::TlsSettings {
+        crate::http::TlsSettings {
+            ca_file: self.ca_file.clone(),
+            server_name: self.server_name.clone(),
+            insecure: self.insecure,
+            client_cert: self.client_cert.clone(),
+            client_key: self.client_key.clone(),
+        }
+    }
+}
 
 /// `[program.NAME.register]` (SPEC §5.2). A process is *in* exactly while it
 /// is `running` and its health is `healthy` or `none`.

@@ -173,6 +173,7 @@ fn read_hooks(
         let command = r.get_spanned("command", conv::command);
         let webhook = r.get_spanned("webhook", conv::text);
         let secret_file = r.get_spanned("secret_file", conv::text);
+        let (tls, tls_keys) = read_tls(&mut r, dir);
         let timeout = r.get("timeout", positive_duration).unwrap_or(HOOK_TIMEOUT);
         let on = match on {
             Some((list, _)) if !list.is_empty() => {
@@ -212,17 +213,26 @@ fn read_hooks(
                         "\"secret_file\": only a \"webhook\" hook is signed (a \"command\" hook gets the event on its stdin)",
                     );
                 }
+                if let Some((key, span)) = tls_keys.first() {
+                    r.error(
+                        span,
+                        format!("\"{key}\" applies to an https:// \"webhook\" only"),
+                    );
+                }
                 Some(HookAction::Command(
                     argv.into_iter().map(|(a, _)| a).collect(),
                 ))
             }
             (None, Some((url, span))) => {
-                if url.starts_with("https://") {
-                    r.error(
-                        &span,
-                        "\"webhook\": https is not supported: post to a local relay over http, or use a \"command\" hook (e.g. curl) for https",
-                    );
-                } else if let Err(why) = crate::http::check_url(&url) {
+                let checked = if url.starts_with("https://") {
+                    crate::http::check_client_url(&url)
+                } else {
+                    if let Some((key, key_span)) = tls_keys.first() {
+                        r.error(key_span, format!("\"{key}\" needs an https:// URL"));
+                    }
+                    crate::http::check_url(&url)
+                };
+                if let Err(why) = checked {
                     r.error(
                         &span,
                         format!(
@@ -235,7 +245,7 @@ fn read_hooks(
                         .map_err(|why| r.error(&span, format!("\"secret_file\": {why}")))
                         .ok()
                 });
-                Some(HookAction::Webhook(Box::new(Webhook { url, secret })))
+                Some(HookAction::Webhook(Box::new(Webhook { url, secret, tls })))
             }
             (None, None) => {
                 r.error(
@@ -963,24 +973,13 @@ const FRAMING_HEADERS: &[&str] = &["content-length", "transfer-encoding", "conne
 /// `method`, `headers`, `status`, `body` and the TLS keys of `[health]`.
 fn read_http_options(r: &mut TableReader<'_, '_>, has_port: bool, dir: &Path) -> HttpOptions {
     let mut keys: Vec<(&'static str, Span)> = Vec::new();
-    let mut tls_keys: Vec<(&'static str, Span)> = Vec::new();
     for key in ["method", "headers", "status", "body"] {
         if let Some((span, _)) = r.raw(key) {
             keys.push((key, span));
         }
     }
-    for key in [
-        "ca_file",
-        "server_name",
-        "insecure",
-        "client_cert",
-        "client_key",
-    ] {
-        if let Some((span, _)) = r.raw(key) {
-            keys.push((key, span.clone()));
-            tls_keys.push((key, span));
-        }
-    }
+    let (tls, tls_keys) = read_tls(r, dir);
+    keys.extend(tls_keys.iter().cloned());
     // HTTP methods are case-sensitive (RFC 9110 §9.1): "get" is not GET.
     let method = r.get_spanned("method", conv::one_of(&["GET", "HEAD", "POST"]));
     let method = match method {
@@ -1031,6 +1030,33 @@ fn read_http_options(r: &mut TableReader<'_, '_>, has_port: bool, dir: &Path) ->
     }
     let body = body.map(|(b, _)| b);
 
+    HttpOptions {
+        method,
+        headers,
+        status,
+        body,
+        tls,
+        keys,
+        tls_keys,
+    }
+}
+
+/// The TLS keys of an `https://` check or webhook (SPEC §5.4), files
+/// resolved against `dir` and checked, with the span of each key present
+/// (for "needs an https:// URL").
+fn read_tls(r: &mut TableReader<'_, '_>, dir: &Path) -> (TlsConfig, Vec<(&'static str, Span)>) {
+    let mut present: Vec<(&'static str, Span)> = Vec::new();
+    for key in [
+        "ca_file",
+        "server_name",
+        "insecure",
+        "client_cert",
+        "client_key",
+    ] {
+        if let Some((span, _)) = r.raw(key) {
+            present.push((key, span));
+        }
+    }
     let file = |r: &mut TableReader<'_, '_>, key: &'static str| {
         let (path, span) = r.get_spanned(key, conv::text)?;
         let path = dir.join(path);
@@ -1075,21 +1101,14 @@ fn read_http_options(r: &mut TableReader<'_, '_>, has_port: bool, dir: &Path) ->
         ),
         _ => {}
     }
-    HttpOptions {
-        method,
-        headers,
-        status,
-        body,
-        tls: TlsConfig {
-            ca_file,
-            server_name,
-            insecure,
-            client_cert: client_cert.map(|(p, _)| p),
-            client_key: client_key.map(|(p, _)| p),
-        },
-        keys,
-        tls_keys,
-    }
+    let tls = TlsConfig {
+        ca_file,
+        server_name,
+        insecure,
+        client_cert: client_cert.map(|(p, _)| p),
+        client_key: client_key.map(|(p, _)| p),
+    };
+    (tls, present)
 }
 
 /// Whether `name` is an HTTP token (RFC 9110 §5.6.2), as a header name must be.

@@ -118,6 +118,7 @@ mod tests {
         let hook = super::super::Webhook {
             url: "http://127.0.0.1:1/".into(),
             secret: Some(secret),
+            tls: Default::default(),
         };
         let shown = format!("{hook:?} {hook:#?}");
         assert!(!shown.contains("hunter2"), "{shown}");

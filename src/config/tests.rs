@@ -586,6 +586,7 @@ fn metrics_address_and_hooks_are_read() {
                 action: HookAction::Webhook(Box::new(Webhook {
                     url: "http://127.0.0.1:9000/hook".into(),
                     secret: None,
+                    tls: Default::default(),
                 })),
                 timeout: Duration::from_secs(2),
                 directory: PathBuf::from("/cfg"),
@@ -621,8 +622,12 @@ fn metrics_and_hook_errors_name_the_cause() {
         "4:11: [[supervisor.hooks]] takes one of \"command\" or \"webhook\", not both",
     );
     assert_error(
-        "[[supervisor.hooks]]\non = [\"fatal\"]\nwebhook = \"https://pager.example/x\"\n",
-        "3:11: \"webhook\": https is not supported: post to a local relay over http, or use a \"command\" hook (e.g. curl) for https",
+        "[[supervisor.hooks]]\non = [\"fatal\"]\nwebhook = \"http://127.0.0.1:9/x\"\ninsecure = true\n",
+        "4:1: \"insecure\" needs an https:// URL",
+    );
+    assert_error(
+        "[[supervisor.hooks]]\non = [\"fatal\"]\ncommand = \"x\"\nserver_name = \"a\"\n",
+        "4:1: \"server_name\" applies to an https:// \"webhook\" only",
     );
     assert_error(
         "[[supervisor.hooks]]\non = [\"fatal\"]\ncommand = \"x\"\nprograms = [\"ghost\"]\n",

@@ -7,8 +7,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use crate::config::{HttpProbe, ProbeTarget, TlsConfig, BODY_LIMIT};
-use crate::http::{describe_io, Client, TlsSettings};
+use crate::config::{HttpProbe, ProbeTarget, BODY_LIMIT};
+use crate::http::{describe_io, Client};
 use crate::process::{self, Capture, ProcessEnd, Reaper, RunError, SpawnRequest};
 use crate::text::short_duration;
 
@@ -149,17 +149,6 @@ async fn http(probe: &HttpProbe, timeout: Duration, https: Option<&Client>) -> (
             _ => (true, format!("{method} {url}: {status}")),
         },
         Ok(Ok((status, None))) => (true, format!("{method} {url}: {status}")),
-    }
-}
-
-/// The settings of the HTTP client for a check's (or a webhook's) TLS keys.
-pub fn tls_settings(tls: &TlsConfig) -> TlsSettings {
-    TlsSettings {
-        ca_file: tls.ca_file.clone(),
-        server_name: tls.server_name.clone(),
-        insecure: tls.insecure,
-        client_cert: tls.client_cert.clone(),
-        client_key: tls.client_key.clone(),
     }
 }
 

@@ -789,7 +789,7 @@ impl ProcessActor {
         let timeout = health.timeout;
         let https = match &target {
             ProbeTarget::Http(probe) if probe.url.starts_with("https://") => {
-                let tls = crate::health::tls_settings(&probe.tls);
+                let tls = probe.tls.settings();
                 match &self.https {
                     Some(client) if *client.tls() == tls => Some(Arc::clone(client)),
                     _ => {
