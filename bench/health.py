@@ -4,6 +4,11 @@
 1. CPU cost: 1000 programs, each with an HTTP health check every 1 s against
    one local server (minder-testchild --http, started by this script, not
    supervised). minder's CPU time over a 30 s window, as % of one core.
+   And with --https-programs N (default 100): N programs with an
+   `https://` check every 1 s against one local TLS server (Python's
+   http.server behind ssl, keep-alive, a certificate made with the openssl
+   CLI; `insecure = true`, so the full handshake and encryption but no
+   chain to build): minder keeps one connection per process.
 2. Detection latency: one program serving /health (interval 1 s,
    failure_threshold 3). The bench creates the flag file that turns /health
    into 500 and records CLOCK_MONOTONIC; the child records when SIGTERM (the
@@ -146,6 +151,73 @@ def bench_cpu(binary, child, programs, window):
     }
 
 
+HTTPS_SERVER = r"""
+import http.server, ssl, sys
+class H(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def do_GET(self):
+        self.send_response(200)
+        self.send_header("Content-Length", "2")
+        self.end_headers()
+        self.wfile.write(b"ok")
+    def log_message(self, *a):
+        pass
+server = http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), H)
+context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+context.load_cert_chain(sys.argv[2], sys.argv[3])
+server.socket = context.wrap_socket(server.socket, server_side=True)
+server.serve_forever()
+"""
+
+
+def bench_https_cpu(binary, programs, window):
+    port = free_port()
+    with tempfile.TemporaryDirectory(prefix="minder-bench-https.") as tmp:
+        cert, key = os.path.join(tmp, "cert.pem"), os.path.join(tmp, "key.pem")
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                        "ec_paramgen_curve:prime256v1", "-nodes", "-days", "2",
+                        "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+                        "-keyout", key, "-out", cert], check=True, capture_output=True, timeout=60)
+        server = subprocess.Popen([sys.executable, "-c", HTTPS_SERVER, str(port), cert, key])
+        try:
+            for _ in range(200):
+                try:
+                    socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                    break
+                except OSError:
+                    time.sleep(0.05)
+            body = "".join(
+                f'[program.p{i}]\ncommand = ["/bin/sleep", "3600"]\n'
+                f'[program.p{i}.health]\nhttp = "https://127.0.0.1:{port}/health"\n'
+                f'insecure = true\ninterval = "1s"\ntimeout = "2s"\n\n'
+                for i in range(programs))
+            d = Minder(binary, tmp, body)
+            try:
+                d.wait_for(lambda ps: len(ps) == programs and all(
+                    p["state"] == "running" and p["health"] == "healthy" for p in ps),
+                    120, f"{programs} programs healthy over https")
+                time.sleep(2)  # the handshakes of the start are done
+                before = cpu_seconds(d.proc.pid)
+                time.sleep(window)
+                used = cpu_seconds(d.proc.pid) - before
+                rss = rss_mib(d.proc.pid)
+                procs = d.status()
+                unhealthy = sum(1 for p in procs if p["health"] != "healthy")
+            finally:
+                d.stop()
+        finally:
+            server.send_signal(signal.SIGTERM)
+            server.wait(timeout=10)
+    return {
+        "programs": programs,
+        "window_s": window,
+        "minder_cpu_s": used,
+        "minder_cpu_pct": 100.0 * used / window,
+        "rss_mib": rss,
+        "not_healthy_at_end": unhealthy,
+    }
+
+
 def read_record(path):
     events = []
     try:
@@ -218,10 +290,11 @@ def release_binaries(target_dir):
     return binary, child
 
 
-def write_section(cpu, det, command):
+def write_section(cpu, https, det, command):
     path = os.path.join(ROOT, "docs", "benchmarks.md")
     cpu_ok = "yes" if cpu["minder_cpu_pct"] < 5.0 else "**no**"
     det_ok = "yes" if det["max_s"] <= det["bound_s"] else "**no**"
+    https_ok = "yes" if https["minder_cpu_pct"] < 5.0 else "**no**"
     lat = ", ".join(f"{x:.2f}" for x in det["latencies_s"])
     section = f"""## Health checks
 
@@ -232,6 +305,7 @@ def write_section(cpu, det, command):
 | measurement | minder | target | met |
 |---|---:|---:|---|
 | {cpu['programs']} programs, HTTP check every 1 s: minder CPU | {cpu['minder_cpu_pct']:.2f} % of one core ({cpu['minder_cpu_s']:.2f} s over {cpu['window_s']:.0f} s) | < 5 % | {cpu_ok} |
+| {https['programs']} programs, HTTPS check every 1 s: minder CPU | {https['minder_cpu_pct']:.2f} % of one core ({https['minder_cpu_s']:.2f} s over {https['window_s']:.0f} s) | < 5 % | {https_ok} |
 | detection latency (500 -> restart begins), interval 1 s, threshold 3: worst of {det['rounds']} | {det['max_s']:.2f} s (median {det['median_s']:.2f} s) | <= {det['bound_s']:.1f} s | {det_ok} |
 
 - CPU: {cpu['programs']} `sleep` programs, each probing one local HTTP server
@@ -241,6 +315,13 @@ def write_section(cpu, det, command):
   (no pooling, so a dead server is noticed). CPU is utime+stime of the minder
   process from /proc over the window, after all were healthy. minder's RSS
   during the run: {cpu['rss_mib']:.1f} MiB. Processes not healthy at the end: {cpu['not_healthy_at_end']}.
+- HTTPS: {https['programs']} `sleep` programs probing one local TLS server
+  (Python's `http.server` behind `ssl`, keep-alive, an ECDSA P-256
+  certificate made by `openssl`; `insecure = true`) every 1 s. Each process
+  keeps its connection between probes, so after the first handshake a probe
+  is a request on an open TLS session. minder's RSS during the run:
+  {https['rss_mib']:.1f} MiB (each kept TLS connection holds rustls' state and
+  buffers). Processes not healthy at the end: {https['not_healthy_at_end']}.
 - Detection: the bench creates the flag file that turns `/health` into 500 at a
   random phase of the probe interval and reads the child's own record of when
   SIGTERM arrived. A failure is seen by the first probe after the flag (up to one
@@ -256,19 +337,23 @@ def main():
     ap.add_argument("--programs", type=int, default=1000)
     ap.add_argument("--window", type=float, default=30.0)
     ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--https-programs", type=int, default=100)
     ap.add_argument("--no-write", action="store_true", help="print only; leave docs/benchmarks.md alone")
     args = ap.parse_args()
     binary, child = release_binaries(args.target_dir)
 
     cpu = bench_cpu(binary, child, args.programs, args.window)
     print(json.dumps(cpu, indent=2))
+    https = bench_https_cpu(binary, args.https_programs, args.window)
+    print(json.dumps(https, indent=2))
     det = bench_detection(binary, child, args.rounds)
     print(json.dumps(det, indent=2))
     if not args.no_write:
         command = "python3 bench/health.py" + "".join(
             f" --{k.replace('_', '-')} {v}" for k, v in
-            (("programs", args.programs), ("window", args.window), ("rounds", args.rounds)))
-        write_section(cpu, det, command)
+            (("programs", args.programs), ("https-programs", args.https_programs),
+             ("window", args.window), ("rounds", args.rounds)))
+        write_section(cpu, https, det, command)
 
 
 if __name__ == "__main__":
