@@ -152,6 +152,33 @@ async fn http(probe: &HttpProbe, timeout: Duration, https: Option<&Client>) -> (
     }
 }
 
+/// What an `https://` check keeps between probes: its client, and with it
+/// the connection and its TLS session; made at the first probe, again when
+/// the check's TLS keys change (a reload).
+#[derive(Debug, Default)]
+pub struct KeptClient(Option<Arc<Client>>);
+
+impl KeptClient {
+    /// The client for a probe of `target`; `None` unless it is `https://`.
+    pub fn for_target(&mut self, target: &ProbeTarget) -> Option<Arc<Client>> {
+        let ProbeTarget::Http(probe) = target else {
+            return None;
+        };
+        if !probe.url.starts_with("https://") {
+            return None;
+        }
+        let tls = probe.tls.settings();
+        match &self.0 {
+            Some(client) if *client.tls() == tls => Some(Arc::clone(client)),
+            _ => {
+                let client = Arc::new(Client::new(tls));
+                self.0 = Some(Arc::clone(&client));
+                Some(client)
+            }
+        }
+    }
+}
+
 /// `text` quoted, cut to its first 60 characters: a description stays one
 /// readable line even for a long `body`.
 fn quoted_start(text: &str) -> String {

@@ -12,7 +12,7 @@ use tokio::time::sleep_until;
 use super::events::{Action, Cause, Change, Origin, Transition};
 use super::state::{Effect, Event, Failure, Health, Machine, Outcome, Retiring, State, Why};
 use super::watch;
-use crate::config::{ProbeTarget, ProcessSpec, ProgramConfig};
+use crate::config::{ProcessSpec, ProgramConfig};
 use crate::health::{ProbeResult, ProbeStats, Prober};
 use crate::logs::{LogRequest, LogStats, ProcessLogs};
 use crate::mailbox::{Mailbox, SendError};
@@ -244,8 +244,8 @@ pub struct ProcessActor {
     probe: Option<(Pid, tokio::task::JoinHandle<ProbeResult>)>,
     last_probe: Option<ProbeResult>,
     /// The client of an `https://` check, kept between probes (and so its
-    /// connection); made at the first, again when its TLS settings change.
-    https: Option<Arc<crate::http::Client>>,
+    /// connection).
+    https: crate::health::KeptClient,
     /// Notify messages from our main process (programs with notify/watchdog only).
     notify: Option<mpsc::Receiver<(Pid, NotifyMessage)>>,
     notify_tx: Option<mpsc::Sender<(Pid, NotifyMessage)>>,
@@ -341,7 +341,7 @@ impl ProcessActor {
             next_probe: None,
             probe: None,
             last_probe: None,
-            https: None,
+            https: Default::default(),
             notify,
             notify_tx,
             routed: None,
@@ -787,20 +787,7 @@ impl ProcessActor {
         };
         let prober = self.context.prober.clone();
         let timeout = health.timeout;
-        let https = match &target {
-            ProbeTarget::Http(probe) if probe.url.starts_with("https://") => {
-                let tls = probe.tls.settings();
-                match &self.https {
-                    Some(client) if *client.tls() == tls => Some(Arc::clone(client)),
-                    _ => {
-                        let client = Arc::new(crate::http::Client::new(tls));
-                        self.https = Some(Arc::clone(&client));
-                        Some(client)
-                    }
-                }
-            }
-            _ => None,
-        };
+        let https = self.https.for_target(&target);
         let request = self.spawn_request();
         let task = tokio::spawn(async move {
             prober
