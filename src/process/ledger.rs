@@ -86,7 +86,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
@@ -98,7 +98,7 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 
-use super::reaper::open_pidfd;
+use super::reaper::{open_pidfd, pidfd_send_signal, PIDFD_SIGNAL_PROCESS_GROUP};
 
 /// At most this much of a ledger file is read; the rest is ignored (and
 /// logged). A compacted file holds about 20 bytes per live process.
@@ -121,10 +121,6 @@ const MAX_PROC_SCAN: usize = 1 << 22;
 
 /// A program's command, as reported, is cut to this many characters.
 const MAX_COMMAND_CHARS: usize = 200;
-
-/// `pidfd_send_signal(2)` flag: to the process group the pidfd's process
-/// leads (Linux 6.9; `PIDFD_SIGNAL_PROCESS_GROUP` in `<linux/pidfd.h>`).
-const PIDFD_SIGNAL_PROCESS_GROUP: libc::c_uint = 1 << 2;
 
 /// Where the daemon keeps the ledger of the minder serving `socket`: next
 /// to it, as `<socket>.pids` (`/run/minder/minder.sock.pids`).
@@ -627,28 +623,6 @@ fn wait_for_exits(fds: &[&OwnedFd], gone: &mut [bool], deadline: Instant) {
         if Instant::now() >= deadline {
             return;
         }
-    }
-}
-
-/// `pidfd_send_signal(2)`: to the process the pidfd was opened on (or its
-/// group, with [`PIDFD_SIGNAL_PROCESS_GROUP`]), never to a recycled PID.
-fn pidfd_send_signal(pidfd: &OwnedFd, sig: Signal, flags: libc::c_uint) -> Result<(), Errno> {
-    // SAFETY: the system call reads its four arguments only: an open pidfd
-    // borrowed for the call, a signal number, a null siginfo (the kernel
-    // fills one in as for kill(2)) and flags; it touches no memory of ours.
-    let ret = unsafe {
-        libc::syscall(
-            libc::SYS_pidfd_send_signal,
-            pidfd.as_raw_fd(),
-            sig as libc::c_int,
-            std::ptr::null::<libc::siginfo_t>(),
-            flags,
-        )
-    };
-    if ret < 0 {
-        Err(Errno::last())
-    } else {
-        Ok(())
     }
 }
 

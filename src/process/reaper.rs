@@ -343,7 +343,7 @@ fn is_child_of_minder(pid: Pid) -> bool {
 
 /// `pidfd_send_signal(2)` flag: to the process group the pidfd's process
 /// leads (Linux 6.9).
-const PIDFD_SIGNAL_PROCESS_GROUP: libc::c_uint = 1 << 2;
+pub(super) const PIDFD_SIGNAL_PROCESS_GROUP: libc::c_uint = 1 << 2;
 
 /// `pidfd_send_signal(2)`: to the process the pidfd was opened on, even if
 /// its PID has since been given to another.
