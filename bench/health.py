@@ -110,35 +110,31 @@ def stop_daemon(proc, log):
     log.close()
 
 
-def bench_cpu(binary, child, programs, window):
-    port = free_port()
-    with tempfile.TemporaryDirectory(prefix="minder-bench-health.") as tmp:
-        server = subprocess.Popen([child, "--http", str(port)])
-        try:
-            body = "".join(
-                f'[program.p{i}]\ncommand = ["/bin/sleep", "3600"]\n'
-                f'[program.p{i}.health]\nhttp = "http://127.0.0.1:{port}/health"\n'
-                f'interval = "1s"\ntimeout = "2s"\n\n'
-                for i in range(programs))
-            d = Minder(binary, tmp, body)
-            try:
-                d.wait_for(lambda ps: len(ps) == programs and all(
-                    p["state"] == "running" and p["health"] == "healthy" for p in ps),
-                    120, f"{programs} programs healthy")
-                time.sleep(2)  # let the start-up burst settle before measuring
-                before = cpu_seconds(d.proc.pid)
-                server_before = cpu_seconds(server.pid)
-                time.sleep(window)
-                used = cpu_seconds(d.proc.pid) - before
-                server_used = cpu_seconds(server.pid) - server_before
-                rss = rss_mib(d.proc.pid)
-                procs = d.status()
-                unhealthy = sum(1 for p in procs if p["health"] != "healthy")
-            finally:
-                d.stop()
-        finally:
-            server.send_signal(signal.SIGTERM)
-            server.wait(timeout=10)
+def probing_cpu(binary, tmp, server, url, extra, programs, window):
+    """minder's CPU over `window` with `programs` sleeps checking `url` every
+    second (plus `extra` health keys), once all are healthy; `server` is the
+    probed server's process (its CPU is reported too)."""
+    body = "".join(
+        f'[program.p{i}]\ncommand = ["/bin/sleep", "3600"]\n'
+        f'[program.p{i}.health]\nhttp = "{url}"\n{extra}'
+        f'interval = "1s"\ntimeout = "2s"\n\n'
+        for i in range(programs))
+    d = Minder(binary, tmp, body)
+    try:
+        d.wait_for(lambda ps: len(ps) == programs and all(
+            p["state"] == "running" and p["health"] == "healthy" for p in ps),
+            120, f"{programs} programs healthy on {url}")
+        time.sleep(2)  # let the start-up burst (and its handshakes) settle before measuring
+        before = cpu_seconds(d.proc.pid)
+        server_before = cpu_seconds(server.pid)
+        time.sleep(window)
+        used = cpu_seconds(d.proc.pid) - before
+        server_used = cpu_seconds(server.pid) - server_before
+        rss = rss_mib(d.proc.pid)
+        procs = d.status()
+        unhealthy = sum(1 for p in procs if p["health"] != "healthy")
+    finally:
+        d.stop()
     return {
         "programs": programs,
         "window_s": window,
@@ -149,6 +145,18 @@ def bench_cpu(binary, child, programs, window):
         "rss_mib": rss,
         "not_healthy_at_end": unhealthy,
     }
+
+
+def bench_cpu(binary, child, programs, window):
+    port = free_port()
+    with tempfile.TemporaryDirectory(prefix="minder-bench-health.") as tmp:
+        server = subprocess.Popen([child, "--http", str(port)])
+        try:
+            return probing_cpu(binary, tmp, server, f"http://127.0.0.1:{port}/health", "",
+                               programs, window)
+        finally:
+            server.send_signal(signal.SIGTERM)
+            server.wait(timeout=10)
 
 
 HTTPS_SERVER = r"""
@@ -186,36 +194,11 @@ def bench_https_cpu(binary, programs, window):
                     break
                 except OSError:
                     time.sleep(0.05)
-            body = "".join(
-                f'[program.p{i}]\ncommand = ["/bin/sleep", "3600"]\n'
-                f'[program.p{i}.health]\nhttp = "https://127.0.0.1:{port}/health"\n'
-                f'insecure = true\ninterval = "1s"\ntimeout = "2s"\n\n'
-                for i in range(programs))
-            d = Minder(binary, tmp, body)
-            try:
-                d.wait_for(lambda ps: len(ps) == programs and all(
-                    p["state"] == "running" and p["health"] == "healthy" for p in ps),
-                    120, f"{programs} programs healthy over https")
-                time.sleep(2)  # the handshakes of the start are done
-                before = cpu_seconds(d.proc.pid)
-                time.sleep(window)
-                used = cpu_seconds(d.proc.pid) - before
-                rss = rss_mib(d.proc.pid)
-                procs = d.status()
-                unhealthy = sum(1 for p in procs if p["health"] != "healthy")
-            finally:
-                d.stop()
+            return probing_cpu(binary, tmp, server, f"https://127.0.0.1:{port}/health",
+                               "insecure = true\n", programs, window)
         finally:
             server.send_signal(signal.SIGTERM)
             server.wait(timeout=10)
-    return {
-        "programs": programs,
-        "window_s": window,
-        "minder_cpu_s": used,
-        "minder_cpu_pct": 100.0 * used / window,
-        "rss_mib": rss,
-        "not_healthy_at_end": unhealthy,
-    }
 
 
 def read_record(path):
