@@ -12,9 +12,10 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
 use tracing_appender::non_blocking::WorkerGuard;
+use tracing_subscriber::filter::Targets;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
-use tracing_subscriber::{fmt, EnvFilter, Layer, Registry};
+use tracing_subscriber::{fmt, Layer, Registry};
 
 use crate::config::{LogFormat, SupervisorConfig};
 
@@ -27,8 +28,7 @@ type BoxedLayer = Box<dyn Layer<Registry> + Send + Sync>;
 /// for `minder.log`), keeping `log_files` files. The guard flushes the file
 /// on drop: keep it until exit.
 pub fn init(cfg: &SupervisorConfig) -> Result<Option<WorkerGuard>, String> {
-    let filter =
-        EnvFilter::try_from_env("MINDER_LOG").unwrap_or_else(|_| EnvFilter::new(&cfg.log_level));
+    let (filter, ignored) = filter(std::env::var("MINDER_LOG").ok(), &cfg.log_level);
     let journald = std::env::var_os("JOURNAL_STREAM").is_some();
     let ansi = !journald && std::io::stderr().is_terminal();
     let mut layers: Vec<BoxedLayer> = vec![layer(cfg.log_format, !journald, ansi, std::io::stderr)];
@@ -66,7 +66,30 @@ pub fn init(cfg: &SupervisorConfig) -> Result<Option<WorkerGuard>, String> {
         .with(layers.with_filter(filter))
         .try_init()
         .map_err(|e| format!("installing the log: {e}"))?;
+    if let Some((value, e)) = ignored {
+        tracing::warn!(
+            "MINDER_LOG={value:?} not used ({e}); logging at log_level {:?}",
+            cfg.log_level
+        );
+    }
     Ok(guard)
+}
+
+/// The filter: `MINDER_LOG` when it parses (`debug`, `minder=trace,info`:
+/// targets and levels), else `log_level` (validated with the config). A
+/// `MINDER_LOG` that does not parse is returned with why, to be logged once
+/// the log exists. `Targets` rather than `EnvFilter`: minder's own log needs
+/// no span or field filters, and `EnvFilter` links a regex engine (~0.3 MB of
+/// code, most of it paged in to no use).
+fn filter(env: Option<String>, log_level: &str) -> (Targets, Option<(String, String)>) {
+    let from_config = || log_level.parse::<Targets>().unwrap_or_default();
+    match env {
+        None => (from_config(), None),
+        Some(value) => match value.parse::<Targets>() {
+            Ok(targets) => (targets, None),
+            Err(e) => (from_config(), Some((value, e.to_string()))),
+        },
+    }
 }
 
 fn layer<W>(format: LogFormat, time: bool, ansi: bool, writer: W) -> BoxedLayer
@@ -235,6 +258,25 @@ mod tests {
             current: None,
             failed: None,
         }
+    }
+
+    #[test]
+    fn minder_log_overrides_log_level_and_a_bad_one_is_reported() {
+        use tracing::Level;
+        let (f, ignored) = filter(None, "warn");
+        assert!(f.would_enable("minder", &Level::WARN) && !f.would_enable("minder", &Level::INFO));
+        assert!(ignored.is_none());
+
+        let (f, _) = filter(Some("minder::health=trace,info".into()), "warn");
+        assert!(f.would_enable("minder::health", &Level::TRACE));
+        assert!(f.would_enable("minder::daemon", &Level::INFO));
+        assert!(!f.would_enable("minder::daemon", &Level::DEBUG));
+
+        let (f, ignored) = filter(Some("minder=loud".into()), "error");
+        assert!(f.would_enable("minder", &Level::ERROR) && !f.would_enable("minder", &Level::WARN));
+        let (value, why) = ignored.expect("a bad MINDER_LOG is reported");
+        assert_eq!(value, "minder=loud");
+        assert!(!why.is_empty());
     }
 
     #[test]
