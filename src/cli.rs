@@ -215,7 +215,7 @@ fn fleet(args: &CtlArgs, program: Option<&str>, etcd: Option<&str>) -> ExitCode 
     let defaults = Defaults::for_current_user();
     let config = config::find_config(args.config.as_deref())
         .and_then(|path| config::load(&path, &defaults).ok());
-    let (endpoints, prefix) = fleet_source(config.as_ref(), program, etcd);
+    let (endpoints, tls, prefix) = fleet_source(config.as_ref(), program, etcd);
     if endpoints.is_empty() {
         eprintln!(
             "minder: no etcd to ask: give --etcd URL, or a config (-c FILE) with [program.NAME.register.etcd]"
@@ -226,7 +226,7 @@ fn fleet(args: &CtlArgs, program: Option<&str>, etcd: Option<&str>) -> ExitCode 
         .enable_all()
         .build()
         .map_err(|e| e.to_string())
-        .and_then(|rt| rt.block_on(crate::register::etcd::list(&endpoints, &prefix)));
+        .and_then(|rt| rt.block_on(crate::register::etcd::list(&endpoints, tls, &prefix)));
     let mut entries = match listed {
         Ok(entries) => entries,
         Err(e) => {
@@ -269,13 +269,14 @@ fn fleet(args: &CtlArgs, program: Option<&str>, etcd: Option<&str>) -> ExitCode 
 }
 
 /// Where `ctl fleet` looks: `--etcd URL` or the config's first etcd
-/// endpoints (of PROGRAM if given), and the key prefix to list: the literal
-/// start of the key template, before its first placeholder.
+/// endpoints (of PROGRAM if given), with that etcd's TLS keys (also for an
+/// `https://` `--etcd`), and the key prefix to list: the literal start of
+/// the key template, before its first placeholder.
 fn fleet_source(
     config: Option<&Config>,
     program: Option<&str>,
     etcd: Option<&str>,
-) -> (Vec<String>, String) {
+) -> (Vec<String>, crate::http::TlsSettings, String) {
     let etcd_of = |c: &Config| -> Option<crate::config::EtcdConfig> {
         c.programs
             .iter()
@@ -287,11 +288,15 @@ fn fleet_source(
         .as_ref()
         .map_or(crate::config::DEFAULT_ETCD_KEY, |e| e.key.as_str());
     let prefix = template.split('{').next().unwrap_or_default().to_string();
+    let tls = configured
+        .as_ref()
+        .map(|e| e.tls.settings())
+        .unwrap_or_default();
     let endpoints = match etcd {
         Some(url) => vec![url.trim_end_matches('/').to_string()],
         None => configured.map(|e| e.endpoints).unwrap_or_default(),
     };
-    (endpoints, prefix)
+    (endpoints, tls, prefix)
 }
 
 /// Rows under a header, each column as wide as its widest cell.

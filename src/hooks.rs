@@ -153,20 +153,16 @@ async fn worker(
     mut queue: mpsc::Receiver<Arc<StateEvent>>,
     context: HookContext,
 ) {
-    // An https:// webhook's client, kept (with its connection) for the
-    // hook's life: one per set of hooks, made again on a reload.
-    let https = match &hook.action {
-        HookAction::Webhook(webhook) if webhook.url.starts_with("https://") => {
-            Some(crate::http::Client::new(webhook.tls.settings()))
-        }
-        _ => None,
-    };
+    // A webhook's client, kept (with its connection) for the hook's life:
+    // one per set of hooks, made again on a reload.
+    let client = crate::http::Client::new(match &hook.action {
+        HookAction::Webhook(webhook) => webhook.tls.settings(),
+        HookAction::Command(_) => Default::default(),
+    });
     while let Some(event) = queue.recv().await {
         let result = match &hook.action {
             HookAction::Command(argv) => run_command(&hook, argv, &event, &context.reaper).await,
-            HookAction::Webhook(webhook) => {
-                post(webhook, https.as_ref(), &event, hook.timeout).await
-            }
+            HookAction::Webhook(webhook) => post(webhook, &client, &event, hook.timeout).await,
         };
         let action = describe(&hook.action);
         match result {
@@ -295,13 +291,12 @@ fn signature(secret: &Secret, body: &[u8]) -> String {
     text
 }
 
-/// POSTs the event (signed when the hook has a secret), retrying a failed
-/// attempt with a growing pause. Every attempt sends the same bytes.
-/// `https://` goes through `https` (its connection kept between events),
-/// `http://` on a fresh connection each time.
+/// POSTs the event (signed when the hook has a secret) through the hook's
+/// `client` (its connection kept between events), retrying a failed attempt
+/// with a growing pause. Every attempt sends the same bytes.
 async fn post(
     webhook: &Webhook,
-    https: Option<&crate::http::Client>,
+    client: &crate::http::Client,
     event: &StateEvent,
     timeout: Duration,
 ) -> Result<(), String> {
@@ -311,33 +306,19 @@ async fn post(
         .secret
         .as_ref()
         .map(|secret| signature(secret, &body));
-    let headers: Vec<(String, String)> = signed
-        .into_iter()
-        .map(|value| (SIGNATURE_HEADER.to_string(), value))
+    let headers: Vec<(&str, &str)> = signed
+        .iter()
+        .map(|value| (SIGNATURE_HEADER, value.as_str()))
         .collect();
     let mut pause = WEBHOOK_BACKOFF;
     let mut last = String::new();
     for attempt in 1..=WEBHOOK_ATTEMPTS {
-        let once = async {
-            let body = Some(("application/json", body.as_slice()));
-            match https {
-                Some(client) => {
-                    let headers: Vec<(&str, &str)> = headers
-                        .iter()
-                        .map(|(name, value)| (name.as_str(), value.as_str()))
-                        .collect();
-                    client
-                        .request("POST", url, &headers, body, 0)
-                        .await
-                        .map(|response| response.status)
-                }
-                None => crate::http::request_with("POST", url, &headers, body).await,
-            }
-        };
+        let body = Some(("application/json", body.as_slice()));
+        let once = client.request("POST", url, &headers, body, 0);
         let sent = tokio::time::timeout(timeout, once).await;
         last = match sent {
-            Ok(Ok(status)) if (200..300).contains(&status) => return Ok(()),
-            Ok(Ok(status)) => format!("POST {url}: {status}"),
+            Ok(Ok(response)) if (200..300).contains(&response.status) => return Ok(()),
+            Ok(Ok(response)) => format!("POST {url}: {}", response.status),
             Ok(Err(why)) => format!("POST {url}: {why}"),
             Err(_) => format!(
                 "POST {url}: timed out after {}",
@@ -479,7 +460,7 @@ mod tests {
         };
         post(
             &webhook,
-            None,
+            &crate::http::Client::new(Default::default()),
             &event("web", "fatal"),
             Duration::from_secs(5),
         )
@@ -510,7 +491,7 @@ mod tests {
         };
         post(
             &webhook,
-            None,
+            &crate::http::Client::new(Default::default()),
             &event("web", "fatal"),
             Duration::from_secs(5),
         )

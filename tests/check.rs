@@ -441,6 +441,18 @@ fn check_rejects_malformed_register_tables_at_their_place() {
             "not an http://",
         ),
         (
+            "[program.web.register.etcd]\nendpoints = [\"http://127.0.0.1:2379\"]\ninsecure = true\n",
+            8,
+            1,
+            "\"insecure\" needs an https:// endpoint",
+        ),
+        (
+            "[program.web.register.etcd]\nendpoints = [\"https://127.0.0.1:2379\"]\nclient_cert = \"/etc/passwd\"\n",
+            8,
+            15,
+            "\"client_cert\" needs \"client_key\"",
+        ),
+        (
             "[program.web.register.file]\npath = \"/tmp/up.conf\"\nformat = \"yaml\"\n",
             8,
             10,

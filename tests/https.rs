@@ -4,85 +4,15 @@
 //! connection reuse.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 mod common;
 
+use common::pki::{Issued, Pki};
 use minder::http::{Client, TlsSettings};
-use rcgen::{
-    BasicConstraints, Certificate, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa,
-    KeyPair,
-};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-/// A private CA and what it signed, written as PEM files in a temporary
-/// directory.
-struct Pki {
-    dir: tempfile::TempDir,
-    ca: Certificate,
-    ca_key: KeyPair,
-}
-
-/// A certificate and its key, in DER for a test server and as PEM files for
-/// minder.
-struct Issued {
-    der: CertificateDer<'static>,
-    key: PrivateKeyDer<'static>,
-    cert_file: PathBuf,
-    key_file: PathBuf,
-}
-
-impl Pki {
-    fn new() -> Pki {
-        Pki::named("minder test CA")
-    }
-
-    fn named(name: &str) -> Pki {
-        let dir = tempfile::tempdir().unwrap();
-        let ca_key = KeyPair::generate().unwrap();
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.distinguished_name.push(DnType::CommonName, name);
-        let ca = params.self_signed(&ca_key).unwrap();
-        std::fs::write(dir.path().join("ca.pem"), ca.pem()).unwrap();
-        Pki { dir, ca, ca_key }
-    }
-
-    fn ca_file(&self) -> PathBuf {
-        self.dir.path().join("ca.pem")
-    }
-
-    /// A certificate for `names` (DNS names or IP addresses), for a server or a client.
-    fn issue(&self, file: &str, names: &[&str], client: bool, expired: bool) -> Issued {
-        let key = KeyPair::generate().unwrap();
-        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
-        let mut params = CertificateParams::new(names).unwrap();
-        params.distinguished_name.push(DnType::CommonName, file);
-        params.extended_key_usages = vec![if client {
-            ExtendedKeyUsagePurpose::ClientAuth
-        } else {
-            ExtendedKeyUsagePurpose::ServerAuth
-        }];
-        if expired {
-            params.not_before = rcgen::date_time_ymd(2001, 1, 1);
-            params.not_after = rcgen::date_time_ymd(2002, 1, 1);
-        }
-        let cert = params.signed_by(&key, &self.ca, &self.ca_key).unwrap();
-        let cert_file = self.dir.path().join(format!("{file}.pem"));
-        let key_file = self.dir.path().join(format!("{file}.key"));
-        std::fs::write(&cert_file, cert.pem()).unwrap();
-        std::fs::write(&key_file, key.serialize_pem()).unwrap();
-        Issued {
-            der: cert.der().clone(),
-            key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
-            cert_file,
-            key_file,
-        }
-    }
-}
 
 /// A TLS server on 127.0.0.1 answering every HTTP/1.1 request with `200 ok`
 /// on a kept connection; it counts the connections it accepted and keeps the

@@ -5,9 +5,11 @@ mod common;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use common::etcd::EtcdServer;
+use common::etcd::{EtcdServer, Tls};
 use common::free_port;
-use minder::config::{EtcdConfig, Registration};
+use common::pki::Pki;
+use minder::config::{EtcdConfig, Registration, TlsConfig};
+use minder::http::TlsSettings;
 use minder::register::etcd::{list, Etcd};
 use minder::register::{Applied, Member, Standing};
 use serde_json::{json, Value};
@@ -41,6 +43,7 @@ fn config(endpoints: &[&str], ttl: u64) -> EtcdConfig {
         endpoints: endpoints.iter().map(|e| e.to_string()).collect(),
         key: format!("{PREFIX}{{program}}/{{host}}/{{name}}"),
         ttl: Duration::from_secs(ttl),
+        tls: Default::default(),
     }
 }
 
@@ -105,7 +108,9 @@ async fn wait_list(
     pred: impl Fn(&[Value]) -> bool,
 ) -> Vec<Value> {
     loop {
-        let objects = list(endpoints, PREFIX).await.expect("list");
+        let objects = list(endpoints, TlsSettings::default(), PREFIX)
+            .await
+            .expect("list");
         if pred(&objects) {
             return objects;
         }
@@ -137,7 +142,12 @@ async fn members_in_are_put_on_one_lease_and_the_others_deleted() {
     let lease = stored[0].2;
     assert_ne!(lease, 0, "the key is attached to a lease");
     assert_eq!(
-        list(std::slice::from_ref(&server.url), PREFIX).await,
+        list(
+            std::slice::from_ref(&server.url),
+            TlsSettings::default(),
+            PREFIX
+        )
+        .await,
         Ok(vec![expected(&members[0])])
     );
     assert!(etcd.next_timer().is_some(), "a lease is kept alive");
@@ -259,9 +269,13 @@ async fn a_dead_first_endpoint_fails_over_to_the_second() {
     );
     assert_eq!(server.keys(PREFIX), vec![key(0)]);
     assert_eq!(
-        list(&[dead.clone(), server.url.clone()], PREFIX)
-            .await
-            .map(|v| v.len()),
+        list(
+            &[dead.clone(), server.url.clone()],
+            TlsSettings::default(),
+            PREFIX
+        )
+        .await
+        .map(|v| v.len()),
         Ok(1)
     );
     etcd.close().await;
@@ -296,7 +310,12 @@ async fn all_endpoints_dead_is_an_error_then_everything_is_put_when_etcd_comes()
     }
     assert_eq!(applied[2], ("web:2".to_string(), Ok(())));
     assert_eq!(
-        list(&[dead.clone(), later.clone()], PREFIX).await,
+        list(
+            &[dead.clone(), later.clone()],
+            TlsSettings::default(),
+            PREFIX
+        )
+        .await,
         Err(format!("etcd {later}: connection refused"))
     );
 
@@ -422,4 +441,58 @@ async fn close_is_bounded_when_etcd_hangs() {
     kill(server.pid(), Signal::SIGCONT).expect("SIGCONT etcd");
     assert!(took < Duration::from_millis(1500), "close took {took:?}");
     assert!(etcd.next_timer().is_none());
+}
+
+#[tokio::test]
+async fn over_tls_with_a_client_certificate_keys_are_put_and_listed() {
+    let pki = Pki::new();
+    let served = pki.issue_server_and_client("etcd", &["127.0.0.1"]);
+    let client = pki.issue("minder", &["minder"], true, false);
+    let server = EtcdServer::start_tls(Tls {
+        ca: pki.ca_file(),
+        cert: served.cert_file.clone(),
+        key: served.key_file.clone(),
+        client: (client.cert_file.clone(), client.key_file.clone()),
+    });
+    let trusted = TlsConfig {
+        ca_file: Some(pki.ca_file()),
+        ..TlsConfig::default()
+    };
+    let with_client = TlsConfig {
+        client_cert: Some(client.cert_file.clone()),
+        client_key: Some(client.key_file.clone()),
+        ..trusted.clone()
+    };
+    let members = [member(0, Standing::In)];
+
+    // Without minder's certificate etcd refuses, and the result says why.
+    let mut refused = Etcd::new(EtcdConfig {
+        tls: trusted,
+        ..config(&[&server.url], 10)
+    });
+    let applied = refused.apply(&members).await;
+    let error = format!("{:?}", applied[0].1);
+    assert!(
+        applied[0].1.is_err() && error.contains("certificate"),
+        "{applied:?}"
+    );
+    assert!(server.keys(PREFIX).is_empty());
+
+    let mut etcd = Etcd::new(EtcdConfig {
+        tls: with_client.clone(),
+        ..config(&[&server.url], 10)
+    });
+    assert_all_ok(&etcd.apply(&members).await, &["web:0"]);
+    assert_eq!(server.keys(PREFIX), vec![key(0)]);
+    assert_eq!(
+        list(
+            std::slice::from_ref(&server.url),
+            with_client.settings(),
+            PREFIX
+        )
+        .await,
+        Ok(vec![expected(&members[0])])
+    );
+    etcd.close().await;
+    assert!(server.keys(PREFIX).is_empty(), "close revoked the lease");
 }

@@ -509,12 +509,14 @@ pub struct HaproxyConfig {
 /// `[program.NAME.register.etcd]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EtcdConfig {
-    /// `http://HOST:PORT` of etcd members, tried in order.
+    /// `http://HOST:PORT` or `https://HOST:PORT` of etcd members, tried in order.
     pub endpoints: Vec<String>,
     /// Key template (default `/minder/services/{program}/{host}/{name}`).
     pub key: String,
     /// Lease TTL (at least 2 s, etcd's minimum).
     pub ttl: Duration,
+    /// How `https://` endpoints are trusted, and minder's client certificate.
+    pub tls: TlsConfig,
 }
 
 /// `[program.NAME.register.file]`.

@@ -57,7 +57,7 @@ pub(crate) fn read_register(
         .and_then(|(t, span)| read_haproxy(t, span, has_port, dir));
     let etcd = r
         .table("etcd")
-        .and_then(|(t, span)| read_etcd(t, span, has_port));
+        .and_then(|(t, span)| read_etcd(t, span, has_port, dir));
     let file = r
         .table("file")
         .and_then(|(t, span)| read_file(t, span, has_port, dir));
@@ -141,7 +141,12 @@ fn haproxy_name(v: &Value<'_>, what: &str) -> Result<String, ValueError> {
     }
 }
 
-fn read_etcd(mut r: TableReader<'_, '_>, header: Span, has_port: bool) -> Option<EtcdConfig> {
+fn read_etcd(
+    mut r: TableReader<'_, '_>,
+    header: Span,
+    has_port: bool,
+    dir: &Path,
+) -> Option<EtcdConfig> {
     let endpoints: Option<Vec<String>> = r.get("endpoints", |v| {
         let list = conv::text_list(v)?;
         if list.is_empty() {
@@ -193,24 +198,33 @@ fn read_etcd(mut r: TableReader<'_, '_>, header: Span, has_port: bool) -> Option
             Ok(ttl)
         })
         .unwrap_or(DEFAULT_TTL);
+    let (tls, tls_keys) = super::schema::read_tls(&mut r, dir);
+    let any_https = endpoints
+        .iter()
+        .flatten()
+        .any(|url| url.starts_with("https://"));
+    if let (Some((key, span)), Some(_), false) = (tls_keys.first(), &endpoints, any_https) {
+        // TLS keys with only http:// endpoints would be silently ignored.
+        r.error(span, format!("\"{key}\" needs an https:// endpoint"));
+    }
     r.finish();
     Some(EtcdConfig {
         endpoints: endpoints?,
         key,
         ttl,
+        tls,
     })
 }
 
-/// An etcd client URL: `http://HOST:PORT`, nothing after the port.
+/// An etcd client URL: `http://HOST:PORT` or `https://HOST:PORT`, nothing
+/// after the port.
 fn check_endpoint(url: &str) -> Result<(), String> {
-    if url.starts_with("https://") {
-        return Err(format!(
-            "{url:?}: https is not supported for etcd yet; use its http:// client URL (on loopback or a trusted network)"
-        ));
-    }
     let rest = url
         .strip_prefix("http://")
-        .ok_or_else(|| format!("{url:?} is not an http:// URL (e.g. \"http://127.0.0.1:2379\")"))?;
+        .or_else(|| url.strip_prefix("https://"))
+        .ok_or_else(|| {
+            format!("{url:?} is not an http:// or https:// URL (e.g. \"http://127.0.0.1:2379\")")
+        })?;
     let authority = rest.trim_end_matches('/');
     if authority.contains('/') {
         return Err(format!(
@@ -324,9 +338,7 @@ mod tests {
     fn endpoints() {
         assert_eq!(check_endpoint("http://127.0.0.1:2379"), Ok(()));
         assert_eq!(check_endpoint("http://etcd.example:2379/"), Ok(()));
-        assert!(check_endpoint("https://etcd.example:2379")
-            .unwrap_err()
-            .contains("https is not supported"));
+        assert_eq!(check_endpoint("https://etcd.example:2379"), Ok(()));
         assert!(check_endpoint("127.0.0.1:2379")
             .unwrap_err()
             .contains("not an http://"));

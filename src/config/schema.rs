@@ -224,15 +224,12 @@ fn read_hooks(
                 ))
             }
             (None, Some((url, span))) => {
-                let checked = if url.starts_with("https://") {
-                    crate::http::check_client_url(&url)
-                } else {
+                if !url.starts_with("https://") {
                     if let Some((key, key_span)) = tls_keys.first() {
                         r.error(key_span, format!("\"{key}\" needs an https:// URL"));
                     }
-                    crate::http::check_url(&url)
-                };
-                if let Err(why) = checked {
+                }
+                if let Err(why) = crate::http::check_url(&url) {
                     r.error(
                         &span,
                         format!(
@@ -1044,7 +1041,10 @@ fn read_http_options(r: &mut TableReader<'_, '_>, has_port: bool, dir: &Path) ->
 /// The TLS keys of an `https://` check or webhook (SPEC §5.4), files
 /// resolved against `dir` and checked, with the span of each key present
 /// (for "needs an https:// URL").
-fn read_tls(r: &mut TableReader<'_, '_>, dir: &Path) -> (TlsConfig, Vec<(&'static str, Span)>) {
+pub(super) fn read_tls(
+    r: &mut TableReader<'_, '_>,
+    dir: &Path,
+) -> (TlsConfig, Vec<(&'static str, Span)>) {
     let mut present: Vec<(&'static str, Span)> = Vec::new();
     for key in [
         "ca_file",

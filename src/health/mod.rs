@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::config::{HttpProbe, ProbeTarget, BODY_LIMIT};
-use crate::http::{describe_io, Client};
+use crate::http::{describe_io, Client, Response};
 use crate::process::{self, Capture, ProcessEnd, Reaper, RunError, SpawnRequest};
 use crate::text::short_duration;
 
@@ -93,52 +93,42 @@ impl Prober {
 
 /// `method url` with the probe's headers: healthy iff, within `timeout`,
 /// the status is in `status` and, with `body`, the first [`BODY_LIMIT`]
-/// bytes of the body contain it.
+/// bytes of the body contain it. No redirects followed; no proxy (checks
+/// are local); without `body` the body is never read.
 ///
-/// A probe needs a status line and, at most, the start of the body, so this
-/// is a plain HTTP/1.1 request on a fresh connection (`Connection: close`):
-/// no pooling, so a dead server is noticed; no redirects followed; no proxy
-/// (checks are local); without `body` the body is never read. Written out
-/// rather than taken from an HTTP client crate: with 1000 programs probed
-/// every second, a full client spent over 5 % of a core on per-request
-/// machinery (see docs/benchmarks.md).
-/// `https://` goes through `https`, the process's own [`Client`], which
-/// keeps the connection between probes so a TLS handshake is not paid every
-/// interval; a certificate problem is the message (`GET https://…:
-/// certificate not valid for "web.test"`).
-async fn http(probe: &HttpProbe, timeout: Duration, https: Option<&Client>) -> (bool, String) {
+/// `http://` is a request on a fresh connection (`Connection: close`), as
+/// Kubernetes' HTTP probes do: a server that stopped accepting connections
+/// is noticed, and minder holds no connection per process. `https://` goes
+/// through `kept`, the process's own [`Client`], which keeps the connection
+/// between probes so a TLS handshake is not paid every interval; a
+/// certificate problem is the message (`GET https://…: certificate not
+/// valid for "web.test"`).
+async fn http(probe: &HttpProbe, timeout: Duration, kept: Option<&Client>) -> (bool, String) {
     let method = probe.method.as_str();
     let url = probe.url.as_str();
-    let exchange = async {
-        match (&probe.body, https) {
-            (_, Some(client)) if url.starts_with("https://") => {
-                let headers: Vec<(&str, &str)> = probe
-                    .headers
-                    .iter()
-                    .map(|(name, value)| (name.as_str(), value.as_str()))
-                    .collect();
-                let bound = if probe.body.is_some() { BODY_LIMIT } else { 0 };
-                client
-                    .request(method, url, &headers, None, bound)
-                    .await
-                    .map(|r| (r.status, probe.body.as_ref().map(|_| r.body)))
-            }
-            (None, _) => crate::http::request_with(method, url, &probe.headers, None)
-                .await
-                .map(|status| (status, None)),
-            (Some(_), _) => crate::http::read_start(method, url, &probe.headers, BODY_LIMIT)
-                .await
-                .map(|(status, body)| (status, Some(body))),
+    let fresh;
+    let client = match kept {
+        Some(client) => client,
+        None => {
+            fresh = Client::fresh();
+            &fresh
         }
     };
+    let headers: Vec<(&str, &str)> = probe
+        .headers
+        .iter()
+        .map(|(name, value)| (name.as_str(), value.as_str()))
+        .collect();
+    let bound = if probe.body.is_some() { BODY_LIMIT } else { 0 };
+    let exchange = client.request(method, url, &headers, None, bound);
     match tokio::time::timeout(timeout, exchange).await {
         Err(_) => (false, timed_out(timeout)),
         Ok(Err(why)) => (false, format!("{method} {url}: {why}")),
-        Ok(Ok((status, _))) if !probe.status.contains(status) => (
+        Ok(Ok(Response { status, .. })) if !probe.status.contains(status) => (
             false,
             format!("{method} {url}: {status} (expected {})", probe.status),
         ),
-        Ok(Ok((status, Some(body)))) => match &probe.body {
+        Ok(Ok(Response { status, body })) => match &probe.body {
             Some(needle) if memchr::memmem::find(&body, needle.as_bytes()).is_none() => (
                 false,
                 format!(
@@ -148,7 +138,6 @@ async fn http(probe: &HttpProbe, timeout: Duration, https: Option<&Client>) -> (
             ),
             _ => (true, format!("{method} {url}: {status}")),
         },
-        Ok(Ok((status, None))) => (true, format!("{method} {url}: {status}")),
     }
 }
 

@@ -58,14 +58,20 @@ const MAX_HEAD: usize = 16 * 1024;
 /// connection (a probe wants the status, its server sends a page).
 const MAX_DISCARD: usize = 64 * 1024;
 
+/// Bytes asked of a connection per read.
+const READ_SIZE: usize = 4 * 1024;
+
 /// Idle connections kept by one client (one per scheme, host and port).
 const MAX_IDLE: usize = 8;
 
-/// Requests over `http://` and `https://` with one set of TLS settings,
-/// keeping the connection to each target open between requests (HTTP/1.1
-/// keep-alive). A connection found closed is replaced once by a fresh one.
+/// Requests over `http://` and `https://` with one set of TLS settings.
+/// A [`Client::new`] keeps the connection to each target open between
+/// requests (HTTP/1.1 keep-alive; a connection found closed is replaced once
+/// by a fresh one); a [`Client::fresh`] opens one per request and reads no
+/// more of a response than the caller wants.
 pub struct Client {
     tls: TlsSettings,
+    reuse: bool,
     /// Built at the first `https://` request, from `tls`.
     config: OnceLock<Arc<rustls::ClientConfig>>,
     idle: Mutex<HashMap<Target, Conn>>,
@@ -161,13 +167,26 @@ struct Conn {
 }
 
 impl Client {
-    /// A client with these TLS settings (used for `https://` URLs only).
-    /// Files are read at the first `https://` request.
+    /// A client with these TLS settings (used for `https://` URLs only)
+    /// that keeps connections. Files are read at the first `https://` request.
     pub fn new(tls: TlsSettings) -> Client {
         Client {
             tls,
+            reuse: true,
             config: OnceLock::new(),
             idle: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// A client that sends each request on a connection of its own
+    /// (`Connection: close`) and stops reading once the status and the
+    /// first `bound` bytes of the body are in: a health probe of a plain
+    /// `http://` server, which also shows that the server still accepts
+    /// connections (Kubernetes' HTTP probes do the same).
+    pub fn fresh() -> Client {
+        Client {
+            reuse: false,
+            ..Client::new(TlsSettings::default())
         }
     }
 
@@ -203,10 +222,10 @@ impl Client {
         bound: usize,
     ) -> Result<Response, String> {
         let parsed = parse_url(url)?;
-        let message = request_bytes(method, &parsed, headers, body);
+        let message = request_bytes(method, &parsed, headers, body, self.reuse);
         let reused = self.take_idle(&parsed.target);
         if let Some(mut conn) = reused {
-            match exchange_on(&mut conn, &message, method, bound).await {
+            match exchange_on(&mut conn, &message, method, bound, true).await {
                 Ok((response, keep)) => {
                     if keep {
                         self.put_idle(parsed.target, conn);
@@ -220,7 +239,7 @@ impl Client {
             }
         }
         let mut conn = self.connect(&parsed.target).await?;
-        match exchange_on(&mut conn, &message, method, bound).await {
+        match exchange_on(&mut conn, &message, method, bound, self.reuse).await {
             Ok((response, keep)) => {
                 if keep {
                     self.put_idle(parsed.target, conn);
@@ -232,6 +251,9 @@ impl Client {
     }
 
     fn take_idle(&self, target: &Target) -> Option<Conn> {
+        if !self.reuse {
+            return None;
+        }
         self.idle
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -294,6 +316,7 @@ fn request_bytes(
     url: &Url<'_>,
     headers: &[(&str, &str)],
     body: Option<(&str, &[u8])>,
+    reuse: bool,
 ) -> Vec<u8> {
     let mut head = format!("{method} {} HTTP/1.1\r\n", url.path);
     let has = |name: &str| headers.iter().any(|(h, _)| h.eq_ignore_ascii_case(name));
@@ -312,6 +335,9 @@ fn request_bytes(
     for (name, value) in headers {
         head.push_str(&format!("{name}: {value}\r\n"));
     }
+    if !reuse {
+        head.push_str("Connection: close\r\n");
+    }
     if let Some((content_type, bytes)) = body {
         if !has("content-type") {
             head.push_str(&format!("Content-Type: {content_type}\r\n"));
@@ -327,12 +353,16 @@ fn request_bytes(
 }
 
 /// Writes the request on `conn` and reads one response; `true` with it when
-/// the connection can carry the next request.
+/// the connection can carry the next request. Reading stops at the end of
+/// the response by its own framing, so a server that keeps the connection
+/// open despite `Connection: close` is not waited for; without `reuse`, it
+/// stops once `bound` bytes of the body are in.
 async fn exchange_on(
     conn: &mut Conn,
     message: &[u8],
     method: &str,
     bound: usize,
+    reuse: bool,
 ) -> Result<(Response, bool), Failure> {
     let written = match conn.stream.write_all(message).await {
         Ok(()) => conn.stream.flush().await,
@@ -379,20 +409,29 @@ async fn exchange_on(
             .skip(1)
             .find_map(|l| l.strip_prefix(name)?.strip_prefix(':').map(str::trim))
     };
-    let mut keep =
-        !header("connection").is_some_and(|c| c.contains("close")) && !head.starts_with("http/1.0");
+    let mut keep = reuse
+        && !header("connection").is_some_and(|c| c.contains("close"))
+        && !head.starts_with("http/1.0");
     if status < 200 {
         // An interim response (100 Continue) before the real one: minder
         // sends no `Expect`, so a server that does this is odd; its status
         // is the answer, and the connection is not kept.
         keep = false;
     }
-    let no_body =
-        method == "HEAD" || status == 204 || status == 304 || (100..200).contains(&status);
+    // Bytes of a body past the bound read (and dropped) to keep the connection.
+    let discard = if reuse { MAX_DISCARD } else { 0 };
+    let no_body = method == "HEAD"
+        || status == 204
+        || status == 304
+        || (100..200).contains(&status)
+        || (bound == 0 && !reuse);
     let body = if no_body {
         Vec::new()
     } else if header("transfer-encoding").is_some_and(|t| t.contains("chunked")) {
-        match read_chunked(conn, bound).await.map_err(Failure::Other)? {
+        match read_chunked(conn, bound, discard)
+            .await
+            .map_err(Failure::Other)?
+        {
             (body, true) => body,
             (body, false) => {
                 keep = false;
@@ -405,7 +444,7 @@ async fn exchange_on(
             .map_err(|_| Failure::Other(format!("bad Content-Length {length:?}")))?;
         // Past the bound, a little more is read and dropped so that the
         // connection can be kept; a longer body ends it.
-        let wanted = if length <= bound.saturating_add(MAX_DISCARD) {
+        let wanted = if length <= bound.saturating_add(discard) {
             length
         } else {
             keep = false;
@@ -440,16 +479,23 @@ async fn exchange_on(
         // Bytes past the response: nothing a later request could trust.
         keep = false;
     }
+    // A kept connection waits with an empty buffer, not a grown one.
+    conn.buffer = Vec::new();
     Ok((Response { status, body }, keep))
 }
 
-/// Reads a chunked body, keeping at most `bound` bytes of it; `true` with it
-/// when the whole body was read (the connection can be kept).
-async fn read_chunked(conn: &mut Conn, bound: usize) -> Result<(Vec<u8>, bool), String> {
+/// Reads a chunked body, keeping at most `bound` bytes of it and reading
+/// through at most `discard` more; `true` with it when the whole body was
+/// read (the connection can be kept).
+async fn read_chunked(
+    conn: &mut Conn,
+    bound: usize,
+    discard: usize,
+) -> Result<(Vec<u8>, bool), String> {
     let mut body = Vec::new();
     let mut seen = 0usize;
     // Each turn takes one chunk off the buffer; a body longer than
-    // `bound + MAX_DISCARD` ends the loop.
+    // `bound + discard` ends the loop.
     loop {
         let line_end = loop {
             if let Some(end) = find(&conn.buffer, b"\r\n") {
@@ -483,7 +529,7 @@ async fn read_chunked(conn: &mut Conn, bound: usize) -> Result<(Vec<u8>, bool), 
                 }
             }
         }
-        if seen.saturating_add(size) > bound.saturating_add(MAX_DISCARD) {
+        if seen.saturating_add(size) > bound.saturating_add(discard) {
             // Too long to read through: keep what fits and end the connection.
             let room = bound - body.len();
             while conn.buffer.len() < room.min(size) {
@@ -506,16 +552,15 @@ async fn read_chunked(conn: &mut Conn, bound: usize) -> Result<(Vec<u8>, bool), 
     }
 }
 
-/// Reads what is there into the connection's buffer.
+/// Reads what is there into the connection's buffer (straight into it: a
+/// buffer on the stack would make every future awaiting this one as large,
+/// and a thousand probes in flight hold a thousand of them).
 async fn read_more(conn: &mut Conn) -> Result<usize, String> {
-    let mut chunk = [0u8; 8 * 1024];
-    let n = conn
-        .stream
-        .read(&mut chunk)
+    conn.buffer.reserve(READ_SIZE);
+    conn.stream
+        .read_buf(&mut conn.buffer)
         .await
-        .map_err(|e| describe_tls(&e, ""))?;
-    conn.buffer.extend_from_slice(&chunk[..n]);
-    Ok(n)
+        .map_err(|e| describe_tls(&e, ""))
 }
 
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
@@ -735,6 +780,7 @@ impl ServerCertVerifier for AnyCertificate {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     #[test]
     fn urls_of_both_schemes() {
@@ -771,6 +817,7 @@ mod tests {
             &u,
             &[("Host", "other"), ("X-A", "1")],
             Some(("application/json", b"{}")),
+            true,
         );
         let text = String::from_utf8(m).unwrap();
         assert!(text.starts_with("POST /h HTTP/1.1\r\n"), "{text}");
@@ -804,5 +851,112 @@ mod tests {
             Client::new(tls).prepare().unwrap_err(),
             "ca_file /nonexistent/ca.pem: no such file or directory"
         );
+    }
+    /// A loopback server that writes `reply` to the first connection and
+    /// keeps it open until the client hangs up; the request head it read.
+    async fn serve_once(reply: Vec<u8>) -> (String, tokio::task::JoinHandle<String>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/health", listener.local_addr().unwrap());
+        let server = tokio::spawn(async move {
+            let (mut conn, _) = listener.accept().await.unwrap();
+            let mut head = Vec::new();
+            while find(&head, b"\r\n\r\n").is_none() {
+                let mut byte = [0u8; 1];
+                if conn.read(&mut byte).await.unwrap() == 0 {
+                    break;
+                }
+                head.push(byte[0]);
+            }
+            // The client may hang up before all of it is written.
+            let _ = conn.write_all(&reply).await;
+            // Held open: the client must stop by the reply's framing.
+            let mut rest = [0u8; 64];
+            let _ = conn.read(&mut rest).await;
+            String::from_utf8(head).unwrap()
+        });
+        (url, server)
+    }
+
+    /// `client.request(method, url)` with `bound`, failing after 10 s: a
+    /// client that waits for the close instead of the framing would hang.
+    async fn ask(client: &Client, method: &str, url: &str, bound: usize) -> Response {
+        let body = (method == "POST").then_some(("application/json", &b"{}"[..]));
+        tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            client.request(method, url, &[], body, bound),
+        )
+        .await
+        .expect("the reply's end is noticed by its framing")
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_whole_reply_is_read_by_its_length_or_its_chunks() {
+        for (reply, body) in [
+            (
+                &b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi"[..],
+                &b"hi"[..],
+            ),
+            (
+                b"HTTP/1.1 404 Not Found\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n7;x=y\r\n, world\r\n0\r\nTrailer: a\r\n\r\n",
+                b"hello, world",
+            ),
+            (b"HTTP/1.1 204 No Content\r\n\r\n", b""),
+        ] {
+            for client in [Client::new(TlsSettings::default()), Client::fresh()] {
+                let (url, server) = serve_once(reply.to_vec()).await;
+                let got = ask(&client, "POST", &url, 1024).await;
+                assert_eq!(got.body, body);
+                let head = server.await.unwrap();
+                assert!(head.starts_with("POST /health HTTP/1.1\r\n"), "{head}");
+                assert_eq!(head.contains("Connection: close\r\n"), !client.reuse);
+            }
+        }
+        // Up to the close.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            let (mut conn, _) = listener.accept().await.unwrap();
+            conn.write_all(b"HTTP/1.0 200 OK\r\n\r\nto the end")
+                .await
+                .unwrap();
+        });
+        let got = ask(&Client::fresh(), "GET", &url, 1024).await;
+        assert_eq!((got.status, got.body.as_slice()), (200, &b"to the end"[..]));
+    }
+
+    #[tokio::test]
+    async fn a_fresh_client_reads_the_start_of_a_long_body_and_leaves_the_rest() {
+        let bound = 64 * 1024;
+        let mut text = vec![b'a'; 100 * 1024];
+        text[bound - 2..bound].copy_from_slice(b"ok");
+        text[bound..bound + 6].copy_from_slice(b"beyond");
+        let mut reply =
+            format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", text.len()).into_bytes();
+        reply.extend_from_slice(&text);
+        let (url, _server) = serve_once(reply.clone()).await;
+        let got = ask(&Client::fresh(), "GET", &url, bound).await;
+        assert_eq!((got.status, got.body.len()), (200, bound));
+        assert!(got.body.ends_with(b"ok"));
+
+        // Without a bound the body is not read at all: a reply whose body
+        // never comes is answered by its status.
+        let (url, _server) =
+            serve_once(b"HTTP/1.1 503 Busy\r\nContent-Length: 1000000\r\n\r\nab".to_vec()).await;
+        let got = ask(&Client::fresh(), "GET", &url, 0).await;
+        assert_eq!((got.status, got.body.len()), (503, 0));
+
+        // Chunked, cut inside a chunk.
+        let mut reply = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+        for _ in 0..100 {
+            reply.extend_from_slice(b"400\r\n");
+            reply.extend_from_slice(&[b'b'; 1024]);
+            reply.extend_from_slice(b"\r\n");
+        }
+        reply.extend_from_slice(b"0\r\n\r\n");
+        let (url, _server) = serve_once(reply).await;
+        let got = ask(&Client::fresh(), "GET", &url, bound).await;
+        assert_eq!((got.status, got.body.len()), (200, bound));
+        assert!(got.body.iter().all(|b| *b == b'b'));
     }
 }

@@ -7,10 +7,11 @@
 //! out fields whose value is zero: a keep-alive reply without `TTL` is how a
 //! lost lease shows.
 //!
-//! Spoken with `crate::http::exchange`: plain HTTP/1.1, one request per
-//! connection (a few small calls every `ttl`/3). An HTTP client crate
-//! (reqwest with rustls) did the same first, and grew the binary from 3.6
-//! to 6.2 MB and minder's memory with 1000 programs by 1.5 MiB, etcd
+//! Spoken with minder's own [`Client`] (HTTP/1.1, `http://` or `https://`
+//! with the `[register.etcd]` TLS keys), which keeps the connection to the
+//! member between the few small calls made every `ttl`/3. An HTTP client
+//! crate (reqwest with rustls) did the same first, and grew the binary from
+//! 3.6 to 6.2 MB and minder's memory with 1000 programs by 1.5 MiB, etcd
 //! configured or not (docs/benchmarks.md, "Load balancers").
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -21,6 +22,7 @@ use tokio::time::Instant;
 
 use super::{Applied, Member, Standing};
 use crate::config::EtcdConfig;
+use crate::http::{Client, TlsSettings};
 
 /// Bound of every request, connect included (the backend contract's 1 s).
 const TIMEOUT: Duration = Duration::from_secs(1);
@@ -72,7 +74,7 @@ impl Failure {
 impl Etcd {
     /// A backend for one program; nothing is sent before the first apply.
     pub fn new(config: EtcdConfig) -> Etcd {
-        let gateway = Gateway::new(config.endpoints.clone());
+        let gateway = Gateway::new(config.endpoints.clone(), config.tls.settings());
         Etcd {
             config,
             gateway,
@@ -348,9 +350,13 @@ impl Etcd {
 }
 
 /// The stored objects under `prefix` (`minder ctl fleet`), trying
-/// `endpoints` in order.
-pub async fn list(endpoints: &[String], prefix: &str) -> Result<Vec<Value>, String> {
-    let mut gateway = Gateway::new(endpoints.to_vec());
+/// `endpoints` in order (`https://` ones trusted as `tls` says).
+pub async fn list(
+    endpoints: &[String],
+    tls: TlsSettings,
+    prefix: &str,
+) -> Result<Vec<Value>, String> {
+    let mut gateway = Gateway::new(endpoints.to_vec(), tls);
     let (key, end) = prefix_range(prefix.as_bytes());
     let body = json!({ "key": base64_encode(&key), "range_end": base64_encode(&end) });
     let reply = gateway
@@ -414,6 +420,7 @@ fn prefix_range(prefix: &[u8]) -> (Vec<u8>, Vec<u8>) {
 struct Gateway {
     endpoints: Vec<String>,
     current: usize,
+    client: Client,
 }
 
 /// One endpoint's outcome: an answer ends the failover, `Next` moves on.
@@ -423,10 +430,11 @@ enum Attempt {
 }
 
 impl Gateway {
-    fn new(endpoints: Vec<String>) -> Gateway {
+    fn new(endpoints: Vec<String>, tls: TlsSettings) -> Gateway {
         Gateway {
             endpoints,
             current: 0,
+            client: Client::new(tls),
         }
     }
 
@@ -447,7 +455,7 @@ impl Gateway {
         for i in 0..n {
             let at = (self.current + i) % n;
             let base = self.endpoints[at].trim_end_matches('/').to_string();
-            match attempt(&base, path, &body).await {
+            match attempt(&self.client, &base, path, &body).await {
                 Attempt::Answer(result) => {
                     self.current = at;
                     return result;
@@ -462,16 +470,16 @@ impl Gateway {
 /// Longest reply taken: a `range` of every process of a large fleet fits.
 const REPLY_BOUND: usize = 16 << 20;
 
-async fn attempt(base: &str, path: &str, body: &str) -> Attempt {
+async fn attempt(client: &Client, base: &str, path: &str, body: &str) -> Attempt {
     let url = format!("{base}{path}");
-    let sent = crate::http::exchange(
-        "POST",
-        &url,
-        Some(("application/json", body.as_bytes())),
-        REPLY_BOUND,
-    );
+    let body = Some(("application/json", body.as_bytes()));
+    // One byte past the bound tells a reply that is too long.
+    let sent = client.request("POST", &url, &[], body, REPLY_BOUND + 1);
     let (status, bytes) = match tokio::time::timeout(TIMEOUT, sent).await {
-        Ok(Ok(reply)) => reply,
+        Ok(Ok(reply)) if reply.body.len() > REPLY_BOUND => {
+            return Attempt::Next(format!("reply longer than {REPLY_BOUND} bytes"))
+        }
+        Ok(Ok(reply)) => (reply.status, reply.body),
         Ok(Err(e)) => return Attempt::Next(e),
         Err(_) => return Attempt::Next(format!("no answer within {TIMEOUT:?}")),
     };

@@ -406,7 +406,7 @@ impl Follower {
                 sinks.push(Sink::Haproxy(Haproxy::new(h.clone())));
             }
             if let Some(e) = &register.etcd {
-                sinks.push(Sink::Etcd(Etcd::new(e.clone())));
+                sinks.push(Sink::Etcd(Box::new(Etcd::new(e.clone()))));
             }
             if let (Some(f), Some(path)) = (&register.file, cfg.upstream_file(host)) {
                 sinks.push(Sink::File(UpstreamFile::new(

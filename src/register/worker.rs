@@ -35,7 +35,8 @@ impl Backend {
 /// A backend with its connection state.
 pub(super) enum Sink {
     Haproxy(Haproxy),
-    Etcd(Etcd),
+    // Boxed: its HTTP client (kept connection, TLS settings) is large.
+    Etcd(Box<Etcd>),
     File(UpstreamFile),
 }
 

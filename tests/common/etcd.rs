@@ -16,14 +16,24 @@ use super::{free_port, http_get, POLL};
 /// How long etcd may take to answer after spawn (groundwork: up to 0.92 s).
 const START: Duration = Duration::from_secs(15);
 
+/// TLS on an etcd's client URL: its certificate and key, and the CA that
+/// signed it and the client certificates it requires (`client`, for etcdctl).
+pub struct Tls {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub client: (PathBuf, PathBuf),
+}
+
 /// One etcd member, answering on `url`.
 pub struct EtcdServer {
     child: Child,
+    tls: Option<Tls>,
     /// Where its data and log are.
     pub dir: tempfile::TempDir,
     /// Client port.
     pub port: u16,
-    /// `http://127.0.0.1:PORT`.
+    /// `http://127.0.0.1:PORT` (`https://` with TLS).
     pub url: String,
 }
 
@@ -35,15 +45,36 @@ impl EtcdServer {
 
     /// Starts etcd with its client URL on `port` and waits until it answers.
     pub fn start_on(port: u16) -> EtcdServer {
+        EtcdServer::start_with(port, None)
+    }
+
+    /// Starts etcd on a free port with an `https://` client URL that
+    /// requires a client certificate, and waits until it answers.
+    pub fn start_tls(tls: Tls) -> EtcdServer {
+        EtcdServer::start_with(free_port(), Some(tls))
+    }
+
+    fn start_with(port: u16, tls: Option<Tls>) -> EtcdServer {
         let dir = tempfile::Builder::new()
             .prefix("minder-etcd-")
             .tempdir()
             .expect("creating a temp dir");
         let peer = free_port();
-        let url = format!("http://127.0.0.1:{port}");
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let url = format!("{scheme}://127.0.0.1:{port}");
         let peer_url = format!("http://127.0.0.1:{peer}");
         let log = File::create(dir.path().join("etcd.log")).expect("creating etcd.log");
-        let child = Command::new("etcd")
+        let mut etcd = Command::new("etcd");
+        if let Some(tls) = &tls {
+            etcd.arg("--cert-file")
+                .arg(&tls.cert)
+                .arg("--key-file")
+                .arg(&tls.key)
+                .arg("--trusted-ca-file")
+                .arg(&tls.ca)
+                .arg("--client-cert-auth");
+        }
+        let child = etcd
             .args(["--name", "t", "--data-dir"])
             .arg(dir.path().join("data"))
             .args(["--listen-client-urls", &url])
@@ -58,16 +89,21 @@ impl EtcdServer {
             .expect("spawning `etcd` (Debian package etcd-server): is it installed?");
         let mut server = EtcdServer {
             child,
+            tls,
             dir,
             port,
             url,
         };
         let deadline = Instant::now() + START;
         loop {
-            if let Ok((200, body)) = http_get(port, "/health") {
-                if body.contains("true") {
-                    return server;
+            let healthy = match &server.tls {
+                None => {
+                    matches!(http_get(port, "/health"), Ok((200, body)) if body.contains("true"))
                 }
+                Some(_) => server.etcdctl(&["endpoint", "health"]).status.success(),
+            };
+            if healthy {
+                return server;
             }
             if let Ok(Some(status)) = server.child.try_wait() {
                 panic!("etcd exited at start ({status}):\n{}", server.log());
@@ -95,13 +131,7 @@ impl EtcdServer {
 
     /// Runs `etcdctl` (API v3) against this member; panics unless it exits 0.
     pub fn ctl(&self, args: &[&str]) -> String {
-        let out = Command::new("etcdctl")
-            .env("ETCDCTL_API", "3")
-            .args(["--endpoints", &self.url, "--command-timeout=5s"])
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .expect("running `etcdctl` (Debian package etcd-client): is it installed?");
+        let out = self.etcdctl(args);
         assert!(
             out.status.success(),
             "etcdctl {args:?}: {}\n{}",
@@ -109,6 +139,24 @@ impl EtcdServer {
             String::from_utf8_lossy(&out.stderr)
         );
         String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn etcdctl(&self, args: &[&str]) -> std::process::Output {
+        let mut ctl = Command::new("etcdctl");
+        if let Some(tls) = &self.tls {
+            ctl.arg("--cacert")
+                .arg(&tls.ca)
+                .arg("--cert")
+                .arg(&tls.client.0)
+                .arg("--key")
+                .arg(&tls.client.1);
+        }
+        ctl.env("ETCDCTL_API", "3")
+            .args(["--endpoints", &self.url, "--command-timeout=5s"])
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("running `etcdctl` (Debian package etcd-client): is it installed?")
     }
 
     /// `(key, value, lease)` of every key under `prefix`, from

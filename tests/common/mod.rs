@@ -24,6 +24,7 @@ use serde_json::Value;
 pub mod etcd;
 pub mod haproxy;
 pub mod nginx;
+pub mod pki;
 
 /// The minder binary under test.
 pub const MINDER: &str = env!("CARGO_BIN_EXE_minder");
