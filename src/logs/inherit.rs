@@ -22,6 +22,7 @@
 
 use std::collections::VecDeque;
 use std::io;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Once, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -36,7 +37,7 @@ use super::types::{LogStats, Stream};
 pub(super) const PIECE: usize = PARTIAL_MAX;
 
 /// Most bytes of output kept in memory per inherited stream, for `ctl tail`.
-pub const RECENT_BYTES: usize = 64 * 1024;
+const RECENT_BYTES: usize = 64 * 1024;
 
 /// Most bytes queued for one of minder's streams; beyond, output is dropped.
 /// Room for a burst of several busy programs at once while the writer
@@ -354,32 +355,33 @@ impl Writer {
     /// processes, so the rest still follows at once).
     fn write_all(&self, mut data: &[u8]) -> io::Result<()> {
         use nix::errno::Errno;
+        use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
         while !data.is_empty() {
-            let written = match self.to {
-                Stream::Stdout => nix::unistd::write(io::stdout(), data),
-                Stream::Stderr => nix::unistd::write(io::stderr(), data),
-            };
-            match written {
+            match self.with_fd(|fd| nix::unistd::write(fd, data)) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(n) => data = &data[n..],
                 Err(Errno::EINTR) => {}
                 // Someone made the shared fd non-blocking: wait until it takes more.
-                Err(Errno::EAGAIN) => self.wait_writable(),
+                Err(Errno::EAGAIN) => {
+                    let _ = self.with_fd(|fd| {
+                        poll(
+                            &mut [PollFd::new(fd, PollFlags::POLLOUT)],
+                            PollTimeout::from(1000u16),
+                        )
+                    });
+                }
                 Err(e) => return Err(e.into()),
             }
         }
         Ok(())
     }
 
-    fn wait_writable(&self) {
-        use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-        let (out, err) = (io::stdout(), io::stderr());
-        let fd = match self.to {
-            Stream::Stdout => std::os::fd::AsFd::as_fd(&out),
-            Stream::Stderr => std::os::fd::AsFd::as_fd(&err),
-        };
-        let mut fds = [PollFd::new(fd, PollFlags::POLLOUT)];
-        let _ = poll(&mut fds, PollTimeout::from(1000u16));
+    /// Calls `f` with minder's stream.
+    fn with_fd<R>(&self, f: impl FnOnce(BorrowedFd<'_>) -> R) -> R {
+        match self.to {
+            Stream::Stdout => f(io::stdout().as_fd()),
+            Stream::Stderr => f(io::stderr().as_fd()),
+        }
     }
 
     /// Waits until everything queued is written, or until `deadline`.

@@ -52,7 +52,7 @@ mod tail;
 mod types;
 
 pub use handover::{offer as offer_saved_pipes, quiesce, SavedPipes};
-pub use inherit::{flush_inherited, RECENT_BYTES};
+pub use inherit::flush_inherited;
 pub use pipes::ProcessLogs;
 pub use rotating::{numbered, RotatingFile, Rotation};
 pub use safe::refusal;
