@@ -7,9 +7,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::signal::unix::{signal, SignalKind};
-use tokio::sync::mpsc;
+use tokio::sync::{broadcast, mpsc, watch};
 
 use crate::config::Config;
+use crate::config::OnFatal;
 use crate::control::dispatch::Shared;
 use crate::control::server;
 use crate::health::Prober;
@@ -19,7 +20,8 @@ use crate::notify::{self, NotifyRoutes};
 use crate::process::{cgroup, ledger_path, recover, Ledger, Reaper};
 use crate::reexec;
 use crate::register;
-use crate::supervisor::{Context, Input, Supervisor, INPUT_QUEUE};
+use crate::supervisor::state::State;
+use crate::supervisor::{Change, Context, Input, Phase, Supervisor, Transition, INPUT_QUEUE};
 use crate::systemd::{self, Systemd};
 use nix::sys::signal::Signal;
 use std::os::fd::AsRawFd;
@@ -40,6 +42,10 @@ pub enum DaemonError {
     /// The `metrics` address cannot be bound.
     #[error("metrics {0}: {1}")]
     Metrics(std::net::SocketAddr, std::io::Error),
+    /// A process of a program with `on_fatal = "shutdown"` went fatal:
+    /// everything was stopped.
+    #[error("{0} is fatal (on_fatal = \"shutdown\"); everything is stopped")]
+    Fatal(String),
 }
 
 /// How `minder daemon` was asked to run, beyond its config.
@@ -170,6 +176,13 @@ async fn serve(config: Config, options: Options) -> Result<(), DaemonError> {
             counters,
         },
     );
+    let fatal = Arc::new(std::sync::OnceLock::new());
+    tokio::spawn(shut_down_on_fatal(
+        phase.clone(),
+        transitions.subscribe(),
+        inputs_tx.clone(),
+        Arc::clone(&fatal),
+    ));
     let systemd = tokio::spawn(systemd::run(
         Systemd::from_env(),
         phase.clone(),
@@ -197,6 +210,9 @@ async fn serve(config: Config, options: Options) -> Result<(), DaemonError> {
     if let Some(tree) = &cgroups.cgroups {
         tree.leave(Duration::from_secs(5)).await;
     }
+    // The last lines of inherited streams reach minder's stdout and stderr
+    // (the pipes were emptied by the shutdown), unless nobody reads them.
+    let _ = tokio::task::spawn_blocking(|| crate::logs::flush_inherited(INHERITED_FLUSH)).await;
 
     // Every process is stopped: the balancers hear it (etcd leases revoked).
     registrar.finish(REGISTER_FINISH).await;
@@ -212,8 +228,68 @@ async fn serve(config: Config, options: Options) -> Result<(), DaemonError> {
             tracing::debug!("removing {}: {e}", path.display());
         }
     }
+    if let Some(process) = fatal.get() {
+        return Err(DaemonError::Fatal(process.clone()));
+    }
     tracing::info!("minder exits");
     Ok(())
+}
+
+/// How long minder waits at exit for its stdout and stderr to take the last
+/// lines of inherited streams.
+const INHERITED_FLUSH: Duration = Duration::from_secs(2);
+
+/// `on_fatal = "shutdown"`: when a process of such a program goes `fatal`,
+/// stops everything as SIGTERM does (unless shutdown has begun already) and
+/// records its name in `fatal`, so that minder exits 1.
+async fn shut_down_on_fatal(
+    phase: watch::Receiver<Phase>,
+    mut transitions: broadcast::Receiver<Arc<Transition>>,
+    inputs: mpsc::Sender<Input>,
+    fatal: Arc<std::sync::OnceLock<String>>,
+) {
+    let shuts_down = |program: &str| {
+        let phase = phase.borrow();
+        !phase.stopping
+            && phase
+                .config
+                .program(program)
+                .is_some_and(|p| p.on_fatal == OnFatal::Shutdown)
+    };
+    let process = loop {
+        match transitions.recv().await {
+            Ok(t) => {
+                let to_fatal = matches!(
+                    t.change,
+                    Change::State {
+                        to: State::Fatal,
+                        ..
+                    }
+                );
+                if to_fatal && shuts_down(&t.program) {
+                    break t.process.clone();
+                }
+            }
+            // Some transitions were missed: look at every process instead.
+            Err(broadcast::error::RecvError::Lagged(_)) => {
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                if inputs.send(Input::Snapshot(tx)).await.is_err() {
+                    return;
+                }
+                let Ok(handles) = rx.await else { return };
+                let found = handles
+                    .iter()
+                    .find(|h| h.status().state == State::Fatal && shuts_down(&h.program));
+                if let Some(handle) = found {
+                    break handle.name.clone();
+                }
+            }
+            Err(broadcast::error::RecvError::Closed) => return,
+        }
+    };
+    tracing::error!("{process} is fatal (on_fatal = \"shutdown\"); stopping everything");
+    let _ = fatal.set(process);
+    let _ = inputs.send(Input::Terminate).await;
 }
 
 /// minder's cgroup subtree, entered, with what a predecessor that died left

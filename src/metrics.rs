@@ -237,12 +237,12 @@ impl Collector for Snapshot {
         for (metric, help, pick) in [
             (
                 "minder_log_bytes",
-                "Captured output written to the log files.",
+                "Captured output written to the log files (inherited streams: to minder's stdout or stderr, prefixes included).",
                 0,
             ),
             (
                 "minder_log_dropped_bytes",
-                "Captured output lost because the log file could not be written.",
+                "Captured output lost because the log file (inherited streams: minder's stdout or stderr) could not take it.",
                 1,
             ),
         ] {

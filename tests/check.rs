@@ -611,3 +611,46 @@ client_cert = "client.pem"
         "{out:?}"
     );
 }
+
+#[test]
+fn check_accepts_the_container_keys() {
+    let dir = tmp();
+    let path = write(
+        dir.path(),
+        "minder.toml",
+        r#"
+[program.web]
+command = ["/bin/sleep", "1000"]
+instances = 2
+on_fatal = "shutdown"
+
+[program.web.logs]
+stdout = "inherit"
+stderr = "inherit"
+prefix = true
+
+[program.worker]
+command = ["/bin/sleep", "1000"]
+on_fatal = "stay"
+
+[program.worker.logs]
+stdout = "inherit"
+stderr = "stdout"
+prefix = false
+"#,
+    );
+    let out = check(&path);
+    assert_eq!(out.code, 0, "container keys rejected: {out:?}");
+}
+
+#[test]
+fn check_rejects_bad_container_keys_at_their_place() {
+    assert_check_fails(
+        "[program.a]\ncommand = [\"/bin/true\"]\non_fatal = \"exit\"\n[program.a.logs]\nstdout = \"inherit\"\nprefix = \"yes\"\n[program.b]\ncommand = [\"/bin/true\"]\n[program.b.logs]\nprefix = false\n",
+        &[
+            (3, 12, "\"on_fatal\": unknown value \"exit\" (expected one of \"stay\", \"shutdown\")"),
+            (6, 10, "\"prefix\": expected true or false, found string"),
+            (10, 10, "\"prefix\" applies to inherited streams only (stdout or stderr = \"inherit\")"),
+        ],
+    );
+}

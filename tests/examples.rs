@@ -209,3 +209,58 @@ fn web_behind_balancers_serves_through_nginx_and_haproxy() {
     }
     d.shutdown();
 }
+
+#[test]
+fn container_example_runs_with_every_line_on_minders_stdout_and_stderr() {
+    require("python3", "--version");
+    require("nginx", "-v");
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("etc/examples/container");
+    // The image is not built here; what it runs is this directory, as it is.
+    let dockerfile = fs::read_to_string(example.join("Dockerfile")).unwrap();
+    assert!(
+        dockerfile.contains("COPY etc/examples/container/ /srv/app/")
+            && dockerfile.contains("\"daemon\", \"-c\", \"/srv/app/minder.toml\"]"),
+        "{dockerfile}"
+    );
+    let tmp = tempfile::Builder::new()
+        .prefix("minder-example.")
+        .tempdir()
+        .unwrap();
+    let dir = tmp.path().join("container");
+    let (port, base) = (free_port(), free_ports(2));
+    let replace = [
+        // Loopback only in tests (the image listens on every address).
+        ("0.0.0.0:8080".to_string(), format!("127.0.0.1:{port}")),
+        ("9001".to_string(), base.to_string()),
+        ("9002".to_string(), (base + 1).to_string()),
+    ];
+    copy_rewritten(&example, &dir, &replace);
+    let config = dir.join("minder.toml");
+    let check = run_minder(&["check", "-c", &config.display().to_string()]);
+    assert_eq!(check.code, 0, "minder check: {check:?}");
+
+    let mut d = ExampleDaemon::start(&dir);
+    eventually("nginx and both workers running", UP, || {
+        d.processes()
+            .is_some_and(|ps| ps.len() == 3 && ps.iter().all(|p| p["state"] == "running"))
+    });
+    eventually(
+        "nginx answers 200",
+        UP,
+        || matches!(http_get(port, "/"), Ok((200, body)) if body.contains("minder container example")),
+    );
+    // Both sides of the request, on minder's own output, prefixed.
+    eventually("the access log and a worker's request log", UP, || {
+        let log = fs::read_to_string(&d.log).unwrap_or_default();
+        log.lines()
+            .any(|l| l.starts_with("nginx | ") && l.contains("\"GET / HTTP/1.1\" 200"))
+            && log
+                .lines()
+                .any(|l| l.starts_with("worker:") && l.contains("\"GET / HTTP/1.0\" 200"))
+    });
+    assert!(
+        !dir.join("run/logs").exists(),
+        "log files were written: every stream is inherited"
+    );
+    d.shutdown();
+}

@@ -178,6 +178,9 @@ pub enum LogTarget {
     Discard,
     /// stderr only: into the stdout pipe, so both streams keep their order.
     Stdout,
+    /// minder's own stream of the same name (its stdout for stdout, its
+    /// stderr for stderr), whole lines, prefixed `NAME | ` unless `prefix = false`.
+    Inherit,
 }
 
 /// `[program.*.logs]`: capture and size rotation of a program's output.
@@ -193,6 +196,8 @@ pub struct LogsConfig {
     pub backups: u32,
     /// Prefix each line with an RFC 3339 time.
     pub timestamps: bool,
+    /// Inherited streams: prefix each line with `NAME | `.
+    pub prefix: bool,
 }
 
 impl Default for LogsConfig {
@@ -209,6 +214,7 @@ impl Default for LogsConfig {
             max_size: 50_000_000,
             backups: 10,
             timestamps: false,
+            prefix: true,
         }
     }
 }
@@ -223,6 +229,8 @@ pub enum LogDest {
     Discard,
     /// Merged into stdout (stderr only).
     Stdout,
+    /// minder's own stdout or stderr (the stream of the same name).
+    Inherit,
 }
 
 /// What to do when a process ends.
@@ -234,6 +242,15 @@ pub enum RestartPolicy {
     OnFailure,
     /// Never restart.
     Never,
+}
+
+/// What a process going `fatal` leads to (`on_fatal`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnFatal {
+    /// It stays `fatal`; everything else runs on.
+    Stay,
+    /// minder stops everything, in order, and exits 1.
+    Shutdown,
 }
 
 /// `[program.*.backoff]`: how restarts are spaced.
@@ -311,6 +328,8 @@ pub struct ProgramConfig {
     pub depends_on: Vec<String>,
     /// Restart spacing.
     pub backoff: BackoffConfig,
+    /// What its processes going `fatal` leads to.
+    pub on_fatal: OnFatal,
     /// Output capture and rotation.
     pub logs: LogsConfig,
     /// `[program.NAME.health]`: the probe that decides readiness and liveness.
@@ -948,6 +967,7 @@ fn log_dest(target: &LogTarget, vars: &placeholder::Vars<'_>) -> LogDest {
         }
         LogTarget::Discard => LogDest::Discard,
         LogTarget::Stdout => LogDest::Stdout,
+        LogTarget::Inherit => LogDest::Inherit,
     }
 }
 

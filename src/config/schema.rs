@@ -12,8 +12,8 @@ use super::reader::{conv, TableReader, Value, ValueError};
 use super::Defaults;
 use super::{
     placeholder, BackoffConfig, HealthConfig, HttpMethod, HttpProbe, ListenAddress, LogFormat,
-    LogTarget, LogsConfig, OnUnhealthy, ProbeTarget, ProgramConfig, Resources, RestartPolicy,
-    Rlimit, RlimitKind, StatusSet, SupervisorConfig, TlsConfig, BODY_LIMIT, RLIMITS,
+    LogTarget, LogsConfig, OnFatal, OnUnhealthy, ProbeTarget, ProgramConfig, Resources,
+    RestartPolicy, Rlimit, RlimitKind, StatusSet, SupervisorConfig, TlsConfig, BODY_LIMIT, RLIMITS,
 };
 use super::{HookAction, HookConfig, Webhook};
 
@@ -514,6 +514,10 @@ pub(crate) fn read_program(
         port: port.map(|(p, _)| p),
         depends_on: depends_on.iter().map(|(d, _)| d.clone()).collect(),
         backoff,
+        on_fatal: match r.get("on_fatal", conv::one_of(&["stay", "shutdown"])) {
+            Some(1) => OnFatal::Shutdown,
+            _ => OnFatal::Stay,
+        },
         logs,
         health,
         notify: r.get("notify", conv::boolean).unwrap_or(false),
@@ -1283,6 +1287,17 @@ fn read_logs(
         stdout.as_ref().map(|(_, s)| s.clone()),
         stderr.as_ref().map(|(_, s)| s.clone()),
     ];
+    let prefix = r.get_spanned("prefix", conv::boolean);
+    // stderr = "stdout" goes wherever stdout goes.
+    let inherits = [&stdout, &stderr]
+        .iter()
+        .any(|t| matches!(t, Some((LogTarget::Inherit, _))));
+    if let (Some((_, span)), false) = (&prefix, inherits) {
+        r.error(
+            span,
+            "\"prefix\" applies to inherited streams only (stdout or stderr = \"inherit\")",
+        );
+    }
     let logs = LogsConfig {
         stdout: stdout.map(|(t, _)| t).unwrap_or(d.stdout),
         stderr: stderr.map(|(t, _)| t).unwrap_or(d.stderr),
@@ -1291,16 +1306,18 @@ fn read_logs(
             .get("backups", conv::int_in::<u32>(0, MAX_BACKUPS))
             .unwrap_or(d.backups),
         timestamps: r.get("timestamps", conv::boolean).unwrap_or(d.timestamps),
+        prefix: prefix.map_or(d.prefix, |(p, _)| p),
     };
     r.finish();
     (logs, spans)
 }
 
-/// `stdout`/`stderr`: a file name, `"none"`, or (stderr only) `"stdout"`.
+/// `stdout`/`stderr`: a file name, `"none"`, `"inherit"`, or (stderr only) `"stdout"`.
 fn log_target(v: &Value<'_>, is_stderr: bool) -> Result<LogTarget, ValueError> {
     let s = conv::text(v)?;
     Ok(match s.as_str() {
         "none" => LogTarget::Discard,
+        "inherit" => LogTarget::Inherit,
         "stdout" if is_stderr => LogTarget::Stdout,
         _ if s.ends_with('/') => {
             return Err(ValueError::invalid(

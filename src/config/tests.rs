@@ -1145,8 +1145,10 @@ fn log_defaults() {
             max_size: 50_000_000,
             backups: 10,
             timestamps: false,
+            prefix: true,
         }
     );
+    assert_eq!(p.on_fatal, OnFatal::Stay);
     let specs = p.processes();
     assert_eq!(
         specs[1].stdout_log,
@@ -1193,6 +1195,24 @@ fn log_keys_are_read() {
         quiet.stderr_log,
         LogDest::File(Path::new("/var/log/q.err").into())
     );
+}
+
+#[test]
+fn inherit_prefix_and_on_fatal_are_read() {
+    let c = parse(
+        "[program.web]\ncommand = \"x\"\non_fatal = \"shutdown\"\n\
+         [program.web.logs]\nstdout = \"inherit\"\nstderr = \"inherit\"\nprefix = false\n\
+         [program.job]\ncommand = \"x\"\n[program.job.logs]\nstdout = \"inherit\"\nstderr = \"stdout\"\n",
+    );
+    let web = c.program("web").expect("web");
+    assert_eq!(web.on_fatal, OnFatal::Shutdown);
+    assert!(!web.logs.prefix);
+    let spec = &web.processes()[0];
+    assert_eq!(spec.stdout_log, LogDest::Inherit);
+    assert_eq!(spec.stderr_log, LogDest::Inherit);
+    let job = c.program("job").expect("job");
+    assert!(job.logs.prefix);
+    assert_eq!(job.processes()[0].stderr_log, LogDest::Stdout);
 }
 
 #[test]

@@ -149,8 +149,9 @@ impl Job {
     /// near the rotation bound) read and written.
     pub(super) fn run(&mut self) -> BurstEnd {
         let started = Instant::now();
-        // Timestamps and `tail -f` followers need the bytes in userspace.
-        let mut splicing = !self.sink.stamps() && self.followers.is_empty();
+        // Timestamps, inherited streams and `tail -f` followers need the
+        // bytes in userspace.
+        let mut splicing = self.sink.splices() && self.followers.is_empty();
         loop {
             let step = if splicing {
                 self.splice()
@@ -194,7 +195,10 @@ impl Job {
     /// would hold the pipe's lock during the file write, so the child could
     /// not write meanwhile.
     fn splice(&mut self) -> Spliced {
-        let room = match self.sink.file.splice_room() {
+        let Some(file) = self.sink.file() else {
+            return Spliced::NotNow;
+        };
+        let room = match file.splice_room() {
             Ok(Some(room)) => room,
             Ok(None) => return Spliced::NotNow,
             Err(_) => return Spliced::Failed(0),
@@ -202,7 +206,7 @@ impl Job {
         // Up to the next multiple of SPLICE_CHUNK in the file: the page
         // cache then gets whole, aligned folios of that size (splicing off
         // that grid, e.g. after a rotation, cost a tenth more CPU).
-        let to_grid = SPLICE_CHUNK - (self.sink.file.size() % SPLICE_CHUNK as u64) as usize;
+        let to_grid = SPLICE_CHUNK - (file.size() % SPLICE_CHUNK as u64) as usize;
         let len = usize::try_from(room).map_or(to_grid, |room| room.min(to_grid));
         RELAY.with_borrow_mut(|slot| {
             if slot.is_none() {
@@ -267,7 +271,11 @@ impl Job {
         let mut left = n;
         let mut failed = false;
         while left > 0 {
-            match self.sink.file.splice_from(relay.read.as_fd(), left) {
+            let spliced = match self.sink.file() {
+                Some(file) => file.splice_from(relay.read.as_fd(), left),
+                None => Ok(0),
+            };
+            match spliced {
                 Ok(0) => {
                     failed = true;
                     break;
@@ -379,7 +387,7 @@ fn enlarge_pipe(pipe: &OwnedFd) {
 #[cfg(test)]
 mod tests {
     use super::super::rotating::{numbered, RotatingFile, Rotation, SPLICE_MARGIN};
-    use super::super::sink::Common;
+    use super::super::sink::{Common, Out};
     use super::super::types::Stream;
     use super::*;
     use std::fs;
@@ -392,10 +400,11 @@ mod tests {
             name: Arc::from("x"),
             rotation,
             timestamps,
+            prefix: false,
             stats: Arc::default(),
         };
         let file = RotatingFile::new(path, rotation);
-        let sink = Box::new(Sink::new(&common, Stream::Stdout, file));
+        let sink = Box::new(Sink::new(&common, Stream::Stdout, Out::File(file)));
         Job::new(fd, sink, Vec::new(), Vec::new(), false)
     }
 

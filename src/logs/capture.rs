@@ -25,8 +25,9 @@ use tokio::sync::oneshot;
 use super::burst::{BurstEnd, Job};
 use super::dormant;
 use super::handover;
+use super::inherit::{Framer, Recent};
 use super::rotating::RotatingFile;
-use super::sink::{Common, Follower, Sink};
+use super::sink::{Common, Follower, Out, Sink};
 use super::tail;
 use super::types::{Stream, TailReply};
 use crate::mailbox::Mailbox;
@@ -73,13 +74,21 @@ pub(super) enum StreamRequest {
     },
 }
 
+/// Where a captured stream goes.
+pub(super) enum Target {
+    /// Its log file (at this path).
+    File(Arc<Path>),
+    /// minder's own stream of the same name; what `tail` shows is kept here.
+    Inherit(Arc<Recent>),
+}
+
 /// The task reading one pipe.
 pub(super) struct Capture {
     /// The read end, registered with the runtime while the task waits for
     /// it; lent to the blocking pool (unregistered) during a burst.
     pipe: Option<AsyncFd<OwnedFd>>,
-    /// The log file's path.
-    path: Arc<Path>,
+    /// The log file, or minder's own stream.
+    target: Target,
     /// Settings shared by the process's streams.
     common: Arc<Common>,
     /// The file side, made at the first write (idle streams hold none); lent
@@ -109,12 +118,12 @@ impl dormant::Sleeper for Capture {
 }
 
 impl Capture {
-    /// The capture of `stream` into `path`, known as `id` in the dormant set;
-    /// it gets its read end when started.
-    pub(super) fn new(stream: Stream, path: Arc<Path>, common: Arc<Common>, id: u64) -> Capture {
+    /// The capture of `stream` into `target`, known as `id` in the dormant
+    /// set; it gets its read end when started.
+    pub(super) fn new(stream: Stream, target: Target, common: Arc<Common>, id: u64) -> Capture {
         Capture {
             pipe: None,
-            path,
+            target,
             common,
             sink: None,
             requests: Arc::new(Mailbox::new(REQUEST_QUEUE)),
@@ -213,8 +222,15 @@ impl Capture {
     /// The sink, made now if this is the first use.
     fn take_sink(&mut self) -> Box<Sink> {
         self.sink.take().unwrap_or_else(|| {
-            let file = RotatingFile::new(self.path.to_path_buf(), self.common.rotation);
-            Box::new(Sink::new(&self.common, self.stream, file))
+            let out = match &self.target {
+                Target::File(path) => {
+                    Out::File(RotatingFile::new(path.to_path_buf(), self.common.rotation))
+                }
+                Target::Inherit(recent) => {
+                    Out::Inherit(Framer::new(&self.common, self.stream, Arc::clone(recent)))
+                }
+            };
+            Box::new(Sink::new(&self.common, self.stream, out))
         })
     }
 
@@ -289,16 +305,22 @@ impl Capture {
                 follow,
                 reply,
             } => {
-                let path = self.path.to_path_buf();
                 let pending = self
                     .sink
                     .as_ref()
                     .map(|s| s.unwritten())
                     .unwrap_or_default();
-                let text =
-                    tokio::task::spawn_blocking(move || tail::last_lines(&path, lines, &pending))
+                let text = match &self.target {
+                    Target::File(path) => {
+                        let path = path.to_path_buf();
+                        tokio::task::spawn_blocking(move || {
+                            tail::last_lines(&path, lines, &pending)
+                        })
                         .await
-                        .unwrap_or_default();
+                        .unwrap_or_default()
+                    }
+                    Target::Inherit(recent) => tail::last_lines_of(recent.with(&pending), lines),
+                };
                 // Subscribed between bursts: nothing missed, nothing twice.
                 let follow = follow.then(|| {
                     let (follower, rx) = Follower::new();
@@ -391,9 +413,10 @@ mod tests {
                 backups: 0,
             },
             timestamps: false,
+            prefix: false,
             stats: Arc::default(),
         });
-        let path = Arc::from(Path::new("/dev/null"));
+        let path = Target::File(Arc::from(Path::new("/dev/null")));
         let mut capture = Capture::new(Stream::Stdout, path, common, 0);
         capture.pipe = Some(register(read).unwrap());
         let size = std::mem::size_of_val(&capture.run());

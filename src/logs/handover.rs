@@ -79,8 +79,9 @@ impl Drop for BurstGuard {
     }
 }
 
-/// Waits (at most `timeout`) until no burst is moving bytes; called on the
-/// runtime thread right before the exec, when no new burst can start.
+/// Waits (at most `timeout`) until no burst is moving bytes, then for what
+/// inherited streams queued to be written (in what time is left); called on
+/// the runtime thread right before the exec, when no new burst can start.
 pub fn quiesce(timeout: Duration) -> bool {
     let deadline = Instant::now() + timeout;
     while BURSTS.load(Ordering::Acquire) > 0 {
@@ -89,5 +90,9 @@ pub fn quiesce(timeout: Duration) -> bool {
         }
         std::thread::sleep(Duration::from_millis(1));
     }
+    // The writer threads of inherited streams end with the exec: what they
+    // hold goes out first, unless minder's stdout or stderr is not read (a
+    // stalled reader must not keep minder from upgrading).
+    super::inherit::flush_inherited(deadline.saturating_duration_since(Instant::now()));
     true
 }

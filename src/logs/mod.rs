@@ -13,6 +13,9 @@
 //! - `sink`: the file side of a stream: writing, counting, warning about a
 //!   failing file, feeding `tail -f`;
 //! - `rotating`: [`RotatingFile`], an `io::Write` that rotates by renaming;
+//! - `inherit`: `"inherit"` streams, in place of a file: whole prefixed
+//!   lines to minder's own stdout or stderr through one writer thread each,
+//!   and the last 64 KiB in memory for `tail`;
 //! - `handover`: the pipes across `reexec`;
 //! - `own`: minder's own log (stderr, JSON, daily file);
 //! - `safe`: opening log files so that nobody else can redirect the writes;
@@ -38,6 +41,7 @@ mod burst;
 mod capture;
 mod dormant;
 mod handover;
+mod inherit;
 pub mod own;
 mod pipes;
 mod rotating;
@@ -48,6 +52,7 @@ mod tail;
 mod types;
 
 pub use handover::{offer as offer_saved_pipes, quiesce, SavedPipes};
+pub use inherit::flush_inherited;
 pub use pipes::ProcessLogs;
 pub use rotating::{numbered, RotatingFile, Rotation};
 pub use safe::refusal;

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use nix::fcntl::{fcntl, FcntlArg, OFlag};
 use tokio::sync::oneshot;
 
-use super::capture::{Capture, StreamRequest};
+use super::capture::{Capture, StreamRequest, Target};
 use super::dormant;
 use super::handover;
 use super::rotating::Rotation;
@@ -90,6 +90,7 @@ impl ProcessLogs {
                     backups: cfg.backups,
                 },
                 timestamps: cfg.timestamps,
+                prefix: cfg.prefix,
                 stats: Arc::default(),
             }),
             stdout: spec.stdout_log.clone(),
@@ -229,8 +230,10 @@ fn start_pipe(
     common: &Arc<Common>,
     adopted: Option<[OwnedFd; 2]>,
 ) -> io::Result<Option<Pipe>> {
-    let LogDest::File(path) = dest else {
-        return Ok(None);
+    let target = match dest {
+        LogDest::File(path) => Target::File(Arc::clone(path)),
+        LogDest::Inherit => Target::Inherit(Arc::default()),
+        LogDest::Discard | LogDest::Stdout => return Ok(None),
     };
     // After `reexec`, the very pipe the child still writes into.
     let (read, write) = match adopted {
@@ -241,7 +244,7 @@ fn start_pipe(
     let id = dormant::new_id()?;
     // Only minder's end is non-blocking: the child's writes block as usual.
     fcntl(&read, FcntlArg::F_SETFL(OFlag::O_NONBLOCK))?;
-    let capture = Capture::new(stream, Arc::clone(path), Arc::clone(common), id);
+    let capture = Capture::new(stream, target, Arc::clone(common), id);
     let requests = capture.requests();
     // Its task starts with its first output (or first request).
     if let Err((e, _, _)) = dormant::park(id, read, Box::new(capture)) {

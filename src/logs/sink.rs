@@ -1,5 +1,6 @@
 //! The file side of one stream: [`Sink`] writes output into the stream's
-//! [`RotatingFile`] (stamped with `timestamps = true`), counts what was
+//! [`RotatingFile`], or for an inherited stream hands it to its [`Framer`]
+//! (stamped with `timestamps = true` either way), counts what was
 //! written and what the file refused, warns about a failing file at most
 //! every 10 s, and hands what was written to the `tail -f` followers.
 //!
@@ -10,11 +11,13 @@
 //! pool, never on the runtime thread: a slow disk must not stall the daemon.
 
 use std::io::{self, Write};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::mpsc;
 
+use super::inherit::Framer;
 use super::rotating::{RotatingFile, Rotation};
 use super::safe::refusal;
 use super::stamp::Stamper;
@@ -38,6 +41,8 @@ pub(super) struct Common {
     pub(super) name: Arc<str>,
     pub(super) rotation: Rotation,
     pub(super) timestamps: bool,
+    /// Inherited streams: lines get `NAME | ` in front.
+    pub(super) prefix: bool,
     pub(super) stats: Arc<LogStats>,
 }
 
@@ -90,11 +95,19 @@ fn broadcast(followers: &mut Vec<Follower>, data: &[u8]) {
     });
 }
 
+/// Where a stream's output goes.
+pub(super) enum Out {
+    /// Its log file.
+    File(RotatingFile),
+    /// minder's own stdout or stderr.
+    Inherit(Framer),
+}
+
 /// The file side of one stream; runs on the blocking pool.
 pub(super) struct Sink {
     name: Arc<str>,
     stream: Stream,
-    pub(super) file: RotatingFile,
+    out: Out,
     stamper: Option<Stamper>,
     stats: Arc<LogStats>,
     /// Since when writes fail, bytes dropped since the last warning, last warning.
@@ -111,12 +124,12 @@ struct Failing {
 }
 
 impl Sink {
-    /// The sink of `stream` of a process, writing to `file`; opens nothing yet.
-    pub(super) fn new(common: &Common, stream: Stream, file: RotatingFile) -> Sink {
+    /// The sink of `stream` of a process, writing to `out`; opens nothing yet.
+    pub(super) fn new(common: &Common, stream: Stream, out: Out) -> Sink {
         Sink {
             name: Arc::clone(&common.name),
             stream,
-            file,
+            out,
             stamper: common.timestamps.then(Stamper::default),
             stats: Arc::clone(&common.stats),
             failing: None,
@@ -136,14 +149,29 @@ impl Sink {
         &self.stats
     }
 
-    /// Lines get a timestamp, so the bytes must pass through userspace.
-    pub(super) fn stamps(&self) -> bool {
-        self.stamper.is_some()
+    /// The log file, unless the stream is inherited.
+    pub(super) fn file(&mut self) -> Option<&mut RotatingFile> {
+        match &mut self.out {
+            Out::File(file) => Some(file),
+            Out::Inherit(_) => None,
+        }
+    }
+
+    /// Output may go from the pipe to the file by splice(2): the stream is
+    /// written to a file, and its lines get no timestamp (which needs the
+    /// bytes in userspace).
+    pub(super) fn splices(&self) -> bool {
+        self.stamper.is_none() && matches!(self.out, Out::File(_))
     }
 
     /// When a held-back partial line is due to be written anyway.
     pub(super) fn partial_deadline(&self) -> Option<Instant> {
-        self.stamper.as_ref().and_then(Stamper::partial_deadline)
+        let stamped = self.stamper.as_ref().and_then(Stamper::partial_deadline);
+        let framed = match &self.out {
+            Out::Inherit(framer) => framer.partial_deadline(),
+            Out::File(_) => None,
+        };
+        stamped.into_iter().chain(framed).min()
     }
 
     /// Writes `data` (stamped if asked), dropping and counting what the file
@@ -159,9 +187,12 @@ impl Sink {
         });
     }
 
-    /// Writes out a held-back partial line (timestamps).
+    /// Writes out a held-back partial line (timestamps, inherited streams).
     pub(super) fn flush_partial(&mut self, followers: &mut Vec<Follower>) {
         self.write_stamped(followers, Stamper::flush_partial);
+        if let Out::Inherit(framer) = &mut self.out {
+            framer.flush_partial();
+        }
     }
 
     /// Writes what `stamp` puts into the scratch buffer and hands it to the
@@ -201,8 +232,11 @@ impl Sink {
     /// Reopens the file (after an external logrotate moved it); the error
     /// says which process and file, and why.
     pub(super) fn reopen(&mut self) -> Result<(), String> {
-        self.file.reopen().map_err(|e| {
-            let path = self.file.path().display();
+        let Out::File(file) = &mut self.out else {
+            return Ok(());
+        };
+        file.reopen().map_err(|e| {
+            let path = file.path().display();
             match refusal(&e) {
                 Some(reason) => format!("{}: refusing to write {path}: {reason}", self.name),
                 None => format!("{}: reopening {path}: {e}", self.name),
@@ -211,9 +245,17 @@ impl Sink {
     }
 
     fn write_out(&mut self, mut rest: &[u8]) {
+        if let Out::Inherit(framer) = &mut self.out {
+            // Counted by the writer of minder's stream, which alone knows
+            // whether the bytes got out.
+            return framer.write(rest);
+        }
         let mut complete = !rest.is_empty();
         while !rest.is_empty() {
-            match self.file.write(rest) {
+            let Out::File(file) = &mut self.out else {
+                return;
+            };
+            match file.write(rest) {
                 Ok(0) => {
                     self.dropped(rest.len(), &io::Error::from(io::ErrorKind::WriteZero));
                     complete = false;
@@ -234,12 +276,14 @@ impl Sink {
         if complete {
             self.wrote();
         }
-        if let Some(e) = self.file.take_rotation_error() {
-            tracing::warn!(
-                process = %self.name,
-                "cannot rotate {}: {e}; it grows past max_size until a rotation succeeds",
-                self.file.path().display()
-            );
+        if let Out::File(file) = &mut self.out {
+            if let Some(e) = file.take_rotation_error() {
+                tracing::warn!(
+                    process = %self.name,
+                    "cannot rotate {}: {e}; it grows past max_size until a rotation succeeds",
+                    file.path().display()
+                );
+            }
         }
     }
 
@@ -259,7 +303,7 @@ impl Sink {
             tracing::info!(
                 process = %self.name,
                 "writing {} again, after dropping {} bytes",
-                self.file.path().display(),
+                path_of(&self.out).display(),
                 f.total
             );
         }
@@ -275,14 +319,14 @@ impl Sink {
                     Some(reason) => tracing::warn!(
                         process = %self.name,
                         "refusing to write {}: {reason}; dropping {} output",
-                        self.file.path().display(),
+                        path_of(&self.out).display(),
                         self.stream.name()
                     ),
                     None => tracing::warn!(
                         process = %self.name,
                         "dropping {} output: cannot write {}: {error}",
                         self.stream.name(),
-                        self.file.path().display()
+                        path_of(&self.out).display()
                     ),
                 }
                 self.failing = Some(Failing {
@@ -300,13 +344,21 @@ impl Sink {
                         "dropped {} more bytes of {} output: {}: {error}",
                         f.since_warning,
                         self.stream.name(),
-                        self.file.path().display()
+                        path_of(&self.out).display()
                     );
                     f.since_warning = 0;
                     f.warned = now;
                 }
             }
         }
+    }
+}
+
+/// The log file's path, for messages (only files fail or recover).
+fn path_of(out: &Out) -> &Path {
+    match out {
+        Out::File(file) => file.path(),
+        Out::Inherit(_) => Path::new("-"),
     }
 }
 

@@ -33,6 +33,14 @@ pub fn last_lines(path: &Path, n: usize, unwritten: &[u8]) -> Vec<u8> {
             break;
         }
     }
+    last_lines_of(buf, n)
+}
+
+/// The last `n` lines of `buf` (all of it if it holds no more).
+pub(super) fn last_lines_of(mut buf: Vec<u8>, n: usize) -> Vec<u8> {
+    if n == 0 {
+        return Vec::new();
+    }
     match line_start(&buf, n) {
         Some(start) => buf.split_off(start),
         None => buf,

@@ -1232,6 +1232,7 @@ mod tests {
                 reset_after: Duration::from_secs(60),
                 max_retries: 0,
             },
+            on_fatal: crate::config::OnFatal::Stay,
             logs: crate::config::LogsConfig::default(),
             health: None,
             notify: false,

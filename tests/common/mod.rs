@@ -358,9 +358,30 @@ impl Daemon {
     /// Like [`Daemon::spawn`], with extra arguments after `daemon -c FILE` and
     /// extra environment variables (set after the harness removes systemd's).
     pub fn spawn_with(&mut self, args: &[&str], env: &[(&str, &str)]) {
+        self.spawn_wrapped(&[], None, args, env);
+    }
+
+    /// Like [`Daemon::spawn_with`], run through `wrapper` (a command that
+    /// runs its arguments, e.g. `unshare --pid --fork`; then [`Daemon::pid`]
+    /// is the wrapper's) and with the daemon's stdout to `stdout` (else to
+    /// daemon.log, with its stderr).
+    pub fn spawn_wrapped(
+        &mut self,
+        wrapper: &[&str],
+        stdout: Option<Stdio>,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) {
         assert!(self.child.is_none(), "daemon already started");
         let log = fs::File::create(&self.log_path).expect("creating daemon.log");
-        let mut cmd = Command::new(MINDER);
+        let mut cmd = match wrapper.split_first() {
+            Some((program, before)) => {
+                let mut cmd = Command::new(program);
+                cmd.args(before).arg(MINDER);
+                cmd
+            }
+            None => Command::new(MINDER),
+        };
         if let Some((soft, hard)) = self.nofile {
             use std::os::unix::process::CommandExt;
             let limit = libc::rlimit {
@@ -396,7 +417,7 @@ impl Daemon {
             .args(args)
             .envs(env.iter().copied())
             .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("dup of daemon.log"))
+            .stdout(stdout.unwrap_or_else(|| log.try_clone().expect("dup of daemon.log").into()))
             .stderr(log)
             .spawn()
             .expect("spawning minder daemon");
