@@ -15,6 +15,9 @@ use super::{array, key, quote, Context, Converted, ImportError};
 const SUPERVISORD_AUTORESTART: &str = "unexpected";
 const SUPERVISORD_STARTRETRIES: i64 = 3;
 
+/// `{instance}` while `environment=` is split into pairs.
+const INSTANCE_WORD: &str = "__minder_instance__";
+
 pub(super) fn convert(path: &Path, ctx: &Context) -> Result<Converted, ImportError> {
     let main = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
     let mut conv = Conv {
@@ -326,6 +329,9 @@ impl Conv<'_> {
             let value = self.expand(sec, e, &|_| None, &mut Vec::new())?;
             match e.key.as_str() {
                 "logfile" => match special_log_path(&value) {
+                    _ if value.trim() == "/dev/null" => out.push(format!(
+                        "# logfile = {value}: minder's own log goes to its stderr only"
+                    )),
                     Some(_) => out.push(format!(
                         "# logfile = {value}: minder's own log goes to its stderr already"
                     )),
@@ -598,9 +604,13 @@ impl Conv<'_> {
         let mut env = self.global_env.clone();
         let mut env_reserved = Vec::new();
         if let Some(e) = sec.get("environment") {
-            let text = self.expand(sec, e, &per_process, &mut lossy)?;
+            // {instance} is no word to supervisord's splitting: hide it from it.
+            let text = self
+                .expand(sec, e, &per_process, &mut lossy)?
+                .replace("{instance}", INSTANCE_WORD);
             let pairs = pyfmt::key_value_pairs(&text).map_err(|m| self.entry_error(sec, e, m))?;
             for (k, v) in pairs {
+                let v = v.replace(INSTANCE_WORD, "{instance}");
                 if matches!(
                     k.as_str(),
                     "MINDER_PROCESS" | "MINDER_PROGRAM" | "MINDER_INSTANCE"
@@ -822,6 +832,11 @@ impl Conv<'_> {
                 "redirect_stderr" => {}
                 "stdout_logfile" | "stderr_logfile" => {
                     let stream = &e.key[..6];
+                    if stream == "stderr" && !redirect_stderr && stdout_log == LogFile::File(v.to_string()) && log_file(v) == stdout_log {
+                        logs.push(format!("# stderr_logfile = {}: the stdout file, so stderr is merged into it", one_line(v)));
+                        logs.push("stderr = \"stdout\"".into());
+                        continue;
+                    }
                     if stream == "stderr" && redirect_stderr {
                         logs.push(format!(
                             "# stderr_logfile = {}: ignored, as supervisord ignores it with redirect_stderr = true",
@@ -896,6 +911,7 @@ impl Conv<'_> {
                     "minder starts programs together: list the programs this one must wait for in depends_on",
                 ),
                 "umask" => self.not_converted(&mut keys, sec, e, "minder has no umask setting: wrap the command in sh -c 'umask 022; exec ...'"),
+                "serverurl" if v.trim().eq_ignore_ascii_case("auto") => {}
                 "serverurl" => self.not_converted(&mut keys, sec, e, "children talk to minder with `minder ctl`, which finds the socket from the config or $MINDER_SOCKET"),
                 "stdout_events_enabled" | "stderr_events_enabled" | "stdout_capture_maxbytes" | "stderr_capture_maxbytes" => {
                     self.not_converted(&mut keys, sec, e, "minder has no output events: hooks see state changes only")
@@ -917,7 +933,9 @@ impl Conv<'_> {
                 restart_line(SUPERVISORD_AUTORESTART).unwrap_or_default()
             ));
         }
-        if sec.get("stopasgroup").is_none() && sec.get("killasgroup").is_none() {
+        if sec.get("stopasgroup").is_none() && sec.get("killasgroup").is_none() && shell {
+            keys.push("kill_group = true  # the shell runs the commands as its children: stop them all".into());
+        } else if sec.get("stopasgroup").is_none() && sec.get("killasgroup").is_none() {
             keys.push("kill_group = false  # supervisord's default: signal the process only, not its group".into());
         }
         if sec.get("startretries").is_none() {
