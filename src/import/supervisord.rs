@@ -934,7 +934,10 @@ impl Conv<'_> {
             ));
         }
         if sec.get("stopasgroup").is_none() && sec.get("killasgroup").is_none() && shell {
-            keys.push("kill_group = true  # the shell runs the commands as its children: stop them all".into());
+            keys.push(
+                "kill_group = true  # the shell runs the commands as its children: stop them all"
+                    .into(),
+            );
         } else if sec.get("stopasgroup").is_none() && sec.get("killasgroup").is_none() {
             keys.push("kill_group = false  # supervisord's default: signal the process only, not its group".into());
         }
