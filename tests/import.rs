@@ -437,8 +437,17 @@ fn process_numbers_become_the_instance_placeholder() {
     assert_eq!(text(p, "environment.INSTANCE"), "{instance}");
     assert_eq!(text(p, "logs.stdout"), "/var/log/node-{instance}.log");
     let out = import(&corpus_dir().join("node-cluster.conf"));
-    assert!(out.stderr.contains("numprocs_start = 1"), "{}", out.stderr);
-    assert!(out.stderr.contains("%(process_num)02d"), "{}", out.stderr);
+    // 30%(process_num)02d from 1: ports 3001 .. 3004, as minder's {port}.
+    assert_eq!(strings(&p["command"])[3], "{port}");
+    assert_eq!(p["port"].as_integer(), Some(3001));
+    // INSTANCE=%(process_num)d from 1 cannot be said exactly.
+    assert!(
+        out.stderr
+            .contains("[program:node] %(process_num)d: written as {instance}"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(out.stderr.lines().count(), 1, "{}", out.stderr);
 
     let t = converted("sidekiq.conf");
     let p = program(&t, "sidekiq");

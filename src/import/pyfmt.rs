@@ -8,18 +8,32 @@
 pub(crate) enum Var {
     Text(String),
     Int(i64),
-    /// The instance number of a program with several instances: written as
-    /// minder's `{instance}` placeholder (numbered from 0, unpadded).
-    Instance,
+    /// The number of a program's process when it has `count` of them,
+    /// numbered from `start`: minder's `{instance}` (numbered from 0,
+    /// unpadded), or `{port}` where digits and a zero-padded number make one
+    /// number (`30%(process_num)02d`: 3000 + n).
+    Instance {
+        start: i64,
+        count: i64,
+    },
 }
 
-/// What `s % vars` gives, as Python would; an `Instance` becomes
-/// `{instance}`, and each use of it that minder cannot write exactly (a
-/// width, flags, or another conversion than `d`) is described in `lossy`.
+/// How the process number was written in minder's placeholders.
+#[derive(Debug, Default)]
+pub(crate) struct Instances {
+    /// Each use that `{instance}` does not give exactly (a width, flags, an
+    /// offset from `start`), as written.
+    pub(crate) lossy: Vec<String>,
+    /// The `port` that makes `{port}` give supervisord's numbers.
+    pub(crate) port: Option<i64>,
+}
+
+/// What `s % vars` gives, as Python would; an `Instance` becomes a
+/// placeholder, noted in `instances`.
 pub(crate) fn expand(
     s: &str,
     vars: &dyn Fn(&str) -> Option<Var>,
-    lossy: &mut Vec<String>,
+    instances: &mut Instances,
 ) -> Result<String, String> {
     let mut out = String::with_capacity(s.len());
     let mut rest = s;
@@ -72,9 +86,28 @@ pub(crate) fn expand(
             ));
         };
         let text = match (value, conv) {
-            (Var::Instance, _) => {
-                if spec != "%(process_num)d" && spec != "%(process_num)s" {
-                    lossy.push(spec.to_string());
+            (Var::Instance { start, count }, _) => {
+                let digits = out.bytes().rev().take_while(u8::is_ascii_digit).count();
+                let padded = flags == "0" && precision.is_none() && matches!(conv, 'd' | 'i' | 'u');
+                let port = (digits > 0 && padded && width < 10)
+                    .then(|| out[out.len() - digits..].parse::<i64>().ok())
+                    .flatten()
+                    .map(|d| d * 10_i64.pow(width as u32) + start)
+                    .filter(|base| {
+                        start + count <= 10_i64.pow(width as u32)
+                            && (1..=65535).contains(base)
+                            && base + count - 1 <= 65535
+                            && instances.port.is_none_or(|p| p == *base)
+                    });
+                if let Some(base) = port {
+                    out.truncate(out.len() - digits);
+                    instances.port = Some(base);
+                    out.push_str("{port}");
+                    continue;
+                }
+                let plain = flags.is_empty() && width == 0 && precision.is_none();
+                if start != 0 || !plain || !matches!(conv, 'd' | 'i' | 'u' | 's') {
+                    instances.lossy.push(spec.to_string());
                 }
                 "{instance}".to_string()
             }
@@ -234,13 +267,13 @@ mod tests {
         match name {
             "program_name" => Some(Var::Text("worker".into())),
             "process_num" => Some(Var::Int(3)),
-            "many" => Some(Var::Instance),
+            "many" => Some(Var::Instance { start: 0, count: 4 }),
             _ => None,
         }
     }
 
     fn ex(s: &str) -> Result<String, String> {
-        expand(s, &vars, &mut Vec::new())
+        expand(s, &vars, &mut Instances::default())
     }
 
     #[test]
@@ -265,15 +298,38 @@ mod tests {
 
     #[test]
     fn instances_become_the_placeholder() {
-        let mut lossy = Vec::new();
-        let s = expand(
-            "%(many)d-%(many)02d",
-            &|n| (n == "many").then_some(Var::Instance).or_else(|| vars(n)),
-            &mut lossy,
-        )
-        .unwrap();
-        assert_eq!(s, "{instance}-{instance}");
-        assert_eq!(lossy, vec!["%(many)d", "%(many)02d"]);
+        let mut inst = Instances::default();
+        let s = expand("%(many)d-%(many)02d-%(many)s", &vars, &mut inst).unwrap();
+        assert_eq!(s, "{instance}-{instance}-{instance}");
+        assert_eq!(inst.lossy, vec!["%(many)02d"]);
+        assert_eq!(inst.port, None);
+    }
+
+    #[test]
+    fn digits_and_a_padded_number_become_the_port() {
+        let start = |start| move |n: &str| (n == "p").then_some(Var::Instance { start, count: 4 });
+        let mut inst = Instances::default();
+        let s = expand("--port=30%(p)02d --log=x%(p)02d", &start(1), &mut inst).unwrap();
+        assert_eq!(s, "--port={port} --log=x{instance}");
+        assert_eq!(inst.port, Some(3001));
+        assert_eq!(inst.lossy, vec!["%(p)02d"]);
+        // A second, different base cannot be the same {port}.
+        let s = expand("40%(p)02d", &start(1), &mut inst).unwrap();
+        assert_eq!(s, "40{instance}");
+        // Too many processes for the padding, or past 65535: no port.
+        let mut inst = Instances::default();
+        let many = |n: &str| {
+            (n == "p").then_some(Var::Instance {
+                start: 0,
+                count: 11,
+            })
+        };
+        assert_eq!(expand("8%(p)01d", &many, &mut inst).unwrap(), "8{instance}");
+        assert_eq!(
+            expand("70%(p)03d", &start(0), &mut inst).unwrap(),
+            "70{instance}"
+        );
+        assert_eq!(inst.port, None);
     }
 
     #[test]

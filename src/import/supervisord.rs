@@ -7,7 +7,7 @@ use std::cell::Cell;
 use std::path::{Path, PathBuf};
 
 use super::ini::{Entry, Ini, Section};
-use super::pyfmt::{self, Var};
+use super::pyfmt::{self, Instances, Var};
 use super::{array, key, quote, Context, Converted, ImportError};
 
 /// supervisord's own defaults where minder's differ, and the value each
@@ -29,12 +29,6 @@ pub(super) fn convert(path: &Path, ctx: &Context) -> Result<Converted, ImportErr
     conv.read_file(&main)?;
     let included = conv.read_includes(&main)?;
     conv.convert(&main, &included)
-}
-
-/// Where a value came from, for comments and warnings.
-struct Loc<'a> {
-    file: &'a Path,
-    line: usize,
 }
 
 struct Conv<'c> {
@@ -107,7 +101,7 @@ impl Conv<'_> {
                 "[include] has no \"files\" setting (supervisord refuses it)",
             ));
         };
-        let patterns = self.expand(&section, files, &|_| None, &mut Vec::new())?;
+        let patterns = self.expand(&section, files, &|_| None, &mut Instances::default())?;
         let base = main.parent().unwrap_or(Path::new("/"));
         let options = glob::MatchOptions {
             require_literal_leading_dot: true,
@@ -121,12 +115,11 @@ impl Conv<'_> {
             let mut found: Vec<PathBuf> = matches.filter_map(Result::ok).collect();
             found.sort();
             if found.is_empty() {
-                self.warnings.push(format!(
-                    "{}:{}: no file matches the include pattern \"{}\"",
-                    self.ini.files[files.file].display(),
+                self.warn(
+                    files.file,
                     files.line,
-                    full.display()
-                ));
+                    format_args!("no file matches the include pattern \"{}\"", full.display()),
+                );
             }
             for file in found {
                 self.read_file(&file)?;
@@ -144,7 +137,7 @@ impl Conv<'_> {
         sec: &Section,
         e: &Entry,
         extra: &dyn Fn(&str) -> Option<Var>,
-        lossy: &mut Vec<String>,
+        instances: &mut Instances,
     ) -> Result<String, ImportError> {
         let here = self.ini.files[e.file]
             .parent()
@@ -169,7 +162,7 @@ impl Conv<'_> {
                 }
             }
         };
-        pyfmt::expand(&text, &vars, lossy).map_err(|m| {
+        pyfmt::expand(&text, &vars, instances).map_err(|m| {
             let hint = if m.contains("ENV_") {
                 " (set that variable in the environment of `minder import`, as supervisord would need it in its own)"
             } else {
@@ -179,26 +172,21 @@ impl Conv<'_> {
         })
     }
 
-    fn loc(&self, e: &Entry) -> Loc<'_> {
-        Loc {
-            file: &self.ini.files[e.file],
-            line: e.line,
-        }
+    /// A warning `FILE:LINE: text` about the file at index `file`.
+    fn warn(&mut self, file: usize, line: usize, text: impl std::fmt::Display) {
+        let warning = format!("{}:{line}: {text}", self.ini.files[file].display());
+        self.warnings.push(warning);
     }
 
     /// A `# not converted:` comment in `out` and a warning.
     fn not_converted(&mut self, out: &mut Lines, sec: &Section, e: &Entry, why: &str) {
         let value = one_line(&e.value);
         out.push(format!("# not converted: {} = {value} ({why})", e.key));
-        let loc = self.loc(e);
-        let warning = format!(
-            "{}:{}: [{}] {} = {value}: not converted ({why})",
-            loc.file.display(),
-            loc.line,
-            sec.name,
-            e.key
+        self.warn(
+            e.file,
+            e.line,
+            format_args!("[{}] {} = {value}: not converted ({why})", sec.name, e.key),
         );
-        self.warnings.push(warning);
     }
 
     fn convert(mut self, main: &Path, included: &[PathBuf]) -> Result<Converted, ImportError> {
@@ -279,12 +267,11 @@ impl Conv<'_> {
                     body.push(String::new());
                     body.push(format!("# [{}]", sec.name));
                     if sec.entries.is_empty() {
-                        self.warnings.push(format!(
-                            "{}:{}: [{}]: not converted ({why})",
-                            self.ini.files[sec.file].display(),
+                        self.warn(
+                            sec.file,
                             sec.line,
-                            sec.name
-                        ));
+                            format_args!("[{}]: not converted ({why})", sec.name),
+                        );
                     }
                     for e in &sec.entries {
                         self.not_converted(&mut body, sec, e, why);
@@ -321,12 +308,12 @@ impl Conv<'_> {
         ));
         // environment= first: %(ENV_X)s of later keys sees it.
         if let Some(e) = sec.get("environment") {
-            let text = self.expand(sec, e, &|_| None, &mut Vec::new())?;
+            let text = self.expand(sec, e, &|_| None, &mut Instances::default())?;
             self.global_env =
                 pyfmt::key_value_pairs(&text).map_err(|m| self.entry_error(sec, e, m))?;
         }
         for e in &sec.entries {
-            let value = self.expand(sec, e, &|_| None, &mut Vec::new())?;
+            let value = self.expand(sec, e, &|_| None, &mut Instances::default())?;
             match e.key.as_str() {
                 "logfile" => match special_log_path(&value) {
                     _ if value.trim() == "/dev/null" => out.push(format!(
@@ -395,7 +382,7 @@ impl Conv<'_> {
             self.ini.files[sec.file].display()
         ));
         for e in &sec.entries {
-            let value = self.expand(sec, e, &|_| None, &mut Vec::new())?;
+            let value = self.expand(sec, e, &|_| None, &mut Instances::default())?;
             match e.key.as_str() {
                 "file" => out.push(format!("socket = {}", quote(&value))),
                 "chmod" => {
@@ -476,12 +463,14 @@ impl Conv<'_> {
         let (file, line) = sec
             .get("command")
             .map_or((sec.file, sec.line), |e| (e.file, e.line));
-        let warning = format!(
-            "{}:{line}: [{}]: not converted (write a [[supervisor.hooks]] entry: a hook gets the event as JSON on stdin)",
-            self.ini.files[file].display(),
-            sec.name
+        self.warn(
+            file,
+            line,
+            format_args!(
+                "[{}]: not converted (write a [[supervisor.hooks]] entry: a hook gets the event as JSON on stdin)",
+                sec.name
+            ),
         );
-        self.warnings.push(warning);
         if on.contains(&"fatal") {
             out.push("# If it stops supervisord when a process goes FATAL, on_fatal = \"shutdown\" in a program does that".into());
             out.push("# (set in every program when the listener looks like it does: see on_fatal above).".into());
@@ -525,7 +514,7 @@ impl Conv<'_> {
             match sec.get(key) {
                 None => Ok(default),
                 Some(e) => {
-                    let v = this.expand(sec, e, &common, &mut Vec::new())?;
+                    let v = this.expand(sec, e, &common, &mut Instances::default())?;
                     parse_int(&v).ok_or_else(|| {
                         this.entry_error(sec, e, format!("invalid literal for int(): {v:?}"))
                     })
@@ -543,7 +532,10 @@ impl Conv<'_> {
                 "process_num" => {
                     process_num_used.set(true);
                     Some(if numprocs > 1 {
-                        Var::Instance
+                        Var::Instance {
+                            start: numprocs_start,
+                            count: numprocs,
+                        }
                     } else {
                         Var::Int(numprocs_start)
                     })
@@ -559,7 +551,7 @@ impl Conv<'_> {
                 }),
             }
         };
-        let mut lossy = Vec::new();
+        let mut numbers = Instances::default();
 
         // process_name: supervisord's names for the first and last process.
         let process_name_entry = sec.get("process_name");
@@ -581,7 +573,7 @@ impl Conv<'_> {
                             per_process(name)
                         }
                     };
-                    self.expand(sec, e, &vars, &mut Vec::new())
+                    self.expand(sec, e, &vars, &mut Instances::default())
                 };
                 Some((
                     name_of(numprocs_start)?,
@@ -606,7 +598,7 @@ impl Conv<'_> {
         if let Some(e) = sec.get("environment") {
             // {instance} is no word to supervisord's splitting: hide it from it.
             let text = self
-                .expand(sec, e, &per_process, &mut lossy)?
+                .expand(sec, e, &per_process, &mut numbers)?
                 .replace("{instance}", INSTANCE_WORD);
             let pairs = pyfmt::key_value_pairs(&text).map_err(|m| self.entry_error(sec, e, m))?;
             for (k, v) in pairs {
@@ -633,7 +625,7 @@ impl Conv<'_> {
                 format!("program section [{}] does not specify a command", sec.name),
             ));
         };
-        let command_text = self.expand(sec, command_entry, &per_process, &mut lossy)?;
+        let command_text = self.expand(sec, command_entry, &per_process, &mut numbers)?;
         let argv = shlex::split(&command_text).ok_or_else(|| {
             self.entry_error(
                 sec,
@@ -652,7 +644,7 @@ impl Conv<'_> {
             let v = match e.key.as_str() {
                 "command" => command_text.clone(),
                 "environment" | "process_name" => e.value.clone(),
-                _ => self.expand(sec, e, &per_process, &mut lossy)?,
+                _ => self.expand(sec, e, &per_process, &mut numbers)?,
             };
             values.push((e.clone(), v));
         }
@@ -770,12 +762,9 @@ impl Conv<'_> {
                     self.not_converted(&mut keys, sec, e, "supervisord runs no process of it; minder has one, not started");
                 }
                 "numprocs" => {}
-                "numprocs_start" if numprocs_start != 0 && process_num_used.get() && numprocs > 1 => self.not_converted(
-                    &mut keys,
-                    sec,
-                    e,
-                    "minder numbers instances from 0: {instance} stands where %(process_num)d was",
-                ),
+                "numprocs_start" if numprocs > 1 && numprocs_start != 0 => keys.push(format!(
+                    "# numprocs_start = {numprocs_start}: minder numbers instances from 0"
+                )),
                 "numprocs_start" => {}
                 "process_name" => keys.push(format!("# process_name = {} (see the names above)", one_line(v))),
                 "directory" => keys.push(format!("directory = {}", quote(v))),
@@ -951,33 +940,43 @@ impl Conv<'_> {
                 "on_fatal = \"shutdown\"  # as the event listener {listener:?} stopped supervisord on PROCESS_STATE_FATAL"
             ));
         }
-        if !lossy.is_empty() || (numprocs > 1 && numprocs_start != 0 && process_num_used.get()) {
-            lossy.dedup();
-            let spec = if lossy.is_empty() {
-                "%(process_num)d".to_string()
-            } else {
-                lossy.join(", ")
-            };
+        if let Some(base) = numbers.port {
             keys.push(format!(
-                "# {spec}: minder's {{instance}} counts from 0 with no padding: instance N gets N where supervisord wrote {}",
-                if numprocs_start != 0 { format!("its padded N + {numprocs_start}") } else { "it padded".to_string() }
-            ));
-            self.warnings.push(format!(
-                "{}:{}: [{}] {spec}: written as {{instance}} (from 0, unpadded)",
-                self.ini.files[sec.file].display(),
-                sec.line,
-                sec.name
+                "port = {base}  # {{port}} = port + instance: {base} .. {}, as supervisord numbered them",
+                base + numprocs - 1
             ));
         }
-        for (text, what) in [(&command_text, "command")] {
-            if has_placeholder_like(text) {
-                self.warnings.push(format!(
-                    "{}:{}: [{}] {what}: {{word}} in it is a minder placeholder; check the converted command",
-                    self.ini.files[command_entry.file].display(),
-                    command_entry.line,
+        if !numbers.lossy.is_empty() {
+            numbers.lossy.sort();
+            numbers.lossy.dedup();
+            let spec = numbers.lossy[0].as_str();
+            let supervisords = pyfmt::expand(
+                spec,
+                &|n| (n == "process_num").then_some(Var::Int(numprocs_start)),
+                &mut Instances::default(),
+            )
+            .unwrap_or_default();
+            keys.push(format!(
+                "# {spec} became {{instance}}: minder counts from 0 unpadded, so the first process gets 0 where supervisord wrote {supervisords}"
+            ));
+            self.warn(
+                sec.file,
+                sec.line,
+                format_args!(
+                    "[{}] {spec}: written as {{instance}} (from 0, unpadded)",
                     sec.name
-                ));
-            }
+                ),
+            );
+        }
+        if has_placeholder_like(&command_text) {
+            self.warn(
+                command_entry.file,
+                command_entry.line,
+                format_args!(
+                    "[{}] command: {{word}} in it is a minder placeholder; check the converted command",
+                    sec.name
+                ),
+            );
         }
 
         let mut out = head;
@@ -1196,7 +1195,7 @@ fn has_placeholder_like(text: &str) -> bool {
         if n > 0
             && rest.get(n) == Some(&b'}')
             && !is_shell
-            && &text[open + 1..open + 1 + n] != "instance"
+            && !matches!(&text[open + 1..open + 1 + n], "instance" | "port")
         {
             return true;
         }
