@@ -3,7 +3,7 @@
 //! refuse is an error at its line; what minder has no equivalent for becomes
 //! a `# not converted:` comment and a warning.
 
-use std::cell::Cell;
+use std::cell::RefCell;
 use std::path::{Path, PathBuf};
 
 use super::ini::{Entry, Ini, Section};
@@ -15,8 +15,12 @@ use super::{array, key, quote, Context, Converted, ImportError};
 const SUPERVISORD_AUTORESTART: &str = "unexpected";
 const SUPERVISORD_STARTRETRIES: i64 = 3;
 
-/// `{instance}` while `environment=` is split into pairs.
-const INSTANCE_WORD: &str = "__minder_instance__";
+/// The placeholders an expansion may give, and words that stand for them
+/// while `environment=` is split into pairs (braces would split them).
+const PLACEHOLDER_WORDS: [(&str, &str); 2] = [
+    ("{instance}", "__minder_instance__"),
+    ("{port}", "__minder_port__"),
+];
 
 pub(super) fn convert(path: &Path, ctx: &Context) -> Result<Converted, ImportError> {
     let main = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
@@ -525,21 +529,17 @@ impl Conv<'_> {
         let numprocs_start = int_of(self, "numprocs_start", 0)?;
         let instances = numprocs.max(1);
 
-        let process_num_used = Cell::new(false);
-        let env_vars: std::cell::RefCell<Vec<(String, String)>> = Default::default();
+        let env_vars: RefCell<Vec<(String, String)>> = RefCell::default();
         let per_process = |name: &str| -> Option<Var> {
             match name {
-                "process_num" => {
-                    process_num_used.set(true);
-                    Some(if numprocs > 1 {
-                        Var::Instance {
-                            start: numprocs_start,
-                            count: numprocs,
-                        }
-                    } else {
-                        Var::Int(numprocs_start)
-                    })
-                }
+                "process_num" => Some(if numprocs > 1 {
+                    Var::Instance {
+                        start: numprocs_start,
+                        count: numprocs,
+                    }
+                } else {
+                    Var::Int(numprocs_start)
+                }),
                 "numprocs" => Some(Var::Int(numprocs)),
                 _ => common(name).or_else(|| {
                     let var = name.strip_prefix("ENV_")?;
@@ -596,13 +596,15 @@ impl Conv<'_> {
         let mut env = self.global_env.clone();
         let mut env_reserved = Vec::new();
         if let Some(e) = sec.get("environment") {
-            // {instance} is no word to supervisord's splitting: hide it from it.
-            let text = self
-                .expand(sec, e, &per_process, &mut numbers)?
-                .replace("{instance}", INSTANCE_WORD);
+            let mut text = self.expand(sec, e, &per_process, &mut numbers)?;
+            for (placeholder, word) in PLACEHOLDER_WORDS {
+                text = text.replace(placeholder, word);
+            }
             let pairs = pyfmt::key_value_pairs(&text).map_err(|m| self.entry_error(sec, e, m))?;
-            for (k, v) in pairs {
-                let v = v.replace(INSTANCE_WORD, "{instance}");
+            for (k, mut v) in pairs {
+                for (placeholder, word) in PLACEHOLDER_WORDS {
+                    v = v.replace(word, placeholder);
+                }
                 if matches!(
                     k.as_str(),
                     "MINDER_PROCESS" | "MINDER_PROGRAM" | "MINDER_INSTANCE"

@@ -197,3 +197,16 @@ fn names_minder_cannot_take_are_rewritten() {
         c.toml
     );
 }
+
+#[test]
+fn process_numbers_in_environment_values() {
+    let c = convert(
+        "[supervisord]\n[program:n]\ncommand=node s.js\nnumprocs=3\nprocess_name=%(program_name)s_%(process_num)d\nenvironment=PORT=80%(process_num)02d,I=%(process_num)d\n",
+    );
+    let t = table(&c);
+    let n = program(&t, "n");
+    assert_eq!(n["port"].as_integer(), Some(8000));
+    assert_eq!(n["environment"]["PORT"].as_str(), Some("{port}"));
+    assert_eq!(n["environment"]["I"].as_str(), Some("{instance}"));
+    assert!(c.warnings.is_empty(), "exact: {:?}", c.warnings);
+}
