@@ -155,6 +155,187 @@ fn supervisord_accepts_every_corpus_file() {
     }
 }
 
+/// What supervisord makes of each process of a config: the argv it would
+/// run, its environment and the settings minder has keys for.
+const DUMP: &str = r#"
+import sys, json, shlex, signal
+from supervisor.options import ServerOptions
+from supervisor.datatypes import RestartUnconditionally, RestartWhenExitUnexpected
+out = {}
+for path in sys.argv[1:]:
+    o = ServerOptions()
+    o.realize(args=['-c', path])
+    groups = []
+    for g in o.process_group_configs:
+        if type(g).__name__ == 'EventListenerPoolConfig':
+            continue
+        procs = []
+        for p in g.process_configs:
+            ar = p.autorestart
+            procs.append({
+                'name': p.name,
+                'argv': shlex.split(p.command),
+                'environment': p.environment or {},
+                'directory': p.directory,
+                'autostart': p.autostart,
+                'restart': 'always' if ar is RestartUnconditionally else ('on-failure' if ar is RestartWhenExitUnexpected else 'never'),
+                'exitcodes': list(p.exitcodes),
+                'startsecs': p.startsecs,
+                'startretries': p.startretries,
+                'stopsignal': signal.Signals(p.stopsignal).name[3:],
+                'stopwaitsecs': p.stopwaitsecs,
+                'killasgroup': p.killasgroup,
+            })
+        groups.append({'group': g.name, 'processes': procs})
+    out[path] = groups
+print(json.dumps(out))
+"#;
+
+/// `{instance}` and `{port}` for one instance.
+fn placeholders(s: &str, instance: i64, port: Option<i64>) -> String {
+    let s = s.replace("{instance}", &instance.to_string());
+    match port {
+        Some(p) => s.replace("{port}", &(p + instance).to_string()),
+        None => s,
+    }
+}
+
+/// Every process supervisord would run is a process of the converted
+/// config with the same argv, environment, directory and settings, except
+/// where the conversion warned that it differs.
+#[test]
+fn converted_programs_match_what_supervisord_runs() {
+    let Some(python) = supervisor_python() else {
+        return;
+    };
+    let files = corpus();
+    let out = run_with_timeout(
+        Command::new(python)
+            .args(["-c", DUMP])
+            .args(&files)
+            .env("APP_ROOT", APP_ROOT),
+        Duration::from_secs(120),
+    );
+    assert_eq!(out.code, 0, "{out:?}");
+    let dump: serde_json::Value = serde_json::from_str(&out.stdout).expect("JSON from the dump");
+    let mut compared = 0;
+    for file in &files {
+        let name = file.file_name().unwrap().to_str().unwrap();
+        let imported = import(file);
+        let t: toml::Table = imported.stdout.parse().expect("TOML");
+        for group in dump[file.to_str().unwrap()].as_array().expect("groups") {
+            let procs = group["processes"].as_array().expect("processes");
+            let group_name = group["group"].as_str().unwrap();
+            for (i, proc) in procs.iter().enumerate() {
+                // A program's processes in order; in a [group:x], one program each.
+                let (program_name, instance) = if t["program"].get(group_name).is_some() {
+                    (group_name, i as i64)
+                } else {
+                    (proc["name"].as_str().unwrap(), 0)
+                };
+                let what = format!("{name}: {group_name}:{}", proc["name"]);
+                let p = program(&t, program_name);
+                let get = |k: &str| p.get(k);
+                let port = get("port").and_then(toml::Value::as_integer);
+                let argv: Vec<String> = strings(&p["command"])
+                    .iter()
+                    .map(|a| placeholders(a, instance, port))
+                    .collect();
+                let sv_argv: Vec<String> = serde_json::from_value(proc["argv"].clone()).unwrap();
+                let wrapped =
+                    argv.starts_with(&["sh".to_string(), "-c".to_string()]) && sv_argv[0] != "sh";
+                let inexact = imported
+                    .stderr
+                    .contains(&format!("[program:{program_name}] %("));
+                if !wrapped && !inexact {
+                    assert_eq!(argv, sv_argv, "{what}: argv");
+                }
+                if !inexact {
+                    let env: std::collections::BTreeMap<String, String> = p
+                        .get("environment")
+                        .and_then(toml::Value::as_table)
+                        .map(|e| {
+                            e.iter()
+                                .map(|(k, v)| {
+                                    (k.clone(), placeholders(v.as_str().unwrap(), instance, port))
+                                })
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                    let sv_env: std::collections::BTreeMap<String, String> =
+                        serde_json::from_value(proc["environment"].clone()).unwrap();
+                    assert_eq!(env, sv_env, "{what}: environment");
+                }
+                assert_eq!(
+                    get("directory").and_then(toml::Value::as_str),
+                    proc["directory"].as_str(),
+                    "{what}: directory"
+                );
+                let minder_str = |k: &str, default: &str| {
+                    get(k)
+                        .and_then(toml::Value::as_str)
+                        .unwrap_or(default)
+                        .to_string()
+                };
+                assert_eq!(
+                    get("autostart")
+                        .and_then(toml::Value::as_bool)
+                        .unwrap_or(true),
+                    proc["autostart"].as_bool().unwrap(),
+                    "{what}: autostart"
+                );
+                let restart = minder_str("restart", "always");
+                assert_eq!(
+                    restart,
+                    proc["restart"].as_str().unwrap(),
+                    "{what}: restart"
+                );
+                if restart == "on-failure" {
+                    let codes: Vec<i64> = get("exit_codes")
+                        .and_then(toml::Value::as_array)
+                        .map(|a| a.iter().map(|c| c.as_integer().unwrap()).collect())
+                        .unwrap_or_else(|| vec![0]);
+                    let sv: Vec<i64> = serde_json::from_value(proc["exitcodes"].clone()).unwrap();
+                    assert_eq!(codes, sv, "{what}: exit codes");
+                }
+                assert_eq!(
+                    minder_str("start_secs", "1s"),
+                    format!("{}s", proc["startsecs"]),
+                    "{what}: start_secs"
+                );
+                let retries = p
+                    .get("backoff")
+                    .and_then(|b| b.get("max_retries"))
+                    .and_then(toml::Value::as_integer)
+                    .unwrap_or(0);
+                let sv_retries = proc["startretries"].as_i64().unwrap();
+                assert_eq!(retries, sv_retries.max(1), "{what}: max_retries");
+                assert_eq!(
+                    minder_str("stop_signal", "TERM"),
+                    proc["stopsignal"].as_str().unwrap(),
+                    "{what}: stop_signal"
+                );
+                assert_eq!(
+                    minder_str("stop_timeout", "10s"),
+                    format!("{}s", proc["stopwaitsecs"]),
+                    "{what}: stop_timeout"
+                );
+                if !wrapped {
+                    assert_eq!(
+                        get("kill_group")
+                            .and_then(toml::Value::as_bool)
+                            .unwrap_or(true),
+                        proc["killasgroup"].as_bool().unwrap(),
+                        "{what}: kill_group"
+                    );
+                }
+                compared += 1;
+            }
+        }
+    }
+    assert!(compared >= 40, "{compared} processes compared");
+}
+
 #[test]
 fn every_corpus_file_converts_and_passes_check() {
     let tmp = tempfile::tempdir().expect("a temp dir");
