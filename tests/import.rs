@@ -417,6 +417,12 @@ fn container_logs_inherit_and_fatal_listener_shuts_down() {
     assert_eq!(text(django, "environment.PYTHONUNBUFFERED"), "1");
     assert_eq!(django["restart"].as_str(), Some("on-failure"));
     assert_eq!(django["kill_group"].as_bool(), Some(false));
+    assert!(
+        import(&corpus_dir().join("container-django-nginx-phpfpm.conf"))
+            .stdout
+            .contains("# not converted: priority = 10 (supervisord started php-fpm first, without waiting; minder starts programs together, and depends_on = [\"php-fpm\"] would wait until it is running)"),
+        "priority suggests depends_on"
+    );
     let supervisor = t["supervisor"].as_table().expect("[supervisor]");
     assert!(
         supervisor.get("log_file").is_none(),

@@ -895,12 +895,18 @@ impl Conv<'_> {
                     e,
                     "minder writes no syslog: \"inherit\" sends output to minder's own stream (the journal under systemd)",
                 ),
-                "priority" => self.not_converted(
-                    &mut keys,
-                    sec,
-                    e,
-                    "minder starts programs together: list the programs this one must wait for in depends_on",
-                ),
+                "priority" => {
+                    let why = match started_before(sections, &program_name) {
+                        Some(before) => format!(
+                            "supervisord started {} first, without waiting; minder starts programs together, and depends_on = {} would wait until {} running",
+                            before.join(", "),
+                            array(&before),
+                            if before.len() == 1 { "it is" } else { "they are" }
+                        ),
+                        None => "minder starts programs together: list the programs this one must wait for in depends_on".to_string(),
+                    };
+                    self.not_converted(&mut keys, sec, e, &why);
+                }
                 "umask" => self.not_converted(&mut keys, sec, e, "minder has no umask setting: wrap the command in sh -c 'umask 022; exec ...'"),
                 "serverurl" if v.trim().eq_ignore_ascii_case("auto") => {}
                 "serverurl" => self.not_converted(&mut keys, sec, e, "children talk to minder with `minder ctl`, which finds the socket from the config or $MINDER_SOCKET"),
@@ -1024,6 +1030,37 @@ fn fatal_listener(sections: &[Section]) -> Option<String> {
             .any(|w| command.contains(w));
         (fatal && kills).then(|| name.trim().to_string())
     })
+}
+
+/// The programs supervisord starts just before `name` by `priority` (the
+/// nearest lower priority; 999 where none is given), if any.
+fn started_before(sections: &[Section], name: &str) -> Option<Vec<String>> {
+    let priorities: Vec<(String, i64)> = sections
+        .iter()
+        .filter_map(|s| {
+            let n = s
+                .name
+                .strip_prefix("program:")
+                .or_else(|| s.name.strip_prefix("fcgi-program:"))?;
+            let p = s
+                .get("priority")
+                .map_or(Some(999), |e| parse_int(&e.value))?;
+            Some((n.trim().to_string(), p))
+        })
+        .collect();
+    let mine = priorities.iter().find(|(n, _)| n == name)?.1;
+    let nearest = priorities
+        .iter()
+        .map(|(_, p)| *p)
+        .filter(|p| *p < mine)
+        .max()?;
+    Some(
+        priorities
+            .into_iter()
+            .filter(|(_, p)| *p == nearest)
+            .map(|(n, _)| n)
+            .collect(),
+    )
 }
 
 /// Appends `[name]` with `lines`; comments alone go without a header.
