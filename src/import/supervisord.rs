@@ -744,7 +744,7 @@ impl Conv<'_> {
 
         for (e, v) in &values {
             let (e, v) = (e, v.as_str());
-            let secs = |this: &Self| -> Result<i64, ImportError> {
+            let int = |this: &Self| -> Result<i64, ImportError> {
                 parse_int(v).ok_or_else(|| {
                     this.entry_error(sec, e, format!("invalid literal for int(): {v:?}"))
                 })
@@ -778,6 +778,7 @@ impl Conv<'_> {
                         self.not_converted(&mut keys, sec, e, "no such user on this host: create it, then uncomment user");
                     }
                 }
+                "autostart" if numprocs < 1 => {}
                 "autostart" => keys.push(format!("autostart = {}", parse_bool(v).unwrap_or(true))),
                 "autorestart" => keys.push(restart_line(v).map_err(|m| self.entry_error(sec, e, m))?),
                 "exitcodes" => {
@@ -785,9 +786,9 @@ impl Conv<'_> {
                     let list: Vec<String> = codes.iter().map(i64::to_string).collect();
                     keys.push(format!("exit_codes = [{}]", list.join(", ")));
                 }
-                "startsecs" => keys.push(format!("start_secs = \"{}s\"", secs(self)?)),
+                "startsecs" => keys.push(format!("start_secs = \"{}s\"", int(self)?.max(0))),
                 "startretries" => {
-                    let n = secs(self)?;
+                    let n = int(self)?;
                     if n <= 0 {
                         backoff.push("max_retries = 1".into());
                         self.not_converted(
@@ -804,7 +805,7 @@ impl Conv<'_> {
                     let s = signal_name(v).ok_or_else(|| self.entry_error(sec, e, format!("value {v:?} is not a valid signal name")))?;
                     keys.push(format!("stop_signal = {}", quote(&s)));
                 }
-                "stopwaitsecs" => keys.push(format!("stop_timeout = \"{}s\"", secs(self)?)),
+                "stopwaitsecs" => keys.push(format!("stop_timeout = \"{}s\"", int(self)?.max(0))),
                 "stopasgroup" | "killasgroup" => {
                     let first = ["stopasgroup", "killasgroup"]
                         .iter()
@@ -823,7 +824,7 @@ impl Conv<'_> {
                 "redirect_stderr" => {}
                 "stdout_logfile" | "stderr_logfile" => {
                     let stream = &e.key[..6];
-                    if stream == "stderr" && !redirect_stderr && stdout_log == LogFile::File(v.to_string()) && log_file(v) == stdout_log {
+                    if stream == "stderr" && !redirect_stderr && matches!(stdout_log, LogFile::File(_)) && log_file(v) == stdout_log {
                         logs.push(format!("# stderr_logfile = {}: the stdout file, so stderr is merged into it", one_line(v)));
                         logs.push("stderr = \"stdout\"".into());
                         continue;
@@ -853,7 +854,8 @@ impl Conv<'_> {
                             self.not_converted(&mut logs, sec, e, "minder writes no syslog: \"inherit\" sends output to minder's own stream (the journal under systemd)")
                         }
                         LogFile::File(path) => {
-                            let path = if numprocs > 1 && !path.contains("{instance}") {
+                            let per_process = ["{instance}", "{port}"].iter().any(|p| path.contains(p));
+                            let path = if numprocs > 1 && !per_process {
                                 let per = per_instance(&path);
                                 logs.push(format!(
                                     "# supervisord had all {numprocs} processes write {path}; minder gives each its own file"
@@ -878,7 +880,7 @@ impl Conv<'_> {
                     }
                 }
                 "stdout_logfile_backups" | "stderr_logfile_backups" => {
-                    let n = secs(self)?;
+                    let n = int(self)?;
                     let target = if e.key.starts_with("stdout") { &stdout_log } else { &stderr_log };
                     if e.key.starts_with(rotated) && matches!(target, LogFile::File(_) | LogFile::Auto) {
                         logs.push(format!("backups = {}", n.clamp(0, 1000)));
