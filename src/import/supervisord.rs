@@ -854,8 +854,8 @@ impl Conv<'_> {
                             self.not_converted(&mut logs, sec, e, "minder writes no syslog: \"inherit\" sends output to minder's own stream (the journal under systemd)")
                         }
                         LogFile::File(path) => {
-                            let per_process = ["{instance}", "{port}"].iter().any(|p| path.contains(p));
-                            let path = if numprocs > 1 && !per_process {
+                            let own_file = ["{instance}", "{port}"].iter().any(|p| path.contains(p));
+                            let path = if numprocs > 1 && !own_file {
                                 let per = per_instance(&path);
                                 logs.push(format!(
                                     "# supervisord had all {numprocs} processes write {path}; minder gives each its own file"
