@@ -1,4 +1,4 @@
-//! The command line: `minder daemon | check | ctl` (SPEC §1).
+//! The command line: `minder daemon | check | ctl | import` (SPEC §1, §5.6).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -43,6 +43,20 @@ pub enum Top {
     },
     /// Talk to a running daemon.
     Ctl(CtlArgs),
+    /// Convert another supervisor's config to minder's; print it on stdout.
+    #[command(subcommand)]
+    Import(ImportFrom),
+}
+
+/// `minder import` sources.
+#[derive(Debug, Subcommand)]
+pub enum ImportFrom {
+    /// A supervisord config (with its [include] files): prints the minder
+    /// TOML on stdout, a warning on stderr for each setting not converted.
+    Supervisord {
+        /// supervisord's config file (e.g. /etc/supervisor/supervisord.conf).
+        file: PathBuf,
+    },
 }
 
 /// `minder ctl` options.
@@ -163,6 +177,34 @@ pub fn check(path: Option<&Path>) -> ExitCode {
             for d in &diagnostics {
                 println!("{d}");
             }
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// `minder import supervisord FILE`: exit 0 converted (warnings allowed),
+/// 1 when the file cannot be read or supervisord would refuse it.
+pub fn import(from: ImportFrom) -> ExitCode {
+    let ImportFrom::Supervisord { file } = from;
+    match crate::import::supervisord(&file, &crate::import::Context::current()) {
+        Ok(converted) => {
+            for w in &converted.warnings {
+                eprintln!("minder: warning: {w}");
+            }
+            let mut out = std::io::stdout().lock();
+            match out
+                .write_all(converted.toml.as_bytes())
+                .and_then(|()| out.flush())
+            {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("minder: writing the converted config: {e}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+        Err(e) => {
+            eprintln!("{e}");
             ExitCode::from(1)
         }
     }

@@ -9,6 +9,7 @@ pub mod daemon;
 pub mod health;
 pub mod hooks;
 pub mod http;
+pub mod import;
 pub mod logs;
 pub mod mailbox;
 pub mod metrics;

@@ -10,6 +10,7 @@ fn main() -> ExitCode {
     match cli.command {
         Top::Check { config } => cli::check(config.as_deref()),
         Top::Ctl(args) => cli::ctl(args),
+        Top::Import(from) => cli::import(from),
         Top::Daemon {
             config,
             insecure_config,
