@@ -216,7 +216,7 @@ impl Model {
             let info = &mut self.rows[i].info;
             if event.reason.starts_with("registration: ") {
                 // An in/out change: the row shows it from state and health.
-            } else if matches!(event.to.as_str(), "none" | "healthy" | "unhealthy") {
+            } else if [&event.from, &event.to].iter().any(|h| is_health(h)) {
                 info.health = event.to.clone();
             } else {
                 info.state = event.to.clone();
@@ -442,6 +442,12 @@ impl Model {
     }
 }
 
+/// Whether `name` is a health only (`starting` is a state too; a health
+/// change has one of these on a side).
+fn is_health(name: &str) -> bool {
+    matches!(name, "none" | "healthy" | "unhealthy")
+}
+
 /// Whether a process in `state` has a PID.
 fn is_live(state: &str) -> bool {
     matches!(state, "starting" | "running" | "stopping")
@@ -569,6 +575,9 @@ pub(crate) mod tests {
         m.apply_event(event("web:0", "healthy", "unhealthy", "503", Some(10)));
         assert_eq!(m.rows()[0].info.health, "unhealthy");
         assert_eq!(m.rows()[0].info.state, "running");
+        m.apply_event(event("web:0", "unhealthy", "starting", "", Some(10)));
+        assert_eq!(m.rows()[0].info.health, "starting");
+        assert_eq!(m.rows()[0].info.state, "running");
         m.apply_event(event(
             "web:0",
             "in",
@@ -577,7 +586,7 @@ pub(crate) mod tests {
             Some(10),
         ));
         assert_eq!(m.rows()[0].info.state, "running");
-        assert_eq!(m.events.len(), 3);
+        assert_eq!(m.events.len(), 4);
     }
 
     #[test]
