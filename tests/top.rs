@@ -22,6 +22,9 @@ struct Tmux {
     socket: PathBuf,
     /// Where the shell around `ctl top` writes its exit code.
     exit_file: PathBuf,
+    /// Where it writes `stty -a` and tmux's `alternate_on` after top.
+    stty_file: PathBuf,
+    alternate_file: PathBuf,
 }
 
 impl Tmux {
@@ -50,11 +53,17 @@ impl Tmux {
         let tmux = Tmux {
             socket: d.path("tmux.sock"),
             exit_file: d.path("top.exit"),
+            stty_file: d.path("stty"),
+            alternate_file: d.path("alternate"),
         };
+        // After top: the terminal's modes and whether the pane is still on
+        // the alternate screen, then the exit code (written last).
         let command = format!(
-            "{} ctl -s {} top; echo $? > {}",
+            "{} ctl -s {} top; code=$?; stty -a > {}; tmux display -p '#{{alternate_on}}' > {}; echo $code > {}",
             MINDER,
             d.sock.display(),
+            tmux.stty_file.display(),
+            tmux.alternate_file.display(),
             tmux.exit_file.display()
         );
         let status = tmux
@@ -112,12 +121,36 @@ impl Tmux {
         assert!(status.success(), "tmux send-keys {keys:?}");
     }
 
-    /// `ctl top`'s exit code, once it has exited.
+    /// `ctl top`'s exit code, once it has exited, after checking that it
+    /// gave the terminal back: out of raw mode, off the alternate screen.
     fn wait_exit(&self) -> i32 {
         let text = wait_file_until(&self.exit_file, "ctl top's exit code", |t| {
             t.ends_with('\n')
         });
+        let stty = std::fs::read_to_string(&self.stty_file).expect("stty -a after top");
+        let modes: Vec<&str> = stty.split([' ', ';', '\n']).collect();
+        for mode in ["icanon", "echo", "isig", "icrnl", "opost"] {
+            assert!(modes.contains(&mode), "{mode} not restored: {stty}");
+        }
+        let alternate = std::fs::read_to_string(&self.alternate_file).expect("alternate_on");
+        assert_eq!(alternate.trim(), "0", "still on the alternate screen");
         text.trim().parse().expect("an exit code")
+    }
+
+    /// The PID of `ctl top` (the child of the pane's shell).
+    fn top_pid(&self) -> i32 {
+        let out = self
+            .command()
+            .args(["display-message", "-p", "#{pane_pid}"])
+            .output()
+            .expect("tmux display-message");
+        let shell: i32 = String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .expect("the pane's PID");
+        let children = proc_children(shell);
+        assert_eq!(children.len(), 1, "the shell runs top alone: {children:?}");
+        children[0].0
     }
 }
 
@@ -256,6 +289,20 @@ fn top_says_when_the_daemon_is_gone_and_reconnects() {
     });
     // Ctrl-C quits as q does.
     tmux.keys(&["C-c"]);
+    assert_eq!(tmux.wait_exit(), 0);
+}
+
+#[test]
+fn sigterm_quits_top_and_gives_the_terminal_back() {
+    if Tmux::available().is_none() {
+        return;
+    }
+    let d = Daemon::start(&program("web", &[], ""));
+    let tmux = Tmux::top(&d);
+    tmux.wait_screen("web", |s| row(s, "web").is_some());
+    let top = tmux.top_pid();
+    // SAFETY: kill(2) on `ctl top`, which this test started (in its tmux), still running.
+    assert_eq!(unsafe { libc::kill(top, libc::SIGTERM) }, 0);
     assert_eq!(tmux.wait_exit(), 0);
 }
 
