@@ -377,7 +377,7 @@ pub fn ctl(args: CtlArgs) -> ExitCode {
         CtlCommand::Reload => Request::Reload,
         CtlCommand::Shutdown => Request::Shutdown,
         CtlCommand::ReopenLogs => Request::ReopenLogs,
-        // Handled above: their replies are streams.
+        // Handled above: their replies are streams (top makes many requests).
         CtlCommand::Tail { .. }
         | CtlCommand::Events { .. }
         | CtlCommand::Fleet { .. }

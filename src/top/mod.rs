@@ -28,6 +28,9 @@ use model::{Action, Effect, Key, Model};
 /// soon a lost daemon is tried again.
 pub const SAMPLE: Duration = Duration::from_secs(1);
 
+/// Messages applied at most between two redraws.
+const BATCH: usize = 1024;
+
 /// Lines of history shown when a log is opened.
 const LOG_HISTORY: usize = 200;
 
@@ -164,8 +167,9 @@ fn event_loop(
         let Ok(first) = rx.recv() else {
             return Ok(());
         };
-        // Everything already queued is one redraw.
-        for msg in std::iter::once(first).chain(rx.try_iter()) {
+        // What is already queued is one redraw (bounded, so that a flood
+        // of log output still lets the screen show it).
+        for msg in std::iter::once(first).chain(rx.try_iter().take(BATCH)) {
             let effect = match msg {
                 Msg::Key(key) => model.key(key),
                 Msg::Redraw => None,
