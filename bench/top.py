@@ -171,7 +171,8 @@ def bench(binary, child, programs, seconds):
             if tmux:
                 tmux.kill()
             d.stop()
-    return {"programs": programs, "without_top": without, "with_top": attached}
+    return {"programs": programs, "binary_mb": os.path.getsize(binary) / 1e6,
+            "without_top": without, "with_top": attached}
 
 
 def write_section(r, command):
@@ -204,6 +205,9 @@ def write_section(r, command):
   "Per event" divides all of the daemon's CPU in the window (the crash loop's
   spawns and exits, the idle programs, top's samples) by the events, so it is
   an upper bound on what an event costs.
+- The release binary (daemon and `ctl` are one) is {r['binary_mb']:.2f} MB with
+  ratatui and crossterm linked in for top (5.48 MB before them, in the HTTPS
+  section above).
 - top's RSS at the end: {b['top_rss_mib']:.1f} MiB (1000 rows, 200 events and the
   screen kept). Its screen showed the crash loop's events at the end:
   {'yes' if b['screen_shows_crashy_events'] else '**no**'}.
