@@ -359,19 +359,13 @@ impl Follow {
             stderr,
             follow: true,
         };
-        let opened = Replies::open(socket, &request).and_then(|replies| {
-            let closer = replies
-                .closer()
-                .map_err(|e| client::ClientError::Protocol {
-                    path: socket.to_path_buf(),
-                    reason: e.to_string(),
-                })?;
-            Ok((replies, closer))
-        });
-        let (mut replies, closer) = match opened {
+        let opened = Replies::open(socket, &request)
+            .map_err(|e| e.to_string())
+            .and_then(|replies| Ok((replies.closer().map_err(|e| e.to_string())?, replies)));
+        let (closer, mut replies) = match opened {
             Ok(opened) => opened,
             Err(e) => {
-                let _ = tx.send(Msg::LogEnded(generation, e.to_string()));
+                let _ = tx.send(Msg::LogEnded(generation, e));
                 return None;
             }
         };
