@@ -8,7 +8,8 @@ events flow all the time. Two windows of the same length on one daemon:
 1. without `ctl top`: the daemon's CPU, and the events of that window;
 2. with `ctl top` attached in tmux (a server on its own socket in a temp
    dir, a 200x50 window): top's own CPU, the daemon's CPU and RSS growth,
-   and the events of that window.
+   and the events of that window; then, 5 times, the time from a SIGKILL of
+   one of the `sleep`s to top's screen showing it.
 
 The events are counted by one `events` subscriber of this script's own
 (in both windows, so it costs the same in each). CPU is utime+stime from
@@ -26,6 +27,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -136,6 +138,35 @@ def window(d, counter, seconds, top_pid=None):
     return out
 
 
+def crash_to_screen(d, tmux, rounds):
+    """SIGKILL to one `sleep` after another (children of the daemon this
+    script started), and the time until top's screen shows it, read with
+    `capture-pane` every 10 ms: an upper bound, tmux's own time included."""
+    procs = {p["name"]: p for p in d.status()}
+    latencies = []
+    for i in range(rounds):
+        name = f"p{i:04}"
+        pid = procs[name]["pid"]
+        t0 = time.monotonic()
+        os.kill(pid, signal.SIGKILL)
+        deadline = t0 + 5
+        shown = None
+        for _ in range(500):
+            screen = tmux.screen()
+            if f"{name} running -> " in screen or any(
+                    line.split()[:2] == [name, "backoff"] for line in screen.splitlines()
+                    if line.strip()):
+                shown = time.monotonic()
+                break
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.01)
+        if shown is None:
+            raise SystemExit(f"the crash of {name} did not show within 5 s:\n{screen}")
+        latencies.append(1000.0 * (shown - t0))
+    return latencies
+
+
 def bench(binary, child, programs, seconds):
     body = (f'[program.crashy]\ncommand = ["{child}", "--exit-after", "200", "--exit-code", "1"]\n'
             'start_secs = "100ms"\n'
@@ -162,6 +193,7 @@ def bench(binary, child, programs, seconds):
             time.sleep(2)  # its first samples
             attached = window(d, counter, seconds, top_pid)
             screen = tmux.screen()
+            attached["latencies_ms"] = crash_to_screen(d, tmux, rounds=5)
             attached["top_cpu_pct"] = 100.0 * attached["top_cpu_s"] / seconds
             attached["top_rss_mib"] = rss_mib(top_pid)
             attached["screen_shows_crashy_events"] = screen.count("crashy ") >= 3
@@ -181,6 +213,7 @@ def write_section(r, command):
     top_ok = "yes" if b["top_cpu_pct"] < 5.0 else "**no**"
     rss_ok = "yes" if b["daemon_rss_growth_mib"] < 1.0 else "**no**"
     added = b["daemon_cpu_pct"] - a["daemon_cpu_pct"]
+    lat_ok = "yes" if max(b["latencies_ms"]) < 100 else "**no**"
     section = f"""## A live view: `ctl top`
 
 - date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}
@@ -191,6 +224,7 @@ def write_section(r, command):
 |---|---:|---:|---|
 | `ctl top`'s own CPU (in tmux, 200x50) | {b['top_cpu_pct']:.2f} % of one core ({b['top_cpu_s']:.2f} s) | < 5 % | {top_ok} |
 | daemon RSS while top is attached | {b['daemon_rss_start_mib']:.2f} -> {b['daemon_rss_end_mib']:.2f} MiB over the window ({b['daemon_rss_growth_mib']:+.2f}); {a['daemon_rss_end_mib']:.2f} MiB before top attached | grows < 1 MiB | {rss_ok} |
+| a crash (SIGKILL) to top's screen showing it, worst of {len(b['latencies_ms'])} | {max(b['latencies_ms']):.0f} ms (each: {', '.join(f'{x:.0f}' for x in b['latencies_ms'])}) | < 100 ms | {lat_ok} |
 | daemon CPU with top attached | {b['daemon_cpu_pct']:.2f} % of one core; {b['events']} events, {b['daemon_ms_per_event']:.2f} ms per event | | |
 | daemon CPU without top, same daemon | {a['daemon_cpu_pct']:.2f} % of one core; {a['events']} events, {a['daemon_ms_per_event']:.2f} ms per event | | |
 
@@ -208,6 +242,9 @@ def write_section(r, command):
 - The release binary (daemon and `ctl` are one) is {r['binary_mb']:.2f} MB with
   ratatui and crossterm linked in for top (5.48 MB before them, in the HTTPS
   section above).
+- The crash latency is from the bench's `kill` to a `capture-pane` (every
+  10 ms) showing the event or the row in `backoff`: the daemon's reaping,
+  the event on the stream, top's redraw and tmux's own copy of the screen.
 - top's RSS at the end: {b['top_rss_mib']:.1f} MiB (1000 rows, 200 events and the
   screen kept). Its screen showed the crash loop's events at the end:
   {'yes' if b['screen_shows_crashy_events'] else '**no**'}.
