@@ -143,6 +143,9 @@ pub enum CtlCommand {
         #[arg(long, value_name = "URL")]
         etcd: Option<String>,
     },
+    /// A live view: every process, the recent events, a process's log; keys
+    /// start, stop and restart (press `?` in it). Needs a terminal.
+    Top,
     /// Re-execute the daemon (an upgraded binary, say), keeping every child,
     /// socket and counter; returns once the new image answers.
     Reexec {
@@ -391,6 +394,9 @@ pub fn ctl(args: CtlArgs) -> ExitCode {
     if let CtlCommand::Events { names } = &args.command {
         return events(&socket, names, args.json);
     }
+    if let CtlCommand::Top = &args.command {
+        return crate::top::run(&socket);
+    }
     if let CtlCommand::Fleet { program, etcd } = &args.command {
         return fleet(&args, program.as_deref(), etcd.as_deref());
     }
@@ -418,10 +424,11 @@ pub fn ctl(args: CtlArgs) -> ExitCode {
         CtlCommand::Reload => Request::Reload,
         CtlCommand::Shutdown => Request::Shutdown,
         CtlCommand::ReopenLogs => Request::ReopenLogs,
-        // Handled above: their replies are streams.
-        CtlCommand::Tail { .. } | CtlCommand::Events { .. } | CtlCommand::Fleet { .. } => {
-            return ExitCode::from(2)
-        }
+        // Handled above: their replies are streams (top makes many requests).
+        CtlCommand::Tail { .. }
+        | CtlCommand::Events { .. }
+        | CtlCommand::Fleet { .. }
+        | CtlCommand::Top => return ExitCode::from(2),
         CtlCommand::Reexec { binary } => Request::Reexec {
             binary: binary.as_ref().map(|b| {
                 std::path::absolute(b)
@@ -542,7 +549,8 @@ fn render(args: &CtlArgs, payload: &str) -> Result<ExitCode, serde_json::Error> 
         CtlCommand::Shutdown
         | CtlCommand::Tail { .. }
         | CtlCommand::Events { .. }
-        | CtlCommand::Fleet { .. } => Ok(ExitCode::SUCCESS),
+        | CtlCommand::Fleet { .. }
+        | CtlCommand::Top => Ok(ExitCode::SUCCESS),
         CtlCommand::Reexec { .. } => {
             let reply: PidReply = serde_json::from_str(payload)?;
             if human {

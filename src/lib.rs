@@ -21,4 +21,5 @@ pub mod sockets;
 pub mod supervisor;
 pub mod systemd;
 pub mod text;
+pub mod top;
 pub mod users;

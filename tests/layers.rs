@@ -6,8 +6,8 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 /// Modules that sit on the supervisor and must not be imported by it.
-const ABOVE: [&str; 7] = [
-    "control", "metrics", "hooks", "systemd", "reexec", "http", "daemon",
+const ABOVE: [&str; 8] = [
+    "control", "metrics", "hooks", "systemd", "reexec", "http", "daemon", "top",
 ];
 
 fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {

@@ -36,39 +36,76 @@ pub fn stream(
     request: &Request,
     mut on_reply: impl FnMut(Reply) -> bool,
 ) -> Result<(), ClientError> {
-    let stream = UnixStream::connect(socket).map_err(|e| ClientError::Unreachable {
-        path: socket.to_path_buf(),
-        reason: unreachable_reason(&e),
-    })?;
-    let protocol = |e: io::Error| ClientError::Protocol {
-        path: socket.to_path_buf(),
-        reason: e.to_string(),
-    };
-    let mut body = serde_json::to_value(request).map_err(|e| protocol(io::Error::other(e)))?;
-    if let Some(object) = body.as_object_mut() {
-        object.insert("v".to_string(), VERSION.into());
+    let mut replies = Replies::open(socket, request)?;
+    while let Some(reply) = replies.next_reply()? {
+        if !on_reply(reply) {
+            break;
+        }
     }
-    let mut line = serde_json::to_vec(&body).map_err(|e| protocol(io::Error::other(e)))?;
-    line.push(b'\n');
-    // A daemon that refuses this peer answers and closes without reading the
-    // request, so the write may fail (EPIPE, ECONNRESET) with the answer
-    // already waiting: read it before reporting the write.
-    let mut unsent = (&stream).write_all(&line).err();
-    let mut reader = BufReader::new(&stream);
-    loop {
+    Ok(())
+}
+
+/// The replies to one request, read one line at a time: what [`stream`]
+/// reads, for a reader that must also be able to end it from another thread
+/// ([`Replies::closer`]).
+pub struct Replies {
+    path: PathBuf,
+    reader: BufReader<UnixStream>,
+    /// Why the request could not be written, reported if no reply comes.
+    unsent: Option<io::Error>,
+}
+
+impl Replies {
+    /// Connects and sends `request`.
+    pub fn open(socket: &Path, request: &Request) -> Result<Replies, ClientError> {
+        let stream = UnixStream::connect(socket).map_err(|e| ClientError::Unreachable {
+            path: socket.to_path_buf(),
+            reason: unreachable_reason(&e),
+        })?;
+        let protocol = |e: io::Error| ClientError::Protocol {
+            path: socket.to_path_buf(),
+            reason: e.to_string(),
+        };
+        let mut body = serde_json::to_value(request).map_err(|e| protocol(io::Error::other(e)))?;
+        if let Some(object) = body.as_object_mut() {
+            object.insert("v".to_string(), VERSION.into());
+        }
+        let mut line = serde_json::to_vec(&body).map_err(|e| protocol(io::Error::other(e)))?;
+        line.push(b'\n');
+        // A daemon that refuses this peer answers and closes without reading the
+        // request, so the write may fail (EPIPE, ECONNRESET) with the answer
+        // already waiting: read it before reporting the write.
+        let unsent = (&stream).write_all(&line).err();
+        Ok(Replies {
+            path: socket.to_path_buf(),
+            reader: BufReader::new(stream),
+            unsent,
+        })
+    }
+
+    /// The next reply; `Ok(None)` once the daemon has closed the connection
+    /// (or [`Replies::closer`] shut it down).
+    pub fn next_reply(&mut self) -> Result<Option<Reply>, ClientError> {
+        let protocol = |e: io::Error| ClientError::Protocol {
+            path: self.path.clone(),
+            reason: e.to_string(),
+        };
         let mut reply = String::new();
-        let read = reader.read_line(&mut reply);
-        match (read, unsent.take()) {
+        match (self.reader.read_line(&mut reply), self.unsent.take()) {
             (Ok(n), _) if n > 0 => {}
             (_, Some(write_error)) => return Err(protocol(write_error)),
-            (Ok(_), None) => return Ok(()),
+            (Ok(_), None) => return Ok(None),
             (Err(read_error), None) => return Err(protocol(read_error)),
         }
-        let reply = serde_json::from_str(&reply)
-            .map_err(|e| protocol(io::Error::other(format!("unreadable reply: {e}"))))?;
-        if !on_reply(reply) {
-            return Ok(());
-        }
+        serde_json::from_str(&reply)
+            .map(Some)
+            .map_err(|e| protocol(io::Error::other(format!("unreadable reply: {e}"))))
+    }
+
+    /// A handle on the same connection: `shutdown` on it ends a
+    /// [`Replies::next_reply`] blocked in another thread.
+    pub fn closer(&self) -> io::Result<UnixStream> {
+        self.reader.get_ref().try_clone()
     }
 }
 
