@@ -428,7 +428,12 @@ fn spawn_signal_handlers(inputs: mpsc::Sender<Input>) -> Result<(), DaemonError>
 /// reply for 1000 processes) are mmapped and returned on free, instead of
 /// glibc's adaptive threshold moving them onto a heap it never shrinks; and
 /// the few helper threads (log writes on the blocking pool) share two arenas
-/// instead of keeping one each.
+/// instead of keeping one each; and no fastbins: a freed small chunk (the
+/// strings and channel nodes of a burst of starts, interleaved with what
+/// each process keeps) is merged with its free neighbours at once instead
+/// of being held apart, so the heap is not left riddled with holes (0.4 MiB
+/// less with 1000 programs; docs/benchmarks.md). Small allocations are
+/// still served by the per-thread cache first.
 ///
 /// # Safety
 /// No other thread may exist yet: glibc's `mallopt` changes parameters that
@@ -441,6 +446,7 @@ pub unsafe fn tune_allocator() {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 64 * 1024);
         libc::mallopt(libc::M_TRIM_THRESHOLD, 128 * 1024);
         libc::mallopt(libc::M_ARENA_MAX, 2);
+        libc::mallopt(libc::M_MXFAST, 0);
     }
 }
 
