@@ -87,7 +87,14 @@ fn the_corpus_is_large_enough() {
 
 /// A venv with supervisor installed, under target/ so it is built once;
 /// `None` (with the reason printed) when it cannot be built outside CI.
+/// The tests of this file run at once, on threads: the first builds it,
+/// the others wait for it.
 fn supervisor_python() -> Option<PathBuf> {
+    static PYTHON: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
+    PYTHON.get_or_init(build_supervisor_python).clone()
+}
+
+fn build_supervisor_python() -> Option<PathBuf> {
     let venv = Path::new(env!("CARGO_TARGET_TMPDIR")).join("supervisor-venv");
     let python = venv.join("bin/python");
     let works = |py: &Path| {
