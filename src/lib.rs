@@ -12,6 +12,7 @@ pub mod http;
 pub mod import;
 pub mod logs;
 pub mod mailbox;
+pub mod memory;
 pub mod metrics;
 pub mod notify;
 pub mod process;

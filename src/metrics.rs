@@ -560,7 +560,7 @@ async fn answer(stream: &mut tokio::net::TcpStream, source: &Source) -> std::io:
                     drop(text);
                     // The scrape left many short-lived strings behind: an idle
                     // daemon should not keep their pages.
-                    crate::supervisor::release_free_memory();
+                    crate::memory::release_free_memory();
                     sent
                 }
                 None => {

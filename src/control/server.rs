@@ -537,7 +537,7 @@ async fn send(write: &mut tokio::net::unix::OwnedWriteHalf, reply: &Reply) -> io
         drop(bytes);
         // Building it left thousands of short-lived strings behind: an idle
         // daemon should not keep their pages.
-        crate::supervisor::release_free_memory();
+        crate::memory::release_free_memory();
     }
     result
 }

@@ -186,7 +186,7 @@ impl Supervisor {
         tokio::spawn(async move {
             topology.start(autostart).await;
             phase.send_modify(|p| p.autostarted = true);
-            release_free_memory();
+            after_burst();
         });
 
         let mut shutdown_reply = None;
@@ -489,12 +489,13 @@ async fn reopen_logs(handles: Vec<ProcessHandle>) -> Vec<Answer> {
     results
 }
 
-/// Hands memory freed after a burst (starting a thousand processes) back to the
-/// OS; glibc keeps it otherwise, and an idle supervisor should be small.
-pub(crate) fn release_free_memory() {
-    #[cfg(target_env = "gnu")]
-    // SAFETY: malloc_trim only walks the allocator's own free lists.
-    unsafe {
-        libc::malloc_trim(0);
-    }
+/// After a burst (starting a thousand processes, a reload): the heap it
+/// freed and the mappings of code it ran go back to the OS (see `memory`).
+pub(crate) fn after_burst() {
+    crate::memory::release_free_memory();
+    let released = crate::memory::release_code_pages();
+    tracing::debug!(
+        "after the burst: {} KiB of code mappings dropped",
+        released / 1024
+    );
 }

@@ -11,7 +11,7 @@ use tokio::sync::oneshot;
 
 use super::actor::Command;
 use super::state::{self, Outcome, State};
-use super::{release_free_memory, Origin, ProcessHandle, Refusal, Supervisor};
+use super::{after_burst, Origin, ProcessHandle, Refusal, Supervisor};
 use crate::config::{self, Config};
 
 /// A layer above that must be able to follow a new config before a reload
@@ -229,7 +229,7 @@ impl Supervisor {
                 handle.ended().await;
             }
             topology.start(to_start).await;
-            release_free_memory();
+            after_burst();
         });
 
         tracing::info!(
