@@ -13,8 +13,16 @@
 
 use std::os::unix::fs::MetadataExt;
 
+/// After a burst (a start of 1000 processes, a reload, a status reply or a
+/// scrape of them all): freed heap and the mappings of the code it ran go
+/// back to the OS. Returns the bytes of code mappings dropped.
+pub fn release() -> usize {
+    release_free_memory();
+    release_code_pages()
+}
+
 /// Hands heap freed after a burst back to the OS; glibc keeps it otherwise.
-pub fn release_free_memory() {
+fn release_free_memory() {
     #[cfg(target_env = "gnu")]
     // SAFETY: malloc_trim only walks the allocator's own free lists.
     unsafe {
@@ -27,7 +35,7 @@ pub fn release_free_memory() {
 /// (`Anonymous: 0 kB` in smaps; the relocated part of the binary is
 /// excluded by that, as is a page a debugger wrote a breakpoint into).
 /// Returns the bytes of the mappings advised (0 when /proc cannot say).
-pub fn release_code_pages() -> usize {
+fn release_code_pages() -> usize {
     let Ok(exe) = std::fs::metadata("/proc/self/exe") else {
         return 0;
     };

@@ -558,9 +558,9 @@ async fn answer(stream: &mut tokio::net::TcpStream, source: &Source) -> std::io:
                     let sent =
                         respond(stream, "200 OK", CONTENT_TYPE, text.as_bytes(), head_only).await;
                     drop(text);
-                    // The scrape left many short-lived strings behind: an idle
-                    // daemon should not keep their pages.
-                    crate::memory::release_free_memory();
+                    // The scrape left many short-lived strings behind, and ran
+                    // code an idle daemon does not: it should keep neither's pages.
+                    crate::memory::release();
                     sent
                 }
                 None => {

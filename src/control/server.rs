@@ -535,9 +535,9 @@ async fn send(write: &mut tokio::net::unix::OwnedWriteHalf, reply: &Reply) -> io
     let result = write.write_all(&bytes).await;
     if bytes.len() >= BIG_REPLY {
         drop(bytes);
-        // Building it left thousands of short-lived strings behind: an idle
-        // daemon should not keep their pages.
-        crate::memory::release_free_memory();
+        // Building it left thousands of short-lived strings behind, and ran
+        // code an idle daemon does not: it should keep neither's pages.
+        crate::memory::release();
     }
     result
 }

@@ -492,8 +492,7 @@ async fn reopen_logs(handles: Vec<ProcessHandle>) -> Vec<Answer> {
 /// After a burst (starting a thousand processes, a reload): the heap it
 /// freed and the mappings of code it ran go back to the OS (see `memory`).
 pub(crate) fn after_burst() {
-    crate::memory::release_free_memory();
-    let released = crate::memory::release_code_pages();
+    let released = crate::memory::release();
     tracing::debug!(
         "after the burst: {} KiB of code mappings dropped",
         released / 1024
