@@ -833,24 +833,9 @@ mod tests {
 
     fn entry(name: &str, state: &str, pid: Option<i32>) -> ProcessInfo {
         ProcessInfo {
-            name: name.into(),
             program: name.into(),
-            instance: 0,
-            state: state.into(),
-            pid,
             uptime_secs: pid.map(|_| 2.0),
-            health: "none".into(),
-            restarts: 0,
-            last_exit_code: None,
-            last_exit_signal: None,
-            description: String::new(),
-            next_start_secs: None,
-            draining: Vec::new(),
-            dropped_bytes: 0,
-            cpu_secs: 0.0,
-            memory_bytes: None,
-            last_probe: None,
-            register: None,
+            ..ProcessInfo::example(name, state, pid)
         }
     }
 

@@ -188,6 +188,34 @@ pub struct ProcessInfo {
     pub register: Option<std::collections::BTreeMap<String, String>>,
 }
 
+#[cfg(test)]
+impl ProcessInfo {
+    /// A row for tests: `name` of its own program, instance 0, no health
+    /// check, nothing measured; the test sets what it looks at.
+    pub(crate) fn example(name: &str, state: &str, pid: Option<i32>) -> ProcessInfo {
+        ProcessInfo {
+            name: name.into(),
+            program: name.split(':').next().unwrap_or(name).into(),
+            instance: 0,
+            state: state.into(),
+            pid,
+            uptime_secs: None,
+            health: "none".into(),
+            restarts: 0,
+            last_exit_code: None,
+            last_exit_signal: None,
+            description: String::new(),
+            next_start_secs: None,
+            draining: Vec::new(),
+            dropped_bytes: 0,
+            cpu_secs: 0.0,
+            memory_bytes: None,
+            last_probe: None,
+            register: None,
+        }
+    }
+}
+
 /// The previous process of a rolling restart, listed inside its successor's
 /// `status` entry until it has exited.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

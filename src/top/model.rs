@@ -482,24 +482,9 @@ pub(crate) mod tests {
 
     pub fn process(name: &str, state: &str, pid: Option<i32>) -> ProcessInfo {
         ProcessInfo {
-            name: name.into(),
-            program: name.split(':').next().unwrap_or(name).into(),
-            instance: 0,
-            state: state.into(),
-            pid,
             uptime_secs: pid.map(|_| 75.0),
-            health: "none".into(),
-            restarts: 0,
-            last_exit_code: None,
-            last_exit_signal: None,
-            description: String::new(),
-            next_start_secs: None,
-            draining: Vec::new(),
-            dropped_bytes: 0,
-            cpu_secs: 0.0,
             memory_bytes: pid.map(|_| 12_900_000),
-            last_probe: None,
-            register: None,
+            ..ProcessInfo::example(name, state, pid)
         }
     }
 
