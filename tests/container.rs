@@ -185,13 +185,16 @@ fn a_stalled_stdout_drops_and_counts_but_never_blocks_a_child() {
     assert!(!out.stdout.is_empty());
 }
 
-#[test]
-fn on_fatal_shutdown_stops_everything_and_exits_1_naming_the_process() {
-    let body = [
+/// `gives-up` (exits 3 at once, restarted until it is fatal, with this
+/// `on_fatal`) beside `steady` (runs, recording its start and its stop).
+fn gives_up_beside_steady(on_fatal: &str) -> String {
+    [
         program(
             "gives-up",
             &["--exit-after", "0", "--exit-code", "3"],
-            "on_fatal = \"shutdown\"\nrestart = \"always\"\n[program.gives-up.backoff]\ninitial = \"50ms\"\nmax_retries = 1\n",
+            &format!(
+                "on_fatal = \"{on_fatal}\"\nrestart = \"always\"\n[program.gives-up.backoff]\ninitial = \"50ms\"\nmax_retries = 1\n"
+            ),
         ),
         program(
             "steady",
@@ -199,7 +202,12 @@ fn on_fatal_shutdown_stops_everything_and_exits_1_naming_the_process() {
             "start_secs = \"0s\"\n",
         ),
     ]
-    .concat();
+    .concat()
+}
+
+#[test]
+fn on_fatal_shutdown_stops_everything_and_exits_1_naming_the_process() {
+    let body = gives_up_beside_steady("shutdown");
     let mut d = Daemon::prepare("shutdown_timeout = \"10s\"", &body);
     d.spawn();
     let status = d.wait_exit(WAIT);
@@ -218,15 +226,7 @@ fn on_fatal_shutdown_stops_everything_and_exits_1_naming_the_process() {
 
 #[test]
 fn on_fatal_stay_leaves_the_rest_running() {
-    let body = [
-        program(
-            "gives-up",
-            &["--exit-after", "0", "--exit-code", "3"],
-            "on_fatal = \"stay\"\nrestart = \"always\"\n[program.gives-up.backoff]\ninitial = \"50ms\"\nmax_retries = 1\n",
-        ),
-        program("steady", &[], "start_secs = \"0s\"\n"),
-    ]
-    .concat();
+    let body = gives_up_beside_steady("stay");
     let mut d = Daemon::start_with("shutdown_timeout = \"10s\"", &body);
     d.wait_state("gives-up", "fatal");
     assert_eq!(d.proc("steady").state, "running");
@@ -345,15 +345,7 @@ fn as_pid_1_on_fatal_shutdown_exits_1() {
     if !can_unshare() {
         return;
     }
-    let body = [
-        program(
-            "gives-up",
-            &["--exit-after", "0", "--exit-code", "3"],
-            "on_fatal = \"shutdown\"\n[program.gives-up.backoff]\ninitial = \"50ms\"\nmax_retries = 1\n",
-        ),
-        program("steady", &[], "start_secs = \"0s\"\n"),
-    ]
-    .concat();
+    let body = gives_up_beside_steady("shutdown");
     let mut d = Daemon::prepare("shutdown_timeout = \"10s\"", &body);
     d.spawn_wrapped(&UNSHARE, None, &[], &[]);
     let status = d.wait_exit(WAIT);

@@ -538,12 +538,10 @@ fn secret_file(key: &str) -> (tempfile::TempDir, String) {
     (dir, path)
 }
 
-#[test]
-fn a_signed_webhook_carries_the_hmac_of_its_exact_body() {
-    use hmac::Mac;
-    let (_secret_dir, secret) = secret_file("s3cret key\n");
-    let (port, requests) = webhook_server(vec![200]);
-    let body = format!(
+/// A webhook on every `running` to `port`, signed with the key in `secret`,
+/// and a program `web`.
+fn signed_webhook_config(port: u16, secret: &str) -> String {
+    format!(
         "{}{}",
         hook(
             &["running"],
@@ -552,25 +550,31 @@ fn a_signed_webhook_carries_the_hmac_of_its_exact_body() {
             "5s"
         ),
         program("web", &[], ""),
-    );
-    let _d = Daemon::start(&body);
-    let request = requests.recv_timeout(WAIT).expect("a POST");
+    )
+}
+
+/// Whether `request` carries `X-Minder-Signature: sha256=<hex>` of the
+/// HMAC-SHA256 of its exact body with `key`: what a receiver checks.
+fn signed_with(request: &str, key: &[u8]) -> bool {
+    use hmac::Mac;
     let (head, body) = request.split_once("\r\n\r\n").unwrap();
-    let header = head
-        .lines()
-        .find_map(|l| l.strip_prefix("X-Minder-Signature: "))
-        .unwrap_or_else(|| panic!("no signature in {head}"));
-    // What a receiver does: the HMAC of the bytes received, with the key
-    // (its trailing newline is not part of it).
-    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(b"s3cret key").unwrap();
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(key).unwrap();
     mac.update(body.as_bytes());
-    let expected: String = mac
-        .finalize()
-        .into_bytes()
-        .iter()
+    let hex: String = (mac.finalize().into_bytes().iter())
         .map(|b| format!("{b:02x}"))
         .collect();
-    assert_eq!(header, format!("sha256={expected}"));
+    head.contains(&format!("\r\nX-Minder-Signature: sha256={hex}\r\n"))
+}
+
+#[test]
+fn a_signed_webhook_carries_the_hmac_of_its_exact_body() {
+    let (_secret_dir, secret) = secret_file("s3cret key\n");
+    let (port, requests) = webhook_server(vec![200]);
+    let _d = Daemon::start(&signed_webhook_config(port, &secret));
+    let request = requests.recv_timeout(WAIT).expect("a POST");
+    // The key's trailing newline is not part of it.
+    assert!(signed_with(&request, b"s3cret key"), "{request}");
+    let (_, body) = request.split_once("\r\n\r\n").unwrap();
     let event: Value = serde_json::from_str(body).unwrap();
     assert_eq!(event["to"], "running");
 }
@@ -579,27 +583,7 @@ fn a_signed_webhook_carries_the_hmac_of_its_exact_body() {
 fn a_reload_reads_the_webhook_key_again() {
     let (_secret_dir, secret) = secret_file("first\n");
     let (port, requests) = webhook_server(vec![200; 11]);
-    let body = format!(
-        "{}{}",
-        hook(
-            &["running"],
-            &[],
-            &format!("webhook = \"http://127.0.0.1:{port}/hook\"\nsecret_file = {secret:?}"),
-            "5s"
-        ),
-        program("web", &[], ""),
-    );
-    let d = Daemon::start(&body);
-    let signed_with = |request: &str, key: &[u8]| {
-        use hmac::Mac;
-        let (head, body) = request.split_once("\r\n\r\n").unwrap();
-        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(key).unwrap();
-        mac.update(body.as_bytes());
-        let hex: String = (mac.finalize().into_bytes().iter())
-            .map(|b| format!("{b:02x}"))
-            .collect();
-        head.contains(&format!("\r\nX-Minder-Signature: sha256={hex}\r\n"))
-    };
+    let d = Daemon::start(&signed_webhook_config(port, &secret));
     let first = requests.recv_timeout(WAIT).expect("a POST");
     assert!(signed_with(&first, b"first"), "{first}");
     // The same config text, a new key: the reload reads it.
